@@ -46,6 +46,10 @@ public sealed partial class FeatureNumbering
         _byStem = stem.ToFrozenDictionary(StringComparer.OrdinalIgnoreCase);
     }
 
+    /// <summary>A numbering from (number, macro, cpuinfo name or null) triples; for generated tables and tests.</summary>
+    internal static FeatureNumbering Create(string name, int capabilityWords, int bugWords, IEnumerable<(int Number, string Macro, string? CpuInfoName)> entries) =>
+        new(name, capabilityWords, bugWords, [.. entries.Select(e => new Entry(e.Number, e.Macro, e.CpuInfoName))]);
+
     /// <summary>Linux 6.1 (the <see cref="CpuFeature"/> numbering), NCAPINTS 22, NBUGINTS 2.</summary>
     public static FeatureNumbering Linux61 { get; } = new(
         $"Linux {CpuFeatureTable.LinuxVersion}", CpuFeatureTable.CapabilityWords, CpuFeatureTable.BugWords,
