@@ -5,12 +5,15 @@ Inputs (read, never edited):
   Linux 6.1  arch/x86/include/asm/cpufeatures.h   X86_FEATURE_* / X86_BUG_* numbers, cpuinfo names
              arch/x86/include/asm/cpufeature.h    enum cpuid_leafs: which CPUID leaf fills each word
              arch/x86/kernel/cpu/scattered.c      CPUID leaf/register/bit of the scattered features
-  Linux 2.6.22 (kept beside this script in linux-2.6.22/, see README.md there)
+  Linux 2.6.22 (optional; see README.md): linux-2.6.22/include/asm-i386/cpufeature.h,
+             linux-2.6.22/include/asm-x86_64/cpufeature.h and, for cpuinfo names,
+             linux-2.6.22/arch/i386/kernel/cpu/proc.c, linux-2.6.22/arch/x86_64/kernel/setup.c
 
 Outputs (checked in, never edited by hand):
   src/Altpatch/Cpu/CpuFeature.g.cs          the CpuFeature enum
   src/Altpatch/Cpu/CpuFeatureTable.g.cs     names, descriptions, CPUID sources, word sources
-  src/Altpatch/Cpu/FeatureNumbering.Linux2622.g.cs   the 2.6.22 numbering tables
+  src/Altpatch/Cpu/FeatureNumbering.Linux2622.g.cs   the 2.6.22 numbering tables (only when the
+                                                      2.6.22 inputs are present)
 
 Usage: python3 tools/gen-cpufeatures/gen.py [--linux61 DIR_OR_TARBALL] [--check]
   --linux61   a Linux 6.1 source tree or the Debian linux-source-6.1 tarball
@@ -113,7 +116,7 @@ def strip_quoted(comment: str) -> str:
     return re.sub(r'^"[^"]*"\s*', "", comment).strip()
 
 
-def parse_cpufeatures(text: str, ncapints: int) -> tuple[list[Feature], dict[str, str], int, int]:
+def parse_cpufeatures(text: str) -> tuple[list[Feature], dict[str, str], int, int]:
     features: list[Feature] = []
     aliases: dict[str, str] = {}
     ncap = int(re.search(r"#define\s+NCAPINTS\s+(\d+)", text).group(1))
@@ -383,12 +386,12 @@ def gen_2622(dirpath: str) -> str | None:
     lines.append("public sealed partial class FeatureNumbering")
     lines.append("{")
     for key, hdr, flags, ncap, feats, names in variants:
-        lines.append(f"    private static FeatureNumbering Create2622{key}() => new(")
+        lines.append(f"    private static FeatureNumbering Create2622{key}() => Create(")
         lines.append(f"        \"Linux 2.6.22 ({'i386' if key == 'I386' else 'x86_64'})\", {ncap}, 0,")
         lines.append("        [")
         for num, macro in feats:
             cpuinfo = names[num] if names is not None and num < len(names) else None
-            lines.append(f"            new({num}, {cs_str(macro)}, {cs_str(cpuinfo)}),")
+            lines.append(f"            ({num}, {cs_str(macro)}, {cs_str(cpuinfo)}),")
         lines.append("        ]);")
         lines.append("")
     lines.append("}")
@@ -414,7 +417,7 @@ def main() -> int:
         return 2
     src = Source(src_path)
     version = src.version()
-    features, aliases, ncap, nbug = parse_cpufeatures(src.read("arch/x86/include/asm/cpufeatures.h"), 0)
+    features, aliases, ncap, nbug = parse_cpufeatures(src.read("arch/x86/include/asm/cpufeatures.h"))
     words = parse_cpuid_leafs(src.read("arch/x86/include/asm/cpufeature.h"))
     if len(words) != ncap:
         raise SystemExit(f"enum cpuid_leafs has {len(words)} words, NCAPINTS is {ncap}")
