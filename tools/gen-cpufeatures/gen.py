@@ -264,7 +264,10 @@ def gen_enum(features: list[Feature], aliases: dict[str, str], version: str, nca
     lines.append(f"/// (NCAPINTS = {ncap}, NBUGINTS = {nbug}). These are the numbers a 6.1 kernel image stores in the")
     lines.append("/// <c>cpuid</c> field of each <c>.altinstructions</c> entry.")
     lines.append("/// </summary>")
-    lines.append("/// <remarks>Generated from the header; see <see cref=\"CpuFeatureInfo\"/> for names, sources and parsing.</remarks>")
+    lines.append("/// <remarks>Generated from the header; see <see cref=\"CpuFeatureInfo\"/> for names, sources and parsing.")
+    lines.append("/// Some values have two enum names (the .NET aliases <c>Sse4_2</c> = <c>Xmm4_2</c> and so on), so")
+    lines.append("/// <c>ToString()</c> may give either: print <see cref=\"CpuFeatureInfo.MacroName\"/> or")
+    lines.append("/// <see cref=\"CpuFeatureInfo.DisplayName\"/> instead.</remarks>")
     lines.append("public enum CpuFeature : ushort")
     lines.append("{")
     for f in features:

@@ -17,7 +17,10 @@ namespace Altpatch.Cpu;
 /// (NCAPINTS = 22, NBUGINTS = 2). These are the numbers a 6.1 kernel image stores in the
 /// <c>cpuid</c> field of each <c>.altinstructions</c> entry.
 /// </summary>
-/// <remarks>Generated from the header; see <see cref="CpuFeatureInfo"/> for names, sources and parsing.</remarks>
+/// <remarks>Generated from the header; see <see cref="CpuFeatureInfo"/> for names, sources and parsing.
+/// Some values have two enum names (the .NET aliases <c>Sse4_2</c> = <c>Xmm4_2</c> and so on), so
+/// <c>ToString()</c> may give either: print <see cref="CpuFeatureInfo.MacroName"/> or
+/// <see cref="CpuFeatureInfo.DisplayName"/> instead.</remarks>
 public enum CpuFeature : ushort
 {
     /// <summary><c>X86_FEATURE_FPU</c> (0*32+0), cpuinfo <c>fpu</c>: Onboard FPU. Source: CPUID 0x00000001 EDX[0].</summary>
