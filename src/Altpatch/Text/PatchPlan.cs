@@ -1,0 +1,121 @@
+using System.Collections;
+using System.Globalization;
+using System.Text;
+
+namespace Altpatch.Text;
+
+/// <summary>
+/// An immutable, validated list of pokes sorted by address: the only thing a text poker executes.
+/// A plan is pure data; it can be printed, compared, tested and inverted without running anything.
+/// Construction checks what can be checked without memory: each poke's old and new bytes have the
+/// same length, between 1 and <see cref="MaxPatchLength"/>, and no two pokes overlap.
+/// </summary>
+public sealed class PatchPlan : IReadOnlyList<Poke>
+{
+    /// <summary>The kernel's MAX_PATCH_LEN (255-1): the longest site a plan may write in one poke.</summary>
+    public const int MaxPatchLength = 254;
+
+    private readonly Poke[] pokes;
+
+    /// <summary>The empty plan.</summary>
+    public static PatchPlan Empty { get; } = new([], validated: true);
+
+    private PatchPlan(Poke[] pokes, bool validated)
+    {
+        this.pokes = pokes;
+        if (!validated) Validate(this.pokes);
+    }
+
+    /// <summary>Creates a plan from pokes in any order; throws <see cref="PatchException"/> when invalid.</summary>
+    public PatchPlan(IEnumerable<Poke> pokes) : this(Sorted(pokes), validated: false) { }
+
+    private static Poke[] Sorted(IEnumerable<Poke> pokes)
+    {
+        var array = pokes.ToArray();
+        if (!IsSorted(array)) Array.Sort(array, static (a, b) => a.Address.CompareTo(b.Address));
+        return array;
+    }
+
+    private static bool IsSorted(Poke[] array)
+    {
+        for (int i = 1; i < array.Length; i++)
+            if (array[i].Address < array[i - 1].Address) return false;
+        return true;
+    }
+
+    private static void Validate(Poke[] array)
+    {
+        for (int i = 0; i < array.Length; i++)
+        {
+            var p = array[i];
+            if (p.Old.Length != p.New.Length)
+                throw new PatchException(p.Site, p.Address, $"old bytes ({p.Old.Length}) and new bytes ({p.New.Length}) differ in length");
+            if (p.New.Length == 0)
+                throw new PatchException(p.Site, p.Address, "empty poke");
+            if (p.New.Length > MaxPatchLength)
+                throw new PatchException(p.Site, p.Address, $"{p.New.Length} bytes is longer than MAX_PATCH_LEN ({MaxPatchLength})");
+            if (p.Address + (ulong)p.Length < p.Address)
+                throw new PatchException(p.Site, p.Address, "range wraps around the address space");
+            if (i > 0 && array[i - 1].End > p.Address)
+                throw new PatchException(p.Site, p.Address, $"overlaps {array[i - 1].Site} at 0x{array[i - 1].Address:x} ({array[i - 1].Length} bytes)");
+        }
+    }
+
+    /// <summary>Takes ownership of <paramref name="array"/> (sorting it in place if needed) and validates it.</summary>
+    internal static PatchPlan Adopt(Poke[] array)
+    {
+        if (!IsSorted(array)) Array.Sort(array, static (a, b) => a.Address.CompareTo(b.Address));
+        return new PatchPlan(array, validated: false);
+    }
+
+    /// <summary>Wraps pokes a planner has already sorted and checked (internal fast path).</summary>
+    internal static PatchPlan FromSortedValidated(Poke[] pokes) => pokes.Length == 0 ? Empty : new(pokes, validated: true);
+
+    /// <inheritdoc />
+    public int Count => pokes.Length;
+
+    /// <summary>True when the plan writes nothing.</summary>
+    public bool IsEmpty => pokes.Length == 0;
+
+    /// <inheritdoc />
+    public Poke this[int index] => pokes[index];
+
+    /// <summary>The pokes as a span, ascending by address.</summary>
+    public ReadOnlySpan<Poke> AsSpan() => pokes;
+
+    /// <summary>Total bytes written.</summary>
+    public long TotalBytes
+    {
+        get
+        {
+            long n = 0;
+            foreach (var p in pokes) n += p.Length;
+            return n;
+        }
+    }
+
+    /// <summary>The plan that restores every old byte: same sites, old and new swapped.</summary>
+    public PatchPlan Inverse()
+    {
+        var inv = new Poke[pokes.Length];
+        for (int i = 0; i < inv.Length; i++) inv[i] = pokes[i].Inverse();
+        return FromSortedValidated(inv);
+    }
+
+    /// <summary>A plan with the pokes of both plans; throws <see cref="PatchException"/> if they overlap.</summary>
+    public PatchPlan Concat(PatchPlan other) => new(pokes.Concat(other.pokes));
+
+    /// <inheritdoc />
+    public IEnumerator<Poke> GetEnumerator() => ((IEnumerable<Poke>)pokes).GetEnumerator();
+
+    IEnumerator IEnumerable.GetEnumerator() => pokes.GetEnumerator();
+
+    /// <summary>One line per poke: address, site, reason, old → new bytes.</summary>
+    public override string ToString()
+    {
+        var sb = new StringBuilder();
+        foreach (var p in pokes)
+            sb.Append(CultureInfo.InvariantCulture, $"0x{p.Address:x} {p.Site} ({p.Why}): {Convert.ToHexString(p.Old.Span)} -> {Convert.ToHexString(p.New.Span)}").AppendLine();
+        return sb.ToString();
+    }
+}
