@@ -1,0 +1,182 @@
+using System.Collections.Concurrent;
+using Altpatch.Code;
+using Altpatch.Cpu;
+using Altpatch.Sites;
+using Altpatch.Text;
+
+namespace Altpatch.Patching;
+
+/// <summary>
+/// The alternatives patcher (the kernel's <c>apply_alternatives()</c>), as a pure function from sites
+/// and CPU features to a <see cref="PatchPlan"/>. For each site address, the last alternative whose
+/// condition holds wins; its replacement is assembled in a buffer of at most
+/// <see cref="PatchPlan.MaxPatchLength"/> bytes, re-encoded for the site's final address
+/// (<see cref="Relocator"/>), and padded with the CPU's best NOPs. A site where no condition holds
+/// gets its original bytes back. Sites whose memory already holds the wanted bytes produce no poke,
+/// so applying the same features twice gives an empty second plan.
+/// </summary>
+public static class Alternatives
+{
+    private static readonly ConcurrentDictionary<(CpuFeature, AltFlags, bool), string> Reasons = new();
+
+    /// <summary>
+    /// Plans the sites for <paramref name="cpu"/>, reading each site's current bytes through
+    /// <paramref name="code"/>. Throws <see cref="PatchException"/> naming the site for: a site longer
+    /// than 254 bytes or of length 0, original bytes not of the site's length, a replacement longer than
+    /// its site, alternatives of one address with different lengths or originals, overlapping sites,
+    /// a site that cannot be read, memory that holds neither the original nor a replacement, and a
+    /// replacement that cannot be re-encoded to fit at the site.
+    /// </summary>
+    public static PatchPlan Plan(IReadOnlyList<AlternativeSite> sites, CpuFeatures cpu, ICodeReader code, AlternativeOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(sites);
+        ArgumentNullException.ThrowIfNull(cpu);
+        ArgumentNullException.ThrowIfNull(code);
+        options ??= AlternativeOptions.Default;
+
+        int[] order = OrderByAddress(sites);
+        var builder = new PlanBuilder(sites.Count);
+        Span<byte> wanted = stackalloc byte[PatchPlan.MaxPatchLength];
+        Span<byte> current = stackalloc byte[PatchPlan.MaxPatchLength];
+        ulong previousEnd = 0;
+        int previousIndex = -1;
+
+        for (int g = 0; g < order.Length;)
+        {
+            int first = order[g];
+            var head = sites[first];
+            int groupEnd = g + 1;
+            while (groupEnd < order.Length && sites[order[groupEnd]].Address == head.Address) groupEnd++;
+
+            CheckShape(head, first, options);
+            int chosen = -1;
+            for (int k = g; k < groupEnd; k++)
+            {
+                int idx = order[k];
+                var s = sites[idx];
+                if (k > g)
+                {
+                    CheckShape(s, idx, options);
+                    if (s.Length != head.Length)
+                        throw Error(idx, s, options, $"length {s.Length} differs from {Ref(first, options)} at the same address (length {head.Length})");
+                    if (!s.Original.Span.SequenceEqual(head.Original.Span))
+                        throw Error(idx, s, options, $"original bytes differ from {Ref(first, options)} at the same address");
+                }
+                if (s.Applies(cpu)) chosen = idx; // the last one that applies wins, as sequential patching would leave it
+            }
+            if (previousIndex >= 0 && head.Address < previousEnd)
+                throw Error(first, head, options, $"overlaps {Ref(previousIndex, options)} which ends at 0x{previousEnd:x}");
+
+            int len = head.Length;
+            var want = wanted[..len];
+            if (chosen >= 0) AssembleInto(sites[chosen], chosen, want, options);
+            else head.Original.Span.CopyTo(want);
+
+            var cur = current[..len];
+            if (!code.TryRead(head.Address, cur, out var problem))
+                throw Error(first, head, options, problem);
+
+            if (!cur.SequenceEqual(want))
+            {
+                if (!IsKnownState(sites, order, g, groupEnd, cur, chosen, options))
+                    throw Error(first, head, options,
+                        $"memory holds {Convert.ToHexString(cur)}, which is neither the recorded original {Convert.ToHexString(head.Original.Span)} nor any of its replacements");
+                int siteIndex = chosen >= 0 ? chosen : first;
+                builder.Add(head.Address, cur, want, new SiteRef(SiteKind.Alternative, siteIndex, options.TableName), Reason(sites[siteIndex], chosen >= 0));
+                options.Log?.WriteLine($"alternatives: {Ref(siteIndex, options)} 0x{head.Address:x} len {len} {(chosen >= 0 ? "apply " + sites[chosen].Condition : "original")}: {Convert.ToHexString(cur)} -> {Convert.ToHexString(want)}");
+            }
+            else
+            {
+                options.Log?.WriteLine($"alternatives: {Ref(chosen >= 0 ? chosen : first, options)} 0x{head.Address:x} len {len} unchanged: {Convert.ToHexString(cur)}");
+            }
+
+            previousEnd = head.Address + (ulong)len;
+            previousIndex = first;
+            g = groupEnd;
+        }
+        return builder.Build();
+    }
+
+    /// <summary>
+    /// Assembles one site's new bytes in <paramref name="buffer"/> (its first <see cref="AlternativeSite.Length"/>
+    /// bytes): the replacement re-encoded for the site's address, then NOPs. Pure: touches no code.
+    /// Returns the number of bytes of replacement before the padding.
+    /// </summary>
+    public static int Assemble(in AlternativeSite site, Span<byte> buffer, AlternativeOptions? options = null)
+    {
+        options ??= AlternativeOptions.Default;
+        CheckShape(site, 0, options);
+        if (buffer.Length < site.Length)
+            throw new ArgumentException($"buffer of {buffer.Length} bytes is shorter than the site ({site.Length})", nameof(buffer));
+        return AssembleInto(site, 0, buffer[..site.Length], options);
+    }
+
+    private static int AssembleInto(in AlternativeSite site, int index, Span<byte> dest, AlternativeOptions options)
+    {
+        if (!Relocator.TryRelocate(site.Replacement.Span, site.ReplacementAddress, site.Address, dest, out int used, out var error, options.Bitness))
+            throw Error(index, site, options, $"replacement for {site.Condition} cannot be placed: {error}");
+        options.Nops.AddNops(dest[used..]);
+        return used;
+    }
+
+    private static bool IsKnownState(IReadOnlyList<AlternativeSite> sites, int[] order, int g, int groupEnd, ReadOnlySpan<byte> cur, int chosen, AlternativeOptions options)
+    {
+        var head = sites[order[g]];
+        if (cur.SequenceEqual(head.Original.Span)) return true;
+        Span<byte> candidate = stackalloc byte[PatchPlan.MaxPatchLength];
+        for (int k = g; k < groupEnd; k++)
+        {
+            int idx = order[k];
+            if (idx == chosen) continue;
+            var c = candidate[..head.Length];
+            AssembleInto(sites[idx], idx, c, options);
+            if (cur.SequenceEqual(c)) return true;
+        }
+        return false;
+    }
+
+    private static void CheckShape(in AlternativeSite s, int index, AlternativeOptions options)
+    {
+        if (s.Length <= 0)
+            throw Error(index, s, options, $"length {s.Length} is not positive");
+        if (s.Length > PatchPlan.MaxPatchLength)
+            throw Error(index, s, options, $"length {s.Length} exceeds MAX_PATCH_LEN ({PatchPlan.MaxPatchLength})");
+        if (s.Original.Length != s.Length)
+            throw Error(index, s, options, $"{s.Original.Length} original bytes recorded for a {s.Length}-byte site");
+        if (s.Replacement.Length > s.Length)
+            throw Error(index, s, options, $"replacement ({s.Replacement.Length} bytes) is longer than the site ({s.Length} bytes)");
+    }
+
+    private static int[] OrderByAddress(IReadOnlyList<AlternativeSite> sites)
+    {
+        var order = new int[sites.Count];
+        bool sorted = true;
+        for (int i = 0; i < order.Length; i++)
+        {
+            order[i] = i;
+            if (i > 0 && sites[i].Address < sites[i - 1].Address) sorted = false;
+        }
+        if (!sorted)
+        {
+            var keys = new (ulong, int)[order.Length];
+            for (int i = 0; i < keys.Length; i++) keys[i] = (sites[i].Address, i);
+            Array.Sort(keys, order); // (address, index): stable by table order within one address
+        }
+        return order;
+    }
+
+    private static string Reason(in AlternativeSite s, bool applied) =>
+        Reasons.GetOrAdd((s.Feature, s.Flags, applied), static k =>
+        {
+            string name = CpuFeatureInfo.MacroName(k.Item1);
+            bool not = (k.Item2 & AltFlags.Not) != 0;
+            return k.Item3
+                ? $"{name} {(not ? "absent" : "present")}: replacement"
+                : $"{name} {(not ? "present" : "absent")}: original";
+        });
+
+    private static string Ref(int index, AlternativeOptions options) => new SiteRef(SiteKind.Alternative, index, options.TableName).ToString();
+
+    private static PatchException Error(int index, in AlternativeSite s, AlternativeOptions options, string problem) =>
+        new(new SiteRef(SiteKind.Alternative, index, options.TableName), s.Address, problem);
+}
