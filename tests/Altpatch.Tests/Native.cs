@@ -1,0 +1,35 @@
+using Altpatch.Native;
+
+namespace Altpatch.Tests;
+
+/// <summary>Calling emitted code and making test mappings.</summary>
+internal static unsafe class Run
+{
+    public static int Call(ulong fn, int a) => ((delegate* unmanaged<int, int>)fn)(a);
+    public static int Call(ulong fn, int a, int b) => ((delegate* unmanaged<int, int, int>)fn)(a, b);
+    public static int Call(ulong fn) => ((delegate* unmanaged<int>)fn)();
+    public static long Call64(ulong fn, long a) => ((delegate* unmanaged<long, long>)fn)(a);
+
+    public static byte[] Read(ulong address, int length) => new ReadOnlySpan<byte>((void*)address, length).ToArray();
+
+    /// <summary>An anonymous private mapping with the given protection (not Altpatch-allocated memory).</summary>
+    public static ulong Map(int size, int prot)
+    {
+        nint p = Libc.Mmap(0, (nuint)size, prot, Libc.MapPrivate | Libc.MapAnonymous, -1, 0);
+        Assert.NotEqual(Libc.MapFailed, p);
+        return (ulong)p;
+    }
+
+    public static void Unmap(ulong address, int size) => Assert.Equal(0, Libc.Munmap((nint)address, (nuint)size));
+
+    public static void Protect(ulong address, int size, int prot) => Assert.Equal(0, Libc.Mprotect((nint)address, (nuint)size, prot));
+
+    public static void Write(ulong address, ReadOnlySpan<byte> bytes) => bytes.CopyTo(new Span<byte>((void*)address, bytes.Length));
+
+    /// <summary>The permissions /proc/self/maps shows for the page holding <paramref name="address"/>.</summary>
+    public static string Permissions(ulong address)
+    {
+        Assert.True(MemoryMap.Read().TryFind(address, out var r), $"0x{address:x} not mapped");
+        return r.Permissions;
+    }
+}
