@@ -1,5 +1,5 @@
 using System.CommandLine;
-using Altpatch;
+using Altpatch.Cli.Commands;
 
 namespace Altpatch.Cli;
 
@@ -10,20 +10,31 @@ public static class Program
     public static RootCommand BuildRoot()
     {
         var root = new RootCommand("altpatch: the Linux kernel's x86 code patching (alternatives, paravirt, SMP locks, text_poke) for live code and kernel images.");
-        root.Subcommands.Add(Commands.CpuCommand.Create());
+        root.Subcommands.Add(DemoCommand.Create());
+        root.Subcommands.Add(CpuCommand.Create());
         return root;
     }
 
     /// <summary>Runs the command line; user errors become one line on stderr and a non-zero exit code.</summary>
-    public static int Main(string[] args)
+    public static int Main(string[] args) => Run(args, Console.Out, Console.Error);
+
+    /// <summary>Runs the command line with the given output and error writers (tests use this).</summary>
+    public static int Run(string[] args, TextWriter output, TextWriter error)
     {
+        ArgumentNullException.ThrowIfNull(error);
+        var config = new InvocationConfiguration { Output = output, Error = error, EnableDefaultExceptionHandler = false };
         try
         {
-            return BuildRoot().Parse(args).Invoke();
+            return BuildRoot().Parse(args).Invoke(config);
         }
         catch (AltpatchException e)
         {
-            Console.Error.WriteLine($"altpatch: error: {e.Message}");
+            error.WriteLine($"altpatch: error: {e.Message}");
+            return 1;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            error.WriteLine($"altpatch: error: {e.Message}");
             return 1;
         }
     }

@@ -32,36 +32,28 @@ public static class CpuCommand
         cmd.SetAction(parseResult =>
         {
             var output = parseResult.InvocationConfiguration.Output;
-            try
+            var path = parseResult.GetValue(cpuInfo);
+            CpuFeatures cpu;
+            string source;
+            if (path is null)
             {
-                var path = parseResult.GetValue(cpuInfo);
-                CpuFeatures cpu;
-                string source;
-                if (path is null)
-                {
-                    cpu = CpuFeatures.Detect();
-                    source = "cpuid";
-                }
-                else
-                {
-                    cpu = CpuFeatures.FromCpuInfo(ReadText(path));
-                    source = path;
-                }
-                var only = parseResult.GetValue(feature) ?? [];
-                var selected = only.Length == 0
-                    ? cpu.Features.ToList()
-                    : only.Select(CpuFeatureInfo.Parse).Distinct().Order().ToList();
-                if (parseResult.GetValue(json))
-                    WriteJson(output, cpu, source, selected, only.Length > 0);
-                else
-                    WriteTable(output, cpu, source, selected, only.Length > 0);
-                return 0;
+                cpu = CpuFeatures.Detect();
+                source = "cpuid";
             }
-            catch (AltpatchException e)
+            else
             {
-                parseResult.InvocationConfiguration.Error.WriteLine($"altpatch: error: {e.Message}");
-                return 1;
+                cpu = CpuFeatures.FromCpuInfo(ReadText(path));
+                source = path;
             }
+            var only = parseResult.GetValue(feature) ?? [];
+            var selected = only.Length == 0
+                ? cpu.Features.ToList()
+                : only.Select(CpuFeatureInfo.Parse).Distinct().Order().ToList();
+            if (parseResult.GetValue(json))
+                WriteJson(output, cpu, source, selected, only.Length > 0);
+            else
+                WriteTable(Terminal.Console(parseResult), cpu, source, selected, only.Length > 0);
+            return 0;
         });
         return cmd;
     }
@@ -78,14 +70,8 @@ public static class CpuCommand
         }
     }
 
-    private static void WriteTable(TextWriter output, CpuFeatures cpu, string source, List<CpuFeature> features, bool explicitList)
+    private static void WriteTable(IAnsiConsole console, CpuFeatures cpu, string source, List<CpuFeature> features, bool explicitList)
     {
-        var console = AnsiConsole.Create(new AnsiConsoleSettings
-        {
-            Out = new AnsiConsoleOutput(output),
-            Ansi = AnsiSupport.Detect,
-            ColorSystem = ColorSystemSupport.Detect,
-        });
         console.Profile.Width = Math.Max(console.Profile.Width, 120);
         var id = new Grid().AddColumn().AddColumn();
         id.AddRow("[bold]vendor[/]", Markup.Escape($"{cpu.Vendor}{(CpuVendors.VendorId(cpu.Vendor) is { } v ? $" ({v})" : "")}"));

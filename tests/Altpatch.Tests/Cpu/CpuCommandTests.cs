@@ -5,36 +5,9 @@ using Altpatch.Cpu;
 
 namespace Altpatch.Tests.Cpu;
 
-/// <summary>Console.Out and Console.Error are process-wide: these tests run alone.</summary>
-[CollectionDefinition(Name, DisableParallelization = true)]
-public sealed class CpuCommandConsoleCollection
-{
-    /// <summary>The collection name.</summary>
-    public const string Name = "altpatch cpu (console)";
-}
-
-[Collection(CpuCommandConsoleCollection.Name)]
 public sealed class CpuCommandTests
 {
-    private static (int Exit, string Out, string Err) Run(params string[] args)
-    {
-        var oldOut = Console.Out;
-        var oldErr = Console.Error;
-        using var outWriter = new StringWriter();
-        using var errWriter = new StringWriter();
-        Console.SetOut(outWriter);
-        Console.SetError(errWriter);
-        try
-        {
-            int exit = Program.Main(args);
-            return (exit, outWriter.ToString(), errWriter.ToString());
-        }
-        finally
-        {
-            Console.SetOut(oldOut);
-            Console.SetError(oldErr);
-        }
-    }
+    private static (int Exit, string Out, string Err) Run(params string[] args) => Altpatch.Tests.Cli.CliRunner.Run(args);
 
     private static string FixtureFile()
     {

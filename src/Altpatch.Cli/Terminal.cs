@@ -1,0 +1,40 @@
+using System.CommandLine;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Spectre.Console;
+
+namespace Altpatch.Cli;
+
+/// <summary>Output helpers shared by the commands: a Spectre console on the invocation's writer, JSON output.</summary>
+internal static class Terminal
+{
+    private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
+
+    /// <summary>The writer the command should print to.</summary>
+    public static TextWriter Out(ParseResult parse) => parse.InvocationConfiguration.Output;
+
+    /// <summary>A Spectre console writing to the invocation's output (plain text when not a terminal).</summary>
+    public static IAnsiConsole Console(ParseResult parse)
+    {
+        var writer = Out(parse);
+        bool terminal = ReferenceEquals(writer, System.Console.Out) && !System.Console.IsOutputRedirected;
+        var console = AnsiConsole.Create(new AnsiConsoleSettings
+        {
+            Out = new AnsiConsoleOutput(writer),
+            Ansi = terminal ? AnsiSupport.Detect : AnsiSupport.No,
+            ColorSystem = terminal ? ColorSystemSupport.Detect : ColorSystemSupport.NoColors,
+            Interactive = terminal ? InteractionSupport.Detect : InteractionSupport.No,
+        });
+        if (!terminal) console.Profile.Width = 160; // files and pipes get wide tables rather than 80 columns
+        return console;
+    }
+
+    /// <summary>Writes <paramref name="node"/> as indented JSON and a newline.</summary>
+    public static void Json(ParseResult parse, JsonNode node) => Out(parse).WriteLine(node.ToJsonString(Indented));
+
+    /// <summary>Hex of a byte span, lower case, no separators.</summary>
+    public static string Hex(ReadOnlySpan<byte> bytes) => Convert.ToHexStringLower(bytes);
+
+    /// <summary>Address as 0x-prefixed hex.</summary>
+    public static string Addr(ulong a) => $"0x{a:x}";
+}
