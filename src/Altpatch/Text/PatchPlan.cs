@@ -47,7 +47,7 @@ public sealed class PatchPlan : IReadOnlyList<Poke>
     {
         for (int i = 0; i < array.Length; i++)
         {
-            var p = array[i];
+            ref readonly var p = ref array[i];
             if (p.Old.Length != p.New.Length)
                 throw new PatchException(p.Site, p.Address, $"old bytes ({p.Old.Length}) and new bytes ({p.New.Length}) differ in length");
             if (p.New.Length == 0)
@@ -57,7 +57,10 @@ public sealed class PatchPlan : IReadOnlyList<Poke>
             if (p.Address + (ulong)p.Length < p.Address)
                 throw new PatchException(p.Site, p.Address, "range wraps around the address space");
             if (i > 0 && array[i - 1].End > p.Address)
-                throw new PatchException(p.Site, p.Address, $"overlaps {array[i - 1].Site} at 0x{array[i - 1].Address:x} ({array[i - 1].Length} bytes)");
+            {
+                ref readonly var prev = ref array[i - 1];
+                throw new PatchException(p.Site, p.Address, $"overlaps {prev.Site} at 0x{prev.Address:x} ({prev.Length} bytes)");
+            }
         }
     }
 
