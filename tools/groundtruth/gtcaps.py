@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""gtcaps.py - read boot_cpu_data.x86_capability[] (all feature and bug words) from a
+ground-truth dump, decode it with cpufeatures.h, and compare with /proc/cpuinfo.
+
+/proc/cpuinfo only shows features that have a name; synthetic / hidden ones
+(X86_FEATURE_ALWAYS, RETPOLINE, RETHUNK, ... whose comment starts with "") are not
+printed, yet alternatives depend on them. The dump holds the real words.
+
+Usage:
+  gtcaps.py VMLINUX DUMP [--kallsyms FILE] [--cpuinfo FILE] [--src LINUX_SRC] [--out FILE]
+
+  VMLINUX     the extracted vmlinux (for the ELF class and the virt->phys mapping)
+  DUMP        X.phys.zst (or raw); phys_base comes from the X.phys.json sidecar
+  --kallsyms  kallsyms with data symbols (CONFIG_KALLSYMS_ALL, the cloud-amd64 image):
+              boot_cpu_data is taken from it. Otherwise (686 image) boot_cpu_data is
+              found by searching the dump for the cpuinfo vendor_id + model name strings
+              at their offsets in struct cpuinfo_x86 (needs --cpuinfo).
+  --cpuinfo   the guest's /proc/cpuinfo from the paired initramfs boot; the first
+              processor's flags/bugs are compared with the named bits
+  --src       kernel source (default $GT_LINUX_SRC or /work/ref/linux-source-6.1)
+  --out       write the report there (default stdout)
+
+Layout (6.1, CONFIG_X86_VMX_FEATURE_NAMES=y, NCAPINTS=22, NBUGINTS=2):
+  x86-64: x86_capability at +40, x86_vendor_id at +136, x86_model_id at +152
+  i386:   x86_capability at +36, x86_vendor_id at +132, x86_model_id at +148
+"""
+
+import argparse
+import os
+import re
+import struct
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gtlib import Elf  # noqa: E402
+from gtdiff import Kallsyms, read_maybe_zst, sidecar_for  # noqa: E402
+
+NCAPINTS, NBUGINTS = 22, 2
+LAYOUT = {2: dict(caps=40, vendor=136, model=152), 1: dict(caps=36, vendor=132, model=148)}
+
+
+def parse_cpufeatures(path):
+    """bit -> (macro, shown_name or None), following arch/x86/kernel/cpu/mkcapflags.sh."""
+    bits = {}
+    for raw in open(path):
+        line = raw.replace("\t", " ")
+        m = re.match(r"^ *# *define *X86_(FEATURE|BUG)_(\w+) +(.*)$", line)
+        if not m:
+            continue
+        kind, name, rest = m.groups()
+        expr = rest.split("/*")[0].strip()
+        if not expr:
+            continue
+        expr = re.sub(r"X86_BUG\(", f"({NCAPINTS * 32}+", expr)
+        if not re.fullmatch(r"[0-9\s*+()]+", expr):
+            continue
+        bit = eval(expr)  # noqa: S307 - digits and + * ( ) only
+        if kind == "BUG" and bit < NCAPINTS * 32:
+            continue
+        cm = re.match(r'.*/\* *("[^"]*").*\*/', line)
+        value = cm.group(1).strip('"') if cm else name
+        macro = f"X86_{kind}_{name}"
+        if value == "":
+            bits.setdefault(bit, (macro, None))  # hidden; a shown name elsewhere wins
+            continue
+        bits[bit] = (macro, value.lower())
+    return bits
+
+
+def cpuinfo_first(path):
+    flags, bugs, vendor, model = set(), set(), None, None
+    for line in open(path):
+        k, _, v = line.partition(":")
+        k, v = k.strip(), v.strip()
+        if k == "processor" and v != "0":
+            break
+        if k == "flags":
+            flags = set(v.split())
+        elif k == "bugs":
+            bugs = set(v.split())
+        elif k == "vendor_id":
+            vendor = v
+        elif k == "model name":
+            model = v
+    return flags, bugs, vendor, model
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("vmlinux")
+    ap.add_argument("dump")
+    ap.add_argument("--kallsyms")
+    ap.add_argument("--cpuinfo")
+    ap.add_argument("--src", default=os.environ.get("GT_LINUX_SRC", "/work/ref/linux-source-6.1"))
+    ap.add_argument("--out")
+    a = ap.parse_args()
+
+    elf = Elf(a.vmlinux)
+    lay = LAYOUT[elf.cls]
+    dump = read_maybe_zst(a.dump)
+    side = sidecar_for(a.dump)
+    phys_base = int(side["phys_base"], 0) if side else elf.load_range()[0]
+    bits = parse_cpufeatures(os.path.join(a.src, "arch/x86/include/asm/cpufeatures.h"))
+    ci = cpuinfo_first(a.cpuinfo) if a.cpuinfo else None
+
+    how = None
+    base_off = None
+    if a.kallsyms:
+        ks = Kallsyms(a.kallsyms)
+        va = ks.get("boot_cpu_data")
+        if va:
+            pa = elf.virt_to_phys(va)
+            base_off = pa - phys_base
+            how = f"kallsyms boot_cpu_data = 0x{va:x}"
+    if base_off is None:
+        if not ci or not ci[2] or not ci[3]:
+            sys.exit("need --kallsyms with boot_cpu_data, or --cpuinfo with vendor_id/model name")
+        vend = ci[2].encode().ljust(16, b"\0")[:16]
+        model = ci[3].encode()
+        cands = []
+        for m in re.finditer(re.escape(vend), dump):
+            o = m.start() - lay["vendor"]
+            mid = dump[o + lay["model"]:o + lay["model"] + 64].split(b"\0")[0]
+            if o >= 0 and mid == model:
+                cands.append(o)
+        if not cands:
+            sys.exit("boot_cpu_data not found by string search")
+
+        def score(o):
+            w = struct.unpack_from(f"<{NCAPINTS + NBUGINTS}I", dump, o + lay["caps"])
+            named = {bits[b][1] for b in bits if bits[b][1] and w[b // 32] >> (b % 32) & 1}
+            return len(named ^ (ci[0] | ci[1]))
+        cands.sort(key=score)
+        base_off = cands[0]
+        va = None
+        for s in elf.loads():
+            if s["paddr"] <= phys_base + base_off < s["paddr"] + s["memsz"]:
+                va = phys_base + base_off - s["paddr"] + s["vaddr"]
+        how = (f"string search (vendor_id+model_id), {len(cands)} candidate(s), "
+               f"best at 0x{va:x}" if va is not None else "string search")
+
+    words = struct.unpack_from(f"<{NCAPINTS + NBUGINTS}I", dump, base_off + lay["caps"])
+    set_bits = [b for b in range(32 * (NCAPINTS + NBUGINTS)) if words[b // 32] >> (b % 32) & 1]
+
+    out = []
+    p = out.append
+    p("# boot_cpu_data.x86_capability[] read from the ground-truth dump (gtcaps.py)")
+    if side:
+        p(f"# boot: cpu={side.get('cpu')} smp={side.get('smp')} accel={side.get('accel')} "
+          f"dump={os.path.basename(a.dump)}")
+    p(f"# located by: {how}")
+    p("# words (index: hex), 0..21 = features, 22..23 = bugs:")
+    for i in range(0, NCAPINTS + NBUGINTS, 8):
+        p("words " + " ".join(f"{j}:{words[j]:08x}" for j in range(i, min(i + 8, NCAPINTS + NBUGINTS))))
+    p("# set bits: bit  macro  [cpuinfo name, or - when hidden]")
+    for b in set_bits:
+        macro, shown = bits.get(b, (f"unknown_bit_{b // 32}*32+{b % 32}", None))
+        p(f"bit {b // 32:2d}*32+{b % 32:2d}  {macro:<36s} {shown or '-'}")
+    if ci:
+        named_f = {bits[b][1] for b in set_bits if b in bits and bits[b][1] and b < NCAPINTS * 32}
+        named_b = {bits[b][1] for b in set_bits if b in bits and bits[b][1] and b >= NCAPINTS * 32}
+        p("# comparison with /proc/cpuinfo (processor 0) of the paired initramfs boot:")
+        p("flags only in dump: " + " ".join(sorted(named_f - ci[0])))
+        p("flags only in cpuinfo: " + " ".join(sorted(ci[0] - named_f)))
+        p("bugs only in dump: " + " ".join(sorted(named_b - ci[1])))
+        p("bugs only in cpuinfo: " + " ".join(sorted(ci[1] - named_b)))
+        hidden = [bits[b][0] for b in set_bits if b in bits and not bits[b][1]]
+        p("hidden (not in cpuinfo) set: " + " ".join(hidden))
+    text = "\n".join(out) + "\n"
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    main()
