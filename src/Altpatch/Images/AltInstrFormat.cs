@@ -48,6 +48,25 @@ public static class AltInstrFormats
         _ => pointerSize == 8 ? 24 : 12,
     };
 
+    /// <summary>Trailing padding bytes of an entry: the 2.6-era macros emit <c>.align</c> <i>before</i> each entry,
+    /// so the last entry of a table may lack them (1 or 5 bytes for the u8-cpuid layout on i386 / x86-64,
+    /// 0 or 4 for the u16 one); the relative layouts are packed and have none.</summary>
+    public static int TrailingPadding(this AltInstrFormat format, int pointerSize) => format switch
+    {
+        AltInstrFormat.AbsoluteByteCpuid => pointerSize == 8 ? 5 : 1,
+        AltInstrFormat.AbsoluteWordCpuid => pointerSize == 8 ? 4 : 0,
+        _ => 0,
+    };
+
+    /// <summary>The number of entries a table of <paramref name="sectionSize"/> bytes holds in this layout, or
+    /// null when the size does not fit it (allowing the last entry's <see cref="TrailingPadding"/> to be missing).</summary>
+    public static int? EntryCount(this AltInstrFormat format, ulong sectionSize, int pointerSize)
+    {
+        ulong es = (ulong)format.EntrySize(pointerSize);
+        ulong n = (sectionSize + es - 1) / es;
+        return n * es - sectionSize <= (ulong)format.TrailingPadding(pointerSize) && n <= int.MaxValue ? (int)n : null;
+    }
+
     /// <summary>Whether the instruction and replacement are absolute pointers (not self-relative offsets).</summary>
     public static bool IsAbsolute(this AltInstrFormat format) =>
         format is AltInstrFormat.AbsoluteByteCpuid or AltInstrFormat.AbsoluteWordCpuid;

@@ -142,7 +142,7 @@ public sealed class KernelPatchTables
         if (elf.FindSection(AltInstructions) is not { } sec || !sec.HasFileBytes)
             return (null, []);
         var expected = AltInstrFormats.ExpectedFor(version);
-        var candidates = AltInstrFormats.Preference.Where(f => sec.Size % (ulong)f.EntrySize(elf.PointerSize) == 0).ToList();
+        var candidates = AltInstrFormats.Preference.Where(f => AltInstrFormats.EntryCount(f, sec.Size, elf.PointerSize) is not null).ToList();
         if (candidates.Count == 0)
             throw new ImageFormatException(
                 $"{elf.Name}: {AltInstructions}: size {sec.Size} is not a multiple of any alt_instr entry size (12, 13, 14{(elf.PointerSize == 8 ? ", 24" : "")} bytes)");
@@ -181,13 +181,21 @@ public sealed class KernelPatchTables
         var elf = ctx.Elf;
         int ptr = elf.PointerSize, es = f.EntrySize(ptr);
         var data = elf.SectionBytes(sec).Span;
-        int n = data.Length / es;
+        int n = AltInstrFormats.EntryCount(f, sec.Size, ptr) ?? 0;
         sites = new KernelAltSite[n];
         error = null;
         string name = f.ShortName();
+        var last = new byte[es];
         for (int i = 0; i < n; i++)
         {
-            var e = data.Slice(i * es, es);
+            var e = data.Slice(i * es, Math.Min(es, data.Length - i * es));
+            if (e.Length < es)
+            {
+                // The 2.6-era asm aligns *before* each entry, so the last one lacks its padding bytes.
+                Array.Clear(last);
+                e.CopyTo(last);
+                e = last;
+            }
             ulong ea = sec.Address + (ulong)i * (ulong)es;
             ulong instr, repl;
             ushort cpuid, flags = 0;

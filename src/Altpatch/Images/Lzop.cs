@@ -4,8 +4,8 @@ namespace Altpatch.Images;
 
 /// <summary>
 /// Decoder for the lzop container of LZO1X blocks that <c>CONFIG_KERNEL_LZO</c> bzImages carry
-/// (<c>lzop -9</c>), with Altpatch's own LZO1X decompressor: no LZO package exists for .NET that is
-/// both maintained and safe on corrupt input, and the format is small. Written from the bitstream
+/// (<c>lzop -9</c>), with Altpatch's own LZO1X decompressor: none of the compression packages Altpatch
+/// references decodes LZO, and the format is small. Written from the bitstream
 /// description in the kernel's <c>Documentation/staging/lzo.rst</c> (bitstream version 0, which
 /// lzop writes; the LZO-RLE version 1 is rejected) and the header layout that the kernel's
 /// <c>lib/decompress_unlzo.c</c> parses. Every read and copy is bounds-checked.

@@ -84,6 +84,22 @@ public class KernelTableTests
         Assert.Equal($"absolute-ptr{k.PointerSize * 8}", t.Tables.Single(x => x.Kind == KernelSiteKind.SmpLock).Format);
     }
 
+    [Theory]
+    [InlineData(true, AltInstrFormat.AbsoluteByteCpuid, 5)]
+    [InlineData(false, AltInstrFormat.AbsoluteByteCpuid, 1)]
+    [InlineData(true, AltInstrFormat.AbsoluteWordCpuid, 4)]
+    public void Seed_era_tables_whose_last_entry_lacks_its_padding(bool is64, AltInstrFormat format, int missing)
+    {
+        var k = new SyntheticKernel(is64, format) { TrimTrailingPadding = true, Banner = "Linux version 2.6.22 (x) #1 SMP" };
+        var img = KernelImage.Load(k.Build(), "seed");
+        var sec = img.Elf.FindSection(".altinstructions")!.Value;
+        Assert.Equal((ulong)(k.Alts.Count * format.EntrySize(k.PointerSize) - missing), sec.Size);
+        Assert.Equal(format, img.Tables.AltFormat);
+        Assert.Equal(k.Alts.Select(a => (a.Instr, a.Repl, a.Cpuid, a.InstrLen, a.ReplLen)),
+            img.Tables.Alternatives.Select(a => (a.Address, a.ReplacementAddress, a.Cpuid, a.InstrLen, a.ReplacementLen)));
+        Assert.Equal(k.Alts.Count, img.Tables.Tables.Single(t => t.Kind == KernelSiteKind.Alternative).Entries);
+    }
+
     [Fact]
     public void Alt_entry_pointing_into_data()
     {

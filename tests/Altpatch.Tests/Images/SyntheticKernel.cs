@@ -48,6 +48,8 @@ internal sealed class SyntheticKernel
     public int LockPadding { get; set; }
     public string? Banner { get; set; } = "Linux version 6.1.0-synthetic (test@altpatch) (gcc) #1 SMP PREEMPT_DYNAMIC";
     public bool WithSymbols { get; set; }
+    /// <summary>Leave out the last alt_instr entry's trailing padding, as the 2.6-era asm (".align" before each entry) does.</summary>
+    public bool TrimTrailingPadding { get; set; }
     public ulong Base { get; }
     public ulong Text => Base;
     public ulong Rodata => Base + 0x1000;
@@ -116,7 +118,7 @@ internal sealed class SyntheticKernel
             .Section(".rodata", Rodata, rodata)
             .Section(".data", Data, data, SyntheticElf.Alloc | SyntheticElf.Write)
             .Section(".altinstr_replacement", Replacement, repl, SyntheticElf.Alloc | SyntheticElf.Exec)
-            .Section(".altinstructions", AltTable, AltEntries())
+            .Section(".altinstructions", AltTable, TrimTrailingPadding ? AltEntries()[..^Format.TrailingPadding(PointerSize)] : AltEntries())
             .Section(".parainstructions", ParaTable, ParaEntries())
             .Section(".smp_locks", LockTable, LockEntries())
             .Section(".retpoline_sites", RetpolineTable, RelativeEntries(RetpolineTable, Retpolines))
