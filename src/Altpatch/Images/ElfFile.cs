@@ -169,7 +169,7 @@ public sealed class ElfFile
                     ? (U32(s, 0), new ElfSection(i, "", U32(s, 4), U64(s, 8), U64(s, 16), U64(s, 24), U64(s, 32), U64(s, 48), U64(s, 56), U32(s, 40), U32(s, 44)))
                     : (U32(s, 0), new ElfSection(i, "", U32(s, 4), U32(s, 8), U32(s, 12), U32(s, 16), U32(s, 20), U32(s, 32), U32(s, 36), U32(s, 24), U32(s, 28)));
                 var sec = raw[i].s;
-                if (sec.HasFileBytes && sec.Size > 0 && sec.Type != 0)
+                if (HasBytesInFile(sec))
                 {
                     if (sec.FileOffset > (ulong)d.Length || sec.Size > (ulong)d.Length - sec.FileOffset)
                         throw new ImageFormatException(
@@ -178,7 +178,7 @@ public sealed class ElfFile
                 }
             }
             ReadOnlySpan<byte> strtab = default;
-            if (shstrndx > 0 && shstrndx < count && raw[shstrndx].s.HasFileBytes)
+            if (shstrndx > 0 && shstrndx < count && HasBytesInFile(raw[shstrndx].s))
             {
                 var st = raw[shstrndx].s;
                 strtab = d.Slice((int)st.FileOffset, (int)st.Size);
@@ -212,7 +212,10 @@ public sealed class ElfFile
 
     /// <summary>The file bytes of a section (empty for <c>SHT_NOBITS</c>).</summary>
     public Memory<byte> SectionBytes(ElfSection section) =>
-        section.HasFileBytes ? Bytes.Slice((int)section.FileOffset, (int)section.Size) : Memory<byte>.Empty;
+        HasBytesInFile(section) && section.Size > 0 ? Bytes.Slice((int)section.FileOffset, (int)section.Size) : Memory<byte>.Empty;
+
+    /// <summary>Sections whose bytes are in the file (checked to lie inside it by <see cref="Parse"/>): not SHT_NULL, not SHT_NOBITS.</summary>
+    private static bool HasBytesInFile(ElfSection s) => s.HasFileBytes && s.Type != 0;
 
     /// <summary>Maps the virtual range [address, address + length) to a file offset when the whole range
     /// has file bytes in one section (or segment).</summary>
@@ -314,9 +317,8 @@ public sealed class ElfFile
         if (symtab.Link >= Sections.Count)
             throw new ImageFormatException($"{Name}: section [{symtab.Index}] {symtab.Name}: sh_link {symtab.Link} names no string table");
         var strSec = Sections[(int)symtab.Link];
-        var d = Bytes.Span;
-        var str = strSec.HasFileBytes ? d.Slice((int)strSec.FileOffset, (int)strSec.Size) : default;
-        var tab = d.Slice((int)symtab.FileOffset, (int)symtab.Size);
+        var str = SectionBytes(strSec).Span;
+        var tab = SectionBytes(symtab).Span;
         int n = tab.Length / entSize;
         var result = new ElfSymbol[n];
         for (int i = 0; i < n; i++)

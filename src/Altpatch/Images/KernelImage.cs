@@ -87,7 +87,7 @@ public sealed class KernelImage
         byte[] elfBytes;
         if (ElfFile.HasElfMagic(file))
             elfBytes = file;
-        else if (file.Length >= 0x206 && BzImage.IsBzImage(file))
+        else if (BzImage.IsBzImage(file))
         {
             bz = BzImage.Parse(file, name);
             elfBytes = bz.Decompress();
@@ -96,7 +96,7 @@ public sealed class KernelImage
                     $"{name}: the {PayloadDecompressor.Name(bz.Compression)} payload decompressed to {elfBytes.Length} bytes but is not an ELF file (starts {Convert.ToHexString(elfBytes.AsSpan(0, Math.Min(4, elfBytes.Length))).ToLowerInvariant()})");
         }
         else
-            throw new ImageFormatException(file.Length < 0x206 && !ElfFile.HasElfMagic(file)
+            throw new ImageFormatException(file.Length < 0x208
                 ? $"{name}: not a kernel image: {file.Length} bytes, no ELF magic and too short for a bzImage setup header"
                 : $"{name}: not a kernel image: no ELF magic at 0 and no bzImage setup header ('HdrS' at 0x202, 0xAA55 at 0x1fe)");
 

@@ -42,7 +42,7 @@ public sealed record SetupHeader(
 
     /// <summary>Whether the file has the bzImage setup signature (0xAA55 boot flag at 0x1fe and "HdrS" at 0x202).</summary>
     public static bool IsPresent(ReadOnlySpan<byte> file) =>
-        file.Length >= 0x206
+        file.Length >= 0x208
         && BinaryPrimitives.ReadUInt16LittleEndian(file[0x1fe..]) == 0xAA55
         && BinaryPrimitives.ReadUInt32LittleEndian(file[0x202..]) == Signature;
 
@@ -55,7 +55,7 @@ public sealed record SetupHeader(
         if (file.Length == 0)
             throw new ImageFormatException($"{name}: empty file");
         if (!IsPresent(file))
-            throw new ImageFormatException(file.Length < 0x206
+            throw new ImageFormatException(file.Length < 0x208
                 ? $"{name}: file too short for a bzImage setup header ({file.Length} bytes, the header starts at 0x1f1)"
                 : $"{name}: not a bzImage: no 0xAA55 boot flag at 0x1fe and 'HdrS' signature at 0x202");
         ushort version = U16(file, 0x206);

@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using Altpatch.Images;
+using CsCheck;
 
 namespace Altpatch.Tests.Images;
 
@@ -88,6 +89,42 @@ public class ElfFileTests
         Assert.Equal(["", "_text", "pv_ops", "native_io_delay"], elf.Symbols.Select(s => s.Name));
         var pv = elf.Symbols.Single(s => s.Name == "pv_ops");
         Assert.Equal((k.PvOps, 64UL, 1, 1), (pv.Value, pv.Size, pv.Binding, pv.Type));
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void Corrupt_headers_and_tables_never_throw_anything_else(bool is64)
+    {
+        var good = new SyntheticKernel(is64, AltInstrFormat.Relative12) { WithSymbols = true }.Build();
+        var elf = ElfFile.Parse(good, "g");
+        ulong shoff = is64 ? BinaryPrimitives.ReadUInt64LittleEndian(good.AsSpan(40)) : BinaryPrimitives.ReadUInt32LittleEndian(good.AsSpan(32));
+        // Mutate header bytes, section headers, and the table sections.
+        var hot = new List<int>();
+        hot.AddRange(Enumerable.Range(0, 64 + 10 * 56));
+        hot.AddRange(Enumerable.Range((int)shoff, good.Length - (int)shoff));
+        foreach (var name in new[] { ".altinstructions", ".parainstructions", ".smp_locks", ".return_sites" })
+        {
+            var sec = elf.FindSection(name)!.Value;
+            hot.AddRange(Enumerable.Range((int)sec.FileOffset, (int)sec.Size));
+        }
+        Gen.Select(Gen.Int[0, hot.Count - 1], Gen.Byte, Gen.Int[0, hot.Count - 1], Gen.Byte).Sample((i, v, j, w) =>
+        {
+            var b = (byte[])good.Clone();
+            b[hot[i]] = v;
+            b[hot[j]] = w;
+            try
+            {
+                var img = KernelImage.Load(b, "fuzz");
+                _ = img.Tables;
+                _ = img.Elf.Symbols;
+                foreach (var s in img.Sections)
+                    _ = img.Elf.SectionBytes(s);
+            }
+            catch (ImageFormatException)
+            {
+            }
+        }, iter: 5000);
     }
 
     private static ImageFormatException Fail(byte[] bytes) => Assert.Throws<ImageFormatException>(() => ElfFile.Parse(bytes, "s"));
