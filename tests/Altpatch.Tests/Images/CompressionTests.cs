@@ -17,13 +17,14 @@ public class CompressionTests
         { "xz", PayloadCompression.Xz },
         { "lz4", PayloadCompression.Lz4 },
         { "zstd", PayloadCompression.Zstd },
+        { "lzo", PayloadCompression.Lzo },
     };
 
     [SkippableTheory]
     [MemberData(nameof(Codecs))]
     public void Synthetic_kernel_round_trips_through_a_bzImage(string codec, PayloadCompression expected)
     {
-        Skip.IfNot(Compressors.Available(codec), $"the {codec} tool is not installed");
+        Skip.IfNot(Compressors.Available(codec), $"the {Compressors.Command(codec).Tool} tool is not installed");
         var k = new SyntheticKernel(is64: true, AltInstrFormat.Relative12);
         var elf = k.Build();
         var file = SyntheticBzImage.Build(Compressors.Payload(codec, elf));
@@ -41,7 +42,7 @@ public class CompressionTests
     [MemberData(nameof(Codecs))]
     public void Corrupt_payloads_fail_with_ImageFormatException(string codec, PayloadCompression expected)
     {
-        Skip.IfNot(Compressors.Available(codec), $"the {codec} tool is not installed");
+        Skip.IfNot(Compressors.Available(codec), $"the {Compressors.Command(codec).Tool} tool is not installed");
         var elf = new SyntheticKernel(is64: false, AltInstrFormat.Relative12).Build();
         var payload = Compressors.Payload(codec, elf);
         Assert.True(PayloadDecompressor.TryDetect(payload, out var detected));

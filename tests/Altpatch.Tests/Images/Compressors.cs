@@ -2,7 +2,7 @@ using System.Diagnostics;
 
 namespace Altpatch.Tests.Images;
 
-/// <summary>Runs the system's compression tools (gzip, xz, lz4, zstd, bzip2, lzma) as the kernel's
+/// <summary>Runs the system's compression tools (gzip, xz, lz4, zstd, bzip2, lzma, lzop) as the kernel's
 /// Makefile.lib does, for round-trip tests.</summary>
 internal static class Compressors
 {
@@ -15,6 +15,7 @@ internal static class Compressors
         "xz" => ("xz", ["--check=crc32", "--x86", "--lzma2=dict=1MiB", "-c"]),
         "lz4" => ("lz4", ["-l", "-9", "-c", "-", "-"]),
         "zstd" => ("zstd", ["-19", "-c", "-q"]),
+        "lzo" => ("lzop", ["-9", "-c"]),
         _ => throw new ArgumentException(codec),
     };
 

@@ -6,8 +6,8 @@ using CsCheck;
 namespace Altpatch.Tests.Images;
 
 /// <summary>
-/// LZO1X and the lzop container. No lzop tool is installed, so the two compressed blocks below were made
-/// once with the kernel's own compressor (<c>lib/lzo/lzo1x_compress.c</c> of Linux 6.1, <c>lzo1x_1_compress</c>,
+/// LZO1X and the lzop container, without the lzop tool (CompressionTests round-trips through <c>lzop -9</c>
+/// when it is installed). The two compressed blocks below were made once with the kernel's own compressor (<c>lib/lzo/lzo1x_compress.c</c> of Linux 6.1, <c>lzo1x_1_compress</c>,
 /// built for x86-64 with a few header shims) from a 70,000-byte mix of words, random bytes, zero runs and
 /// back-references (40,000 + 30,000 bytes); the expected output is identified by its SHA-256. The lzop
 /// container around them is built here, as <c>lzop -9</c> lays it out.
