@@ -94,6 +94,20 @@ public class CompressionTests
         Assert.Contains("lz4 block 2", Assert.Throws<ImageFormatException>(() => PayloadDecompressor.DecompressPayload(payload, "big")).Message, StringComparison.Ordinal);
     }
 
+    [SkippableFact]
+    public void Lzop_stream_with_several_blocks()
+    {
+        Skip.IfNot(Compressors.Available("lzo"), "the lzop tool is not installed");
+        // lzop cuts its input into 256 KiB blocks; mix compressible and random ones (the latter are stored).
+        var data = new byte[(1 << 20) + 777];
+        var rng = new Random(7);
+        for (int i = 0; i < data.Length; i += 1024)
+            rng.NextBytes(data.AsSpan(i, Math.Min(i < 512 << 10 ? 32 : 1024, data.Length - i)));
+        var (output, c) = PayloadDecompressor.DecompressPayload(Compressors.Payload("lzo", data), "lzop");
+        Assert.Equal(PayloadCompression.Lzo, c);
+        Assert.True(output.AsSpan().SequenceEqual(data));
+    }
+
     [Fact]
     public void Lz4_legacy_frames_built_with_K4os_decode_exactly()
     {
