@@ -12,6 +12,7 @@ public static class Program
         var root = new RootCommand("altpatch: the Linux kernel's x86 code patching (alternatives, paravirt, SMP locks, text_poke) for live code and kernel images.");
         root.Subcommands.Add(DemoCommand.Create());
         root.Subcommands.Add(CpuCommand.Create());
+        root.Subcommands.Add(KernelCommand.Create());
         return root;
     }
 
@@ -29,12 +30,12 @@ public static class Program
         }
         catch (AltpatchException e)
         {
-            error.WriteLine($"altpatch: error: {e.Message}");
+            error.WriteLine($"altpatch: error: {e.Message.ReplaceLineEndings(" ")}");
             return 1;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            error.WriteLine($"altpatch: error: {e.Message}");
+            error.WriteLine($"altpatch: error: {e.Message.ReplaceLineEndings(" ")}");
             return 1;
         }
     }

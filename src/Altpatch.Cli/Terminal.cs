@@ -14,9 +14,11 @@ internal static class Terminal
     public static TextWriter Out(ParseResult parse) => parse.InvocationConfiguration.Output;
 
     /// <summary>A Spectre console writing to the invocation's output (plain text when not a terminal).</summary>
-    public static IAnsiConsole Console(ParseResult parse)
+    public static IAnsiConsole Console(ParseResult parse) => Console(Out(parse));
+
+    /// <summary>A Spectre console writing to <paramref name="writer"/>; colours only on a real terminal.</summary>
+    public static IAnsiConsole Console(TextWriter writer)
     {
-        var writer = Out(parse);
         bool terminal = ReferenceEquals(writer, System.Console.Out) && !System.Console.IsOutputRedirected;
         var console = AnsiConsole.Create(new AnsiConsoleSettings
         {
@@ -25,7 +27,7 @@ internal static class Terminal
             ColorSystem = terminal ? ColorSystemSupport.Detect : ColorSystemSupport.NoColors,
             Interactive = terminal ? InteractionSupport.Detect : InteractionSupport.No,
         });
-        if (!terminal) console.Profile.Width = 160; // files and pipes get wide tables rather than 80 columns
+        if (!terminal) console.Profile.Width = 200; // files and pipes: wide tables, no wrapping of 64-bit addresses
         return console;
     }
 

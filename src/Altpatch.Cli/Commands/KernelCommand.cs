@@ -1,0 +1,59 @@
+using System.CommandLine;
+using System.Text.Encodings.Web;
+using System.Text.Json;
+using Altpatch.Images;
+using Spectre.Console;
+
+namespace Altpatch.Cli.Commands;
+
+/// <summary>
+/// <c>altpatch kernel …</c>: read real Linux kernel images (bzImage or vmlinux ELF) and their patch
+/// site tables. Subcommands: <c>info</c> (<see cref="KernelInfoCommand"/>) and <c>sites</c>
+/// (<see cref="KernelSitesCommand"/>).
+/// </summary>
+public static class KernelCommand
+{
+    /// <summary>Builds the <c>kernel</c> command and its subcommands.</summary>
+    public static Command Create()
+    {
+        var kernel = new Command("kernel",
+            "Read Linux x86 kernel images (bzImage or vmlinux ELF, i386 or x86-64): version, payload, and the alternative, paravirt, SMP lock, retpoline and return patch sites.");
+        kernel.Subcommands.Add(KernelInfoCommand.Create());
+        kernel.Subcommands.Add(KernelSitesCommand.Create());
+        return kernel;
+    }
+
+    /// <summary>The IMAGE argument shared by the subcommands.</summary>
+    internal static Argument<FileInfo> ImageArgument() => new("IMAGE")
+    {
+        Description = "A bzImage (e.g. /boot/vmlinuz-*; any CONFIG_KERNEL_* compression) or a vmlinux ELF file.",
+    };
+
+    /// <summary>The --json option shared by the subcommands.</summary>
+    internal static Option<bool> JsonOption(string what) => new("--json") { Description = $"Write {what} as JSON (addresses as \"0x…\" strings) instead of text." };
+
+    /// <summary>Opens the image named by the argument.</summary>
+    internal static KernelImage Open(FileInfo file)
+    {
+        if (!file.Exists)
+            throw new FileNotFoundException($"{file.FullName}: no such file");
+        return KernelImage.Open(file.FullName);
+    }
+
+    /// <summary>The CLI's short name of a site kind (the --kind values).</summary>
+    internal static string KindName(KernelSiteKind kind) => kind switch
+    {
+        KernelSiteKind.Alternative => "alt",
+        KernelSiteKind.Paravirt => "para",
+        KernelSiteKind.SmpLock => "lock",
+        KernelSiteKind.Retpoline => "retpoline",
+        KernelSiteKind.Return => "return",
+        _ => kind.ToString(),
+    };
+
+    /// <summary>JSON output options: indented, and no \u escapes for '+', '<' and the like (the output is not HTML).</summary>
+    internal static JsonWriterOptions JsonOptions => new() { Indented = true, Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+
+    /// <summary>"0x…" in lower-case hex.</summary>
+    internal static string Hex(ulong value) => $"0x{value:x}";
+}

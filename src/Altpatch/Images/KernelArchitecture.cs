@@ -1,0 +1,10 @@
+namespace Altpatch.Images;
+
+/// <summary>The x86 flavour a kernel image was built for (the kernel's <c>ARCH=i386</c> / <c>ARCH=x86_64</c>).</summary>
+public enum KernelArchitecture
+{
+    /// <summary>32-bit x86: ELF32, <c>EM_386</c>, 4-byte pointers; decoded with bitness 32.</summary>
+    I386,
+    /// <summary>x86-64: ELF64, <c>EM_X86_64</c>, 8-byte pointers; decoded with bitness 64.</summary>
+    X86_64,
+}

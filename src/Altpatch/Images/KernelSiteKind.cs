@@ -1,0 +1,16 @@
+namespace Altpatch.Images;
+
+/// <summary>The kinds of patch site tables a kernel image carries.</summary>
+public enum KernelSiteKind
+{
+    /// <summary><c>.altinstructions</c> (+ <c>.altinstr_replacement</c>): CPU-feature alternatives.</summary>
+    Alternative,
+    /// <summary><c>.parainstructions</c>: paravirt call sites.</summary>
+    Paravirt,
+    /// <summary><c>.smp_locks</c>: LOCK prefixes that a uniprocessor kernel turns into DS prefixes.</summary>
+    SmpLock,
+    /// <summary><c>.retpoline_sites</c>: calls and jumps to retpoline thunks (objtool, 5.16+).</summary>
+    Retpoline,
+    /// <summary><c>.return_sites</c>: jumps to the return thunk (objtool, 5.19+).</summary>
+    Return,
+}

@@ -1,0 +1,39 @@
+namespace Altpatch.Tests;
+
+/// <summary>
+/// Where the tests find the repository and the shared real kernel images. The repository root is the
+/// nearest directory above the test binaries that holds <c>Altpatch.slnx</c>; the images live in
+/// <c>../shared/linux/</c> beside it (a worktree <c>/work/wt-x</c> → <c>/work/shared/linux</c>; CI:
+/// <c>&lt;root&gt;/p</c> → <c>&lt;root&gt;/shared/linux</c>).
+/// </summary>
+internal static class TestPaths
+{
+    /// <summary>The reason given when a test needs the shared images and they are absent.</summary>
+    public const string NoSharedImages = "the shared kernel images (../shared/linux next to the repository) are not present";
+
+    private static readonly Lazy<string?> Root = new(() =>
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            if (File.Exists(Path.Combine(dir.FullName, "Altpatch.slnx")))
+                return dir.FullName;
+        }
+        return null;
+    });
+
+    /// <summary>The repository root (the directory holding Altpatch.slnx), or null when not found.</summary>
+    public static string? RepoRoot => Root.Value;
+
+    /// <summary>The shared directory of real kernel images: &lt;repo&gt;/../shared/linux.</summary>
+    public static string SharedLinux =>
+        Path.GetFullPath(Path.Combine(RepoRoot ?? AppContext.BaseDirectory, "..", "shared", "linux"));
+
+    /// <summary>The Debian 6.1 x86-64 cloud kernel (LZ4 payload).</summary>
+    public static string CloudAmd64 => Path.Combine(SharedLinux, "vmlinuz-6.1.0-50-cloud-amd64");
+
+    /// <summary>The Debian 6.1 i386 686 kernel (XZ payload).</summary>
+    public static string I386 => Path.Combine(SharedLinux, "vmlinuz-6.1.0-50-686");
+
+    /// <summary>Whether both shared images are present.</summary>
+    public static bool HaveSharedImages => File.Exists(CloudAmd64) && File.Exists(I386);
+}
