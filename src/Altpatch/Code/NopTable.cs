@@ -63,14 +63,11 @@ public sealed class NopTable
 
     private static byte[] Cat(params byte[][] parts) => [.. parts.SelectMany(p => p)];
 
-    // ---- Today's x86-64 table (arch/x86/include/asm/nops.h, CONFIG_64BIT; 9-11 added in 6.2) ----
+    // ---- The P6 NOPs (Intel-recommended nopl forms): the 64-bit table from 2.6.24 to 6.1 ----
     private static readonly byte[] Nop8 = [0x0f, 0x1f, 0x84, 0x00, 0x00, 0x00, 0x00, 0x00];
 
-    /// <summary>
-    /// Today's x86-64 NOPs, longest 11 bytes: <c>nop</c>, <c>osp nop</c>, <c>nopl</c> forms up to 8 bytes,
-    /// then <c>cs nopl</c> (9) with one and two operand-size prefixes (10, 11).
-    /// </summary>
-    public static NopTable X86_64 { get; } = new("x86-64", 64,
+    private static readonly byte[][] P6Nops =
+    [
         [0x90],
         [0x66, 0x90],
         [0x0f, 0x1f, 0x00],
@@ -79,23 +76,20 @@ public sealed class NopTable
         [0x66, 0x0f, 0x1f, 0x44, 0x00, 0x00],
         [0x0f, 0x1f, 0x80, 0x00, 0x00, 0x00, 0x00],
         Nop8,
-        Cat([0x2e], Nop8),
-        Cat([0x66, 0x2e], Nop8),
-        Cat([0x66, 0x66, 0x2e], Nop8));
+    ];
 
     /// <summary>
-    /// Linux 5.x/6.0/6.1's 64-bit table (the same NOPs as <see cref="X86_64"/>, longest 8 bytes):
-    /// what the shared 6.1 x86-64 kernel pads with.
+    /// Today's x86-64 NOPs (arch/x86/include/asm/nops.h, CONFIG_64BIT; 9-11 added in 6.2), longest 11 bytes:
+    /// the P6 NOPs up to 8 bytes, then <c>cs nopl</c> (9) with one and two operand-size prefixes (10, 11).
     /// </summary>
-    public static NopTable X86_64Linux61 { get; } = new("x86-64 (6.1, max 8)", 64,
-        [0x90],
-        [0x66, 0x90],
-        [0x0f, 0x1f, 0x00],
-        [0x0f, 0x1f, 0x40, 0x00],
-        [0x0f, 0x1f, 0x44, 0x00, 0x00],
-        [0x66, 0x0f, 0x1f, 0x44, 0x00, 0x00],
-        [0x0f, 0x1f, 0x80, 0x00, 0x00, 0x00, 0x00],
-        Nop8);
+    public static NopTable X86_64 { get; } = new("x86-64", 64,
+        [.. P6Nops, Cat([0x2e], Nop8), Cat([0x66, 0x2e], Nop8), Cat([0x66, 0x66, 0x2e], Nop8)]);
+
+    /// <summary>
+    /// Linux 5.x/6.0/6.1's 64-bit table (the P6 NOPs, longest 8 bytes): what the shared 6.1 x86-64
+    /// kernel pads with.
+    /// </summary>
+    public static NopTable X86_64Linux61 { get; } = new("x86-64 (6.1, max 8)", 64, P6Nops);
 
     /// <summary>
     /// Linux 5.x/6.x's 32-bit table (GAS's generic 32-bit NOPs with DS-prefixed 5 and 8):
@@ -147,15 +141,7 @@ public sealed class NopTable
         [0x8d, 0x04, 0x05, 0x00, 0x00, 0x00, 0x00, 0x90]);
 
     /// <summary>The P6 table (Intel-recommended <c>nopl</c> forms, longest 8); valid in 32- and 64-bit code.</summary>
-    public static NopTable P6 { get; } = new("p6", 64,
-        [0x90],
-        [0x66, 0x90],
-        [0x0f, 0x1f, 0x00],
-        [0x0f, 0x1f, 0x40, 0x00],
-        [0x0f, 0x1f, 0x44, 0x00, 0x00],
-        [0x66, 0x0f, 0x1f, 0x44, 0x00, 0x00],
-        [0x0f, 0x1f, 0x80, 0x00, 0x00, 0x00, 0x00],
-        Nop8);
+    public static NopTable P6 { get; } = new("p6", 64, P6Nops);
 
     /// <summary>Every table Altpatch knows.</summary>
     public static IReadOnlyList<NopTable> All { get; } = [X86_64, X86_64Linux61, X86_32, Generic, K8, K7, P6];
