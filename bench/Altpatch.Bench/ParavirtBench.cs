@@ -28,7 +28,7 @@ public unsafe class ParavirtBench
 
     private CodeBuilder cb = null!;
     private HypervisorBackend hypervisor = null!;
-    private ulong indirect, patchedCall, patchedInline, hypervisorCall, handCall, handInline;
+    private ulong indirect, patchedCall, patchedInline, hypervisorCall, handCall, handInline, prefixedCall, prefixedInline, handCallNop, handInlineNop;
 
     [GlobalSetup]
     public void Setup()
@@ -49,6 +49,10 @@ public unsafe class ParavirtBench
         hypervisorCall = Loop(b => b.ParavirtCall(ParavirtOps.Popcount, Clobbers.RetReg));
         handCall = Loop(b => b.Code(a => a.call(popcountFn)));
         handInline = Loop(b => b.Code(a => a.popcnt(rax, rdi)));
+        prefixedCall = Loop(b => b.ParavirtCall(ParavirtOps.Popcount, Clobbers.RetReg));
+        prefixedInline = Loop(b => b.ParavirtCall(ParavirtOps.Popcount, Clobbers.RetReg));
+        handCallNop = Loop(b => b.Code(a => { a.call(popcountFn); a.nop(); }));
+        handInlineNop = Loop(b => b.Code(a => { a.popcnt(rax, rdi); a.nop(); }));
         cb.Publish();
 
         var sites = cb.ParavirtSites;
@@ -56,10 +60,15 @@ public unsafe class ParavirtBench
         poker.Apply(Paravirt.Plan([sites[1]], callsOnly, ProcessMemory.Snapshot()));
         poker.Apply(Paravirt.Plan([sites[2]], native, ProcessMemory.Snapshot()));
         poker.Apply(Paravirt.Plan([sites[3]], hypervisor, ProcessMemory.Snapshot()));
+        var prefix = new ParavirtOptions { PrefixPadding = true };
+        poker.Apply(Paravirt.Plan([sites[4]], callsOnly, ProcessMemory.Snapshot(), prefix));
+        poker.Apply(Paravirt.Plan([sites[5]], native, ProcessMemory.Snapshot(), prefix));
 
+        foreach (int i in new[] { 4, 5 })
+            if (*(byte*)sites[i].Address != 0x2E) throw new InvalidOperationException("prefix padding was not applied");
         // every form computes the same sum
         long want = Run(handInline);
-        foreach (ulong fn in new[] { indirect, patchedCall, patchedInline, hypervisorCall, handCall })
+        foreach (ulong fn in new[] { indirect, patchedCall, patchedInline, hypervisorCall, handCall, prefixedCall, prefixedInline, handCallNop, handInlineNop })
             if (Run(fn) != want) throw new InvalidOperationException("a loop computes the wrong result");
     }
 
@@ -97,6 +106,14 @@ public unsafe class ParavirtBench
     [Benchmark(OperationsPerInvoke = Calls), BenchmarkCategory("call")]
     public long PatchedCall() => Run(patchedCall);
 
+    /// <summary>The site patched with <see cref="ParavirtOptions.PrefixPadding"/>: <c>cs call rel32</c> (6 bytes, no NOP).</summary>
+    [Benchmark(OperationsPerInvoke = Calls), BenchmarkCategory("call")]
+    public long PatchedCallPrefixed() => Run(prefixedCall);
+
+    /// <summary>Hand-written <c>call popcount; nop</c>: what the patched site is, written by hand.</summary>
+    [Benchmark(OperationsPerInvoke = Calls), BenchmarkCategory("call")]
+    public long HandCallNop() => Run(handCallNop);
+
     /// <summary>The site before patching: <c>call [rip+slot]</c> through the ops table.</summary>
     [Benchmark(OperationsPerInvoke = Calls), BenchmarkCategory("call")]
     public long IndirectCall() => Run(indirect);
@@ -112,4 +129,12 @@ public unsafe class ParavirtBench
     /// <summary>The site patched by the native backend: <c>popcnt rax, rdi</c> + 1-byte NOP.</summary>
     [Benchmark(OperationsPerInvoke = Calls), BenchmarkCategory("inline")]
     public long PatchedInline() => Run(patchedInline);
+
+    /// <summary>The site patched by the native backend with <see cref="ParavirtOptions.PrefixPadding"/>: <c>cs popcnt rax, rdi</c>.</summary>
+    [Benchmark(OperationsPerInvoke = Calls), BenchmarkCategory("inline")]
+    public long PatchedInlinePrefixed() => Run(prefixedInline);
+
+    /// <summary>Hand-written <c>popcnt rax, rdi; nop</c>: what the patched site is, written by hand.</summary>
+    [Benchmark(OperationsPerInvoke = Calls), BenchmarkCategory("inline")]
+    public long HandInlineNop() => Run(handInlineNop);
 }

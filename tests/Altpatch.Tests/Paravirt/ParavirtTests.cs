@@ -281,3 +281,56 @@ public class ParavirtTests
         Assert.Equal(f.Native.Implementation(ParavirtOps.Popcount).Slot, f.Table[ParavirtOps.Popcount]);
     }
 }
+
+/// <summary>PrefixPadding: a 5-byte instruction in a 6-byte site gets a CS prefix instead of a trailing NOP.</summary>
+public class ParavirtPrefixPaddingTests
+{
+    private static readonly ParavirtOptions Prefixed = new() { PrefixPadding = true };
+
+    [Fact]
+    public void Direct_call_and_jump_get_a_cs_prefix_and_keep_their_targets()
+    {
+        using var f = new PvFixture();
+        var (mix, s0) = f.Site(ParavirtOps.Mix64, Clobbers.Any);
+        var (tail, s1) = f.JumpSite(ParavirtOps.TailReturn);
+        var (wide, s2) = f.Site(ParavirtOps.Mix64, Clobbers.Any, length: 8); // 3 spare bytes: NOPs as usual
+        f.Cb.Publish();
+        var decisions = new List<ParavirtDecision>();
+        var plan = Pv.Plan(f.Cb.ParavirtSites, f.Native, ProcessMemory.Snapshot(), Prefixed, decisions: decisions);
+        foreach (var (site, type, mnemonic) in new[] { (s0, ParavirtOps.Mix64, Iced.Intel.Mnemonic.Call), (s1, ParavirtOps.TailReturn, Iced.Intel.Mnemonic.Jmp) })
+        {
+            var bytes = plan.Single(p => p.Site.Index == site).New.ToArray();
+            Assert.Equal(0x2E, bytes[0]);
+            var (m, target, length) = PvFixture.Decode(bytes, f.Cb.ParavirtSites[site].Address);
+            Assert.Equal(mnemonic, m);
+            Assert.Equal(6, length);
+            Assert.Equal(f.Native.Implementation(type).Target, target);
+            Assert.Contains($"0x{target:x}", decisions[site].Detail);
+        }
+        Assert.Equal(ParavirtStrategy.DirectCall, decisions[s0].Strategy);
+        Assert.Equal(ParavirtStrategy.Jump, decisions[s1].Strategy);
+        Assert.Equal(0xE8, plan.Single(p => p.Site.Index == s2).New.Span[0]);
+
+        new ProtectPoker().Apply(plan);
+        Assert.Equal(ParavirtOps.Mix64Reference(77), PvFixture.Call(mix, 77));
+        Assert.Equal(ParavirtOps.Mix64Reference(78), PvFixture.Call(wide, 78));
+        Assert.Equal(154UL, PvFixture.Call(tail, 77));
+        new ProtectPoker().Revert(plan);
+    }
+
+    [SkippableFact]
+    public void A_register_only_inline_instruction_gets_the_prefix_and_a_multi_instruction_sequence_does_not()
+    {
+        using var f = new PvFixture();
+        Skip.IfNot(f.Cpu.Has(Altpatch.Cpu.CpuFeature.Popcnt), "needs POPCNT");
+        var (pop, s0) = f.Site(ParavirtOps.Popcount, Clobbers.RetReg);
+        var (flags, s1) = f.Site(ParavirtOps.SaveFl, Clobbers.RetReg, length: 6, before: a => a.xor(Iced.Intel.AssemblerRegisters.eax, Iced.Intel.AssemblerRegisters.eax));
+        f.Cb.Publish();
+        var plan = Pv.Plan(f.Cb.ParavirtSites, f.Native, ProcessMemory.Snapshot(), Prefixed);
+        Assert.Equal(new byte[] { 0x2E, 0xF3, 0x48, 0x0F, 0xB8, 0xC7 }, plan.Single(p => p.Site.Index == s0).New.ToArray());
+        Assert.Equal(0x9C, plan.Single(p => p.Site.Index == s1).New.Span[0]);
+        new ProtectPoker().Apply(plan);
+        Assert.Equal(32UL, PvFixture.Call(pop, 0x1234_5678_9ABC_DEF0));
+        new ProtectPoker().Revert(plan);
+    }
+}
