@@ -18,7 +18,8 @@ namespace Altpatch.Bench;
 /// so one managed call covers 10,000 op calls. Baselines are the same loop written by hand: a direct
 /// <c>call</c> to the same function, and the <c>popcnt</c> instruction itself.
 /// </summary>
-[SimpleJob(launchCount: 1, warmupCount: 5, iterationCount: 20)]
+[SimpleJob(launchCount: 2, warmupCount: 5, iterationCount: 15)]
+[MedianColumn, MinColumn]
 [GroupBenchmarksBy(BenchmarkLogicalGroupRule.ByCategory)]
 [CategoriesColumn]
 public unsafe class ParavirtBench
@@ -28,7 +29,7 @@ public unsafe class ParavirtBench
 
     private CodeBuilder cb = null!;
     private HypervisorBackend hypervisor = null!;
-    private ulong indirect, patchedCall, patchedInline, hypervisorCall, handCall, handInline, prefixedCall, prefixedInline, handCallNop, handInlineNop;
+    private ulong indirect, patchedCall, patchedInline, hypervisorCall, handCall, handInline, handCallNop, handInlineNop;
 
     [GlobalSetup]
     public void Setup()
@@ -49,8 +50,6 @@ public unsafe class ParavirtBench
         hypervisorCall = Loop(b => b.ParavirtCall(ParavirtOps.Popcount, Clobbers.RetReg));
         handCall = Loop(b => b.Code(a => a.call(popcountFn)));
         handInline = Loop(b => b.Code(a => a.popcnt(rax, rdi)));
-        prefixedCall = Loop(b => b.ParavirtCall(ParavirtOps.Popcount, Clobbers.RetReg));
-        prefixedInline = Loop(b => b.ParavirtCall(ParavirtOps.Popcount, Clobbers.RetReg));
         handCallNop = Loop(b => b.Code(a => { a.call(popcountFn); a.nop(); }));
         handInlineNop = Loop(b => b.Code(a => { a.popcnt(rax, rdi); a.nop(); }));
         cb.Publish();
@@ -60,15 +59,11 @@ public unsafe class ParavirtBench
         poker.Apply(Paravirt.Plan([sites[1]], callsOnly, ProcessMemory.Snapshot()));
         poker.Apply(Paravirt.Plan([sites[2]], native, ProcessMemory.Snapshot()));
         poker.Apply(Paravirt.Plan([sites[3]], hypervisor, ProcessMemory.Snapshot()));
-        var prefix = new ParavirtOptions { PrefixPadding = true };
-        poker.Apply(Paravirt.Plan([sites[4]], callsOnly, ProcessMemory.Snapshot(), prefix));
-        poker.Apply(Paravirt.Plan([sites[5]], native, ProcessMemory.Snapshot(), prefix));
 
-        foreach (int i in new[] { 4, 5 })
-            if (*(byte*)sites[i].Address != 0x2E) throw new InvalidOperationException("prefix padding was not applied");
+
         // every form computes the same sum
         long want = Run(handInline);
-        foreach (ulong fn in new[] { indirect, patchedCall, patchedInline, hypervisorCall, handCall, prefixedCall, prefixedInline, handCallNop, handInlineNop })
+        foreach (ulong fn in new[] { indirect, patchedCall, patchedInline, hypervisorCall, handCall, handCallNop, handInlineNop })
             if (Run(fn) != want) throw new InvalidOperationException("a loop computes the wrong result");
     }
 
@@ -91,6 +86,19 @@ public unsafe class ParavirtBench
 
     private static long Run(ulong fn) => ((delegate* unmanaged<long, long>)fn)(Calls);
 
+    /// <summary>Every form's loop (baselines first in each group), for <see cref="Interleaved"/>.</summary>
+    public IReadOnlyList<Interleaved.Form> Forms() =>
+    [
+        new("call", "HandCall", n => ((delegate* unmanaged<long, long>)handCall)(n)),
+        new("call", "PatchedCall", n => ((delegate* unmanaged<long, long>)patchedCall)(n)),
+        new("call", "HandCallNop", n => ((delegate* unmanaged<long, long>)handCallNop)(n)),
+        new("call", "IndirectCall", n => ((delegate* unmanaged<long, long>)indirect)(n)),
+        new("call", "HypervisorShimCall", n => ((delegate* unmanaged<long, long>)hypervisorCall)(n)),
+        new("inline", "HandInline", n => ((delegate* unmanaged<long, long>)handInline)(n)),
+        new("inline", "PatchedInline", n => ((delegate* unmanaged<long, long>)patchedInline)(n)),
+        new("inline", "HandInlineNop", n => ((delegate* unmanaged<long, long>)handInlineNop)(n)),
+    ];
+
     [GlobalCleanup]
     public void Cleanup()
     {
@@ -105,10 +113,6 @@ public unsafe class ParavirtBench
     /// <summary>The site patched by the default strategy: <c>call rel32</c> + 1-byte NOP.</summary>
     [Benchmark(OperationsPerInvoke = Calls), BenchmarkCategory("call")]
     public long PatchedCall() => Run(patchedCall);
-
-    /// <summary>The site patched with <see cref="ParavirtOptions.PrefixPadding"/>: <c>cs call rel32</c> (6 bytes, no NOP).</summary>
-    [Benchmark(OperationsPerInvoke = Calls), BenchmarkCategory("call")]
-    public long PatchedCallPrefixed() => Run(prefixedCall);
 
     /// <summary>Hand-written <c>call popcount; nop</c>: what the patched site is, written by hand.</summary>
     [Benchmark(OperationsPerInvoke = Calls), BenchmarkCategory("call")]
@@ -129,10 +133,6 @@ public unsafe class ParavirtBench
     /// <summary>The site patched by the native backend: <c>popcnt rax, rdi</c> + 1-byte NOP.</summary>
     [Benchmark(OperationsPerInvoke = Calls), BenchmarkCategory("inline")]
     public long PatchedInline() => Run(patchedInline);
-
-    /// <summary>The site patched by the native backend with <see cref="ParavirtOptions.PrefixPadding"/>: <c>cs popcnt rax, rdi</c>.</summary>
-    [Benchmark(OperationsPerInvoke = Calls), BenchmarkCategory("inline")]
-    public long PatchedInlinePrefixed() => Run(prefixedInline);
 
     /// <summary>Hand-written <c>popcnt rax, rdi; nop</c>: what the patched site is, written by hand.</summary>
     [Benchmark(OperationsPerInvoke = Calls), BenchmarkCategory("inline")]

@@ -14,7 +14,8 @@ namespace Altpatch.Bench;
 /// (0x3E DS prefix, 0x90 NOP) and a hand-written plain <c>xadd</c>, each in the same 64-byte aligned
 /// loop run <see cref="Ops"/> times inside emitted code (<c>mov eax, 1; [lock] xadd [rdi], rax; dec rsi; jnz</c>).
 /// </summary>
-[SimpleJob(launchCount: 1, warmupCount: 5, iterationCount: 20)]
+[SimpleJob(launchCount: 2, warmupCount: 5, iterationCount: 15)]
+[MedianColumn, MinColumn]
 public unsafe class SmpLockBench
 {
     /// <summary>xadd operations per benchmark invocation.</summary>
@@ -54,6 +55,15 @@ public unsafe class SmpLockBench
     });
 
     private long Run(ulong fn) => ((delegate* unmanaged<long*, long, long>)fn)(counter, Ops);
+
+    /// <summary>Every form's loop (the baseline first), for <see cref="Interleaved"/>.</summary>
+    public IReadOnlyList<Interleaved.Form> Forms() =>
+    [
+        new("lock", "LockXadd", n => ((delegate* unmanaged<long*, long, long>)locked)(counter, n)),
+        new("lock", "UpDsXadd", n => ((delegate* unmanaged<long*, long, long>)upDs)(counter, n)),
+        new("lock", "UpNopXadd", n => ((delegate* unmanaged<long*, long, long>)upNop)(counter, n)),
+        new("lock", "PlainXadd", n => ((delegate* unmanaged<long*, long, long>)plain)(counter, n)),
+    ];
 
     [GlobalCleanup]
     public void Cleanup()

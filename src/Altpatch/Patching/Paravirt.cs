@@ -154,44 +154,8 @@ public static class Paravirt
         }
         if (used < 0 || used > s.Length)
             throw Error(index, s, options, $"backend '{backend.Name}' used {used} bytes for op {s.Type} ({ParavirtOps.Name(s.Type)}), but the site has {s.Length}");
-        if (options.PrefixPadding && used > 0 && used == s.Length - 1 && TryPrefixPad(full, s.Address, used))
-            return s.Length;
         options.Nops.AddNops(full[used..s.Length]);
         return used;
-    }
-
-    /// <summary>
-    /// Turns <c>insn</c> (one instruction of <paramref name="used"/> bytes) into <c>2E insn</c>, re-encoded
-    /// at <paramref name="address"/> so a relative target stays the same. False (buffer untouched) when the
-    /// code is not one instruction whose meaning a CS prefix cannot change.
-    /// </summary>
-    private static bool TryPrefixPad(Span<byte> buffer, ulong address, int used)
-    {
-        var cache = Code.DecoderCache.Current;
-        var d = cache.Start(buffer[..used], address, 64);
-        d.Decode(out var insn);
-        if (insn.IsInvalid || insn.Length != used || insn.SegmentPrefix != Iced.Intel.Register.None) return false;
-        bool branch = Code.Relocator.IsBranch(insn);
-        if (branch && insn.Mnemonic is not (Iced.Intel.Mnemonic.Call or Iced.Intel.Mnemonic.Jmp)) return false; // 2E on Jcc is a hint
-        for (int i = 0; i < insn.OpCount; i++)
-        {
-            var k = insn.GetOpKind(i);
-            bool plain = k is Iced.Intel.OpKind.Register or Iced.Intel.OpKind.NearBranch64
-                or Iced.Intel.OpKind.Immediate8 or Iced.Intel.OpKind.Immediate16 or Iced.Intel.OpKind.Immediate32
-                or Iced.Intel.OpKind.Immediate64 or Iced.Intel.OpKind.Immediate8to16 or Iced.Intel.OpKind.Immediate8to32
-                or Iced.Intel.OpKind.Immediate8to64 or Iced.Intel.OpKind.Immediate32to64;
-            if (!plain) return false;
-        }
-        ulong target = branch ? insn.NearBranchTarget : 0;
-        insn.SegmentPrefix = Iced.Intel.Register.CS;
-        cache.Writer.Clear();
-        if (!cache.Encoder(64).TryEncode(insn, address, out uint len, out _) || len != (uint)used + 1) return false;
-        var encoded = cache.Writer.Written;
-        var check = cache.Start(encoded, address, 64);
-        check.Decode(out var back);
-        if (back.Length != used + 1 || back.Mnemonic != insn.Mnemonic || (branch && back.NearBranchTarget != target)) return false;
-        encoded.CopyTo(buffer);
-        return true;
     }
 
     // ---- The seed's helpers: each fills the buffer and returns the bytes used ----
@@ -273,11 +237,10 @@ public static class Paravirt
             return new(index, s.Address, s.Type, ParavirtStrategy.Ud2, used, "no implementation: ud2");
         if (used == s.Length && bytes.SequenceEqual(s.Original.Span))
             return new(index, s.Address, s.Type, ParavirtStrategy.Indirect, used, "indirect call kept: " + WhyIndirect(s, op));
-        int p = used == CallLength + 1 && bytes[0] == 0x2E ? 1 : 0; // PrefixPadding's "cs call"
-        if (used == CallLength + p && bytes[p] is 0xE8 or 0xE9)
+        if (used == CallLength && bytes[0] is 0xE8 or 0xE9)
         {
-            ulong target = s.Address + (ulong)used + (ulong)(long)BinaryPrimitives.ReadInt32LittleEndian(bytes[(p + 1)..]);
-            return bytes[p] == 0xE8
+            ulong target = s.Address + CallLength + (ulong)(long)BinaryPrimitives.ReadInt32LittleEndian(bytes[1..]);
+            return bytes[0] == 0xE8
                 ? new(index, s.Address, s.Type, ParavirtStrategy.DirectCall, used, $"direct call to 0x{target:x}")
                 : new(index, s.Address, s.Type, ParavirtStrategy.Jump, used, $"jump to 0x{target:x}");
         }

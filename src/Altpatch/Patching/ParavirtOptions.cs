@@ -23,16 +23,6 @@ public sealed record ParavirtOptions
     /// </summary>
     public TextWriter? Log { get; init; }
 
-    /// <summary>
-    /// When a backend's code is one instruction that leaves exactly one byte of the site, fill that byte
-    /// with a CS segment-override prefix (0x2E) in front of the instruction instead of a NOP after it, as
-    /// 6.1's retpoline patching does for 6-byte sites: <c>2E E8 rel32</c> instead of <c>E8 rel32; nop</c>.
-    /// The prefix is ignored in 64-bit code but saves the NOP's issue slot. Applied only to
-    /// <c>call/jmp rel32</c> and to instructions whose operands are registers and immediates (checked by
-    /// re-decoding); anything else is NOP-padded. Off by default: the seed's padding.
-    /// </summary>
-    public bool PrefixPadding { get; init; }
-
     /// <summary>The defaults.</summary>
     public static ParavirtOptions Default { get; } = new();
 }
