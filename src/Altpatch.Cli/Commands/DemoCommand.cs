@@ -16,13 +16,15 @@ namespace Altpatch.Cli.Commands;
 /// <summary>
 /// <c>altpatch demo</c>: emits functions with alternatives keyed to features this CPU has and lacks,
 /// runs them, patches them for this CPU, runs them again, reverts and checks every byte is back.
+/// Then the same for paravirt call sites (native backend, switch to the hypervisor-like backend and
+/// back) and for lock prefixes (SMP, UP, SMP again, with threads).
 /// </summary>
-internal static class DemoCommand
+internal static partial class DemoCommand
 {
     public static Command Create()
     {
         var json = new Option<bool>("--json") { Description = "Print the result as JSON instead of tables." };
-        var cmd = new Command("demo", "Patch live code in this process for this CPU: emit functions with alternatives, run them, patch, run again, revert.")
+        var cmd = new Command("demo", "Patch live code in this process: alternatives for this CPU, paravirt sites (native, hypervisor-like, native), lock prefixes (SMP, UP, SMP); run, patch, run again, revert.")
         {
             json,
         };
@@ -71,6 +73,9 @@ internal static class DemoCommand
         var applied = new bool[cb.AlternativeSites.Count];
         foreach (var p in plan)
             if (p.Why.EndsWith(": replacement", StringComparison.Ordinal)) applied[p.Site.Index] = true;
+
+        var pv = RunParavirt(cpu);
+        var locks = RunLocks();
 
         if (json)
         {
@@ -121,6 +126,8 @@ internal static class DemoCommand
                 ["functions"] = fns,
                 ["resultsAgree"] = agree,
                 ["revertExact"] = revertExact,
+                ["paravirt"] = pv.ToJson(),
+                ["smpLocks"] = locks.ToJson(),
             });
         }
         else
@@ -158,8 +165,12 @@ internal static class DemoCommand
             console.MarkupLine(revertExact
                 ? $"Revert: all {textBefore.Length} bytes of text are back exactly. [green]ok[/]"
                 : "[red]Revert: text differs from the original![/]");
+            console.WriteLine();
+            pv.Print(console);
+            console.WriteLine();
+            locks.Print(console);
         }
-        return agree && revertExact ? 0 : 1;
+        return agree && revertExact && pv.Ok && locks.Ok ? 0 : 1;
     }
 
     private static string N(int v) => v.ToString(System.Globalization.CultureInfo.InvariantCulture);

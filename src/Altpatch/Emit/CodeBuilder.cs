@@ -1,6 +1,7 @@
 using Altpatch.Code;
 using Altpatch.Cpu;
 using Altpatch.Native;
+using Altpatch.Patching;
 using Altpatch.Sites;
 using Altpatch.Text;
 using Iced.Intel;
@@ -16,10 +17,17 @@ namespace Altpatch.Emit;
 /// replacement is kept aside, assembled at its own address; the site is recorded in <see cref="AlternativeSites"/>.
 /// Each piece of code is assembled at its final address, so labels are local to one piece; refer to
 /// other pieces (functions, data) by address.
+/// <see cref="ParavirtCall"/> is the kernel's <c>PVOP_CALL</c>: an indirect call through the
+/// <see cref="OpsTable"/> slot of an op, recorded in <see cref="ParavirtSites"/>; <see cref="Lock"/> is
+/// <c>LOCK_PREFIX</c>: a lock-prefixed instruction whose prefix is recorded in <see cref="LockSites"/>.
 /// </summary>
 public sealed class CodeBuilder : IDisposable
 {
     private readonly List<AlternativeSite> alternatives = [];
+    private readonly List<ParavirtSite> paravirt = [];
+    private readonly List<ulong> locks = [];
+    private OpsTable? ops;
+    private bool ownsOps;
     private readonly Dictionary<string, ulong> functions = new(StringComparer.Ordinal);
     private readonly ulong textEnd, replacementStart, replacementEnd, dataStart, dataEnd;
     private readonly ArrayCodeWriter writer = new();
@@ -39,6 +47,18 @@ public sealed class CodeBuilder : IDisposable
 
     /// <summary>The alternative sites recorded so far, in emission order (the table).</summary>
     public IReadOnlyList<AlternativeSite> AlternativeSites => alternatives;
+
+    /// <summary>The paravirt call sites recorded so far, in emission order (the kernel's .parainstructions).</summary>
+    public IReadOnlyList<ParavirtSite> ParavirtSites => paravirt;
+
+    /// <summary>Addresses of the lock prefixes emitted so far, in emission order (the kernel's .smp_locks).</summary>
+    public IReadOnlyList<ulong> LockSites => locks;
+
+    /// <summary>The ops table paravirt sites call through, once created or set.</summary>
+    public OpsTable? OpsTable => ops;
+
+    /// <summary>One past the end of the text area.</summary>
+    public ulong TextEnd => textEnd;
 
     /// <summary>Functions by name.</summary>
     public IReadOnlyDictionary<string, ulong> Functions => functions;
@@ -149,6 +169,89 @@ public sealed class CodeBuilder : IDisposable
         return first;
     }
 
+    /// <summary>
+    /// Creates the ops table the paravirt sites of this builder call through: <paramref name="count"/> slots
+    /// of read-write data placed within rel32 reach of the builder's memory, freed with the builder.
+    /// </summary>
+    public OpsTable CreateOpsTable(int count)
+    {
+        if (ops is not null) throw new InvalidOperationException("this builder already has an ops table");
+        ops = OpsTable.Allocate(count, Memory.Address, Memory.Size);
+        ownsOps = true;
+        return ops;
+    }
+
+    /// <summary>Uses <paramref name="table"/> (owned by the caller) for paravirt sites; it must be within rel32 reach of the builder's memory.</summary>
+    public void UseOpsTable(OpsTable table)
+    {
+        ArgumentNullException.ThrowIfNull(table);
+        if (ops is not null) throw new InvalidOperationException("this builder already has an ops table");
+        if (!table.IsInReach(Memory.Address, Memory.Address + (ulong)Memory.Size))
+            throw new ArgumentException($"the ops table at 0x{table.Address:x} is out of rip-relative reach of the code at 0x{Memory.Address:x}", nameof(table));
+        ops = table;
+    }
+
+    /// <summary>
+    /// The kernel's <c>PVOP_CALL</c>: emits <c>call [rip+slot]</c> through the ops table slot of
+    /// <paramref name="type"/>, padded with NOPs to <paramref name="length"/> bytes (longer sites leave room
+    /// for inline code), records the site with the registers it lets the op change and returns its index
+    /// in <see cref="ParavirtSites"/>. Arguments go in rdi, the result comes back in rax.
+    /// </summary>
+    public int ParavirtCall(int type, Clobbers clobbers, int length = ParavirtSite.IndirectCallLength) =>
+        EmitParavirt(0x15, type, clobbers, length);
+
+    /// <summary>
+    /// A jump op's site (the kernel's <c>jmp *pv_ops.iret</c>): emits <c>jmp [rip+slot]</c> padded to
+    /// <paramref name="length"/>, records it and returns its index. The op ends the function.
+    /// </summary>
+    public int ParavirtJump(int type, int length = ParavirtSite.IndirectCallLength) =>
+        EmitParavirt(0x25, type, Clobbers.Any, length);
+
+    private int EmitParavirt(byte modrm, int type, Clobbers clobbers, int length)
+    {
+        if (ops is null) throw new InvalidOperationException("create an ops table first (CreateOpsTable) or set one (UseOpsTable)");
+        ArgumentOutOfRangeException.ThrowIfLessThan(length, ParavirtSite.IndirectCallLength);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(length, PatchPlan.MaxPatchLength);
+        ulong slot = ops.SlotAddress(type);
+        ulong site = text;
+        if (!Paravirt.TryRel32(slot, site + ParavirtSite.IndirectCallLength, out int disp))
+            throw new InvalidOperationException($"the ops table slot 0x{slot:x} is out of rip-relative reach of 0x{site:x}");
+        var body = new byte[length];
+        body[0] = 0xFF;
+        body[1] = modrm; // call/jmp qword [rip+disp32]
+        System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(body.AsSpan(2), disp);
+        Nops.AddNops(body.AsSpan(ParavirtSite.IndirectCallLength));
+        Put(ref text, textEnd, body, "text");
+        paravirt.Add(new ParavirtSite(site, type, clobbers, length, body));
+        return paravirt.Count - 1;
+    }
+
+    /// <summary>
+    /// The kernel's <c>LOCK_PREFIX</c>: emits <paramref name="instruction"/> (one instruction written
+    /// without the prefix, e.g. <c>a =&gt; a.xadd(__qword_ptr[rdi], rax)</c>) with a <c>lock</c> prefix
+    /// in front, records the prefix's address and returns its index in <see cref="LockSites"/>. Throws
+    /// when the instruction cannot be locked.
+    /// </summary>
+    public int Lock(Action<Assembler> instruction)
+    {
+        ArgumentNullException.ThrowIfNull(instruction);
+        ulong site = text;
+        byte[] plain = Assemble(instruction, site + 1); // RIP-relative operands end where they will end
+        var body = new byte[plain.Length + 1];
+        body[0] = SmpLocks.LockPrefix;
+        plain.CopyTo(body, 1);
+        var d = Decoder.Create(64, new ByteArrayCodeReader(body), site);
+        d.Decode(out var insn);
+        if (insn.IsInvalid || !insn.HasLockPrefix || insn.Length != body.Length)
+            throw new ArgumentException($"'{Convert.ToHexString(plain)}' is not one instruction that can take a lock prefix", nameof(instruction));
+        Put(ref text, textEnd, body, "text");
+        locks.Add(site);
+        return locks.Count - 1;
+    }
+
+    /// <summary>This builder's lock table as a module named <paramref name="name"/>: the whole text area and <see cref="LockSites"/>.</summary>
+    public SmpLockModule LockModule(string name) => new(name, TextStart, textEnd, [.. locks]);
+
     /// <summary>Makes everything written so far visible to instruction fetch on every core.</summary>
     public void Publish() => CoreSync.TrySyncAllCores();
 
@@ -173,5 +276,9 @@ public sealed class CodeBuilder : IDisposable
     }
 
     /// <summary>Frees the memory; code in it must not run any more.</summary>
-    public void Dispose() => Memory.Dispose();
+    public void Dispose()
+    {
+        Memory.Dispose();
+        if (ownsOps) ops?.Dispose();
+    }
 }

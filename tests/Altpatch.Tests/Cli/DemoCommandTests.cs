@@ -48,12 +48,76 @@ public class DemoCommandTests
     }
 
     [Fact]
+    public void Demo_json_reports_paravirt_sites_and_the_backend_switch()
+    {
+        var (exit, stdout, _) = CliRunner.Run("demo", "--json");
+        Assert.Equal(0, exit);
+        using var doc = JsonDocument.Parse(stdout);
+        var pv = doc.RootElement.GetProperty("paravirt");
+        Assert.True(pv.GetProperty("resultsAgree").GetBoolean());
+        Assert.True(pv.GetProperty("backToNativeExact").GetBoolean());
+        Assert.True(pv.GetProperty("restoreExact").GetBoolean());
+        long calls = pv.GetProperty("hypervisorCalls").GetInt64();
+        Assert.True(calls > 0);
+        Assert.Equal(calls, pv.GetProperty("hypervisorCallsAfterSwitchBack").GetInt64());
+
+        var sites = pv.GetProperty("sites").EnumerateArray().ToDictionary(s => s.GetProperty("function").GetString()!);
+        foreach (var s in sites.Values)
+        {
+            int len = s.GetProperty("length").GetInt32();
+            foreach (var k in new[] { "original", "native", "hypervisor" })
+                Assert.Equal(2 * len, s.GetProperty(k).GetString()!.Length);
+            Assert.StartsWith(s.GetProperty("op").GetString() == "tail_return" ? "jmp" : "call", s.GetProperty("originalAsm").GetString());
+        }
+        Assert.Equal("Inline", sites["ident_64"].GetProperty("nativeStrategy").GetString());
+        Assert.StartsWith("mov rax, rdi", sites["ident_64"].GetProperty("nativeAsm").GetString());
+        Assert.Equal("DirectCall", sites["ident_64"].GetProperty("hypervisorStrategy").GetString());
+        Assert.Equal("DirectCall", sites["mix64"].GetProperty("nativeStrategy").GetString());
+        Assert.Equal("Indirect", sites["mix64_keeps_rcx"].GetProperty("nativeStrategy").GetString());
+        Assert.Contains("target clobbers", sites["mix64_keeps_rcx"].GetProperty("nativeWhy").GetString());
+        Assert.Equal("Nop", sites["io_delay"].GetProperty("nativeStrategy").GetString());
+        Assert.Equal("Jump", sites["tail_return"].GetProperty("nativeStrategy").GetString());
+        Assert.Equal("Ud2", sites["safe_halt"].GetProperty("nativeStrategy").GetString());
+        Assert.Equal(CpuFeatures.Detect().Has(CpuFeature.Popcnt) ? "Inline" : "DirectCall", sites["popcount"].GetProperty("nativeStrategy").GetString());
+
+        var mix = pv.GetProperty("functions").EnumerateArray().Single(f => f.GetProperty("name").GetString() == "mix64");
+        var want = mix.GetProperty("inputs").EnumerateArray().Select(x => Altpatch.Patching.ParavirtOps.Mix64Reference(x.GetUInt64())).ToArray();
+        foreach (var k in new[] { "indirect", "native", "hypervisor", "nativeAgain" })
+            Assert.Equal(want, mix.GetProperty(k).EnumerateArray().Select(x => x.GetUInt64()));
+    }
+
+    [Fact]
+    public void Demo_json_reports_lock_sites_through_smp_up_smp()
+    {
+        var (exit, stdout, _) = CliRunner.Run("demo", "--json");
+        Assert.Equal(0, exit);
+        using var doc = JsonDocument.Parse(stdout);
+        var locks = doc.RootElement.GetProperty("smpLocks");
+        Assert.True(locks.GetProperty("resultsAgree").GetBoolean());
+        Assert.True(locks.GetProperty("restoreExact").GetBoolean());
+        var sites = locks.GetProperty("sites").EnumerateArray().ToList();
+        Assert.Equal(4, sites.Count);
+        foreach (var s in sites)
+        {
+            Assert.Equal("f0", s.GetProperty("smp").GetString());
+            Assert.Equal("3e", s.GetProperty("up").GetString());
+            Assert.Equal("f0", s.GetProperty("restored").GetString());
+            Assert.StartsWith("lock ", s.GetProperty("instruction").GetString());
+        }
+        Assert.Equal(4, locks.GetProperty("pokes").GetProperty("up").GetInt32());
+        Assert.Equal(locks.GetProperty("threadedExpected").EnumerateArray().Select(x => x.GetInt64()),
+                     locks.GetProperty("threadedCounts").EnumerateArray().Select(x => x.GetInt64()));
+    }
+
+    [Fact]
     public void Demo_prints_tables_with_before_and_after()
     {
         var (exit, stdout, _) = CliRunner.Run("demo");
         Assert.Equal(0, exit);
         Assert.Contains("popcount", stdout);
         Assert.Contains("are back exactly", stdout);
+        Assert.Contains("Back to native: every site byte-identical", stdout);
+        Assert.Contains("no increment lost", stdout);
         Assert.DoesNotContain("MISMATCH", stdout);
     }
 
