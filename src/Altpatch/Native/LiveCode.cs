@@ -39,7 +39,7 @@ internal sealed unsafe class LiveCode
         public const int HazardCount = 0x40;
         public const int HazardMin = 0x48;
         public const int HazardMax = 0x50;
-        public const int Slots = 0x58;          // -> { word = gen << 8 | status, detail, tid, 0 } per thread
+        public const int Slots = 0x58;          // -> { word = gen << 8 | status, detail, tid, last answer } per thread
         public const int SlotCapacity = 0x60;
         public const int ProbeGen = 0x68;
         public const int MainTop = 0x70;        // end of the main thread's [stack]
@@ -108,6 +108,11 @@ internal sealed unsafe class LiveCode
         UnknownStack = 3,
     }
 
+    // The probe sleeps between checks (a descheduled thread needs the CPU to answer), 20 µs at first,
+    // twice as long each time, up to 1 ms.
+    private const int FirstSleepNs = 20_000;
+    private const int MaxSleepNs = 1_000_000;
+
     private const int DirentOffset = 0x1000;
     private const int DirentSize = 0x8000;
     private const int SlotsOffset = 0x10000;
@@ -172,8 +177,6 @@ internal sealed unsafe class LiveCode
         // The batch blocks every signal but the synchronous ones (a fault while blocked would kill the process).
         ulong keep = Signals.Bit(4) | Signals.Bit(5) | Signals.Bit(6) | Signals.Bit(7) | Signals.Bit(8) | Signals.Bit(11);
         ctl[Ctl.BlockSet / 8] = ~keep;
-        ctl[Ctl.SleepTime / 8] = 0;
-        ctl[Ctl.SleepTime / 8 + 1] = 20_000; // 20 µs: sleeping (not spinning) lets a descheduled thread have the CPU
         "/proc/self/task\0"u8.CopyTo(new Span<byte>((void*)(data + Ctl.ProcTaskPath), 16));
 
         var code = ExecutableMemory.Allocate(16384, "altpatch-live");
@@ -802,8 +805,12 @@ internal sealed unsafe class LiveCode
         var tLoop = a.CreateLabel();
         var tFound = a.CreateLabel();
         var tNone = a.CreateLabel();
+        var tNext = a.CreateLabel();
+        var tKeep = a.CreateLabel();
+        var tOut = a.CreateLabel();
         var ok = a.CreateLabel();
         var ret = a.CreateLabel();
+        var sleepSet = a.CreateLabel();
 
         a.Label(ref entry);
         a.push(rbp);
@@ -833,6 +840,8 @@ internal sealed unsafe class LiveCode
         a.add(rax, __qword_ptr[rbx + Desc.TimeoutNs]);
         a.mov(rbp, rax);                                  // deadline
         a.mov(__qword_ptr[r15 + Ctl.WaitIterations], 0);
+        a.mov(__qword_ptr[r15 + Ctl.SleepTime], 0);
+        a.mov(__qword_ptr[r15 + Ctl.SleepTime + 8], FirstSleepNs);
         a.Label(ref wait);
         a.xor(r12d, r12d);
         a.mov(__qword_ptr[r15 + Ctl.Pending], 0);
@@ -847,7 +856,10 @@ internal sealed unsafe class LiveCode
         a.inc(__qword_ptr[r15 + Ctl.Pending]);
         a.test(eax, eax);
         a.jz(pending);
-        a.mov(rdi, r12);                                  // inside a site (or stack unknown): ask again
+        a.mov(rcx, r12);                                  // inside a site (or stack unknown): remember
+        a.shl(rcx, 5);                                    // the answer for the report, then ask again
+        a.mov(__qword_ptr[r14 + rcx + 24], rax);
+        a.mov(rdi, r12);
         a.call(sendOne);
         a.jmp(slotNext);
         a.Label(ref pending);                             // no answer yet: is the thread still alive?
@@ -880,27 +892,53 @@ internal sealed unsafe class LiveCode
         a.lea(rdi, __[r15 + Ctl.SleepTime]);
         a.xor(esi, esi);
         a.syscall();
+        a.mov(rax, __qword_ptr[r15 + Ctl.SleepTime + 8]); // sleep twice as long next time, up to 1 ms:
+        a.add(rax, rax);                                  // a thread stuck inside a site is not flooded
+        a.cmp(rax, MaxSleepNs);                           // with probes while it tries to leave
+        a.jbe(sleepSet);
+        a.mov(eax, MaxSleepNs);
+        a.Label(ref sleepSet);
+        a.mov(__qword_ptr[r15 + Ctl.SleepTime + 8], rax);
         a.jmp(wait);
 
+        // Report a thread that is not clear: one that said it was inside if there is one (its slot may
+        // be pending again, re-probed), else one that never answered.
         a.Label(ref timeout);
-        a.xor(r12d, r12d);
+        a.mov(r12, -1);                                   // first not-clear slot
+        a.xor(edx, edx);
         a.Label(ref tLoop);
-        a.cmp(r12, r13);
+        a.cmp(rdx, r13);
         a.jae(tNone);
-        a.mov(rax, r12);
+        a.mov(rax, rdx);
         a.shl(rax, 5);
         a.movzx(ecx, __byte_ptr[r14 + rax]);
         a.cmp(ecx, (int)ProbeStatus.Clear);
-        a.jne(tFound);
-        a.inc(r12);
+        a.je(tNext);
+        a.cmp(r12, -1);
+        a.jne(tKeep);
+        a.mov(r12, rdx);
+        a.Label(ref tKeep);
+        a.test(ecx, ecx);
+        a.jnz(tFound);
+        a.mov(rcx, __qword_ptr[r14 + rax + 24]);
+        a.test(rcx, rcx);
+        a.jnz(tFound);
+        a.Label(ref tNext);
+        a.inc(rdx);
         a.jmp(tLoop);
+        a.Label(ref tNone);                               // nobody said inside: report the first silent one
+        a.cmp(r12, -1);
+        a.je(tOut);
+        a.mov(rax, r12);
+        a.shl(rax, 5);
+        a.xor(ecx, ecx);
         a.Label(ref tFound);
         a.mov(__qword_ptr[rbx + Desc.OutStatus], rcx);
         a.mov(rdx, __qword_ptr[r14 + rax + 16]);
         a.mov(__qword_ptr[rbx + Desc.OutTid], rdx);
         a.mov(rdx, __qword_ptr[r14 + rax + 8]);
         a.mov(__qword_ptr[rbx + Desc.OutDetail], rdx);
-        a.Label(ref tNone);
+        a.Label(ref tOut);
         a.mov(eax, (int)BatchResult.ProbeTimedOut);
         a.jmp(ret);
         a.Label(ref ok);
@@ -1006,6 +1044,7 @@ internal sealed unsafe class LiveCode
         a.mov(__qword_ptr[r14 + rax], 0);
         a.mov(__qword_ptr[r14 + rax + 8], 0);
         a.mov(__qword_ptr[r14 + rax + 16], rdi);
+        a.mov(__qword_ptr[r14 + rax + 24], 0);
         a.inc(r13);
         a.Label(ref next);
         a.add(rbp, r10);
@@ -1061,7 +1100,6 @@ internal sealed unsafe class LiveCode
         a.mov(rdx, rax);
         a.shl(rdx, 8);
         a.mov(__qword_ptr[r8], rdx);
-        a.mov(__qword_ptr[r8 + 8], 0);
         a.shl(rax, 20);
         a.or(rax, rdi);
         a.mov(__qword_ptr[r15 + Ctl.SigInfo + Signals.SiValueOffset], rax);

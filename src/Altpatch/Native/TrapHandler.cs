@@ -28,22 +28,16 @@ public static unsafe class TrapHandler
     internal static readonly object Gate = new();
 
     private static LiveCode? code;
-    private static bool installed;
+    private static volatile bool installed;
     private static SigAction previousTrap;
     private static SigAction previousProbe;
     private static int probeSignal;
 
-    /// <summary>True while Altpatch's handlers are installed.</summary>
-    public static bool IsInstalled
-    {
-        get { lock (Gate) return installed; }
-    }
+    /// <summary>True while Altpatch's handlers are installed (never waits for a batch in flight).</summary>
+    public static bool IsInstalled => installed;
 
     /// <summary>The real-time signal the live poker probes threads with (0 when not installed).</summary>
-    public static int ProbeSignal
-    {
-        get { lock (Gate) return installed ? probeSignal : 0; }
-    }
+    public static int ProbeSignal => installed ? Volatile.Read(ref probeSignal) : 0;
 
     /// <summary>Traps on the live poker's <c>int3</c>s that the handler sent back to their site.</summary>
     public static long TrapsHandled => Counter(Ctl.OurTraps);

@@ -265,6 +265,7 @@ public sealed unsafe class LivePoker : ITextPoker
                 return new PatchException(first.Site, first.Address, $"the plan was written but membarrier(SYNC_CORE) failed: {Libc.ErrorText((int)errno)}; other cores may still run the old bytes");
         }
         long tid = *(long*)(desc + Desc.OutTid);
+        string thread = ThreadName(tid);
         ulong detail = *(ulong*)(desc + Desc.OutDetail);
         var status = (ProbeStatus)(*(long*)(desc + Desc.OutStatus));
         var site = first;
@@ -272,12 +273,20 @@ public sealed unsafe class LivePoker : ITextPoker
             if (detail >= p.Address && detail < p.End) site = p;
         string what = status switch
         {
-            ProbeStatus.Inside => $"thread {tid} is stopped inside the site: its RIP or a word on its stack (a return address, a saved context) is 0x{detail:x}, an instruction boundary of the old code at +{detail - site.Address} where the new bytes differ",
-            ProbeStatus.UnknownStack => $"thread {tid} runs on a stack the probe cannot bound (rsp 0x{detail:x}: an alternate signal stack, or not a thread stack glibc made)",
-            _ => $"thread {tid} did not answer probe signal {TrapHandler.ProbeSignal} (does it block the signal?)",
+            ProbeStatus.Inside => $"thread {thread} is stopped inside the site: its RIP or a word on its stack (a return address, a saved context) is 0x{detail:x}, an instruction boundary of the old code at +{detail - site.Address} where the new bytes differ",
+            ProbeStatus.UnknownStack => $"thread {thread} runs on a stack the probe cannot bound (rsp 0x{detail:x}: an alternate signal stack, or not a thread stack glibc made)",
+            _ => $"thread {thread} did not answer probe signal {TrapHandler.ProbeSignal} (does it block the signal?)",
         };
         return new PatchException(site.Site, site.Address,
             $"{what}, for longer than {Options.QuiescenceTimeout.TotalSeconds:0.###} s; nothing written (the first bytes are back)");
+    }
+
+    /// <summary>"1234 ('name')" from /proc/self/task/TID/comm, or just the id.</summary>
+    private static string ThreadName(long tid)
+    {
+        try { return $"{tid} ('{File.ReadAllText($"/proc/self/task/{tid}/comm").Trim()}')"; }
+        catch (IOException) { return tid.ToString(System.Globalization.CultureInfo.InvariantCulture); }
+        catch (UnauthorizedAccessException) { return tid.ToString(System.Globalization.CultureInfo.InvariantCulture); }
     }
 
     private static byte* Buffer(nuint size)
