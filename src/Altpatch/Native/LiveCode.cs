@@ -60,6 +60,7 @@ internal sealed unsafe class LiveCode
         public const int Pending = 0x188;
         public const int WaitIterations = 0x190;
         public const int ProbesSent = 0x198;
+        public const int InsideAnswers = 0x1A0;   // probes answered "inside a site"
         public const int ProcTaskPath = 0x200;  // "/proc/self/task"
     }
 
@@ -294,6 +295,7 @@ internal sealed unsafe class LiveCode
         var retry = a.CreateLabel();
         var checkByte = a.CreateLabel();
         var ours = a.CreateLabel();
+        var inFlight = a.CreateLabel();
         var notOurs = a.CreateLabel();
         var ignore = a.CreateLabel();
         var justReturn = a.CreateLabel();
@@ -332,7 +334,7 @@ internal sealed unsafe class LiveCode
         a.test(rax, rax);
         a.jz(checkByte);
         a.cmp(rax, rcx);
-        a.je(ours);                                       // a site of the batch in flight
+        a.je(inFlight);                                   // a site of the batch in flight
         a.Label(ref checkByte);
         a.cmp(__byte_ptr[r8], 0xCC);
         a.jne(ours);                                      // our int3 is gone: run what is there now
@@ -346,6 +348,14 @@ internal sealed unsafe class LiveCode
         a.mov(__qword_ptr[rdx + Signals.UcRip], r8);      // back to the site
         a.@lock.dec(__qword_ptr[r11 + Ctl.Readers]);
         a.@lock.inc(__qword_ptr[r11 + Ctl.OurTraps]);
+        a.ret();
+
+        a.Label(ref inFlight);                            // the same, and give the CPU away before trapping
+        a.mov(__qword_ptr[rdx + Signals.UcRip], r8);      // again: the batch (and the threads it probes)
+        a.@lock.dec(__qword_ptr[r11 + Ctl.Readers]);      // needs it more than a thread spinning on an int3
+        a.@lock.inc(__qword_ptr[r11 + Ctl.OurTraps]);
+        a.mov(eax, Sys.SchedYield);
+        a.syscall();                                      // clobbers rax, rcx, r11 only: RDX stays
         a.ret();
 
         a.Label(ref notOurs);
@@ -421,6 +431,7 @@ internal sealed unsafe class LiveCode
         var busyStack = a.CreateLabel();
         var unknown = a.CreateLabel();
         var done = a.CreateLabel();
+        var counted = a.CreateLabel();
 
         // locals at [rsp]: 0 local iovec, 16 remote iovec, 32 buffer, 40 top, 48 checked-up-to
         const int LIov = 0, RIov = 16, Buf = 32, Top = 40, Checked = 48, Locals = 64;
@@ -482,7 +493,15 @@ internal sealed unsafe class LiveCode
         a.cmp(rcx, __qword_ptr[r15 + Ctl.MainMax]);
         a.jbe(scan);
         a.Label(ref tryFs);
-        a.mov(rax, __qword_ptr.fs[0]);
+        a.mov(eax, Sys.ArchPrctl);                        // the thread pointer (glibc's TCB, at the top of
+        a.mov(edi, 0x1003);                               // the thread's stack block): ARCH_GET_FS, which
+        a.lea(rsi, __[rsp + Buf]);                        // cannot fault where fs:[0] could
+        a.syscall();
+        a.test(rax, rax);
+        a.jnz(unknown);
+        a.mov(rax, __qword_ptr[rsp + Buf]);
+        a.test(rax, rax);
+        a.jz(unknown);
         a.cmp(rbp, rax);
         a.jae(unknown);
         a.mov(rcx, rax);
@@ -555,6 +574,10 @@ internal sealed unsafe class LiveCode
         a.mov(ecx, (int)ProbeStatus.UnknownStack);
         a.mov(rbx, rbp);
         a.Label(ref done);
+        a.cmp(ecx, (int)ProbeStatus.Inside);
+        a.jne(counted);
+        a.@lock.inc(__qword_ptr[r15 + Ctl.InsideAnswers]);
+        a.Label(ref counted);
         a.mov(__qword_ptr[r14 + 8], rbx);
         a.or(rcx, r12);
         a.mov(rax, r12);

@@ -71,6 +71,7 @@ internal static class Sys
     public const int Nanosleep = 35;
     public const int Getpid = 39;
     public const int Sigaltstack = 131;
+    public const int ArchPrctl = 158;
     public const int Gettid = 186;
     public const int Getdents64 = 217;
     public const int ClockGettime = 228;

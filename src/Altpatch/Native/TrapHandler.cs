@@ -51,6 +51,9 @@ public static unsafe class TrapHandler
     /// <summary>Probe signals threads answered (stale ones not counted).</summary>
     public static long ProbesAnswered => Counter(Ctl.ProbesAnswered);
 
+    /// <summary>Probe answers "stopped inside a site" (by RIP or a stack word): each held a batch until the thread left.</summary>
+    public static long ProbesInside => Counter(Ctl.InsideAnswers);
+
     /// <summary>The code and tables of the handlers (first use allocates them).</summary>
     internal static LiveCode? Code => code;
 

@@ -89,6 +89,13 @@ public sealed unsafe class LivePoker : ITextPoker
     /// <summary>Test seam: returns why core-serialising membarrier is unavailable, or null when it is available.</summary>
     internal Func<string?>? SyncCoreCheck { get; set; }
 
+    /// <summary>
+    /// Test seam: false skips the probe for threads stopped inside sites, leaving exactly the kernel's
+    /// <c>text_poke_bp</c> protocol, which is only right for single-instruction sites. The torture's
+    /// control uses it to show what the probe is for.
+    /// </summary>
+    internal bool ProbeInteriorPoints { get; set; } = true;
+
     private static string? DefaultSyncCoreCheck() => CoreSync.IsAllCoresSyncAvailable ? null : CoreSync.UnavailableReason;
 
     /// <inheritdoc />
@@ -236,7 +243,7 @@ public sealed unsafe class LivePoker : ITextPoker
         new Span<byte>(desc, Desc.Size).Clear();
         *(long*)(desc + Desc.Count) = pokes.Length;
         *(byte**)(desc + Desc.Entries) = entries;
-        *(long*)(desc + Desc.Flags) = hazardCount > 0 ? 1 : 0;
+        *(long*)(desc + Desc.Flags) = hazardCount > 0 && ProbeInteriorPoints ? 1 : 0;
         *(long*)(desc + Desc.TimeoutNs) = (long)Math.Min(Options.QuiescenceTimeout.TotalMilliseconds * 1_000_000, long.MaxValue / 2);
         *(long*)(desc + Desc.SelfTid) = Libc.Gettid();
 
@@ -245,7 +252,7 @@ public sealed unsafe class LivePoker : ITextPoker
         int result;
         try { result = ((delegate* unmanaged<byte*, int>)live.Batch)(desc); }
         finally { Volatile.Write(ref *live.Field(Ctl.Inflight), 0UL); }
-        LastBatch = new LiveBatchReport(pokes.Length, hazardCount, hazardCount > 0 ? (int)*(long*)(desc + Desc.OutThreads) : 0, TrapHandler.ProbesSent - probesBefore);
+        LastBatch = new LiveBatchReport(pokes.Length, hazardCount, (*(long*)(desc + Desc.Flags) & 1) != 0 ? (int)*(long*)(desc + Desc.OutThreads) : 0, TrapHandler.ProbesSent - probesBefore);
         if (result != (int)BatchResult.Done) throw Failure(plan, (BatchResult)result, desc);
     }
 
