@@ -8,8 +8,10 @@ namespace Altpatch.TortureChild;
 /// A child process for what the test process must not do to itself: the negative control (a naive
 /// poker that may crash the process) and SIGTRAP chaining to SIG_DFL (which must kill it).
 /// <code>
-/// Altpatch.TortureChild torture naive|live FLIPS THREADS MULTI IMMEDIATE
-///     exit 0: every call returned a valid result; 3: some did not; killed by a signal: crashed
+/// Altpatch.TortureChild torture naive|kernel|live FLIPS THREADS MULTI IMMEDIATE LONG
+///     naive: byte-by-byte copy; kernel: the int3 protocol without the probe for threads inside sites;
+///     live: the live poker. Exit 0: every call returned a valid result; 3: some did not; killed by a
+///     signal: crashed
 /// Altpatch.TortureChild trap-default
 ///     SIGTRAP set to SIG_DFL, Altpatch's handler installed over it, an unrelated int3 executed:
 ///     the process must die of SIGTRAP (exit 0 would mean it survived: 4)
@@ -24,11 +26,16 @@ public static unsafe partial class Program
         NoCoreDumps();
         switch (args.Length > 0 ? args[0] : "")
         {
-            case "torture" when args.Length == 6:
+            case "torture" when args.Length == 7:
             {
-                ITextPoker poker = args[1] == "naive" ? new NaivePoker() : new LivePoker();
-                using var torture = new Torture(int.Parse(args[4], System.Globalization.CultureInfo.InvariantCulture),
-                                                int.Parse(args[5], System.Globalization.CultureInfo.InvariantCulture));
+                ITextPoker poker = args[1] switch
+                {
+                    "naive" => new NaivePoker(),
+                    "kernel" => new LivePoker { ProbeInteriorPoints = false },
+                    _ => new LivePoker(),
+                };
+                var inv = System.Globalization.CultureInfo.InvariantCulture;
+                using var torture = new Torture(int.Parse(args[4], inv), int.Parse(args[5], inv), int.Parse(args[6], inv));
                 var r = torture.Run(poker, long.Parse(args[2], System.Globalization.CultureInfo.InvariantCulture),
                                     int.Parse(args[3], System.Globalization.CultureInfo.InvariantCulture), stopOnWrong: true);
                 Console.WriteLine(r);
@@ -51,7 +58,7 @@ public static unsafe partial class Program
                 return 4;
             }
             default:
-                Console.Error.WriteLine("usage: torture naive|live FLIPS THREADS MULTI IMMEDIATE | trap-default");
+                Console.Error.WriteLine("usage: torture naive|kernel|live FLIPS THREADS MULTI IMMEDIATE LONG | trap-default");
                 return 2;
         }
     }

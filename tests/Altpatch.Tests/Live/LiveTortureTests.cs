@@ -23,15 +23,16 @@ public class LiveTortureTests(ITestOutputHelper output)
     public void Threads_running_the_sites_never_see_a_torn_site()
     {
         const int Threads = 3;
-        using var torture = new Torture(multi: 32, immediate: 16);
+        using var torture = new Torture(multi: 32, immediate: 16, @long: 16);
         var before = torture.Memory.Code.ToArray();
-        long trapsBefore = TrapHandler.TrapsHandled;
+        long trapsBefore = TrapHandler.TrapsHandled, insideBefore = TrapHandler.ProbesInside;
         var poker = new LivePoker();
 
         var r = torture.Run(poker, Flips, Threads);
 
         output.WriteLine(r.ToString());
-        output.WriteLine($"traps handled: {TrapHandler.TrapsHandled - trapsBefore}, chained: {TrapHandler.TrapsChained}, probes sent: {TrapHandler.ProbesSent}, answered: {TrapHandler.ProbesAnswered}");
+        output.WriteLine($"traps handled: {TrapHandler.TrapsHandled - trapsBefore}, chained: {TrapHandler.TrapsChained}, probes sent: {TrapHandler.ProbesSent}, answered: {TrapHandler.ProbesAnswered}, " +
+                         $"threads found stopped inside a site: {TrapHandler.ProbesInside - insideBefore}");
         Assert.True(r.Wrong == 0, $"{r.Wrong} calls returned a wrong result; first: {r.FirstWrong}");
         Assert.True(r.MultiFlips >= Flips);
         for (int t = 0; t < Threads; t++)
