@@ -209,31 +209,64 @@ internal sealed unsafe class LiveCode
 
     private static long IndexOf(ulong* table, ulong address)
     {
-        long lo = 0, hi = (long)table[0];
-        ulong* addrs = table + 2;
+        long i = LowerBound(table + 2, (long)table[0], address, 0);
+        return i < (long)table[0] && table[2 + i] == address ? i : -1;
+    }
+
+    /// <summary>First index at or after <paramref name="from"/> whose address is not below <paramref name="x"/> (galloping, then binary search).</summary>
+    private static long LowerBound(ulong* addrs, long count, ulong x, long from)
+    {
+        long lo = from, step = 1, hi = from;
+        while (hi < count && addrs[hi] < x)
+        {
+            lo = hi + 1;
+            hi += step;
+            step <<= 1;
+        }
+        if (hi > count) hi = count;
         while (lo < hi)
         {
             long mid = (lo + hi) >>> 1;
-            if (addrs[mid] == address) return mid;
-            if (addrs[mid] < address) lo = mid + 1; else hi = mid;
+            if (addrs[mid] < x) lo = mid + 1; else hi = mid;
         }
-        return -1;
+        return lo;
     }
 
     /// <summary>
     /// Makes the trap handler's table of known sites hold every address of <paramref name="add"/> and
-    /// none of <paramref name="remove"/> (both ascending). When it must change, the new table is built
-    /// in the spare buffer, published with one pointer store, and the old one is not reused before every
+    /// none of <paramref name="remove"/> (both ascending), then marks the <paramref name="add"/> sites
+    /// as part of batch <paramref name="gen"/>. When the table must change, the new one is built in
+    /// the spare buffer, published with one pointer store, and the old one is not reused before every
     /// handler that may be reading it has finished. Returns false when the table would be full.
     /// </summary>
-    public bool UpdateKnown(ReadOnlySpan<ulong> add, ReadOnlySpan<ulong> remove)
+    public bool PrepareBatch(ReadOnlySpan<ulong> add, ReadOnlySpan<ulong> remove, ulong gen)
     {
         ulong* cur = CurrentKnown;
         bool change = false;
-        foreach (ulong x in add) if (IndexOf(cur, x) < 0) { change = true; break; }
+        var indices = add.Length <= 1024 ? stackalloc long[add.Length] : new long[add.Length];
+        long count = (long)cur[0], at = 0;
+        for (int k = 0; k < add.Length; k++)
+        {
+            at = LowerBound(cur + 2, count, add[k], at);
+            if (at >= count || cur[2 + at] != add[k]) { change = true; break; }
+            indices[k] = at;
+        }
         if (!change) foreach (ulong x in remove) if (IndexOf(cur, x) >= 0) { change = true; break; }
-        if (!change) return true;
+        if (change)
+        {
+            if (!Rebuild(cur, add, remove)) return false;
+            cur = CurrentKnown;
+            count = (long)cur[0];
+            at = 0;
+            for (int k = 0; k < add.Length; k++) indices[k] = at = LowerBound(cur + 2, count, add[k], at);
+        }
+        ulong* gens = cur + 2 + count;
+        foreach (long i in indices) Volatile.Write(ref gens[i], gen);
+        return true;
+    }
 
+    private bool Rebuild(ulong* cur, ReadOnlySpan<ulong> add, ReadOnlySpan<ulong> remove)
+    {
         long count = (long)cur[0];
         ulong* curAddrs = cur + 2, curGens = cur + 2 + count;
         ulong* next = cur == KnownA ? KnownB : KnownA;
@@ -267,19 +300,6 @@ internal sealed unsafe class LiveCode
         var spin = new SpinWait();
         while (Volatile.Read(ref *Field(Ctl.Readers)) != 0) spin.SpinOnce();
         return true;
-    }
-
-    /// <summary>Marks the sites at <paramref name="addresses"/> (all in the table) as part of batch <paramref name="gen"/>.</summary>
-    public void MarkInflight(ReadOnlySpan<ulong> addresses, ulong gen)
-    {
-        ulong* cur = CurrentKnown;
-        ulong* gens = cur + 2 + (long)cur[0];
-        foreach (ulong x in addresses)
-        {
-            long idx = IndexOf(cur, x);
-            if (idx < 0) throw new InvalidOperationException($"0x{x:x} is not in the known-site table");
-            Volatile.Write(ref gens[idx], gen);
-        }
     }
 
     // ---------------------------------------------------------------- SIGTRAP handler

@@ -71,6 +71,47 @@ internal static class InteriorPoints
         return found;
     }
 
+    private readonly record struct Key(ReadOnlyMemory<byte> Old, ReadOnlyMemory<byte> New);
+
+    private sealed class KeyComparer : IEqualityComparer<Key>
+    {
+        public bool Equals(Key a, Key b) => a.Old.Span.SequenceEqual(b.Old.Span) && a.New.Span.SequenceEqual(b.New.Span);
+
+        public int GetHashCode(Key k)
+        {
+            var h = new HashCode();
+            h.AddBytes(k.Old.Span);
+            h.AddBytes(k.New.Span);
+            return h.ToHashCode();
+        }
+    }
+
+    private static readonly Dictionary<Key, ulong[]> Cache = new(new KeyComparer());
+    private static readonly object CacheLock = new();
+
+    /// <summary>
+    /// <see cref="Find"/> through a cache keyed by the bytes: the points' offsets depend only on the
+    /// old and new bytes (branch targets are relative), and plans repeat the same patch at many sites.
+    /// </summary>
+    public static int FindCached(ulong address, ReadOnlyMemory<byte> old, ReadOnlyMemory<byte> @new, Span<ulong> destination)
+    {
+        var key = new Key(old, @new);
+        ulong[]? offsets;
+        lock (CacheLock)
+        {
+            if (!Cache.TryGetValue(key, out offsets))
+            {
+                int n = Find(0, old.Span, @new.Span, destination);
+                offsets = destination[..n].ToArray();
+                if (Cache.Count >= 4096) Cache.Clear();
+                // Keep copies: the key must not pin (or change with) the caller's plan buffers.
+                Cache[new Key(old.ToArray(), @new.ToArray())] = offsets;
+            }
+        }
+        for (int i = 0; i < offsets.Length; i++) destination[i] = address + offsets[i];
+        return offsets.Length;
+    }
+
     private static bool IsNearBranch(in Instruction insn) =>
         insn.FlowControl is FlowControl.ConditionalBranch or FlowControl.UnconditionalBranch or FlowControl.Call
         && insn.Op0Kind is OpKind.NearBranch16 or OpKind.NearBranch32 or OpKind.NearBranch64;

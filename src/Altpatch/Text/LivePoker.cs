@@ -200,21 +200,38 @@ public sealed unsafe class LivePoker : ITextPoker
         int hazardCount = 0;
         Span<ulong> points = stackalloc ulong[PatchPlan.MaxPatchLength];
         long tailBytes = 0;
+        // Plans repeat one patch over many sites: the points' offsets depend only on the bytes.
+        Span<ulong> lastOffsets = stackalloc ulong[PatchPlan.MaxPatchLength];
+        ReadOnlySpan<byte> lastOld = [], lastNew = [];
+        int lastCount = -1;
         foreach (var p in pokes)
         {
             if (p.Length == 1) continue;
-            (p.New.Span[0] == 0xCC ? untrappable : trappable).Add(p.Address);
-            int k = InteriorPoints.Find(p.Address, p.Old.Span, p.New.Span, points);
+            ReadOnlySpan<byte> oldBytes = p.Old.Span, newBytes = p.New.Span;
+            (newBytes[0] == 0xCC ? untrappable : trappable).Add(p.Address);
+            int k;
+            if (lastCount >= 0 && oldBytes.SequenceEqual(lastOld) && newBytes.SequenceEqual(lastNew))
+            {
+                k = lastCount;
+                for (int i = 0; i < k; i++) points[i] = p.Address + lastOffsets[i];
+            }
+            else
+            {
+                k = InteriorPoints.FindCached(p.Address, p.Old, p.New, points);
+                for (int i = 0; i < k; i++) lastOffsets[i] = points[i] - p.Address;
+                lastOld = oldBytes;
+                lastNew = newBytes;
+                lastCount = k;
+            }
             if (hazardCount + k > LiveCode.HazardCapacity)
                 throw new PatchException(p.Site, p.Address, $"the batch has more than {LiveCode.HazardCapacity} interior points; split the plan");
             points[..k].CopyTo(new Span<ulong>(hazards + hazardCount, k));
             hazardCount += k;
             tailBytes += p.Length - 1;
         }
-        if (!live.UpdateKnown(CollectionsMarshal.AsSpan(trappable), CollectionsMarshal.AsSpan(untrappable)))
-            throw new PatchException(pokes[0].Site, pokes[0].Address, $"the live poker already tracks {LiveCode.KnownCapacity} distinct sites; nothing written");
         ulong gen = live.NextGeneration();
-        live.MarkInflight(CollectionsMarshal.AsSpan(trappable), gen);
+        if (!live.PrepareBatch(CollectionsMarshal.AsSpan(trappable), CollectionsMarshal.AsSpan(untrappable), gen))
+            throw new PatchException(pokes[0].Site, pokes[0].Address, $"the live poker already tracks {LiveCode.KnownCapacity} distinct sites; nothing written");
         *live.Field(Ctl.HazardMin) = hazardCount > 0 ? hazards[0] : ulong.MaxValue;
         *live.Field(Ctl.HazardMax) = hazardCount > 0 ? hazards[hazardCount - 1] : 0;
         Volatile.Write(ref *live.Field(Ctl.HazardCount), (ulong)hazardCount);
