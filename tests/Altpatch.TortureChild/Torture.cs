@@ -183,10 +183,10 @@ public sealed unsafe class Torture : IDisposable
             workers[t].Start();
         }
 
-        void Wrong(ulong fn, int r)
+        void Wrong(ulong fn, int r, string? what = null)
         {
             if (Interlocked.Increment(ref wrong) == 1)
-                Interlocked.CompareExchange(ref firstWrong, $"function 0x{fn:x} returned 0x{r:x}", null);
+                Interlocked.CompareExchange(ref firstWrong, what ?? $"function 0x{fn:x} returned 0x{r:x}", null);
         }
 
         started.Wait();
@@ -243,7 +243,9 @@ public sealed unsafe class Torture : IDisposable
         finally
         {
             Volatile.Write(ref stop, 1);
-            foreach (var w in workers) w.Join();
+            for (int t = 0; t < threads; t++)
+                if (!workers[t].Join(TimeSpan.FromSeconds(30)))
+                    Wrong(0, 0, $"worker {t} did not stop: stuck in torn code?"); // counted, not waited for
         }
         clock.Stop();
         var totals = new long[6];

@@ -188,6 +188,8 @@ public static unsafe class TrapHandler
         *(ulong*)(desc + Desc.Flags) = 1;
         *(long*)(desc + Desc.TimeoutNs) = (long)(timeout.TotalMilliseconds * 1_000_000);
         *(long*)(desc + Desc.SelfTid) = Libc.Gettid();
+        *c.Field(Ctl.HazardMin) = ulong.MaxValue;
+        *c.Field(Ctl.HazardMax) = 0;
         *c.Field(Ctl.HazardCount) = 0;
         int r = ((delegate* unmanaged<byte*, int>)c.Batch)(desc);
         if (r != (int)BatchResult.Done)
