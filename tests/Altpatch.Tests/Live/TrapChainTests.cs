@@ -100,6 +100,29 @@ public sealed unsafe class TrapChainTests : IDisposable
     }
 
     [Fact]
+    public void A_genuine_int3_written_later_at_a_site_the_poker_knows_still_reaches_the_previous_handler()
+    {
+        nint previous = TestHandler(true);
+        InstallPrevious(previous, Signals.SaSigInfo | Signals.SaRestart);
+        byte[] a = [0xB8, 1, 0, 0, 0, 0xC3, 0x90];    // mov eax, 1; ret; nop
+        byte[] b = [0x90, 0xB8, 7, 0, 0, 0, 0xC3];    // nop; mov eax, 7; ret
+        ulong fn = Emit.Bytes(code, 512, a);
+        var site = new SiteRef(SiteKind.Raw, 0, "known");
+        new LivePoker().Apply(new PatchPlan([new Poke(fn, a, b, site, "live")])); // fn is now a known site
+        Assert.Equal(7, Run.Call(fn));
+        long handled = TrapHandler.TrapsHandled, chained = TrapHandler.TrapsChained;
+
+        // Someone else's breakpoint on the site's first byte: it must not be taken for a late trap of ours.
+        var breakpoint = new PatchPlan([new Poke(fn, new byte[] { 0x90 }, new byte[] { 0xCC }, site, "breakpoint")]);
+        new ProtectPoker().Apply(breakpoint);
+        Assert.Equal(7, Run.Call(fn)); // the test handler counts it and returns past the int3
+        Assert.Equal(1, hits[0]);
+        Assert.Equal(chained + 1, TrapHandler.TrapsChained);
+        Assert.Equal(handled, TrapHandler.TrapsHandled);
+        new ProtectPoker().Revert(breakpoint);
+    }
+
+    [Fact]
     public void With_SIG_DFL_before_an_unrelated_int3_kills_the_process_with_SIGTRAP()
     {
         var (exit, text) = NegativeControlTests.Child("trap-default");
