@@ -50,4 +50,27 @@ internal static partial class Libc
 
     /// <summary>The text of an errno value, for error messages.</summary>
     public static string ErrorText(int errno) => $"{Marshal.GetPInvokeErrorMessage(errno)} (errno {errno})";
+
+    // Signals and limits, for the live poker's trap handler (Native/TrapHandler.cs).
+
+    [LibraryImport(Lib, EntryPoint = "sigaction", SetLastError = true)]
+    public static unsafe partial int Sigaction(int signal, SigAction* action, SigAction* previous);
+
+    [LibraryImport(Lib, EntryPoint = "__libc_current_sigrtmax")]
+    public static partial int CurrentSigrtmax();
+
+    [LibraryImport(Lib, EntryPoint = "getrlimit", SetLastError = true)]
+    public static unsafe partial int Getrlimit(int resource, ulong* limits);
+
+    [LibraryImport(Lib, EntryPoint = "getpid")]
+    public static partial int Getpid();
+
+    [LibraryImport(Lib, EntryPoint = "getuid")]
+    public static partial uint Getuid();
+
+    [LibraryImport(Lib, EntryPoint = "gettid")]
+    public static partial int Gettid();
+
+    public const int RlimitStack = 3;
+    public const int RlimitCore = 4;
 }

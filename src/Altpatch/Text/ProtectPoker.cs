@@ -35,9 +35,9 @@ public sealed unsafe class ProtectPoker : ITextPoker
         ArgumentNullException.ThrowIfNull(plan);
         if (plan.IsEmpty) return;
         var map = MemoryMap.Read();
-        ValidateAgainstMemory(plan, map);
+        PlanValidation.ValidateAgainstMemory(plan, map);
 
-        var runs = PageRuns(plan, map);
+        var runs = PlanValidation.PageRuns(plan, map);
         int opened = 0;
         int written = 0;
         try
@@ -72,7 +72,7 @@ public sealed unsafe class ProtectPoker : ITextPoker
         CoreSync.TrySyncAllCores();
     }
 
-    private static void RestoreProtection(List<PageRun> runs, int count)
+    private static void RestoreProtection(List<PlanValidation.PageRun> runs, int count)
     {
         var failures = new List<string>();
         for (int i = 0; i < count; i++)
@@ -85,46 +85,6 @@ public sealed unsafe class ProtectPoker : ITextPoker
             throw new NativeException($"could not restore page protection of {string.Join(", ", failures)}", System.Runtime.InteropServices.Marshal.GetLastPInvokeError());
     }
 
-    /// <summary>Checks every poke: inside mapped executable memory and the memory holds its old bytes.</summary>
-    internal static void ValidateAgainstMemory(PatchPlan plan, MemoryMap map)
-    {
-        foreach (var p in plan.AsSpan())
-        {
-            if (!map.Covers(p.Address, p.Length, MapProtection.Read | MapProtection.Execute, out var problem))
-                throw new PatchException(p.Site, p.Address, problem);
-            var current = new ReadOnlySpan<byte>((void*)p.Address, p.Length);
-            if (!current.SequenceEqual(p.Old.Span))
-                throw new PatchException(p.Site, p.Address,
-                    $"memory holds {Convert.ToHexString(current)}, not the plan's old bytes {Convert.ToHexString(p.Old.Span)}");
-        }
-    }
-
-    private readonly record struct PageRun(ulong Start, ulong End, int Protection, SiteRef FirstSite);
-
-    /// <summary>The pages the plan touches, merged into runs of equal original protection.</summary>
-    private static List<PageRun> PageRuns(PatchPlan plan, MemoryMap map)
-    {
-        ulong page = (ulong)Environment.SystemPageSize;
-        var runs = new List<PageRun>();
-        foreach (var p in plan.AsSpan())
-        {
-            for (ulong pg = p.Address & ~(page - 1); pg < p.End; pg += page)
-            {
-                map.TryFind(pg, out var region);
-                int prot = (int)region.Protection; // MapProtection bits match PROT_* bits
-                if (runs.Count > 0)
-                {
-                    var last = runs[^1];
-                    if (pg < last.End) continue; // already covered
-                    if (pg == last.End && last.Protection == prot)
-                    {
-                        runs[^1] = last with { End = pg + page };
-                        continue;
-                    }
-                }
-                runs.Add(new PageRun(pg, pg + page, prot, p.Site));
-            }
-        }
-        return runs;
-    }
+    /// <summary>Checks every poke: inside mapped executable memory and the memory holds its old bytes (see <see cref="PlanValidation"/>).</summary>
+    internal static void ValidateAgainstMemory(PatchPlan plan, MemoryMap map) => PlanValidation.ValidateAgainstMemory(plan, map);
 }

@@ -1,0 +1,207 @@
+using Altpatch.Cpu;
+using Altpatch.Emit;
+using Altpatch.Native;
+using Altpatch.Patching;
+using Altpatch.Text;
+using static Iced.Intel.AssemblerRegisters;
+
+namespace Altpatch.Tests.Live;
+
+/// <summary>The live poker on code that other threads are running: results, bytes, exact reverts.</summary>
+[Collection(LiveCollection.Name)]
+public class LivePokerTests
+{
+    /// <summary>Calls <paramref name="fn"/> in a loop on another thread until disposed; counts results.</summary>
+    private sealed unsafe class Caller : IDisposable
+    {
+        private readonly Thread thread;
+        private int stop;
+        private readonly Dictionary<long, long> seen = [];
+
+        public Caller(ulong fn, long argument = 0)
+        {
+            thread = new Thread(() =>
+            {
+                var local = new Dictionary<long, long>();
+                while (Volatile.Read(ref stop) == 0)
+                {
+                    long r = ((delegate* unmanaged<long, long>)fn)(argument);
+                    local[r] = local.GetValueOrDefault(r) + 1;
+                }
+                lock (seen) foreach (var (k, v) in local) seen[k] = v;
+            }) { IsBackground = true };
+            thread.Start();
+        }
+
+        public IReadOnlyDictionary<long, long> Stop()
+        {
+            Volatile.Write(ref stop, 1);
+            thread.Join();
+            lock (seen) return new Dictionary<long, long>(seen);
+        }
+
+        public void Dispose() { if (thread.IsAlive) Stop(); }
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void A_thread_stopped_inside_a_site_holds_the_batch_until_it_leaves(bool inCallee)
+    {
+        using var parked = new Parked(inCallee);
+        var before = Run.Read(parked.Function, parked.Site.Length);
+
+        var quick = new LivePoker(new LivePokerOptions { QuiescenceTimeout = TimeSpan.FromMilliseconds(300) });
+        var e = Assert.Throws<PatchException>(() => quick.Apply(parked.Plan));
+        Assert.Contains("raw site #7 of 'parked'", e.Message);
+        Assert.True(e.Message.Contains("is stopped inside the site", StringComparison.Ordinal), e.Message);
+        Assert.Contains("nothing written", e.Message);
+        if (inCallee) Assert.Contains("+5 ", e.Message); // the return address of the call
+        Assert.Equal(before, Run.Read(parked.Function, parked.Site.Length)); // first byte back, rest never touched
+
+        // A patient batch waits: it has placed its int3 and probes until the thread leaves.
+        var poker = new LivePoker();
+        using var batch = new Background(() => poker.Apply(parked.Plan));
+        while (Run.Read(parked.Function, 1)[0] != 0xCC && !batch.Done) Thread.Yield();
+        Assert.False(batch.Done, "the batch cannot end while the thread is inside the site");
+        Assert.Equal(1, parked.Release()); // the thread finished the OLD code
+        batch.Join();
+        Assert.Equal(parked.Site.New.ToArray(), Run.Read(parked.Function, parked.Site.Length));
+        if (!inCallee) Assert.Equal(2, Run.Call(parked.Function));
+        poker.Revert(parked.Plan);
+        Assert.Equal(before, Run.Read(parked.Function, parked.Site.Length));
+    }
+
+    [Fact]
+    public void Single_instruction_sites_need_no_probe()
+    {
+        using var mem = ExecutableMemory.Allocate(4096, "single");
+        ulong fn = Emit.Bytes(mem, 62, [0xB8, 1, 0, 0, 0, 0xC3]); // straddles a 64-byte line
+        var plan = new PatchPlan([new Poke(fn, new byte[] { 0xB8, 1, 0, 0, 0 }, new byte[] { 0xB8, 2, 0, 0, 0 }, new SiteRef(SiteKind.Raw, 0), "test")]);
+        var poker = new LivePoker();
+        using var caller = new Caller(fn);
+        poker.Apply(plan);
+        Assert.Equal(new LiveBatchReport(1, 0, 0, 0), poker.LastBatch);
+        Assert.Equal(2, Run.Call(fn));
+        poker.Revert(plan);
+        Assert.Equal(1, Run.Call(fn));
+        var seen = caller.Stop();
+        Assert.True(seen.Keys.All(k => k is 1 or 2), string.Join(", ", seen.Keys));
+    }
+
+    [Fact]
+    public void One_byte_sites_are_written_once_without_an_int3()
+    {
+        using var mem = ExecutableMemory.Allocate(8192, "lock");
+        ulong counter = (ulong)mem.WritableAddress + 4096;
+        // lock add dword [rdi], 1; mov eax, [rdi]; ret  --  the lock prefix is the site, as in .smp_locks
+        ulong fn = Emit.Bytes(mem, 0, [0xF0, 0x83, 0x07, 0x01, 0x8B, 0x07, 0xC3]);
+        var plan = new PatchPlan([new Poke(fn, new byte[] { 0xF0 }, new byte[] { 0x3E }, new SiteRef(SiteKind.Lock, 0), "UP: ds prefix")]);
+        var poker = new LivePoker();
+        long trapsBefore = TrapHandler.TrapsHandled;
+        using (new Caller(fn, (long)counter))
+        {
+            for (int i = 0; i < 200; i++)
+            {
+                poker.Apply(plan);
+                Assert.Equal(new LiveBatchReport(1, 0, 0, 0), poker.LastBatch);
+                poker.Revert(plan);
+            }
+        }
+        Assert.Equal(trapsBefore, TrapHandler.TrapsHandled); // no int3 was ever placed
+        Assert.Equal([0xF0, 0x83, 0x07, 0x01], Run.Read(fn, 4));
+        long n = Run.Call64(fn, (long)counter);
+        Assert.True(n > 0);
+    }
+
+    [Fact]
+    public void An_alternatives_plan_is_applied_live_while_threads_run_it_and_reverts_exactly()
+    {
+        const CpuFeature F = CpuFeature.Popcnt;
+        using var cb = new CodeBuilder();
+        ulong fn = cb.Function("f", b =>
+        {
+            b.Alternative(a => a.mov(eax, 1), a => { a.xor(eax, eax); a.inc(eax); a.inc(eax); }, F);
+            b.Alternative(a => { a.add(eax, 10); a.nop(); }, a => { a.add(eax, 20); }, F);
+            b.Code(a => a.ret());
+        });
+        cb.Publish();
+        var text = Run.Read(cb.TextStart, (int)(cb.Cursor - cb.TextStart));
+        Assert.Equal(11, Run.Call(fn));
+        var plan = Alternatives.Plan(cb.AlternativeSites, CpuFeatures.Empty.With(F), ProcessMemory.Snapshot());
+        Assert.Equal(2, plan.Count);
+        var poker = new LivePoker();
+        using var caller = new Caller(fn);
+        for (int i = 0; i < 50; i++)
+        {
+            poker.Apply(plan);
+            Assert.Equal(22, Run.Call(fn));
+            foreach (var p in plan) Assert.Equal(p.New.ToArray(), Run.Read(p.Address, p.Length));
+            Assert.True(Alternatives.Plan(cb.AlternativeSites, CpuFeatures.Empty.With(F), ProcessMemory.Snapshot()).IsEmpty);
+            poker.Revert(plan);
+            Assert.Equal(11, Run.Call(fn));
+        }
+        var seen = caller.Stop();
+        Assert.True(seen.Keys.All(k => k is 11 or 22), "results seen: " + string.Join(", ", seen.Keys));
+        Assert.Equal(text, Run.Read(cb.TextStart, text.Length));
+    }
+
+    /// <summary>An anonymous private r-x mapping with mov eax,1; ret every 64 bytes: code Altpatch did not allocate.</summary>
+    private static ulong Foreign(int size)
+    {
+        ulong m = Run.Map(size, Libc.ProtRead | Libc.ProtWrite);
+        for (int off = 0; off < size; off += 64) Run.Write(m + (ulong)off, Torture());
+        Run.Protect(m, size, Libc.ProtRead | Libc.ProtExec);
+        return m;
+        static byte[] Torture() => [.. Altpatch.TortureChild.Torture.One];
+    }
+
+    private static PatchPlan FlipEvery(ulong m, int size, int stride) =>
+        new(Enumerable.Range(0, size / stride).Select(i =>
+            new Poke(m + (ulong)(i * stride), Altpatch.TortureChild.Torture.One, Altpatch.TortureChild.Torture.Two, new SiteRef(SiteKind.Raw, i, "foreign"), "test")));
+
+    [Fact]
+    public void Foreign_code_is_refused_by_default_nothing_written()
+    {
+        ulong m = Foreign(4096);
+        try
+        {
+            var before = Run.Read(m, 4096);
+            var e = Assert.Throws<PatchException>(() => new LivePoker().Apply(FlipEvery(m, 4096, 256)));
+            Assert.Contains("raw site #0 of 'foreign'", e.Message);
+            Assert.Contains("not in memory Altpatch allocated", e.Message);
+            Assert.Contains("ForeignCode = WritableExecutable", e.Message);
+            Assert.Equal(before, Run.Read(m, 4096));
+            Assert.Equal("r-xp", Run.Permissions(m));
+        }
+        finally { Run.Unmap(m, 4096); }
+    }
+
+    [Fact]
+    public void Foreign_code_with_the_writable_executable_fallback_is_patched_live_and_protection_restored()
+    {
+        ulong m = Foreign(2 * 4096);
+        try
+        {
+            var plan = FlipEvery(m, 2 * 4096, 128);
+            var poker = new LivePoker(new LivePokerOptions { ForeignCode = ForeignCodeMode.WritableExecutable });
+            using var caller = new Caller(m);
+            for (int i = 0; i < 20; i++)
+            {
+                poker.Apply(plan);
+                Assert.Equal(2, Run.Call(m));
+                Assert.Equal(1, Run.Call(m + 64)); // not in the plan
+                poker.Revert(plan);
+            }
+            var seen = caller.Stop();
+            Assert.True(seen.Keys.All(k => k is 1 or 2), string.Join(", ", seen.Keys));
+            Assert.Equal("r-xp", Run.Permissions(m));
+            Assert.Equal("r-xp", Run.Permissions(m + 4096));
+            Assert.Equal(Altpatch.TortureChild.Torture.One, Run.Read(m, 7));
+        }
+        finally { Run.Unmap(m, 2 * 4096); }
+    }
+
+    [Fact]
+    public void The_empty_plan_writes_nothing_and_needs_nothing() => new LivePoker().Apply(PatchPlan.Empty);
+}
