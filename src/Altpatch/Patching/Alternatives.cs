@@ -34,7 +34,7 @@ public static class Alternatives
         ArgumentNullException.ThrowIfNull(code);
         options ??= AlternativeOptions.Default;
 
-        int[] order = OrderByAddress(sites);
+        int[] order = SiteTable.OrderByAddress(sites);
         var builder = new PlanBuilder(sites.Count);
         Span<byte> wanted = stackalloc byte[PatchPlan.MaxPatchLength];
         Span<byte> current = stackalloc byte[PatchPlan.MaxPatchLength];
@@ -139,30 +139,10 @@ public static class Alternatives
     {
         if (s.Length <= 0)
             throw Error(index, s, options, $"length {s.Length} is not positive");
-        if (s.Length > PatchPlan.MaxPatchLength)
-            throw Error(index, s, options, $"length {s.Length} exceeds MAX_PATCH_LEN ({PatchPlan.MaxPatchLength})");
-        if (s.Original.Length != s.Length)
-            throw Error(index, s, options, $"{s.Original.Length} original bytes recorded for a {s.Length}-byte site");
+        if (SiteTable.BufferProblem(s) is { } problem)
+            throw Error(index, s, options, problem);
         if (s.Replacement.Length > s.Length)
             throw Error(index, s, options, $"replacement ({s.Replacement.Length} bytes) is longer than the site ({s.Length} bytes)");
-    }
-
-    private static int[] OrderByAddress(IReadOnlyList<AlternativeSite> sites)
-    {
-        var order = new int[sites.Count];
-        bool sorted = true;
-        for (int i = 0; i < order.Length; i++)
-        {
-            order[i] = i;
-            if (i > 0 && sites[i].Address < sites[i - 1].Address) sorted = false;
-        }
-        if (!sorted)
-        {
-            var keys = new (ulong, int)[order.Length];
-            for (int i = 0; i < keys.Length; i++) keys[i] = (sites[i].Address, i);
-            Array.Sort(keys, order); // (address, index): stable by table order within one address
-        }
-        return order;
     }
 
     private static string Reason(in AlternativeSite s, bool applied) =>

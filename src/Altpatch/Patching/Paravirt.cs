@@ -59,7 +59,7 @@ public static class Paravirt
             return PatchPlan.Empty;
         }
 
-        int[] order = OrderByAddress(sites);
+        int[] order = SiteTable.OrderByAddress(sites);
         var builder = new PlanBuilder(sites.Count);
         Span<byte> wanted = stackalloc byte[PatchPlan.MaxPatchLength];
         Span<byte> current = stackalloc byte[PatchPlan.MaxPatchLength];
@@ -262,30 +262,10 @@ public static class Paravirt
     {
         if (s.Length < ParavirtSite.IndirectCallLength)
             throw Error(index, s, options, $"length {s.Length} is shorter than an indirect call through the ops table ({ParavirtSite.IndirectCallLength} bytes)");
-        if (s.Length > PatchPlan.MaxPatchLength)
-            throw Error(index, s, options, $"length {s.Length} exceeds MAX_PATCH_LEN ({PatchPlan.MaxPatchLength})");
-        if (s.Original.Length != s.Length)
-            throw Error(index, s, options, $"{s.Original.Length} original bytes recorded for a {s.Length}-byte site");
+        if (SiteTable.BufferProblem(s) is { } problem)
+            throw Error(index, s, options, problem);
         if (backend is not null && (uint)s.Type >= (uint)backend.OpCount)
             throw Error(index, s, options, $"unknown op type {s.Type}: backend '{backend.Name}' has op types 0..{backend.OpCount - 1}");
-    }
-
-    private static int[] OrderByAddress(IReadOnlyList<ParavirtSite> sites)
-    {
-        var order = new int[sites.Count];
-        bool sorted = true;
-        for (int i = 0; i < order.Length; i++)
-        {
-            order[i] = i;
-            if (i > 0 && sites[i].Address < sites[i - 1].Address) sorted = false;
-        }
-        if (!sorted)
-        {
-            var keys = new (ulong, int)[order.Length];
-            for (int i = 0; i < keys.Length; i++) keys[i] = (sites[i].Address, i);
-            Array.Sort(keys, order);
-        }
-        return order;
     }
 
     private static string Ref(int index, ParavirtOptions options) => new SiteRef(SiteKind.Paravirt, index, options.TableName).ToString();

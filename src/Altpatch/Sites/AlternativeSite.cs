@@ -35,7 +35,7 @@ public readonly record struct AlternativeSite(
     ReadOnlyMemory<byte> Replacement,
     ulong ReplacementAddress,
     CpuFeature Feature,
-    AltFlags Flags = AltFlags.None)
+    AltFlags Flags = AltFlags.None) : IPatchSite
 {
     /// <summary>True when the replacement applies on a CPU with <paramref name="cpu"/>'s features.</summary>
     public bool Applies(CpuFeatures cpu)

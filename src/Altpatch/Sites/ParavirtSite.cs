@@ -13,7 +13,7 @@ namespace Altpatch.Sites;
 /// <param name="Clobbers">The registers the site lets the op change.</param>
 /// <param name="Length">Length of the site in bytes, 6..254 (an indirect call is 6 bytes).</param>
 /// <param name="Original">The site's original bytes (the indirect call and its padding), exactly <paramref name="Length"/> of them.</param>
-public readonly record struct ParavirtSite(ulong Address, int Type, Clobbers Clobbers, int Length, ReadOnlyMemory<byte> Original)
+public readonly record struct ParavirtSite(ulong Address, int Type, Clobbers Clobbers, int Length, ReadOnlyMemory<byte> Original) : IPatchSite
 {
     /// <summary>Length of <c>call [rip+disp32]</c> / <c>jmp [rip+disp32]</c>: the shortest paravirt site.</summary>
     public const int IndirectCallLength = 6;

@@ -1,0 +1,43 @@
+using Altpatch.Sites;
+using Altpatch.Text;
+
+namespace Altpatch.Patching;
+
+/// <summary>Checks and orderings every planner applies to its site table.</summary>
+internal static class SiteTable
+{
+    /// <summary>
+    /// Indexes of <paramref name="sites"/> in ascending address order, table order kept among equal
+    /// addresses (no sort when the table is already sorted, the usual case).
+    /// </summary>
+    public static int[] OrderByAddress<T>(IReadOnlyList<T> sites) where T : IPatchSite
+    {
+        var order = new int[sites.Count];
+        bool sorted = true;
+        for (int i = 0; i < order.Length; i++)
+        {
+            order[i] = i;
+            if (i > 0 && sites[i].Address < sites[i - 1].Address) sorted = false;
+        }
+        if (!sorted)
+        {
+            var keys = new (ulong, int)[order.Length];
+            for (int i = 0; i < keys.Length; i++) keys[i] = (sites[i].Address, i);
+            Array.Sort(keys, order); // (address, index): stable by table order within one address
+        }
+        return order;
+    }
+
+    /// <summary>
+    /// What is wrong with a site's length or recorded original bytes beyond its kind's minimum length
+    /// (longer than MAX_PATCH_LEN, original bytes of another length), or null.
+    /// </summary>
+    public static string? BufferProblem<T>(in T s) where T : IPatchSite
+    {
+        if (s.Length > PatchPlan.MaxPatchLength)
+            return $"length {s.Length} exceeds MAX_PATCH_LEN ({PatchPlan.MaxPatchLength})";
+        if (s.Original.Length != s.Length)
+            return $"{s.Original.Length} original bytes recorded for a {s.Length}-byte site";
+        return null;
+    }
+}
