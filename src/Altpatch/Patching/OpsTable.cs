@@ -49,20 +49,38 @@ public sealed unsafe class OpsTable : IDisposable
             if (any == Libc.MapFailed) throw NativeException.Last($"mmap of a {count}-slot ops table");
             return new OpsTable((ulong)any, count, size);
         }
-        // Try the hint first (the kernel takes it when free), then fixed-but-not-replacing places at
-        // growing distances below and above, until one is free and in reach of the whole span.
+        // Try the hint first (the kernel takes it when free); otherwise look for the free gap closest to
+        // the code in /proc/self/maps (the runtime reserves large ranges, so blind probing can miss) and
+        // map there without replacing anything. A few rounds absorb races with other threads' mmaps.
         ulong first = (near - (ulong)size) & ~((ulong)page - 1);
         if (TryMap(first, size, 0, near, span, out var table, count)) return table!;
-        for (long step = 1 << 20; step < (1L << 30); step *= 2)
+        for (int round = 0; round < 4; round++)
         {
-            foreach (long delta in new[] { -step, (long)span + step })
-            {
-                long at = (long)near + delta;
-                if (at <= page) continue;
-                if (TryMap((ulong)at & ~((ulong)page - 1), size, MapFixedNoReplace, near, span, out table, count)) return table!;
-            }
+            foreach (ulong at in FreeGapsNear(MemoryMap.Read(), near, span, size, (ulong)page))
+                if (TryMap(at, size, MapFixedNoReplace, near, span, out table, count)) return table!;
         }
         throw new NativeException($"no free memory for a {count}-slot ops table within rel32 reach of 0x{near:x}", 0);
+    }
+
+    /// <summary>Page-aligned places of <paramref name="size"/> free bytes within reach of [near, near+span), closest first.</summary>
+    private static IEnumerable<ulong> FreeGapsNear(MemoryMap map, ulong near, long span, int size, ulong page)
+    {
+        long limit = Reach - span - size - (long)page;
+        ulong lowest = near > (ulong)limit ? near - (ulong)limit : page;
+        ulong highest = near + (ulong)span + (ulong)limit;
+        var candidates = new List<ulong>();
+        var regions = map.Regions;
+        for (int i = 0; i + 1 < regions.Count; i++)
+        {
+            ulong gapStart = regions[i].End, gapEnd = regions[i + 1].Start;
+            if (gapEnd - gapStart < (ulong)size) continue;
+            // the end of a gap below the code, or the start of a gap above it
+            ulong below = (gapEnd - (ulong)size) & ~(page - 1);
+            if (below >= gapStart && below >= lowest && below + (ulong)size <= near) candidates.Add(below);
+            ulong above = (gapStart + page - 1) & ~(page - 1);
+            if (above + (ulong)size <= gapEnd && above >= near + (ulong)span && above + (ulong)size <= highest) candidates.Add(above);
+        }
+        return candidates.OrderBy(c => c < near ? near - c : c - near);
     }
 
     private static bool TryMap(ulong hint, int size, int extraFlags, ulong near, long span, out OpsTable? table, int count)
