@@ -10,6 +10,12 @@ internal static unsafe class Run
     public static int Call(ulong fn) => ((delegate* unmanaged<int>)fn)();
     public static long Call64(ulong fn, long a) => ((delegate* unmanaged<long, long>)fn)(a);
 
+    /// <summary>
+    /// An address no mapping can hold: inside page zero, below vm.mmap_min_addr (at least 4096), so it
+    /// stays unmapped whatever other threads map meanwhile.
+    /// </summary>
+    public const ulong NeverMapped = 0x800;
+
     public static byte[] Read(ulong address, int length) => new ReadOnlySpan<byte>((void*)address, length).ToArray();
 
     /// <summary>An anonymous private mapping with the given protection (not Altpatch-allocated memory).</summary>

@@ -24,7 +24,14 @@ internal sealed unsafe class Parked : IDisposable
     /// <summary>Where the thread waits for the flag: inside the site, or in a callee.</summary>
     public bool InCallee { get; }
 
-    private ulong Flag => (ulong)memory.WritableAddress + 4096; // data: read and written through the RW alias
+    private ulong Flag => (ulong)memory.WritableAddress + 4096;
+
+    /// <summary>
+    /// The site sits at an odd offset, not at the start of the mapping: the probe scans thread stacks
+    /// conservatively, and a stale return address left by an earlier test's function at a reused
+    /// address (often mapping start + 5, after a leading call) would otherwise hold the batch.
+    /// </summary>
+    private const int SiteOffset = 0x123; // data: read and written through the RW alias
 
     public Parked(bool inCallee)
     {
@@ -36,7 +43,7 @@ internal sealed unsafe class Parked : IDisposable
         if (!inCallee)
         {
             // site: mov rcx, flag; mov byte [rcx+1], 1; L: pause; cmp byte [rcx], 0; jne L; mov eax, 1; ret
-            (Function, old) = Emit.At(memory, 0, a =>
+            (Function, old) = Emit.At(memory, SiteOffset, a =>
             {
                 var l = a.CreateLabel();
                 a.mov(rcx, flag);
@@ -52,7 +59,7 @@ internal sealed unsafe class Parked : IDisposable
         else
         {
             // callee at +256: mov rcx, flag; mov byte [rcx+1], 1; L: pause; cmp byte [rcx], 0; jne L; mov eax, 1; ret
-            var (callee, _) = Emit.At(memory, 256, a =>
+            var (callee, _) = Emit.At(memory, SiteOffset + 512, a =>
             {
                 var l = a.CreateLabel();
                 a.mov(rcx, flag);
@@ -65,8 +72,8 @@ internal sealed unsafe class Parked : IDisposable
                 a.ret();
             });
             // site: call callee; nop; nop; nop -- then ret, after the site
-            (Function, old) = Emit.At(memory, 0, a => { a.call(callee); a.nop(); a.nop(); a.nop(); });
-            Emit.Bytes(memory, old.Length, [0xC3]);
+            (Function, old) = Emit.At(memory, SiteOffset, a => { a.call(callee); a.nop(); a.nop(); a.nop(); });
+            Emit.Bytes(memory, SiteOffset + old.Length, [0xC3]);
         }
         var @new = new byte[old.Length];
         byte[] two = [0x31, 0xC0, 0xFF, 0xC0, 0xFF, 0xC0];

@@ -67,8 +67,7 @@ public class AlternativesBadInputTests
     {
         var (cb, _) = Module();
         using var _cb = cb;
-        ulong hole = Run.Map(4096, Libc.ProtRead | Libc.ProtExec);
-        Run.Unmap(hole, 4096);
+        ulong hole = Run.NeverMapped;
         var sites = cb.AlternativeSites.ToList();
         sites.Add(sites[0] with { Address = hole + 16 });
         Fails(cb, sites, "is not mapped");
