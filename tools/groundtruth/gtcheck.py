@@ -32,9 +32,11 @@ Usage:
   --json OUT      write the per-configuration x per-pass table as JSON
 
 Truth file format (gzip, text): header lines starting with '#', then for each site kind a line
-"kind <name> <entries>" followed by one line "<index> <hex>" for every site whose bytes in the
-dump differ from the vmlinux; sites not listed are unchanged. "??" stands for a byte that a
-foreign writer (see above) changed: the test does not compare it.
+"kind <name> <entries>" followed by one line "<d> <hex>" for every site whose bytes in the
+dump differ from the vmlinux, in table order: the site's index is the previous line's index + d
+(the index before the first line of a kind is -1), <hex> its final bytes. Sites not listed are
+unchanged. "??" stands for a byte that a foreign writer (see above) changed: the test does not
+compare it.
 
 Exit status: 0 when every site of every configuration matches or is foreign, 1 otherwise.
 """
@@ -187,9 +189,12 @@ def write_truth(path, image, base, img, dump_path, truth):
     for kind in KINDS:
         total, rows = truth[kind]
         lines.append(f"kind {kind} {total}")
-        lines.extend(f"{i} {h}" for i, h in rows)
+        prev = -1
+        for i, h in rows:
+            lines.append(f"{i - prev} {h}")
+            prev = i
     data = ("\n".join(lines) + "\n").encode()
-    with gzip.GzipFile(path, "wb", mtime=0) as f:
+    with gzip.GzipFile(path, "wb", compresslevel=9, mtime=0) as f:
         f.write(data)
 
 
