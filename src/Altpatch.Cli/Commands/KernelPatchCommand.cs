@@ -85,7 +85,7 @@ public static class KernelPatchCommand
         {
             ("open + decompress", () => img = KernelCommand.Open(o.Image)),
             ("read tables", () => _ = img!.Tables),
-            ("patch", () => result = Patch(img!, description)),
+            ("patch", () => result = KernelBootPatcher.Patch(img!, description)),
             ("write output", () => WriteAtomically(o.Output, s => s.Write(result!.Patched.Bytes.Span))),
         };
         if (o.Report is { } rep)
@@ -119,14 +119,6 @@ public static class KernelPatchCommand
         }
         WriteSummary(console, result!, o, times, total.Elapsed);
         return 0;
-    }
-
-    private static KernelPatchResult Patch(KernelImage img, KernelCpuDescription description)
-    {
-        var thunks = KernelThunks.Find(img);
-        var build = KernelBuildInfo.Infer(img, thunks);
-        var state = KernelBootCpu.Derive(description, build);
-        return KernelBootPatcher.Patch(img, state);
     }
 
     /// <summary>The CPU description from the options.</summary>

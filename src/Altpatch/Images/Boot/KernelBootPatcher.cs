@@ -41,6 +41,26 @@ public static class KernelBootPatcher
     }
 
     /// <summary>
+    /// Patches a copy of <paramref name="image"/>'s ELF bytes for the machine <paramref name="description"/> describes:
+    /// finds the thunks, infers the build options, derives the boot CPU (<see cref="KernelBootCpu.Derive"/>) and runs
+    /// the passes. The image itself is not changed.
+    /// </summary>
+    /// <param name="image">The kernel image (bzImage or vmlinux).</param>
+    /// <param name="description">The machine.</param>
+    /// <param name="progress">Told each pass before it runs.</param>
+    /// <returns>The patched ELF file and what each pass did.</returns>
+    /// <exception cref="ImageFormatException">A table is malformed or points outside the code.</exception>
+    /// <exception cref="PatchException">A site cannot be patched; the message names the site.</exception>
+    public static KernelPatchResult Patch(KernelImage image, KernelCpuDescription description, IProgress<BootPass>? progress = null)
+    {
+        ArgumentNullException.ThrowIfNull(image);
+        ArgumentNullException.ThrowIfNull(description);
+        var thunks = KernelThunks.Find(image);
+        var state = KernelBootCpu.Derive(description, KernelBuildInfo.Infer(image, thunks));
+        return Patch(image, state, thunks, progress);
+    }
+
+    /// <summary>
     /// Patches a copy of <paramref name="image"/>'s ELF bytes for <paramref name="state"/>. The image itself is not changed.
     /// </summary>
     /// <param name="image">The kernel image (bzImage or vmlinux).</param>
@@ -53,11 +73,21 @@ public static class KernelBootPatcher
     public static KernelPatchResult Patch(KernelImage image, KernelBootState state, IProgress<BootPass>? progress = null)
     {
         ArgumentNullException.ThrowIfNull(image);
+        return Patch(image, state, KernelThunks.Find(image), progress);
+    }
+
+    /// <summary>Like <see cref="Patch(KernelImage, KernelBootState, IProgress{BootPass}?)"/> with thunks already found.</summary>
+    /// <param name="image">The kernel image.</param>
+    /// <param name="state">The boot CPU.</param>
+    /// <param name="thunks">The image's thunks (<see cref="KernelThunks.Find"/>).</param>
+    /// <param name="progress">Told each pass before it runs.</param>
+    public static KernelPatchResult Patch(KernelImage image, KernelBootState state, KernelThunks thunks, IProgress<BootPass>? progress = null)
+    {
+        ArgumentNullException.ThrowIfNull(image);
         ArgumentNullException.ThrowIfNull(state);
+        ArgumentNullException.ThrowIfNull(thunks);
         var tables = image.Tables;   // read (and checked) from the unpatched bytes
-        _ = tables;
         var rules = RulesFor(image);
-        var thunks = KernelThunks.Find(image);
         var copy = image.ElfBytes.ToArray();
         var work = ElfFile.Parse(copy, image.Elf.Name);
         var poker = new ImagePoker(work);

@@ -29,7 +29,7 @@ public readonly record struct KernelSiteOutcome(KernelSiteKind Kind, int Index, 
     public bool Changed => !Before.Span.SequenceEqual(After.Span);
 }
 
-/// <summary>The result of <see cref="KernelBootPatcher.Patch"/>: the patched ELF bytes, the passes and every site.</summary>
+/// <summary>The result of <c>KernelBootPatcher.Patch</c>: the patched ELF bytes, the passes and every site.</summary>
 public sealed class KernelPatchResult
 {
     internal KernelPatchResult(KernelImage image, ElfFile patched, KernelBootState state, KernelThunks thunks,
