@@ -37,7 +37,7 @@ internal sealed class BootImageBuilder
     public AltInstrFormat Format { get; }
     public ulong Base { get; }
     public ulong Text => Base;
-    public ulong Rodata => Base + 0x5000;
+    public ulong Rodata => Base + 0x10000;
     public ulong Data => Base + 0x6000;
     public ulong PvOps => Data + 0x100;
     public ulong Replacement => Base + 0x7000;
@@ -205,12 +205,12 @@ internal sealed class BootImageBuilder
 
     public byte[] Build()
     {
-        var rodata = new byte[0x1000];
+        var rodata = new byte[0x4000];
         if (Banner is not null)
             Encoding.ASCII.GetBytes(Banner + "\n").CopyTo(rodata, 0x10);
         if (CapFlags is { } caps)
         {
-            // strings at 0x100.., the pointer array (NCAPINTS 22 words, as 6.1) at 0x800
+            // strings at 0x100.., the pointer array at 0x2000
             int strAt = 0x100;
             int max = Math.Max(caps.Keys.DefaultIfEmpty(0).Max() + 1, 64);
             var ptrs = new ulong[max];
@@ -221,7 +221,7 @@ internal sealed class BootImageBuilder
                 strAt += s.Length + 1;
             }
             for (int i = 0; i < ptrs.Length; i++)
-                WritePtr(rodata.AsSpan(0x800 + i * PointerSize), ptrs[i]);
+                WritePtr(rodata.AsSpan(0x2000 + i * PointerSize), ptrs[i]);
         }
         var data = new byte[0x400];
         for (int i = 0; i < PvOpsSlots.Count; i++)
