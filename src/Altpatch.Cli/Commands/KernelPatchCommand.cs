@@ -33,6 +33,8 @@ public static class KernelPatchCommand
         var smp = new Option<int?>("--smp") { Description = "Number of CPUs (present = possible). 1 switches the SMP lock prefixes to UP as the kernel does. Default: the --cpuinfo processor count, else 2." };
         var hypervisor = new Option<string>("--hypervisor") { Description = "The hypervisor the kernel detects: none (bare metal, and QEMU TCG) or kvm. Default: none.", DefaultValueFactory = _ => "none" };
         hypervisor.AcceptOnlyFromAmong("none", "kvm");
+        var symbols = new Option<FileInfo?>("--symbols") { Description = "A System.map or /proc/kallsyms of the same build: with --hypervisor kvm, the addresses of the KVM functions kvm_guest_init() puts into pv_ops." };
+        var kvmFeatures = new Option<string[]>("--kvm-features") { Description = "With --hypervisor kvm: the KVM paravirtual features of the host: nopiodelay, steal_time, pv_unhalt, pv_tlb_flush, realtime (hint), or none. Default: nopiodelay,steal_time (QEMU's defaults).", AllowMultipleArgumentsPerToken = true };
         var exact = new Option<bool>("--exact") { Description = "Take the given features as the kernel's final capability words (no derivation of hidden bits or mitigations)." };
         var output = new Option<FileInfo>("--output", "-o") { Description = "Where to write the patched vmlinux ELF file (written to a temporary file next to it and renamed on success).", Required = true };
         var report = new Option<FileInfo?>("--report") { Description = "Write a JSON report: the CPU as derived, the decisions, the thunks, each pass, and every site's bytes before and after with the passes that wrote them." };
@@ -40,7 +42,7 @@ public static class KernelPatchCommand
         var cmd = new Command("patch",
             "Do the kernel's own boot-time patching (apply_paravirt, apply_retpolines, apply_returns, apply_alternatives, SMP locks to UP) on a kernel image for a described CPU, and write the patched vmlinux.");
         cmd.Arguments.Add(image);
-        foreach (var o in new Option[] { cpuinfo, flags, bugs, vendor, family, model, stepping, set, clear, smp, hypervisor, exact, output, report })
+        foreach (var o in new Option[] { cpuinfo, flags, bugs, vendor, family, model, stepping, set, clear, smp, hypervisor, symbols, kvmFeatures, exact, output, report })
             cmd.Options.Add(o);
         cmd.Validators.Add(r =>
         {
@@ -52,6 +54,8 @@ public static class KernelPatchCommand
                 r.AddError("--bugs, --vendor, --family and --model go with --flags, not with --cpuinfo");
             if (r.GetValue(smp) is < 1)
                 r.AddError("--smp must be at least 1");
+            if ((r.GetValue(kvmFeatures)?.Length ?? 0) > 0 && r.GetValue(hypervisor) != "kvm")
+                r.AddError("--kvm-features goes with --hypervisor kvm");
         });
         cmd.SetAction(parse =>
         {
@@ -60,6 +64,7 @@ public static class KernelPatchCommand
                 parse.GetValue(vendor), parse.GetValue(family), parse.GetValue(model), parse.GetValue(stepping),
                 parse.GetValue(set) ?? [], parse.GetValue(clear) ?? [], parse.GetValue(smp),
                 parse.GetValue(hypervisor) == "kvm" ? KernelHypervisor.Kvm : KernelHypervisor.None,
+                parse.GetValue(symbols), parse.GetValue(kvmFeatures) ?? [],
                 parse.GetValue(exact), parse.GetValue(output)!, parse.GetValue(report));
             return Run(parse, options);
         });
@@ -68,7 +73,8 @@ public static class KernelPatchCommand
 
     private sealed record Options(
         FileInfo Image, FileInfo? CpuInfo, string[] Flags, string[] Bugs, string? Vendor, int? Family, int? Model, int? Stepping,
-        string[] Set, string[] Clear, int? Smp, KernelHypervisor Hypervisor, bool Exact, FileInfo Output, FileInfo? Report);
+        string[] Set, string[] Clear, int? Smp, KernelHypervisor Hypervisor, FileInfo? Symbols, string[] KvmFeatures,
+        bool Exact, FileInfo Output, FileInfo? Report);
 
     private static int Run(ParseResult parse, Options o)
     {
@@ -138,10 +144,19 @@ public static class KernelPatchCommand
             var cpu = CpuFeatures.FromNames(names, v, o.Family ?? 0, o.Model ?? 0, o.Stepping ?? 0);
             d = new KernelCpuDescription { Cpu = cpu };
         }
+        IReadOnlyDictionary<string, ulong>? symbols = null;
+        if (o.Symbols is { } sf)
+        {
+            if (!sf.Exists)
+                throw new FileNotFoundException($"{sf.FullName}: no such file");
+            symbols = KvmGuest.ReadSymbols(File.ReadAllText(sf.FullName));
+        }
         return d with
         {
             Cpus = o.Smp ?? d.Cpus,
             Hypervisor = o.Hypervisor,
+            Symbols = symbols,
+            KvmFeatures = o.KvmFeatures.Length == 0 ? KvmGuest.QemuDefaults : ParseKvmFeatures(Split(o.KvmFeatures)),
             Exact = o.Exact,
             Set = [.. ParseNames(Split(o.Set))],
             Clear = [.. ParseNames(Split(o.Clear))],
@@ -160,6 +175,25 @@ public static class KernelPatchCommand
                 ? $"unknown CPU feature '{unknown[0]}' (not a Linux {CpuFeatureInfo.LinuxVersion} feature or bug name)"
                 : $"unknown CPU features {string.Join(", ", unknown.Select(n => $"'{n}'"))} (not Linux {CpuFeatureInfo.LinuxVersion} feature or bug names)");
         return list.Select(CpuFeatureInfo.Parse);
+    }
+
+    private static KvmFeatures ParseKvmFeatures(IEnumerable<string> names)
+    {
+        var f = KvmFeatures.None;
+        foreach (var n in names)
+        {
+            f |= n.ToLowerInvariant() switch
+            {
+                "none" => KvmFeatures.None,
+                "nopiodelay" or "nop_io_delay" => KvmFeatures.NopIoDelay,
+                "steal_time" or "steal-time" => KvmFeatures.StealTime,
+                "pv_unhalt" or "pv-unhalt" => KvmFeatures.PvUnhalt,
+                "pv_tlb_flush" or "pv-tlb-flush" => KvmFeatures.PvTlbFlush,
+                "realtime" => KvmFeatures.HintsRealtime,
+                _ => throw new CpuFeatureException($"unknown KVM feature '{n}' (nopiodelay, steal_time, pv_unhalt, pv_tlb_flush, realtime, none)"),
+            };
+        }
+        return f;
     }
 
     private static CpuVendor ParseVendor(string s)
@@ -203,7 +237,8 @@ public static class KernelPatchCommand
         var cpu = s.Features;
         console.WriteLine(string.Create(inv, $"Image          {r.Image.Name} ({r.Image.Version?.Release ?? "unknown version"}, {(r.Image.Bitness == 64 ? "x86-64" : "i386")}), rules: {r.Rules}"));
         console.WriteLine(string.Create(inv, $"CPU            {cpu.Vendor} family {cpu.Family} model {cpu.Model} stepping {cpu.Stepping}{(cpu.ModelName is { } mn ? $" ({mn})" : "")}, {s.Cpus} CPU(s), hypervisor {s.Hypervisor.ToString().ToLowerInvariant()}"));
-        var hidden = cpu.Features.Where(f => CpuFeatureInfo.CpuInfoName(f) is null).Select(CpuFeatureInfo.MacroName);
+        var hidden = cpu.Features.Where(f => CpuFeatureInfo.CpuInfoName(f) is null)
+            .Select(f => CpuFeatureInfo.MacroName(f).Replace("X86_FEATURE_", "", StringComparison.Ordinal));
         console.WriteLine($"Hidden bits    {string.Join(' ', hidden)}");
         console.WriteLine($"Return thunk   {ThunkName(s.ReturnThunk)}{(ThunkAddress(r) is { } ta ? $" at 0x{ta:x}" : "")}");
         var t = new Table().Border(TableBorder.Simple)

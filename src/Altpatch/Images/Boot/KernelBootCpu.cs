@@ -16,22 +16,24 @@ public static class KernelBootCpu
     /// <summary>Derives the boot state for an image.</summary>
     /// <param name="description">The machine.</param>
     /// <param name="build">The image's build options (<see cref="KernelBuildInfo.Infer"/>).</param>
+    /// <param name="pvOps">The pv_ops changes of a KVM guest (<see cref="KvmGuest.Plan"/>); none on bare metal.</param>
     /// <exception cref="ArgumentNullException">An argument is null.</exception>
-    public static KernelBootState Derive(KernelCpuDescription description, KernelBuildInfo build)
+    public static KernelBootState Derive(KernelCpuDescription description, KernelBuildInfo build, KvmPvOps? pvOps = null)
     {
         ArgumentNullException.ThrowIfNull(description);
         ArgumentNullException.ThrowIfNull(build);
+        pvOps ??= KvmPvOps.None;
         if (description.Exact)
         {
             var exact = Apply(description.Cpu, description);
             var thunk = ReturnThunkFromFeatures(exact);
             return new KernelBootState(exact, thunk, description.Cpus, description.Hypervisor,
-                [$"exact: the given features are boot_cpu_data; return thunk {thunk} inferred from them"]);
+                [$"exact: the given features are boot_cpu_data; return thunk {thunk} inferred from them", .. pvOps.Notes], pvOps.Overrides);
         }
-        var d = new Derivation(description, build);
+        var d = new Derivation(description, build, pvOps);
         d.Run();
         var features = Apply(d.Result(), description);
-        return new KernelBootState(features, d.ReturnThunk, description.Cpus, description.Hypervisor, d.Log);
+        return new KernelBootState(features, d.ReturnThunk, description.Cpus, description.Hypervisor, d.Log, pvOps.Overrides);
     }
 
     /// <summary>The return thunk the kernel would have chosen for a final feature set: SRSO alias / SRSO safe RET,
@@ -68,7 +70,7 @@ public static class KernelBootCpu
     private enum Srso { None, Microcode, SafeRet, Ibpb, IbpbOnVmexit }
 
     /// <summary>The derivation, function by function, in the kernel's order.</summary>
-    private sealed class Derivation(KernelCpuDescription desc, KernelBuildInfo build)
+    private sealed class Derivation(KernelCpuDescription desc, KernelBuildInfo build, KvmPvOps pvOps)
     {
         private readonly HashSet<F> bits = [.. desc.Cpu.Features];
         private readonly CpuVendor vendor = desc.Cpu.Vendor;
@@ -126,6 +128,8 @@ public static class KernelBootCpu
         private void IdentifyCpu()
         {
             Set(F.Always, "early_identify_cpu(): setup_force_cpu_cap(X86_FEATURE_ALWAYS)");
+            if (desc.Hypervisor == KernelHypervisor.Kvm)
+                Set(F.Hypervisor, "KVM guest: CPUID.1:ECX[31]");
             InitSpeculationControl();
             // identify_cpu(): "Set default APIC and TSC_DEADLINE MSR fencing flag. AMD and Hygon will clear it in ->c_init()"
             Set(F.ApicMsrsFence, "identify_cpu(): default, cleared by AMD/Hygon init");
@@ -273,9 +277,13 @@ public static class KernelBootCpu
 
         private void ParavirtSetCap()
         {
-            // pv_ops.lock is native on bare metal (and under TCG); see the KVM notes in docs/kernel-patching.md.
-            if (desc.Hypervisor == KernelHypervisor.Kvm)
-                Note("paravirt_set_cap(): KVM's pv lock ops are not modelled; PVUNLOCK/VCPUPREEMPT left as given");
+            // pv_ops.lock is native on bare metal (and under TCG); a KVM guest may have changed it (KvmGuest.Plan).
+            foreach (var n in pvOps.Notes)
+                Note(n);
+            if (pvOps.QueuedSpinUnlockChanged)
+                Set(F.Pvunlock, "paravirt_set_cap(): pv_ops.lock.queued_spin_unlock is not native");
+            if (pvOps.VcpuIsPreemptedChanged)
+                Set(F.Vcpupreempt, "paravirt_set_cap(): pv_ops.lock.vcpu_is_preempted is not native");
         }
 
         // ---------------------------------------------------------------- bugs.c cpu_select_mitigations()

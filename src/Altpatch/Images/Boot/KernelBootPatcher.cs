@@ -56,7 +56,10 @@ public static class KernelBootPatcher
         ArgumentNullException.ThrowIfNull(image);
         ArgumentNullException.ThrowIfNull(description);
         var thunks = KernelThunks.Find(image);
-        var state = KernelBootCpu.Derive(description, KernelBuildInfo.Infer(image, thunks));
+        var pvOps = description.Hypervisor == KernelHypervisor.Kvm
+            ? KvmGuest.Plan(image, description.KvmFeatures, description.Cpus, description.Symbols)
+            : KvmPvOps.None;
+        var state = KernelBootCpu.Derive(description, KernelBuildInfo.Infer(image, thunks), pvOps);
         return Patch(image, state, thunks, progress);
     }
 

@@ -20,6 +20,13 @@ public sealed partial record KernelCpuDescription
     /// <summary>The hypervisor the kernel detects (default: none, which is also what a QEMU TCG guest is).</summary>
     public KernelHypervisor Hypervisor { get; init; } = KernelHypervisor.None;
 
+    /// <summary>With <see cref="KernelHypervisor.Kvm"/>: the KVM paravirtual features the host offers (default: QEMU's).</summary>
+    public KvmFeatures KvmFeatures { get; init; } = KvmGuest.QemuDefaults;
+
+    /// <summary>Symbols of the image's build (System.map or /proc/kallsyms), for what a stripped image does not name
+    /// (the KVM functions <c>kvm_guest_init()</c> puts into pv_ops); null when none were given.</summary>
+    public IReadOnlyDictionary<string, ulong>? Symbols { get; init; }
+
     /// <summary>Features to set after the derivation (<c>--set</c>).</summary>
     public ImmutableArray<CpuFeature> Set { get; init; } = [];
 
