@@ -1,7 +1,6 @@
 using System.Buffers.Binary;
 using Altpatch.Cpu;
 using Altpatch.Images.Boot;
-using Altpatch.Text;
 using Altpatch.Tests.Cli;
 
 namespace Altpatch.Tests.KernelPatch;
@@ -76,7 +75,7 @@ public class KvmGuestTests
     public void Without_symbols_kvm_is_refused_clearly()
     {
         var (b, _) = Image();
-        var e = Assert.Throws<PatchException>(() => KernelBootPatcher.Patch(b.Open(), Kvm(null, KvmGuest.QemuDefaults)));
+        var e = Assert.Throws<KernelPatchException>(() => KernelBootPatcher.Patch(b.Open(), Kvm(null, KvmGuest.QemuDefaults)));
         Assert.Contains("native_io_delay", e.Message, StringComparison.Ordinal);
         Assert.Contains("--symbols", e.Message, StringComparison.Ordinal);
     }

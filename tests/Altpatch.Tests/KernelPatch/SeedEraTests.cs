@@ -2,7 +2,6 @@ using Altpatch.Code;
 using Altpatch.Cpu;
 using Altpatch.Images;
 using Altpatch.Images.Boot;
-using Altpatch.Text;
 
 namespace Altpatch.Tests.KernelPatch;
 
@@ -102,7 +101,7 @@ public class SeedEraTests
         var b = Builder();
         b.CapFlags = null;
         b.AddAlt(b.Text + 0x100, Hex("90 90 90"), Hex("f3 a4"), 26);
-        var e = Assert.Throws<PatchException>(() => KernelBootPatcher.Patch(b.Open(), Cpu(CpuVendor.Intel, 6, 2, "sse2")));
+        var e = Assert.Throws<KernelPatchException>(() => KernelBootPatcher.Patch(b.Open(), Cpu(CpuVendor.Intel, 6, 2, "sse2")));
         Assert.Contains("x86_cap_flags", e.Message, StringComparison.Ordinal);
         Assert.Contains("2.6.22", e.Message, StringComparison.Ordinal);
     }
@@ -122,7 +121,7 @@ public class SeedEraTests
         shifted.Remove((int)CpuFeature.Popcnt);
         shifted[(int)CpuFeature.Popcnt + 1] = "popcnt";
         var bad = new BootImageBuilder { CapFlags = shifted };
-        var e = Assert.Throws<PatchException>(() => ImageFeatureNumbering.For(bad.Open(), KernelBootRules.Linux61));
+        var e = Assert.Throws<KernelPatchException>(() => ImageFeatureNumbering.For(bad.Open(), KernelBootRules.Linux61));
         Assert.Contains("popcnt", e.Message, StringComparison.Ordinal);
         Assert.Contains("not Linux 6.1.176's", e.Message, StringComparison.Ordinal);
     }
@@ -131,7 +130,7 @@ public class SeedEraTests
     public void Other_kernel_versions_are_refused_clearly()
     {
         var b = new BootImageBuilder { Banner = "Linux version 6.6.0-synthetic (test@altpatch) (gcc) #1 SMP" };
-        var e = Assert.Throws<PatchException>(() => KernelBootPatcher.RulesFor(b.Open()));
+        var e = Assert.Throws<KernelPatchException>(() => KernelBootPatcher.RulesFor(b.Open()));
         Assert.Contains("Linux 6.6.0-synthetic", e.Message, StringComparison.Ordinal);
         Assert.Contains("6.1", e.Message, StringComparison.Ordinal);
     }

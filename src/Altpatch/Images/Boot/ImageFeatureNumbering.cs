@@ -1,7 +1,6 @@
 using System.Buffers.Binary;
 using System.Text;
 using Altpatch.Cpu;
-using Altpatch.Text;
 
 namespace Altpatch.Images.Boot;
 
@@ -56,12 +55,11 @@ public sealed class ImageFeatureNumbering
     public string? NameOf(int n) => n >= 0 && n < capNames.Length ? capNames[n] : null;
 
     /// <summary>Establishes the numbering of <paramref name="image"/> for <paramref name="rules"/>.</summary>
-    /// <exception cref="PatchException">The image's names contradict Linux 6.1.176's numbering (6.1 rules), or a
+    /// <exception cref="KernelPatchException">The image's names contradict Linux 6.1.176's numbering (6.1 rules), or a
     /// 2.6-era image has no name table.</exception>
     public static ImageFeatureNumbering For(KernelImage image, KernelBootRules rules)
     {
         ArgumentNullException.ThrowIfNull(image);
-        var site = new SiteRef(SiteKind.Raw, 0, image.Name);
         var (capAddr, caps) = FindNameArray(image.Elf, "fpu", "vme");
         const int limit61 = (CpuFeatureTable.CapabilityWords + CpuFeatureTable.BugWords) * 32;
         if (rules == KernelBootRules.Linux61)
@@ -91,14 +89,14 @@ public sealed class ImageFeatureNumbering
                     problems.Add($"'{want}' is {CpuFeatureInfo.FormatNumber(f)} in 6.1.176 but the image has {(have is null ? "no name" : $"'{have}'")} there");
             }
             if (problems.Count > 0)
-                throw new PatchException(site, capAddr.Value,
-                    $"the image's feature numbering (x86_cap_flags at 0x{capAddr:x}) is not Linux 6.1.176's: {problems.Count} name(s) differ, e.g. {problems[0]}");
+                throw new KernelPatchException(
+                    $"{image.Name}: the image's feature numbering (x86_cap_flags at 0x{capAddr:x}) is not Linux 6.1.176's: {problems.Count} name(s) differ, e.g. {problems[0]}");
             return new ImageFeatureNumbering($"Linux 6.1.176 (x86_cap_flags at 0x{capAddr:x}{(bugAddr is { } b ? $", x86_bug_flags at 0x{b:x}" : "")} match)",
                 caps, identity: true, limit61, capAddr);
         }
         if (capAddr is null)
-            throw new PatchException(site, 0,
-                "no x86_cap_flags table in the image: its feature numbering is unknown (Altpatch has no 2.6.22 numbering table), so alternatives cannot be decided");
+            throw new KernelPatchException(
+                $"{image.Name}: no x86_cap_flags table in the image: its feature numbering is unknown (Altpatch has no 2.6.22 numbering table), so alternatives cannot be decided");
         int words = Math.Max(1, (caps.Length + 31) / 32);
         return new ImageFeatureNumbering($"the image's own x86_cap_flags at 0x{capAddr:x} ({caps.Length} entries), mapped by name",
             caps, identity: false, words * 32, capAddr);

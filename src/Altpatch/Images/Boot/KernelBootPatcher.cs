@@ -24,7 +24,7 @@ public static class KernelBootPatcher
 {
     /// <summary>The rules for an image: 6.1 for a 6.1 kernel (12-byte relative <c>alt_instr</c>), 2.6.22 for the
     /// absolute-pointer layouts of the 2.6 era.</summary>
-    /// <exception cref="PatchException">Another kernel version: its rules are not implemented.</exception>
+    /// <exception cref="KernelPatchException">Another kernel version: its rules are not implemented.</exception>
     public static KernelBootRules RulesFor(KernelImage image)
     {
         ArgumentNullException.ThrowIfNull(image);
@@ -36,8 +36,8 @@ public static class KernelBootPatcher
             return KernelBootRules.Linux61;
         if (v is null && format is AltInstrFormat.Relative12)
             return KernelBootRules.Linux61;
-        throw new PatchException(new SiteRef(SiteKind.Raw, 0, image.Name), 0,
-            $"{(v is null ? "unknown kernel version" : $"Linux {v.Release}")} with {format?.ShortName() ?? "no"} alt_instr: Altpatch implements the boot-time rules of Linux 6.1 (6.1.176) and of the 2.6.22 era only");
+        throw new KernelPatchException(
+            $"{image.Name}: {(v is null ? "unknown kernel version" : $"Linux {v.Release}")} with {format?.ShortName() ?? "no"} alt_instr: Altpatch implements the boot-time rules of Linux 6.1 (6.1.176) and of the 2.6.22 era only");
     }
 
     /// <summary>
@@ -51,6 +51,7 @@ public static class KernelBootPatcher
     /// <returns>The patched ELF file and what each pass did.</returns>
     /// <exception cref="ImageFormatException">A table is malformed or points outside the code.</exception>
     /// <exception cref="PatchException">A site cannot be patched; the message names the site.</exception>
+    /// <exception cref="KernelPatchException">The image cannot be patched as asked (version, numbering, KVM symbols).</exception>
     public static KernelPatchResult Patch(KernelImage image, KernelCpuDescription description, IProgress<BootPass>? progress = null)
     {
         ArgumentNullException.ThrowIfNull(image);

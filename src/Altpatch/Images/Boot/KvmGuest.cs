@@ -1,6 +1,5 @@
 using System.Collections.Immutable;
 using System.Globalization;
-using Altpatch.Text;
 
 namespace Altpatch.Images.Boot;
 
@@ -68,23 +67,22 @@ public static class KvmGuest
     /// <param name="features">The KVM features the host offers.</param>
     /// <param name="cpus">Possible CPUs (PV spinlocks and PV TLB flush need more than one).</param>
     /// <param name="symbols">Symbols of the same build.</param>
-    /// <exception cref="PatchException">A symbol needed is missing, or a native function is not in pv_ops.</exception>
+    /// <exception cref="KernelPatchException">A symbol needed is missing, or pv_ops cannot be located.</exception>
     public static KvmPvOps Plan(KernelImage image, KvmFeatures features, int cpus, IReadOnlyDictionary<string, ulong>? symbols)
     {
         ArgumentNullException.ThrowIfNull(image);
         var pv = image.Tables.PvOps;
-        var site = new SiteRef(SiteKind.Raw, 0, image.Name);
         var overrides = ImmutableDictionary.CreateBuilder<int, ulong>();
         var notes = ImmutableArray.CreateBuilder<string>();
         bool unlock = false, preempt = false;
         bool realtime = features.HasFlag(KvmFeatures.HintsRealtime);
 
         ulong Sym(string name) => symbols is not null && symbols.TryGetValue(name, out var a) ? a
-            : throw new PatchException(site, 0, $"--hypervisor kvm needs the address of {name}: give a System.map or kallsyms of this build (--symbols)");
+            : throw new KernelPatchException($"{image.Name}: --hypervisor kvm needs the address of {name}: give a System.map or kallsyms of this build (--symbols)");
         int Slot(string nativeName)
         {
             if (pv is null)
-                throw new PatchException(site, 0, "pv_ops could not be located in the image");
+                throw new KernelPatchException($"{image.Name}: pv_ops could not be located in the image");
             ulong native = Sym(nativeName);
             return pv.Slots.IndexOf(native);   // -1: no site uses the slot, so its value does not matter
         }
