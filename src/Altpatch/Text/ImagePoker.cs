@@ -92,9 +92,19 @@ public sealed class ImagePoker : ITextPoker, ICodeReader
         BytesWritten += bytes;
     }
 
+    private ElfSection lastSection;
+
     private bool TryLocate(ulong address, int length, out long offset, out string problem)
     {
         offset = -1;
+        // Sites come in address order, mostly within one section: try the last one first.
+        var last = lastSection;
+        if (last.IsExecutable && last.Contains(address, (ulong)Math.Max(length, 1)))
+        {
+            offset = (long)(last.FileOffset + (address - last.Address));
+            problem = "";
+            return true;
+        }
         if (elf.SectionContaining(address) is not { } section)
         {
             problem = $"0x{address:x} is not inside any section of {elf.Name} with file bytes";
@@ -112,6 +122,7 @@ public sealed class ImagePoker : ITextPoker, ICodeReader
         }
         offset = (long)(section.FileOffset + (address - section.Address));
         problem = "";
+        lastSection = section;
         return true;
     }
 }

@@ -112,15 +112,25 @@ public sealed class ImageFeatureNumbering
     /// </summary>
     internal static (ulong? Address, string?[] Names) FindNameArray(ElfFile elf, string first, string second)
     {
-        var firstAt = StringAddresses(elf, first);
-        var secondAt = StringAddresses(elf, second);
+        // 6.1 links the arrays and their strings into .rodata, 2.6.22 its x86_cap_flags into .data: look there
+        // first, then in every allocated, non-executable section.
+        var candidates = elf.Sections.Where(s => s.IsAllocated && !s.IsExecutable && s.HasFileBytes && s.Type != 0 && s.Size > 0).ToList();
+        var preferred = candidates.Where(s => s.Name is ".rodata" or ".data").ToList();
+        var found = FindNameArray(elf, preferred, preferred, first, second);
+        return found.Address is not null ? found : FindNameArray(elf, candidates, candidates, first, second);
+    }
+
+    private static (ulong? Address, string?[] Names) FindNameArray(ElfFile elf, List<ElfSection> arrayIn, List<ElfSection> stringsIn, string first, string second)
+    {
+        var firstAt = StringAddresses(elf, stringsIn, first);
+        var secondAt = StringAddresses(elf, stringsIn, second);
         if (firstAt.Count == 0 || secondAt.Count == 0)
             return (null, []);
         int ptr = elf.PointerSize;
         var bytes = elf.Bytes.Span;
-        foreach (var s in elf.Sections)
+        foreach (var s in arrayIn)
         {
-            if (!s.IsAllocated || s.IsExecutable || !s.HasFileBytes || s.Type == 0 || s.Size < (ulong)(2 * ptr))
+            if (s.Size < (ulong)(2 * ptr))
                 continue;
             var data = bytes.Slice((int)s.FileOffset, (int)s.Size);
             int start = (int)((ptr - (int)(s.Address % (ulong)ptr)) % ptr);
@@ -162,15 +172,13 @@ public sealed class ImageFeatureNumbering
     private static ulong Ptr(ReadOnlySpan<byte> b, int ptr) =>
         ptr == 8 ? BinaryPrimitives.ReadUInt64LittleEndian(b) : BinaryPrimitives.ReadUInt32LittleEndian(b);
 
-    private static HashSet<ulong> StringAddresses(ElfFile elf, string s)
+    private static HashSet<ulong> StringAddresses(ElfFile elf, List<ElfSection> sections, string s)
     {
         var result = new HashSet<ulong>();
         var needle = Encoding.ASCII.GetBytes(s + "\0");
         var bytes = elf.Bytes.Span;
-        foreach (var sec in elf.Sections)
+        foreach (var sec in sections)
         {
-            if (!sec.IsAllocated || sec.IsExecutable || !sec.HasFileBytes || sec.Type == 0 || sec.Size == 0)
-                continue;
             var data = bytes.Slice((int)sec.FileOffset, (int)sec.Size);
             int from = 0;
             while (from < data.Length)

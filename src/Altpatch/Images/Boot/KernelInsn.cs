@@ -23,6 +23,13 @@ internal readonly record struct KernelInsn(int Length, byte Op1, byte Op2, Mnemo
     /// <summary>Decodes the instruction at the start of <paramref name="code"/> located at <paramref name="ip"/>.</summary>
     public static KernelInsn Decode(ReadOnlySpan<byte> code, ulong ip, int bitness)
     {
+        // Fast paths for what nearly every return and retpoline site holds: call/jmp rel32, jcc rel32, ret.
+        if (code.Length >= 5 && code[0] is 0xe8 or 0xe9)
+            return new KernelInsn(5, code[0], 0, code[0] == 0xe8 ? Mnemonic.Call : Mnemonic.Jmp, Relative(ip, 5, code[1..], bitness));
+        if (code.Length >= 6 && code[0] == 0x0f && (code[1] & 0xf0) == 0x80)
+            return new KernelInsn(6, 0x0f, code[1], JccMnemonics[code[1] & 0xf], Relative(ip, 6, code[2..], bitness));
+        if (code.Length >= 1 && code[0] == 0xc3)
+            return new KernelInsn(1, 0xc3, 0, Mnemonic.Ret, 0);
         var d = Altpatch.Code.DecoderCache.Current.Start(code, ip, bitness);
         d.Decode(out var insn);
         if (insn.IsInvalid || insn.Length > code.Length)
@@ -36,6 +43,19 @@ internal readonly record struct KernelInsn(int Length, byte Op1, byte Op2, Mnemo
             && insn.Op0Kind is OpKind.NearBranch16 or OpKind.NearBranch32 or OpKind.NearBranch64
             ? insn.NearBranchTarget : 0;
         return new KernelInsn(insn.Length, op1, op2, insn.Mnemonic, target);
+    }
+
+    private static readonly Mnemonic[] JccMnemonics =
+    [
+        Mnemonic.Jo, Mnemonic.Jno, Mnemonic.Jb, Mnemonic.Jae, Mnemonic.Je, Mnemonic.Jne, Mnemonic.Jbe, Mnemonic.Ja,
+        Mnemonic.Js, Mnemonic.Jns, Mnemonic.Jp, Mnemonic.Jnp, Mnemonic.Jl, Mnemonic.Jge, Mnemonic.Jle, Mnemonic.Jg,
+    ];
+
+    /// <summary>The target of a rel32 branch of <paramref name="length"/> bytes at <paramref name="ip"/> (wrapping at 2^32 in 32-bit code).</summary>
+    private static ulong Relative(ulong ip, int length, ReadOnlySpan<byte> rel32, int bitness)
+    {
+        ulong t = unchecked(ip + (ulong)length + (ulong)(long)System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(rel32));
+        return bitness == 64 ? t : t & 0xffff_ffffUL;
     }
 
     private static bool IsPrefix(byte b, int bitness) => b switch

@@ -241,6 +241,9 @@ internal static class Linux61Passes
         return address ?? throw new PatchException(site, at, $"the chosen return thunk {name} could not be located in the image");
     }
 
+    private static readonly string[] JmpThunkWhy =
+        [.. Enum.GetValues<ReturnThunkKind>().Select(k => $"jmp {k} return thunk")];
+
     private static int PatchReturn(BootContext ctx, ulong addr, int length, Span<byte> bytes, SiteRef site, out string why)
     {
         int i = 0;
@@ -250,7 +253,7 @@ internal static class Linux61Passes
             bytes[0] = Jmp32;
             BinaryPrimitives.WriteInt32LittleEndian(bytes[1..], ctx.Rel32(addr, 5, target, site));
             i = 5;
-            why = $"jmp {ctx.State.ReturnThunk} return thunk";
+            why = JmpThunkWhy[(int)ctx.State.ReturnThunk];
         }
         else
         {

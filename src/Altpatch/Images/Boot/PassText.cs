@@ -57,10 +57,21 @@ internal sealed class PassText
     {
         if (bytes.IsEmpty)
             return false;
-        Span<byte> current = bytes.Length <= 256 ? stackalloc byte[bytes.Length] : new byte[bytes.Length];
-        Read(address, current, site);
-        if (current.SequenceEqual(bytes))
-            return false;
+        ulong end0 = address + (ulong)bytes.Length;
+        int f0 = FirstOverlapping(address);
+        if (f0 == segments.Count || segments[f0].Start >= end0)
+        {
+            // Nothing of this pass there yet: compare with the image directly.
+            if (image.Read(address, bytes.Length, site).SequenceEqual(bytes))
+                return false;
+        }
+        else
+        {
+            Span<byte> current = bytes.Length <= 256 ? stackalloc byte[bytes.Length] : new byte[bytes.Length];
+            Read(address, current, site);
+            if (current.SequenceEqual(bytes))
+                return false;
+        }
         Writes++;
         ulong end = address + (ulong)bytes.Length;
         int first = FirstOverlapping(address);
