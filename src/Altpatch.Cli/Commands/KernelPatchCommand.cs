@@ -279,6 +279,7 @@ public static class KernelPatchCommand
         w.WriteString("version", r.Image.Version?.Release);
         w.WriteString("architecture", r.Image.Bitness == 64 ? "x86-64" : "i386");
         w.WriteString("rules", r.Rules);
+        w.WriteString("numbering", r.Numbering.Description);
         w.WriteString("output", o.Output.FullName);
         w.WriteNumber("outputSize", r.Patched.Bytes.Length);
         w.WriteStartObject("cpu");

@@ -46,6 +46,20 @@ public partial class BootCpuTests
         Assert.True(diffs.Count == 0, string.Join(", ", diffs));
     }
 
+    [SkippableTheory]
+    [InlineData("amd64", 0xffffffff82003f80UL)]
+    [InlineData("i386", 0xc191e920UL)]
+    public void Both_images_use_the_6_1_176_numbering(string which, ulong capFlags)
+    {
+        var img = Images.RealImages.Get(which);
+        var n = ImageFeatureNumbering.For(img, KernelBootRules.Linux61);
+        Assert.True(n.IsLinux61);
+        Assert.Equal(capFlags, n.CapFlagsAddress);
+        Assert.Contains("x86_bug_flags at", n.Description, StringComparison.Ordinal);
+        Assert.Equal((22 + 2) * 32, n.FeatureLimit);
+        Assert.Equal("popcnt", n.NameOf((int)CpuFeature.Popcnt));
+    }
+
     internal static uint[] ReadCapsWords(string path)
     {
         var words = new uint[CpuFeatureInfo.CapabilityWords + CpuFeatureInfo.BugWords];

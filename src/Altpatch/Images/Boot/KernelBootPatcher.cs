@@ -123,7 +123,7 @@ public static class KernelBootPatcher
             Run(BootPass.SmpLocks, tables.SmpLocks.Length, Linux2622Passes.SmpLocks);
             Run(BootPass.Paravirt, tables.Paravirt.Length, Linux2622Passes.Paravirt);
         }
-        return new KernelPatchResult(image, work, state, thunks, results.ToImmutable(), rules == KernelBootRules.Linux61 ? "Linux 6.1" : "Linux 2.6.22");
+        return new KernelPatchResult(image, work, state, thunks, results.ToImmutable(), rules == KernelBootRules.Linux61 ? "Linux 6.1" : "Linux 2.6.22", numbering);
     }
 
     /// <summary>The NOP table the kernel pads with: 6.1's <c>x86_nops[]</c> for the image's bitness; in the 2.6.22 era

@@ -33,8 +33,9 @@ public readonly record struct KernelSiteOutcome(KernelSiteKind Kind, int Index, 
 public sealed class KernelPatchResult
 {
     internal KernelPatchResult(KernelImage image, ElfFile patched, KernelBootState state, KernelThunks thunks,
-        ImmutableArray<BootPassResult> passes, string rules)
+        ImmutableArray<BootPassResult> passes, string rules, ImageFeatureNumbering numbering)
     {
+        Numbering = numbering;
         Image = image;
         Patched = patched;
         State = state;
@@ -57,6 +58,9 @@ public sealed class KernelPatchResult
 
     /// <summary>The passes in the order run.</summary>
     public ImmutableArray<BootPassResult> Passes { get; }
+
+    /// <summary>The feature numbering the image's alternatives were read with.</summary>
+    public ImageFeatureNumbering Numbering { get; }
 
     /// <summary>Which kernel's rules were applied, e.g. "Linux 6.1".</summary>
     public string Rules { get; }
