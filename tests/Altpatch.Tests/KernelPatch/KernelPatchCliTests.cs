@@ -98,6 +98,41 @@ public sealed class KernelPatchCliTests : IDisposable
     }
 
     [Fact]
+    public void Unknown_and_corrupt_compression_are_errors_without_output()
+    {
+        var elf = Sample().Build();
+        string unknown = Path.Combine(dir, "unknown.bz");
+        File.WriteAllBytes(unknown, Images.SyntheticBzImage.Build(Images.SyntheticBzImage.WithSize([0x50, 0x4b, 0x03, 0x04, 1, 2, 3, 4], elf.Length)));
+        AssertFailedWithoutOutput(CliRunner.Run("kernel", "patch", unknown, "--flags", "fpu", "-o", Out), "unknown payload compression");
+
+        using var ms = new MemoryStream();
+        using (var gz = new System.IO.Compression.GZipStream(ms, System.IO.Compression.CompressionLevel.Fastest, leaveOpen: true))
+            gz.Write(elf);
+        var payload = ms.ToArray();
+        payload[payload.Length / 2] ^= 0xff;
+        string corrupt = Path.Combine(dir, "corrupt.bz");
+        File.WriteAllBytes(corrupt, Images.SyntheticBzImage.Build(payload));
+        AssertFailedWithoutOutput(CliRunner.Run("kernel", "patch", corrupt, "--flags", "fpu", "-o", Out), "corrupt.bz");
+    }
+
+    [Fact]
+    public void A_synthetic_bzimage_is_patched_like_its_vmlinux()
+    {
+        var elf = Sample().Build();
+        using var ms = new MemoryStream();
+        using (var gz = new System.IO.Compression.GZipStream(ms, System.IO.Compression.CompressionLevel.Optimal, leaveOpen: true))
+            gz.Write(elf);
+        string bz = Path.Combine(dir, "vmlinuz"), raw = WriteImage(Sample());
+        File.WriteAllBytes(bz, Images.SyntheticBzImage.Build(ms.ToArray()));
+        var a = CliRunner.Run("kernel", "patch", bz, "--flags", "fpu sse2", "-o", Out);
+        Assert.True(a.Exit == 0, a.Err);
+        var b = CliRunner.Run("kernel", "patch", raw, "--flags", "fpu sse2", "-o", Out + ".raw");
+        Assert.True(b.Exit == 0, b.Err);
+        Assert.Equal(File.ReadAllBytes(Out + ".raw"), File.ReadAllBytes(Out));
+        Assert.NotEqual(elf, File.ReadAllBytes(Out));
+    }
+
+    [Fact]
     public void Table_entries_outside_the_text_are_errors_naming_the_entry()
     {
         var b = Sample();
