@@ -72,6 +72,8 @@ internal sealed class BootImageBuilder
     public List<ulong> Returns { get; } = [];
     public List<ulong> Retpolines { get; } = [];
     public List<ulong> PvOpsSlots { get; } = [];
+    public List<ulong> IbtSeal { get; } = [];
+    public ulong IbtSealTable => Base + 0xe000;
 
     /// <summary>cpuinfo names in <c>x86_cap_flags</c> (feature number → name); null: no table in the image.</summary>
     public Dictionary<int, string>? CapFlags { get; set; }
@@ -240,6 +242,8 @@ internal sealed class BootImageBuilder
             elf.Section(".retpoline_sites", RetpolineTable, Relative(RetpolineTable, Retpolines));
         if (Returns.Count > 0)
             elf.Section(".return_sites", ReturnTable, Relative(ReturnTable, Returns));
+        if (IbtSeal.Count > 0)
+            elf.Section(".ibt_endbr_seal", IbtSealTable, Relative(IbtSealTable, IbtSeal));
         return elf.Build();
     }
 

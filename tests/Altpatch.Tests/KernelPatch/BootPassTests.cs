@@ -339,6 +339,29 @@ public class BootPassTests
         Assert.Contains("25*32+0", e.Message, StringComparison.Ordinal);
     }
 
+    // ---------------------------------------------------------------- apply_ibt_endbr
+
+    [Fact]
+    public void Sealed_endbr_instructions_are_poisoned()
+    {
+        var b = new BootImageBuilder();
+        ulong sealed64 = b.Text + 0x100, sealed32 = b.Text + 0x110, notEndbr = b.Text + 0x120, open = b.Text + 0x130;
+        b.Put(sealed64, Hex("f3 0f 1e fa 55"));
+        b.Put(sealed32, Hex("f3 0f 1e fb 55"));
+        b.Put(notEndbr, Hex("55 48 89 e5"));
+        b.Put(open, Hex("f3 0f 1e fa 55"));
+        b.IbtSeal.AddRange([sealed64, sealed32, notEndbr]);
+        var img = b.Open();
+        var r = KernelBootPatcher.Patch(img, State());
+        Assert.Equal(Hex("66 0f 1f 00 55"), At(r, sealed64, 5));
+        Assert.Equal(Hex("66 0f 1f 00 55"), At(r, sealed32, 5));
+        Assert.Equal(Hex("55 48 89 e5"), At(r, notEndbr, 4));
+        Assert.Equal(Hex("f3 0f 1e fa 55"), At(r, open, 5));
+        var pass = r.Passes.Single(p => p.Pass == BootPass.IbtEndbr);
+        Assert.Equal(3, pass.Sites);
+        Assert.Equal(2, pass.Pokes);
+    }
+
     // ---------------------------------------------------------------- SMP locks
 
     [Fact]

@@ -168,7 +168,7 @@ public sealed class KernelPatchCliTests : IDisposable
         Assert.Equal("Linux 6.1", root.GetProperty("rules").GetString());
         Assert.Equal(1, root.GetProperty("cpu").GetProperty("cpus").GetInt32());
         Assert.Contains("X86_FEATURE_ALWAYS", root.GetProperty("cpu").GetProperty("hidden").EnumerateArray().Select(e => e.GetString()));
-        Assert.Equal(5, root.GetProperty("passes").GetArrayLength());
+        Assert.Equal(6, root.GetProperty("passes").GetArrayLength());
         var sites = root.GetProperty("sites").EnumerateArray().ToList();
         Assert.Equal(3 + 1 + 1 + 1, sites.Count);   // 3 alts (2 from the thunk layout) + para + return + lock
         var para = sites.Single(s => s.GetProperty("kind").GetString() == "para");

@@ -155,6 +155,20 @@ public class MitigationRuleTests
     }
 
     [Fact]
+    public void A_pae_flavour_of_i386_gets_pti_and_l1tf_inversion()
+    {
+        var pae = new BootImageBuilder(is64: false) { Banner = "Linux version 6.1.0-50-686-pae (debian-kernel@lists.debian.org) (gcc-12) #1 SMP PREEMPT_DYNAMIC" };
+        var img = pae.Open();
+        var build = KernelBuildInfo.Infer(img, KernelThunks.Find(img));
+        Assert.True(build.Pae);
+        var s = Derive(CpuVendor.Intel, 6, 26, "fpu sse2", "cpu_meltdown spectre_v2 l1tf", build);
+        Assert.True(s.Has(F.Pti));
+        Assert.True(s.Has(F.L1tfPteinv));
+        var plain = new BootImageBuilder(is64: false) { Banner = "Linux version 6.1.0-50-686 (debian-kernel@lists.debian.org) (gcc-12) #1 SMP PREEMPT_DYNAMIC" }.Open();
+        Assert.False(KernelBuildInfo.Infer(plain, KernelThunks.Find(plain)).Pae);
+    }
+
+    [Fact]
     public void Set_and_clear_apply_after_the_derivation_and_exact_keeps_the_bits()
     {
         var d = new KernelCpuDescription

@@ -17,7 +17,7 @@ public enum KernelBootRules
 /// <summary>
 /// Does the kernel's own boot-time patching on a kernel image: the passes of <c>alternative_instructions()</c> in
 /// the kernel's order (6.1: <c>apply_paravirt</c>, <c>apply_retpolines</c>, <c>apply_returns</c>,
-/// <c>apply_alternatives</c>, then the SMP-lock switch to UP on one CPU), each planned as a <see cref="PatchPlan"/>
+/// <c>apply_alternatives</c>, <c>apply_ibt_endbr</c>, then the SMP-lock switch to UP on one CPU), each planned as a <see cref="PatchPlan"/>
 /// from the bytes the previous pass left and written through an <see cref="ImagePoker"/> into a copy of the ELF file.
 /// </summary>
 public static class KernelBootPatcher
@@ -114,6 +114,7 @@ public static class KernelBootPatcher
             Run(BootPass.Retpolines, tables.Retpolines.Length, Linux61Passes.Retpolines);
             Run(BootPass.Returns, tables.Returns.Length, Linux61Passes.Returns);
             Run(BootPass.Alternatives, tables.Alternatives.Length, Linux61Passes.Alternatives);
+            Run(BootPass.IbtEndbr, Linux61Passes.IbtSealCount(image), Linux61Passes.IbtEndbr);
             Run(BootPass.SmpLocks, tables.SmpLocks.Length, Linux61Passes.SmpLocks);
         }
         else

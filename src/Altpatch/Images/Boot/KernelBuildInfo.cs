@@ -49,12 +49,15 @@ public sealed record KernelBuildInfo
     /// <summary>CONFIG_GDS_FORCE_MITIGATION (Debian default: n).</summary>
     public bool GdsForceMitigation { get; init; }
 
-    /// <summary>CONFIG_PAGE_TABLE_ISOLATION: taken as set on x86-64 (Debian default); on i386 it needs PAE, which a
-    /// stripped image does not reveal, so the visible <c>pti</c> flag decides there.</summary>
+    /// <summary>CONFIG_PAGE_TABLE_ISOLATION: taken as set on x86-64 and on i386 with PAE (Debian defaults).</summary>
     public bool PageTableIsolation { get; init; }
 
-    /// <summary>More than two page-table levels (x86-64, or i386 with PAE); i386 is taken as non-PAE (the Debian 686 flavour).</summary>
+    /// <summary>More than two page-table levels: x86-64, or i386 with CONFIG_X86_PAE.</summary>
     public bool PgtableLevelsAbove2 { get; init; }
+
+    /// <summary>CONFIG_X86_PAE on i386. A stripped image does not record it; it is taken from the release name of the
+    /// distributions' PAE flavours (Debian <c>686-pae</c>, Ubuntu <c>generic-pae</c>): "pae" in the release.</summary>
+    public bool Pae { get; init; }
 
     /// <summary>Infers the options from an image.</summary>
     public static KernelBuildInfo Infer(KernelImage image, KernelThunks thunks)
@@ -64,6 +67,7 @@ public sealed record KernelBuildInfo
         var t = image.Tables;
         bool is64 = image.Bitness == 64;
         bool Uses(CpuFeature f) => t.Alternatives.Any(a => a.Cpuid == (ushort)f);
+        bool pae = !is64 && (image.Version?.Release.Contains("pae", StringComparison.OrdinalIgnoreCase) ?? false);
         return new KernelBuildInfo
         {
             X86_64 = is64,
@@ -74,8 +78,9 @@ public sealed record KernelBuildInfo
             CpuIbrsEntry = is64 && Uses(CpuFeature.KernelIbrs),
             CpuSrso = thunks.SrsoReturnThunk is not null,
             MitigationIts = thunks.ItsReturnThunk is not null,
-            PageTableIsolation = is64,
-            PgtableLevelsAbove2 = is64,
+            PageTableIsolation = is64 || pae,
+            PgtableLevelsAbove2 = is64 || pae,
+            Pae = pae,
         };
     }
 }

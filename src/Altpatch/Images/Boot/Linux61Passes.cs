@@ -433,6 +433,46 @@ internal static class Linux61Passes
             text.Write(address, site0, site, "optimize_nops");
     }
 
+    // ------------------------------------------------------------------ apply_ibt_endbr
+
+    /// <summary>The ELF section <c>apply_ibt_endbr()</c> walks (objtool --ibt).</summary>
+    public const string IbtSealTable = ".ibt_endbr_seal";
+
+    /// <summary>Number of entries of <c>.ibt_endbr_seal</c> (s32 self-relative), 0 without the section.</summary>
+    public static int IbtSealCount(KernelImage image) =>
+        image.Elf.FindSection(IbtSealTable) is { } s && s.HasFileBytes ? (int)(s.Size / 4) : 0;
+
+    /// <summary>
+    /// 6.1 <c>apply_ibt_endbr()</c> (CONFIG_X86_KERNEL_IBT only; the Debian images have no <c>.ibt_endbr_seal</c>):
+    /// every listed address that holds an ENDBR (<c>is_endbr()</c>: <c>endbr64</c>/<c>endbr32</c>, or the poison)
+    /// gets <c>gen_endbr_poison()</c>, <c>66 0f 1f 00</c> (osp nopl (%rax)), whatever the CPU.
+    /// </summary>
+    public static PatchPlan IbtEndbr(BootContext ctx)
+    {
+        var elf = ctx.Image.Elf;
+        if (elf.FindSection(IbtSealTable) is not { } sec || !sec.HasFileBytes || sec.Size < 4)
+            return PatchPlan.Empty;
+        var text = new PassText(ctx.Poker);
+        var table = ctx.Image.ReadBytes(sec.Address, (int)sec.Size).ToArray();
+        ReadOnlySpan<byte> poison = [0x66, 0x0f, 0x1f, 0x00];
+        Span<byte> cur = stackalloc byte[4];
+        for (int i = 0; i + 4 <= table.Length; i += 4)
+        {
+            ulong entry = sec.Address + (ulong)i;
+            ulong addr = elf.AddressPlus(entry, BinaryPrimitives.ReadInt32LittleEndian(table.AsSpan(i)));
+            var site = new SiteRef(SiteKind.Raw, i / 4, IbtSealTable);
+            if (!text.IsCode(addr, 4))
+                continue;                                   // WARN_ON_ONCE(get_kernel_nofault(...))
+            text.Read(addr, cur, site);
+            uint v = BinaryPrimitives.ReadUInt32LittleEndian(cur);
+            bool isEndbr = v == 0x001f0f66 || (v & ~0x01000000u) == 0xfa1e0ff3;
+            if (!isEndbr)
+                continue;                                   // WARN_ON_ONCE(!is_endbr(endbr))
+            text.Write(addr, poison, site, "IBT: sealed ENDBR poisoned");
+        }
+        return text.ToPlan();
+    }
+
     // ------------------------------------------------------------------ SMP locks
 
     /// <summary>
