@@ -35,6 +35,7 @@ public static class KernelPatchCommand
         hypervisor.AcceptOnlyFromAmong("none", "kvm");
         var symbols = new Option<FileInfo?>("--symbols") { Description = "A System.map or /proc/kallsyms of the same build: with --hypervisor kvm, the addresses of the KVM functions kvm_guest_init() puts into pv_ops." };
         var kvmFeatures = new Option<string[]>("--kvm-features") { Description = "With --hypervisor kvm: the KVM paravirtual features of the host: nopiodelay, steal_time, pv_unhalt, pv_tlb_flush, realtime (hint), or none. Default: nopiodelay,steal_time (QEMU's defaults).", AllowMultipleArgumentsPerToken = true };
+        var archCap = new Option<string?>("--arch-capabilities") { Description = "The target's MSR_IA32_ARCH_CAPABILITIES (0x10a) value in hex (rdmsr 0x10a); /proc/cpuinfo does not show it. Default: 0, as under QEMU TCG." };
         var exact = new Option<bool>("--exact") { Description = "Take the given features as the kernel's final capability words (no derivation of hidden bits or mitigations)." };
         var output = new Option<FileInfo>("--output", "-o") { Description = "Where to write the patched vmlinux ELF file (written to a temporary file next to it and renamed on success).", Required = true };
         var report = new Option<FileInfo?>("--report") { Description = "Write a JSON report: the CPU as derived, the decisions, the thunks, each pass, and every site's bytes before and after with the passes that wrote them." };
@@ -42,7 +43,7 @@ public static class KernelPatchCommand
         var cmd = new Command("patch",
             "Do the kernel's own boot-time patching (apply_paravirt, apply_retpolines, apply_returns, apply_alternatives, SMP locks to UP) on a kernel image for a described CPU, and write the patched vmlinux.");
         cmd.Arguments.Add(image);
-        foreach (var o in new Option[] { cpuinfo, flags, bugs, vendor, family, model, stepping, set, clear, smp, hypervisor, symbols, kvmFeatures, exact, output, report })
+        foreach (var o in new Option[] { cpuinfo, flags, bugs, vendor, family, model, stepping, set, clear, smp, hypervisor, symbols, kvmFeatures, archCap, exact, output, report })
             cmd.Options.Add(o);
         cmd.Validators.Add(r =>
         {
@@ -64,7 +65,7 @@ public static class KernelPatchCommand
                 parse.GetValue(vendor), parse.GetValue(family), parse.GetValue(model), parse.GetValue(stepping),
                 parse.GetValue(set) ?? [], parse.GetValue(clear) ?? [], parse.GetValue(smp),
                 parse.GetValue(hypervisor) == "kvm" ? KernelHypervisor.Kvm : KernelHypervisor.None,
-                parse.GetValue(symbols), parse.GetValue(kvmFeatures) ?? [],
+                parse.GetValue(symbols), parse.GetValue(kvmFeatures) ?? [], parse.GetValue(archCap),
                 parse.GetValue(exact), parse.GetValue(output)!, parse.GetValue(report));
             return Run(parse, options);
         });
@@ -73,7 +74,7 @@ public static class KernelPatchCommand
 
     private sealed record Options(
         FileInfo Image, FileInfo? CpuInfo, string[] Flags, string[] Bugs, string? Vendor, int? Family, int? Model, int? Stepping,
-        string[] Set, string[] Clear, int? Smp, KernelHypervisor Hypervisor, FileInfo? Symbols, string[] KvmFeatures,
+        string[] Set, string[] Clear, int? Smp, KernelHypervisor Hypervisor, FileInfo? Symbols, string[] KvmFeatures, string? ArchCapabilities,
         bool Exact, FileInfo Output, FileInfo? Report);
 
     private static int Run(ParseResult parse, Options o)
@@ -158,6 +159,7 @@ public static class KernelPatchCommand
             Symbols = symbols,
             KvmFeatures = o.KvmFeatures.Length == 0 ? KvmGuest.QemuDefaults : ParseKvmFeatures(Split(o.KvmFeatures)),
             Exact = o.Exact,
+            ArchCapabilities = o.ArchCapabilities is null ? 0 : ParseHex(o.ArchCapabilities),
             Set = [.. ParseNames(Split(o.Set))],
             Clear = [.. ParseNames(Split(o.Clear))],
         };
@@ -175,6 +177,16 @@ public static class KernelPatchCommand
                 ? $"unknown CPU feature '{unknown[0]}' (not a Linux {CpuFeatureInfo.LinuxVersion} feature or bug name)"
                 : $"unknown CPU features {string.Join(", ", unknown.Select(n => $"'{n}'"))} (not Linux {CpuFeatureInfo.LinuxVersion} feature or bug names)");
         return list.Select(CpuFeatureInfo.Parse);
+    }
+
+    private static ulong ParseHex(string s)
+    {
+        var t = s.Trim();
+        if (t.StartsWith("0x", StringComparison.OrdinalIgnoreCase))
+            t = t[2..];
+        return ulong.TryParse(t, NumberStyles.HexNumber, CultureInfo.InvariantCulture, out ulong v)
+            ? v
+            : throw new CpuFeatureException($"--arch-capabilities: '{s}' is not a hexadecimal number");
     }
 
     private static KvmFeatures ParseKvmFeatures(IEnumerable<string> names)

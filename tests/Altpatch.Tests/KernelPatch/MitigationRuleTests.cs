@@ -123,6 +123,21 @@ public class MitigationRuleTests
     }
 
     [Fact]
+    public void Rrsba_keeps_bhi_clearing_on_with_retpolines()
+    {
+        // ARCH_CAP_RRSBA without RRSBA_CTRL: retpolines do not stop BHI, so the software sequence is used.
+        var d = new KernelCpuDescription
+        {
+            Cpu = CpuFeatures.FromNames(["fpu", "sse2", "spectre_v2", "bhi"], CpuVendor.Intel, 6, 151, 1),
+            ArchCapabilities = 1UL << 19,
+        };
+        var s = KernelBootCpu.Derive(d, Debian64);
+        Assert.True(s.Has(F.Retpoline));
+        Assert.True(s.Has(F.ClearBhbLoop));
+        Assert.False(KernelBootCpu.Derive(d with { ArchCapabilities = 0 }, Debian64).Has(F.ClearBhbLoop));
+    }
+
+    [Fact]
     public void Tsa_on_bare_metal_needs_verw_clear()
     {
         var bare = Derive(CpuVendor.Amd, 0x19, 0x01, "fpu sse2", "spectre_v2 tsa");
