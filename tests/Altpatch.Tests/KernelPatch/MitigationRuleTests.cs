@@ -102,6 +102,22 @@ public class MitigationRuleTests
     }
 
     [Fact]
+    public void Zen2_with_microcode_and_no_smt_is_not_vulnerable_to_srso()
+    {
+        var d = new KernelCpuDescription
+        {
+            Cpu = CpuFeatures.FromNames(["fpu", "sse2", "ibpb", "ibrs", "stibp", "ssbd", "spectre_v2", "retbleed", "srso"], CpuVendor.Amd, 0x17, 0x31, 0),
+            Smt = false,
+        };
+        var s = KernelBootCpu.Derive(d, Debian64);
+        Assert.True(s.Has(F.SrsoNo));
+        Assert.False(s.Has(F.Srso));
+        Assert.Equal(ReturnThunkKind.Retbleed, s.ReturnThunk);   // RETBleed's untrained return thunk stays
+        var cpuinfo = KernelCpuDescription.FromCpuInfo("processor\t: 0\nsiblings\t: 8\ncpu cores\t: 4\nflags\t: fpu\n");
+        Assert.True(cpuinfo.Smt);
+    }
+
+    [Fact]
     public void Zen4_takes_the_srso_alias_thunk()
     {
         var s = Derive(CpuVendor.Amd, 0x19, 0x11, "fpu sse2 ibpb ibrs_enhanced", "spectre_v2 srso");

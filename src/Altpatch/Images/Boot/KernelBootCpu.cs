@@ -509,8 +509,13 @@ public static class KernelBootCpu
             else
             {
                 Set(F.IbpbBrtype, "srso_select_mitigation(): IBPB-extending microcode");
-                // Zen1/2 with SMT off are not vulnerable; SMT is taken as possible (cpu_smt_control is
-                // CPU_SMT_ENABLED when the mitigations are selected).
+                // Zen1/2 without SMT are not vulnerable once the microcode is there (cpu_smt_possible() is false
+                // when cpu_smt_check_topology() found one thread per core). Unknown SMT counts as possible.
+                if (family < 0x19 && desc.Smt == false)
+                {
+                    Set(F.SrsoNo, "srso_select_mitigation(): Zen1/2 without SMT and with microcode");
+                    return;
+                }
             }
             if (retbleed == Retbleed.Ibpb && hasMicrocode)
             {

@@ -37,6 +37,11 @@ public sealed partial record KernelCpuDescription
     /// <c>boot_cpu_data</c>. The return thunk is then inferred from the bits (see <see cref="KernelBootCpu"/>).</summary>
     public bool Exact { get; init; }
 
+    /// <summary>Whether the CPU has SMT (more than one thread per core: <c>topology_smt_supported()</c>, which
+    /// <c>cpu_smt_check_topology()</c> turns into <c>cpu_smt_possible()</c> before the mitigations are chosen); null
+    /// when unknown, taken as possible. From cpuinfo: <c>siblings</c> &gt; <c>cpu cores</c>.</summary>
+    public bool? Smt { get; init; }
+
     /// <summary>The value of <c>MSR_IA32_ARCH_CAPABILITIES</c> the kernel reads (not visible in <c>/proc/cpuinfo</c>;
     /// default 0, as under QEMU TCG). Only a few hidden choices depend on it (RRSBA, RFDS_CLEAR, TSX_CTRL).</summary>
     public ulong ArchCapabilities { get; init; }
@@ -50,7 +55,22 @@ public sealed partial record KernelCpuDescription
         ArgumentNullException.ThrowIfNull(text);
         var cpu = CpuFeatures.FromCpuInfo(text);
         int processors = ProcessorLine().Matches(text).Count;
-        return new KernelCpuDescription { Cpu = cpu, Cpus = Math.Max(1, processors) };
+        bool? smt = null;
+        if (FirstNumber(text, "siblings") is int siblings && FirstNumber(text, "cpu cores") is int cores && cores > 0)
+            smt = siblings > cores;
+        return new KernelCpuDescription { Cpu = cpu, Cpus = Math.Max(1, processors), Smt = smt };
+    }
+
+    private static int? FirstNumber(string text, string key)
+    {
+        foreach (var line in text.Split('\n'))
+        {
+            int colon = line.IndexOf(':', StringComparison.Ordinal);
+            if (colon > 0 && line[..colon].Trim() == key
+                && int.TryParse(line[(colon + 1)..].Trim(), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int n))
+                return n;
+        }
+        return null;
     }
 
     [GeneratedRegex(@"^processor\s*:", RegexOptions.Multiline)]
