@@ -483,12 +483,8 @@ public static class KernelBootCpu
 
         private void MdClearSelectMitigation()
         {
-            bool mdsOn = false;
             if (Has(F.BugMds))
-            {
                 Set(F.ClearCpuBuf, "mds_select_mitigation(): MDS");
-                mdsOn = true;
-            }
             if (Has(F.BugTaa) && Has(F.Rtm))
                 Set(F.ClearCpuBuf, "taa_select_mitigation(): TAA with TSX enabled");
             if (Has(F.BugMmioStaleData) && !Has(F.BugMmioUnknown) && (Has(F.BugMds) || (Has(F.BugTaa) && Has(F.Rtm))))
@@ -496,7 +492,6 @@ public static class KernelBootCpu
             if (Has(F.BugRfds) && build.MitigationRfds && (archCap & ArchCapRfdsClear) != 0)
                 Set(F.ClearCpuBuf, "rfds_select_mitigation(): ARCH_CAP_RFDS_CLEAR");
             // md_clear_update_mitigation(): re-runs the selections once CLEAR_CPU_BUF is on; they set nothing new.
-            _ = mdsOn;
         }
 
         private void SrsoSelectMitigation()
@@ -546,8 +541,6 @@ public static class KernelBootCpu
         /// MSR_IA32_PRED_CMD with SBPB, which is taken to succeed (as it does under QEMU and with current microcode).</summary>
         private bool CpuHasIbpbBrtypeMicrocode()
         {
-            if (!AmdLike && vendor != CpuVendor.Amd)
-                return false;
             switch (family)
             {
                 case 0x17:
