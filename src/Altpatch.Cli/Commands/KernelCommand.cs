@@ -8,8 +8,8 @@ namespace Altpatch.Cli.Commands;
 
 /// <summary>
 /// <c>altpatch kernel …</c>: read real Linux kernel images (bzImage or vmlinux ELF) and their patch
-/// site tables. Subcommands: <c>info</c> (<see cref="KernelInfoCommand"/>) and <c>sites</c>
-/// (<see cref="KernelSitesCommand"/>).
+/// site tables. Subcommands: <c>info</c> (<see cref="KernelInfoCommand"/>), <c>sites</c>
+/// (<see cref="KernelSitesCommand"/>) and <c>patch</c> (<see cref="KernelPatchCommand"/>).
 /// </summary>
 public static class KernelCommand
 {
@@ -17,9 +17,10 @@ public static class KernelCommand
     public static Command Create()
     {
         var kernel = new Command("kernel",
-            "Read Linux x86 kernel images (bzImage or vmlinux ELF, i386 or x86-64): version, payload, and the alternative, paravirt, SMP lock, retpoline and return patch sites.");
+            "Read Linux x86 kernel images (bzImage or vmlinux ELF, i386 or x86-64): version, payload, the alternative, paravirt, SMP lock, retpoline and return patch sites; and patch them as the kernel does at boot for a given CPU.");
         kernel.Subcommands.Add(KernelInfoCommand.Create());
         kernel.Subcommands.Add(KernelSitesCommand.Create());
+        kernel.Subcommands.Add(KernelPatchCommand.Create());
         return kernel;
     }
 

@@ -1,0 +1,377 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using Altpatch.Cpu;
+using Altpatch.Images;
+using Altpatch.Images.Boot;
+using Spectre.Console;
+
+namespace Altpatch.Cli.Commands;
+
+/// <summary>
+/// <c>altpatch kernel patch IMAGE (--cpuinfo FILE | --flags LIST [--bugs LIST]) [--set NAME]… [--clear NAME]…
+/// [--smp N] [--hypervisor none|kvm] -o OUT [--report REPORT.json]</c>: the kernel's own boot-time patching
+/// (paravirt, retpolines, returns, alternatives, SMP locks) done on the image for a described CPU; OUT is the
+/// vmlinux ELF file (the decompressed payload) with its text patched in place.
+/// </summary>
+public static class KernelPatchCommand
+{
+    /// <summary>Builds the command.</summary>
+    public static Command Create()
+    {
+        var image = KernelCommand.ImageArgument();
+        var cpuinfo = new Option<FileInfo?>("--cpuinfo") { Description = "A /proc/cpuinfo of the target machine: vendor_id, cpu family, model, stepping, flags and bugs of the first processor; the processor count is the default --smp." };
+        var flags = new Option<string[]>("--flags") { Description = "CPU feature names instead of --cpuinfo (cpuinfo names, X86_FEATURE_ macros or word*32+bit; comma- or space-separated; repeatable).", AllowMultipleArgumentsPerToken = true };
+        var bugs = new Option<string[]>("--bugs") { Description = "CPU bug names with --flags (cpu_meltdown, spectre_v2, … or X86_BUG_ macros).", AllowMultipleArgumentsPerToken = true };
+        var vendor = new Option<string?>("--vendor") { Description = "With --flags: the vendor (GenuineIntel, AuthenticAMD, HygonGenuine, … or intel, amd, hygon, centaur, zhaoxin)." };
+        var family = new Option<int?>("--family") { Description = "With --flags: the CPU family (decimal, as /proc/cpuinfo shows it)." };
+        var model = new Option<int?>("--model") { Description = "With --flags: the model (decimal)." };
+        var stepping = new Option<int?>("--stepping") { Description = "With --flags: the stepping." };
+        var set = new Option<string[]>("--set") { Description = "Set a feature after the derivation (repeatable; any name form; hidden features by X86_FEATURE_ macro)." };
+        var clear = new Option<string[]>("--clear") { Description = "Clear a feature after the derivation (repeatable; applied after --set)." };
+        var smp = new Option<int?>("--smp") { Description = "Number of CPUs (present = possible). 1 switches the SMP lock prefixes to UP as the kernel does. Default: the --cpuinfo processor count, else 2." };
+        var hypervisor = new Option<string>("--hypervisor") { Description = "The hypervisor the kernel detects: none (bare metal, and QEMU TCG) or kvm. Default: none.", DefaultValueFactory = _ => "none" };
+        hypervisor.AcceptOnlyFromAmong("none", "kvm");
+        var symbols = new Option<FileInfo?>("--symbols") { Description = "A System.map or /proc/kallsyms of the same build: with --hypervisor kvm, the addresses of the KVM functions kvm_guest_init() puts into pv_ops." };
+        var kvmFeatures = new Option<string[]>("--kvm-features") { Description = "With --hypervisor kvm: the KVM paravirtual features of the host: nopiodelay, steal_time, pv_unhalt, pv_tlb_flush, realtime (hint), or none. Default: nopiodelay,steal_time (QEMU's defaults).", AllowMultipleArgumentsPerToken = true };
+        var archCap = new Option<string?>("--arch-capabilities") { Description = "The target's MSR_IA32_ARCH_CAPABILITIES (0x10a) value in hex (rdmsr 0x10a); /proc/cpuinfo does not show it. Default: 0, as under QEMU TCG." };
+        var exact = new Option<bool>("--exact") { Description = "Take the given features as the kernel's final capability words (no derivation of hidden bits or mitigations)." };
+        var output = new Option<FileInfo>("--output", "-o") { Description = "Where to write the patched vmlinux ELF file (written to a temporary file next to it and renamed on success).", Required = true };
+        var report = new Option<FileInfo?>("--report") { Description = "Write a JSON report: the CPU as derived, the decisions, the thunks, each pass, and every site's bytes before and after with the passes that wrote them." };
+
+        var cmd = new Command("patch",
+            "Do the kernel's own boot-time patching (apply_paravirt, apply_retpolines, apply_returns, apply_alternatives, SMP locks to UP) on a kernel image for a described CPU, and write the patched vmlinux.");
+        cmd.Arguments.Add(image);
+        foreach (var o in new Option[] { cpuinfo, flags, bugs, vendor, family, model, stepping, set, clear, smp, hypervisor, symbols, kvmFeatures, archCap, exact, output, report })
+            cmd.Options.Add(o);
+        cmd.Validators.Add(r =>
+        {
+            bool hasCpuinfo = r.GetValue(cpuinfo) is not null;
+            bool hasFlags = (r.GetValue(flags)?.Length ?? 0) > 0;
+            if (hasCpuinfo == hasFlags)
+                r.AddError("give the CPU with either --cpuinfo FILE or --flags LIST");
+            if (hasCpuinfo && ((r.GetValue(bugs)?.Length ?? 0) > 0 || r.GetValue(vendor) is not null || r.GetValue(family) is not null || r.GetValue(model) is not null))
+                r.AddError("--bugs, --vendor, --family and --model go with --flags, not with --cpuinfo");
+            if (r.GetValue(smp) is < 1)
+                r.AddError("--smp must be at least 1");
+            if ((r.GetValue(kvmFeatures)?.Length ?? 0) > 0 && r.GetValue(hypervisor) != "kvm")
+                r.AddError("--kvm-features goes with --hypervisor kvm");
+        });
+        cmd.SetAction(parse =>
+        {
+            var options = new Options(
+                parse.GetValue(image)!, parse.GetValue(cpuinfo), parse.GetValue(flags) ?? [], parse.GetValue(bugs) ?? [],
+                parse.GetValue(vendor), parse.GetValue(family), parse.GetValue(model), parse.GetValue(stepping),
+                parse.GetValue(set) ?? [], parse.GetValue(clear) ?? [], parse.GetValue(smp),
+                parse.GetValue(hypervisor) == "kvm" ? KernelHypervisor.Kvm : KernelHypervisor.None,
+                parse.GetValue(symbols), parse.GetValue(kvmFeatures) ?? [], parse.GetValue(archCap),
+                parse.GetValue(exact), parse.GetValue(output)!, parse.GetValue(report));
+            return Run(parse, options);
+        });
+        return cmd;
+    }
+
+    private sealed record Options(
+        FileInfo Image, FileInfo? CpuInfo, string[] Flags, string[] Bugs, string? Vendor, int? Family, int? Model, int? Stepping,
+        string[] Set, string[] Clear, int? Smp, KernelHypervisor Hypervisor, FileInfo? Symbols, string[] KvmFeatures, string? ArchCapabilities,
+        bool Exact, FileInfo Output, FileInfo? Report);
+
+    private static int Run(ParseResult parse, Options o)
+    {
+        var writer = Terminal.Out(parse);
+        var console = Terminal.Console(writer);
+        bool interactive = console.Profile.Capabilities.Interactive;
+        var total = Stopwatch.StartNew();
+        // Parse the description first: a bad name fails before the image is even read.
+        var description = Describe(o);
+
+        KernelImage? img = null;
+        KernelPatchResult? result = null;
+        var steps = new List<(string Name, Action Body)>
+        {
+            ("open + decompress", () => img = KernelCommand.Open(o.Image)),
+            ("read tables", () => _ = img!.Tables),
+            ("patch", () => result = KernelBootPatcher.Patch(img!, description)),
+            ("write output", () => WriteAtomically(o.Output, s => s.Write(result!.Patched.Bytes.Span))),
+        };
+        if (o.Report is { } rep)
+            steps.Add(("write report", () => WriteAtomically(rep, s => WriteReport(s, result!, o))));
+
+        var times = new List<(string, TimeSpan)>();
+        if (interactive)
+        {
+            console.Progress().AutoClear(true).Start(ctx =>
+            {
+                var tasks = steps.Select(s => ctx.AddTask(Markup.Escape(s.Name), autoStart: false, maxValue: 1)).ToList();
+                for (int i = 0; i < steps.Count; i++)
+                {
+                    tasks[i].StartTask();
+                    var sw = Stopwatch.StartNew();
+                    steps[i].Body();
+                    times.Add((steps[i].Name, sw.Elapsed));
+                    tasks[i].Increment(1);
+                    tasks[i].StopTask();
+                }
+            });
+        }
+        else
+        {
+            foreach (var s in steps)
+            {
+                var sw = Stopwatch.StartNew();
+                s.Body();
+                times.Add((s.Name, sw.Elapsed));
+            }
+        }
+        WriteSummary(console, result!, o, times, total.Elapsed);
+        return 0;
+    }
+
+    /// <summary>The CPU description from the options.</summary>
+    private static KernelCpuDescription Describe(Options o)
+    {
+        KernelCpuDescription d;
+        if (o.CpuInfo is { } file)
+        {
+            if (!file.Exists)
+                throw new FileNotFoundException($"{file.FullName}: no such file");
+            d = KernelCpuDescription.FromCpuInfo(File.ReadAllText(file.FullName));
+        }
+        else
+        {
+            var names = Split(o.Flags).Concat(Split(o.Bugs)).ToList();
+            var v = o.Vendor is null ? CpuVendor.Unknown : ParseVendor(o.Vendor);
+            var cpu = CpuFeatures.FromNames(names, v, o.Family ?? 0, o.Model ?? 0, o.Stepping ?? 0);
+            d = new KernelCpuDescription { Cpu = cpu };
+        }
+        IReadOnlyDictionary<string, ulong>? symbols = null;
+        if (o.Symbols is { } sf)
+        {
+            if (!sf.Exists)
+                throw new FileNotFoundException($"{sf.FullName}: no such file");
+            symbols = KvmGuest.ReadSymbols(File.ReadAllText(sf.FullName));
+        }
+        return d with
+        {
+            Cpus = o.Smp ?? d.Cpus,
+            Hypervisor = o.Hypervisor,
+            Symbols = symbols,
+            KvmFeatures = o.KvmFeatures.Length == 0 ? KvmGuest.QemuDefaults : ParseKvmFeatures(Split(o.KvmFeatures)),
+            Exact = o.Exact,
+            ArchCapabilities = o.ArchCapabilities is null ? 0 : ParseHex(o.ArchCapabilities),
+            Set = [.. ParseNames(Split(o.Set))],
+            Clear = [.. ParseNames(Split(o.Clear))],
+        };
+    }
+
+    private static IEnumerable<string> Split(IEnumerable<string> values) =>
+        values.SelectMany(v => v.Split([',', ' ', '\t'], StringSplitOptions.RemoveEmptyEntries));
+
+    private static IEnumerable<CpuFeature> ParseNames(IEnumerable<string> names)
+    {
+        var list = names.ToList();
+        var unknown = list.Where(n => !CpuFeatureInfo.TryParse(n, out _)).ToList();
+        if (unknown.Count > 0)
+            throw new CpuFeatureException(unknown.Count == 1
+                ? $"unknown CPU feature '{unknown[0]}' (not a Linux {CpuFeatureInfo.LinuxVersion} feature or bug name)"
+                : $"unknown CPU features {string.Join(", ", unknown.Select(n => $"'{n}'"))} (not Linux {CpuFeatureInfo.LinuxVersion} feature or bug names)");
+        return list.Select(CpuFeatureInfo.Parse);
+    }
+
+    private static ulong ParseHex(string s)
+    {
+        var t = s.Trim();
+        if (t.StartsWith("0x", StringComparison.OrdinalIgnoreCase))
+            t = t[2..];
+        return ulong.TryParse(t, NumberStyles.HexNumber, CultureInfo.InvariantCulture, out ulong v)
+            ? v
+            : throw new CpuFeatureException($"--arch-capabilities: '{s}' is not a hexadecimal number");
+    }
+
+    private static KvmFeatures ParseKvmFeatures(IEnumerable<string> names)
+    {
+        var f = KvmFeatures.None;
+        foreach (var n in names)
+        {
+            f |= n.ToLowerInvariant() switch
+            {
+                "none" => KvmFeatures.None,
+                "nopiodelay" or "nop_io_delay" => KvmFeatures.NopIoDelay,
+                "steal_time" or "steal-time" => KvmFeatures.StealTime,
+                "pv_unhalt" or "pv-unhalt" => KvmFeatures.PvUnhalt,
+                "pv_tlb_flush" or "pv-tlb-flush" => KvmFeatures.PvTlbFlush,
+                "realtime" => KvmFeatures.HintsRealtime,
+                _ => throw new CpuFeatureException($"unknown KVM feature '{n}' (nopiodelay, steal_time, pv_unhalt, pv_tlb_flush, realtime, none)"),
+            };
+        }
+        return f;
+    }
+
+    private static CpuVendor ParseVendor(string s)
+    {
+        var v = CpuVendors.FromVendorId(s);
+        if (v != CpuVendor.Unknown)
+            return v;
+        if (Enum.TryParse<CpuVendor>(s, ignoreCase: true, out v) && v != CpuVendor.Unknown)
+            return v;
+        throw new CpuFeatureException($"unknown CPU vendor '{s}' (a vendor_id such as GenuineIntel or AuthenticAMD, or intel, amd, hygon, centaur, zhaoxin)");
+    }
+
+    /// <summary>Writes to a temporary file next to <paramref name="target"/> and renames it over the target only when
+    /// the whole write succeeded; on failure the temporary file is removed and an existing target is left untouched.</summary>
+    internal static void WriteAtomically(FileInfo target, Action<Stream> write)
+    {
+        string dir = target.DirectoryName ?? ".";
+        if (!Directory.Exists(dir))
+            throw new DirectoryNotFoundException($"{dir}: no such directory");
+        string tmp = Path.Combine(dir, $".{target.Name}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp");
+        try
+        {
+            using (var s = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20))
+            {
+                write(s);
+                s.Flush(flushToDisk: false);
+            }
+            File.Move(tmp, target.FullName, overwrite: true);
+        }
+        catch
+        {
+            try { File.Delete(tmp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+            throw;
+        }
+    }
+
+    private static void WriteSummary(IAnsiConsole console, KernelPatchResult r, Options o, List<(string Name, TimeSpan Time)> times, TimeSpan total)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        var s = r.State;
+        var cpu = s.Features;
+        console.WriteLine(string.Create(inv, $"Image          {r.Image.Name} ({r.Image.Version?.Release ?? "unknown version"}, {(r.Image.Bitness == 64 ? "x86-64" : "i386")}), rules: {r.Rules}"));
+        console.WriteLine(string.Create(inv, $"CPU            {cpu.Vendor} family {cpu.Family} model {cpu.Model} stepping {cpu.Stepping}{(cpu.ModelName is { } mn ? $" ({mn})" : "")}, {s.Cpus} CPU(s), hypervisor {s.Hypervisor.ToString().ToLowerInvariant()}"));
+        var hidden = cpu.Features.Where(f => CpuFeatureInfo.CpuInfoName(f) is null)
+            .Select(f => CpuFeatureInfo.MacroName(f).Replace("X86_FEATURE_", "", StringComparison.Ordinal));
+        console.WriteLine($"Hidden bits    {string.Join(' ', hidden)}");
+        console.WriteLine($"Return thunk   {ThunkName(s.ReturnThunk)}{(ThunkAddress(r) is { } ta ? $" at 0x{ta:x}" : "")}");
+        var t = new Table().Border(TableBorder.Simple)
+            .AddColumn("pass").AddColumn("kernel function").AddColumn(new TableColumn("sites").RightAligned())
+            .AddColumn(new TableColumn("pokes").RightAligned()).AddColumn(new TableColumn("bytes").RightAligned());
+        foreach (var p in r.Passes)
+            t.AddRow(p.Pass.ShortName(), p.Pass.KernelFunction(), p.Sites.ToString("N0", inv), p.Pokes.ToString("N0", inv), p.Bytes.ToString("N0", inv));
+        console.Write(t);
+        console.WriteLine(string.Create(inv, $"Wrote          {o.Output.FullName} ({r.Patched.Bytes.Length:N0} bytes){(o.Report is { } rep ? $", report {rep.FullName}" : "")}"));
+        console.WriteLine("Time           " + string.Join(", ", times.Select(x => string.Create(inv, $"{x.Name} {x.Time.TotalMilliseconds:F0} ms"))) + string.Create(inv, $"; total {total.TotalMilliseconds:F0} ms"));
+    }
+
+    internal static string ThunkName(ReturnThunkKind k) => k switch
+    {
+        ReturnThunkKind.Its => "its_return_thunk",
+        ReturnThunkKind.Retbleed => "retbleed_return_thunk",
+        ReturnThunkKind.Srso => "srso_return_thunk",
+        ReturnThunkKind.SrsoAlias => "srso_alias_return_thunk",
+        _ => "__x86_return_thunk",
+    };
+
+    internal static ulong? ThunkAddress(KernelPatchResult r) => r.State.ReturnThunk switch
+    {
+        ReturnThunkKind.Its => r.Thunks.ItsReturnThunk,
+        ReturnThunkKind.Retbleed => r.Thunks.RetbleedReturnThunk,
+        ReturnThunkKind.Srso => r.Thunks.SrsoReturnThunk,
+        ReturnThunkKind.SrsoAlias => r.Thunks.SrsoAliasReturnThunk,
+        _ => r.Thunks.ReturnThunk,
+    };
+
+    private static void WriteReport(Stream stream, KernelPatchResult r, Options o)
+    {
+        using var w = new Utf8JsonWriter(stream, KernelCommand.JsonOptions);
+        var s = r.State;
+        var cpu = s.Features;
+        w.WriteStartObject();
+        w.WriteString("image", r.Image.Name);
+        w.WriteString("version", r.Image.Version?.Release);
+        w.WriteString("architecture", r.Image.Bitness == 64 ? "x86-64" : "i386");
+        w.WriteString("rules", r.Rules);
+        w.WriteString("numbering", r.Numbering.Description);
+        w.WriteString("output", o.Output.FullName);
+        w.WriteNumber("outputSize", r.Patched.Bytes.Length);
+        w.WriteStartObject("cpu");
+        w.WriteString("vendor", cpu.Vendor.ToString());
+        w.WriteNumber("family", cpu.Family);
+        w.WriteNumber("model", cpu.Model);
+        w.WriteNumber("stepping", cpu.Stepping);
+        w.WriteString("modelName", cpu.ModelName);
+        w.WriteNumber("cpus", s.Cpus);
+        w.WriteString("hypervisor", s.Hypervisor.ToString().ToLowerInvariant());
+        w.WriteString("flags", cpu.CpuInfoFlags);
+        w.WriteString("bugs", cpu.CpuInfoBugs);
+        w.WriteStartArray("hidden");
+        foreach (var f in cpu.Features.Where(f => CpuFeatureInfo.CpuInfoName(f) is null))
+            w.WriteStringValue(CpuFeatureInfo.MacroName(f));
+        w.WriteEndArray();
+        w.WriteStartArray("words");
+        for (int i = 0; i < CpuFeatureInfo.CapabilityWords + CpuFeatureInfo.BugWords; i++)
+            w.WriteStringValue($"{cpu.Word(i):x8}");
+        w.WriteEndArray();
+        w.WriteEndObject();
+        w.WriteStartArray("decisions");
+        foreach (var d in s.Decisions)
+            w.WriteStringValue(d);
+        w.WriteEndArray();
+        w.WriteStartObject("returnThunk");
+        w.WriteString("name", ThunkName(s.ReturnThunk));
+        if (ThunkAddress(r) is { } ta)
+            w.WriteString("address", KernelCommand.Hex(ta));
+        w.WriteEndObject();
+        w.WriteStartObject("thunks");
+        void Thunk(string name, ulong? a)
+        {
+            if (a is { } v)
+                w.WriteString(name, KernelCommand.Hex(v));
+            else
+                w.WriteNull(name);
+        }
+        var th = r.Thunks;
+        Thunk("__x86_return_thunk", th.ReturnThunk);
+        Thunk("its_return_thunk", th.ItsReturnThunk);
+        Thunk("retbleed_return_thunk", th.RetbleedReturnThunk);
+        Thunk("srso_return_thunk", th.SrsoReturnThunk);
+        Thunk("srso_alias_return_thunk", th.SrsoAliasReturnThunk);
+        Thunk("__x86_indirect_thunk_array", th.RetpolineThunkArray);
+        Thunk("__x86_indirect_its_thunk_array", th.ItsThunkArray);
+        Thunk("_paravirt_nop", th.ParavirtNop);
+        Thunk("_text", th.TextStart);
+        Thunk("_etext", th.TextEnd);
+        w.WriteEndObject();
+        w.WriteStartArray("passes");
+        foreach (var p in r.Passes)
+        {
+            w.WriteStartObject();
+            w.WriteString("pass", p.Pass.ShortName());
+            w.WriteString("function", p.Pass.KernelFunction());
+            w.WriteNumber("sites", p.Sites);
+            w.WriteNumber("pokes", p.Pokes);
+            w.WriteNumber("bytes", p.Bytes);
+            w.WriteEndObject();
+        }
+        w.WriteEndArray();
+        w.WriteStartArray("sites");
+        foreach (var site in r.Sites())
+        {
+            w.WriteStartObject();
+            w.WriteString("kind", KernelCommand.KindName(site.Kind));
+            w.WriteNumber("index", site.Index);
+            w.WriteString("address", KernelCommand.Hex(site.Address));
+            w.WriteNumber("length", site.Before.Length);
+            w.WriteString("before", Convert.ToHexStringLower(site.Before.Span));
+            w.WriteString("after", Convert.ToHexStringLower(site.After.Span));
+            w.WriteStartArray("writers");
+            foreach (var p in site.Writers)
+                w.WriteStringValue(p.ShortName());
+            w.WriteEndArray();
+            w.WriteEndObject();
+        }
+        w.WriteEndArray();
+        w.WriteEndObject();
+        w.Flush();
+    }
+}

@@ -1,0 +1,63 @@
+using Altpatch.Code;
+using Altpatch.Text;
+
+namespace Altpatch.Images.Boot;
+
+/// <summary>Everything a pass needs: the image (tables, original bytes), the working copy it reads and the
+/// poker that writes it, the boot state, the thunks and the NOP table.</summary>
+internal sealed class BootContext
+{
+    public BootContext(KernelImage image, ImagePoker poker, KernelBootState state, KernelThunks thunks,
+        NopTable nops, Func<int, bool> hasFeature, int featureLimit)
+    {
+        Image = image;
+        Poker = poker;
+        State = state;
+        Thunks = thunks;
+        Nops = nops;
+        HasFeature = hasFeature;
+        FeatureLimit = featureLimit;
+    }
+
+    /// <summary>The image: tables and the original (unpatched) bytes.</summary>
+    public KernelImage Image { get; }
+
+    /// <summary>The tables.</summary>
+    public KernelPatchTables Tables => Image.Tables;
+
+    /// <summary>Reads and writes the working copy.</summary>
+    public ImagePoker Poker { get; }
+
+    /// <summary>The boot CPU.</summary>
+    public KernelBootState State { get; }
+
+    /// <summary>The thunks found in the image.</summary>
+    public KernelThunks Thunks { get; }
+
+    /// <summary>The kernel's NOP table (<c>x86_nops[]</c>) for this image.</summary>
+    public NopTable Nops { get; }
+
+    /// <summary><c>boot_cpu_has(n)</c> for a feature number of the image's own numbering.</summary>
+    public Func<int, bool> HasFeature { get; }
+
+    /// <summary>(NCAPINTS + NBUGINTS) × 32 of the image's numbering: <c>apply_alternatives()</c>'s BUG_ON bound.</summary>
+    public int FeatureLimit { get; }
+
+    /// <summary>32 or 64.</summary>
+    public int Bitness => Image.Bitness;
+
+    /// <summary>The kernel's <c>add_nops()</c> with this image's table.</summary>
+    public void AddNops(Span<byte> buffer) => Nops.AddNops(buffer);
+
+    /// <summary>A <c>rel32</c> from the end of a <paramref name="size"/>-byte instruction at <paramref name="at"/> to
+    /// <paramref name="target"/> (the kernel's <c>__text_gen_insn()</c>), or a <see cref="PatchException"/> when it does not reach.</summary>
+    public int Rel32(ulong at, int size, ulong target, SiteRef site)
+    {
+        long delta = unchecked((long)(target - (at + (ulong)size)));
+        if (Bitness == 32)
+            return unchecked((int)(uint)delta);
+        if (delta is < int.MinValue or > int.MaxValue)
+            throw new PatchException(site, at, $"branch target 0x{target:x} is out of rel32 range");
+        return (int)delta;
+    }
+}

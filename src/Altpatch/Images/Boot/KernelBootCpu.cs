@@ -1,0 +1,623 @@
+using Altpatch.Cpu;
+using F = Altpatch.Cpu.CpuFeature;
+
+namespace Altpatch.Images.Boot;
+
+/// <summary>
+/// Derives what a Linux 6.1 kernel (6.1.176) knows about the boot CPU when <c>alternative_instructions()</c> runs,
+/// from a <see cref="KernelCpuDescription"/>: the hidden (<c>""</c>) capability bits <c>/proc/cpuinfo</c> never shows,
+/// set by the vendor init code (<c>cpu/intel.c</c>, <c>amd.c</c>, <c>hygon.c</c>, <c>centaur.c</c>, <c>zhaoxin.c</c>,
+/// <c>common.c</c>, <c>fpu/xstate.c</c>), and the mitigation choices of <c>cpu_select_mitigations()</c>
+/// (<c>cpu/bugs.c</c>) with the default command line, including the return thunk. Visible flags are taken as given.
+/// Every rule names its source function in <c>docs/kernel-patching.md</c>.
+/// </summary>
+public static class KernelBootCpu
+{
+    /// <summary>Derives the boot state for an image.</summary>
+    /// <param name="description">The machine.</param>
+    /// <param name="build">The image's build options (<see cref="KernelBuildInfo.Infer"/>).</param>
+    /// <param name="pvOps">The pv_ops changes of a KVM guest (<see cref="KvmGuest.Plan"/>); none on bare metal.</param>
+    /// <exception cref="ArgumentNullException">An argument is null.</exception>
+    public static KernelBootState Derive(KernelCpuDescription description, KernelBuildInfo build, KvmPvOps? pvOps = null)
+    {
+        ArgumentNullException.ThrowIfNull(description);
+        ArgumentNullException.ThrowIfNull(build);
+        pvOps ??= KvmPvOps.None;
+        if (description.Exact)
+        {
+            var exact = Apply(description.Cpu, description);
+            var thunk = ReturnThunkFromFeatures(exact);
+            return new KernelBootState(exact, thunk, description.Cpus, description.Hypervisor,
+                [$"exact: the given features are boot_cpu_data; return thunk {thunk} inferred from them", .. pvOps.Notes], pvOps.Overrides);
+        }
+        var d = new Derivation(description, build, pvOps);
+        d.Run();
+        var features = Apply(d.Result(), description);
+        return new KernelBootState(features, d.ReturnThunk, description.Cpus, description.Hypervisor, d.Log, pvOps.Overrides);
+    }
+
+    /// <summary>The return thunk the kernel would have chosen for a final feature set: SRSO alias / SRSO safe RET,
+    /// else RETBleed untrained return (UNRET), overridden by ITS on a CPU with the ITS bug; default otherwise.</summary>
+    public static ReturnThunkKind ReturnThunkFromFeatures(CpuFeatures f)
+    {
+        ArgumentNullException.ThrowIfNull(f);
+        if (!f.Has(F.Rethunk))
+            return ReturnThunkKind.Default;
+        if (f.Has(F.BugIts) && !f.Has(F.RetpolineLfence) && (f.Has(F.Retpoline) || f.Has(F.IndirectThunkIts)))
+            return ReturnThunkKind.Its;
+        if (f.Has(F.SrsoAlias))
+            return ReturnThunkKind.SrsoAlias;
+        if (f.Has(F.Srso))
+            return ReturnThunkKind.Srso;
+        if (f.Has(F.Unret))
+            return ReturnThunkKind.Retbleed;
+        return ReturnThunkKind.Default;
+    }
+
+    private static CpuFeatures Apply(CpuFeatures f, KernelCpuDescription d)
+    {
+        if (!d.Set.IsEmpty)
+            f = f.With(d.Set.AsSpan());
+        if (!d.Clear.IsEmpty)
+            f = f.Without(d.Clear.AsSpan());
+        return f;
+    }
+
+    private enum SpectreV2 { None, Retpoline, Lfence, Eibrs, EibrsLfence, EibrsRetpoline, Ibrs }
+
+    private enum Retbleed { None, Unret, Ibpb, Ibrs, Eibrs }
+
+    private enum Srso { None, Microcode, SafeRet, Ibpb, IbpbOnVmexit }
+
+    /// <summary>The derivation, function by function, in the kernel's order.</summary>
+    private sealed class Derivation(KernelCpuDescription desc, KernelBuildInfo build, KvmPvOps pvOps)
+    {
+        private readonly HashSet<F> bits = [.. desc.Cpu.Features];
+        private readonly CpuVendor vendor = desc.Cpu.Vendor;
+        private readonly int family = desc.Cpu.Family;
+        private readonly int model = desc.Cpu.Model;
+        private readonly int stepping = desc.Cpu.Stepping;
+        private readonly ulong archCap = desc.ArchCapabilities;
+        private SpectreV2 spectreV2 = SpectreV2.None;
+        private bool spectreV2CmdNone = true;   // spectre_v2_cmd stays SPECTRE_V2_CMD_NONE (0) when not affected
+        private Retbleed retbleed = Retbleed.None;
+        private Srso srso = Srso.None;
+        private bool rrsbaDisabled;
+
+        public List<string> Log { get; } = [];
+
+        public ReturnThunkKind ReturnThunk { get; private set; } = ReturnThunkKind.Default;
+
+        private const ulong ArchCapRrsba = 1UL << 19, ArchCapRfdsClear = 1UL << 28, ArchCapTsxCtrlMsr = 1UL << 7;
+
+        private bool Has(F f) => bits.Contains(f);
+
+        private bool AmdLike => vendor is CpuVendor.Amd or CpuVendor.Hygon;
+
+        private void Set(F f, string why)
+        {
+            if (bits.Add(f))
+                Log.Add($"set {CpuFeatureInfo.MacroName(f)}: {why}");
+        }
+
+        private void ClearBit(F f, string why)
+        {
+            if (bits.Remove(f))
+                Log.Add($"clear {CpuFeatureInfo.MacroName(f)}: {why}");
+        }
+
+        private void Note(string line) => Log.Add(line);
+
+        public CpuFeatures Result()
+        {
+            var c = desc.Cpu;
+            return CpuFeatures.Empty.With([.. bits]).WithIdentity(c.Vendor, c.Family, c.Model, c.Stepping, c.ModelName);
+        }
+
+        public void Run()
+        {
+            IdentifyCpu();
+            PtiCheckBoottimeDisable();
+            CpuSelectMitigations();
+            FpuInitSystemXstate();
+            ParavirtSetCap();
+        }
+
+        // ---------------------------------------------------------------- identify_cpu() and the vendor init
+
+        private void IdentifyCpu()
+        {
+            Set(F.Always, "early_identify_cpu(): setup_force_cpu_cap(X86_FEATURE_ALWAYS)");
+            if (desc.Hypervisor == KernelHypervisor.Kvm)
+                Set(F.Hypervisor, "KVM guest: CPUID.1:ECX[31]");
+            InitSpeculationControl();
+            // identify_cpu(): "Set default APIC and TSC_DEADLINE MSR fencing flag. AMD and Hygon will clear it in ->c_init()"
+            Set(F.ApicMsrsFence, "identify_cpu(): default, cleared by AMD/Hygon init");
+            switch (vendor)
+            {
+                case CpuVendor.Intel:
+                    InitIntel();
+                    break;
+                case CpuVendor.Amd:
+                    InitAmd();
+                    break;
+                case CpuVendor.Hygon:
+                    InitHygon();
+                    break;
+                case CpuVendor.Centaur:
+                    if (!build.X86_64 && family == 5)
+                        Set(F.CentaurMcr, "early_init_centaur(): family 5 emulates MTRRs with MCRs");
+                    if (build.X86_64)
+                    {
+                        Set(F.Sysenter32, "early_init_centaur() (x86-64)");
+                        Set(F.LfenceRdtsc, "init_centaur() (x86-64)");
+                    }
+                    break;
+                case CpuVendor.Zhaoxin:
+                    if (build.X86_64)
+                    {
+                        Set(F.Sysenter32, "early_init_zhaoxin() (x86-64)");
+                        Set(F.LfenceRdtsc, "init_zhaoxin() (x86-64)");
+                    }
+                    break;
+                default:
+                    break;
+            }
+            if (!build.X86_64)
+                Set(F.BugEspfix, "identify_cpu(): CONFIG_X86_32 sets X86_BUG_ESPFIX");
+        }
+
+        /// <summary>common.c init_speculation_control(): the hidden MSR_SPEC_CTRL follows from the visible ibrs/stibp/ssbd
+        /// and the vendor's (hidden) CPUID bits, which are inferred here.</summary>
+        private void InitSpeculationControl()
+        {
+            if (Has(F.Ssbd) && !Has(F.VirtSsbd) && !Has(F.SpecCtrlSsbd) && !Has(F.AmdSsbd) && !Has(F.LsCfgSsbd))
+            {
+                if (AmdLike)
+                {
+                    bool lsCfgFamily = vendor == CpuVendor.Amd ? family is >= 0x15 and <= 0x17 : family == 0x18;
+                    bool otherAmdBits = Has(F.Ibpb) || Has(F.Ibrs) || Has(F.Stibp);
+                    if (lsCfgFamily && !otherAmdBits)
+                    {
+                        Set(F.LsCfgSsbd, "bsp_init_amd(): family 15h-17h without AMD_SSBD/VIRT_SSBD uses MSR_AMD64_LS_CFG (ssbd shown, no other AMD speculation-control bit)");
+                    }
+                    else
+                        Set(F.AmdSsbd, "inferred from 'ssbd' on AMD without virt_ssbd (CPUID 0x80000008 EBX[24] is hidden in cpuinfo)");
+                }
+                else
+                    Set(F.SpecCtrlSsbd, "inferred from 'ssbd' (CPUID 7 EDX[31] is hidden in cpuinfo)");
+            }
+            if (AmdLike && Has(F.Ibpb) && !Has(F.AmdIbpb))
+                Set(F.AmdIbpb, "inferred from 'ibpb' on AMD (CPUID 0x80000008 EBX[12] is hidden in cpuinfo)");
+            if (Has(F.Ibrs) || (AmdLike && Has(F.Stibp)) || Has(F.AmdSsbd))
+                Set(F.MsrSpecCtrl, "init_speculation_control(): SPEC_CTRL / AMD_IBRS / AMD_STIBP / AMD_SSBD");
+        }
+
+        private void InitIntel()
+        {
+            if (build.X86_64)
+                Set(F.Sysenter32, "init_intel() (x86-64)");
+            else if (family == 15)
+                Set(F.P4, "init_intel(): family 15 (i386)");
+            else if (family == 6)
+                Set(F.P3, "init_intel(): family 6 (i386)");
+            if (Has(F.Xmm2))
+                Set(F.LfenceRdtsc, "init_intel(): SSE2");
+            Set(F.MsrIa32FeatCtl, "init_ia32_feat_ctl()");
+            if ((archCap & ArchCapTsxCtrlMsr) != 0)
+                Set(F.MsrTsxCtrl, "tsx_init(): ARCH_CAP_TSX_CTRL_MSR");
+        }
+
+        private void InitAmd()
+        {
+            if (family >= 0xf)
+                Set(F.K8, "early_init_amd(): family >= 0xf");
+            if (build.X86_64)
+                Set(F.Syscall32, "early_init_amd() (x86-64)");
+            else if (family == 5 && (model == 13 || model == 9 || (model == 8 && stepping >= 8)))
+                Set(F.K6Mtrr, "early_init_amd(): K6 with MTRRs (i386)");
+            // bsp_init_amd(): Zen generations
+            F? zen = family switch
+            {
+                0x17 => model switch
+                {
+                    <= 0x2f or (>= 0x50 and <= 0x5f) => F.Zen1,
+                    (>= 0x30 and <= 0x4f) or (>= 0x60 and <= 0x7f) or 0x90 or 0x91 or (>= 0xa0 and <= 0xaf) => F.Zen2,
+                    _ => null,
+                },
+                0x19 => model switch
+                {
+                    <= 0x0f or (>= 0x20 and <= 0x5f) => F.Zen3,
+                    (>= 0x10 and <= 0x1f) or (>= 0x60 and <= 0xaf) => F.Zen4,
+                    _ => null,
+                },
+                _ => null,
+            };
+            if (zen is { } z)
+            {
+                Set(z, $"bsp_init_amd(): family 0x{family:x} model 0x{model:x}");
+                Set(F.Zen, "init_amd_zen_common()");
+            }
+            if (Has(F.Xmm2))
+                Set(F.LfenceRdtsc, "init_amd(): SSE2, LFENCE made serializing");
+            ClearBit(F.ApicMsrsFence, "init_amd(): AMD CPUs need no fencing after x2APIC/TSC_DEADLINE MSR writes");
+        }
+
+        private void InitHygon()
+        {
+            Set(F.K8, "early_init_hygon()");
+            if (build.X86_64)
+                Set(F.Syscall32, "early_init_hygon() (x86-64)");
+            Set(F.Zen, "init_hygon()");
+            if (Has(F.Xmm2))
+                Set(F.LfenceRdtsc, "init_hygon(): SSE2");
+            ClearBit(F.ApicMsrsFence, "init_hygon()");
+        }
+
+        // ---------------------------------------------------------------- pti.c
+
+        private void PtiCheckBoottimeDisable()
+        {
+            if (build.PageTableIsolation && Has(F.BugCpuMeltdown))
+                Set(F.Pti, "pti_check_boottime_disable(): X86_BUG_CPU_MELTDOWN, pti=auto");
+        }
+
+        // ---------------------------------------------------------------- fpu/xstate.c
+
+        private void FpuInitSystemXstate()
+        {
+            if (!Has(F.Xsave) || !Has(F.Fpu))
+                return;
+            if (Has(F.Xsavec) || Has(F.Xsaves))
+                Set(F.Xcompacted, "fpu__init_system_xstate(): XSAVEC or XSAVES");
+            Set(F.Osxsave, "fpu__init_system_xstate(): XSAVE enabled");
+        }
+
+        // ---------------------------------------------------------------- paravirt-spinlocks.c
+
+        private void ParavirtSetCap()
+        {
+            // pv_ops.lock is native on bare metal (and under TCG); a KVM guest may have changed it (KvmGuest.Plan).
+            foreach (var n in pvOps.Notes)
+                Note(n);
+            if (pvOps.QueuedSpinUnlockChanged)
+                Set(F.Pvunlock, "paravirt_set_cap(): pv_ops.lock.queued_spin_unlock is not native");
+            if (pvOps.VcpuIsPreemptedChanged)
+                Set(F.Vcpupreempt, "paravirt_set_cap(): pv_ops.lock.vcpu_is_preempted is not native");
+        }
+
+        // ---------------------------------------------------------------- bugs.c cpu_select_mitigations()
+
+        private void CpuSelectMitigations()
+        {
+            SpectreV1SelectMitigation();
+            SpectreV2SelectMitigation();
+            RetbleedSelectMitigation();
+            SpectreV2UserSelectMitigation();
+            // ssb_select_mitigation(): spec_store_bypass_disable=auto → prctl: no feature bit.
+            L1tfSelectMitigation();
+            MdClearSelectMitigation();
+            // srbds, l1d_flush: no feature bits with the default command line.
+            SrsoSelectMitigation();
+            GdsSelectMitigation();
+            ItsSelectMitigation();
+            TsaSelectMitigation();
+            VmscapeSelectMitigation();
+        }
+
+        private void SpectreV1SelectMitigation()
+        {
+            if (!Has(F.BugSpectreV1))
+                return;
+            bool smapWorks = Has(F.Smap) && !Has(F.BugCpuMeltdown);
+            if (Has(F.Fsgsbase) || !smapWorks)
+            {
+                if (Has(F.BugSwapgs) && !Has(F.Pti))
+                    Set(F.FenceSwapgsUser, "spectre_v1_select_mitigation(): SWAPGS bug without PTI");
+                Set(F.FenceSwapgsKernel, "spectre_v1_select_mitigation(): FSGSBASE or SMAP not speculation-safe");
+            }
+        }
+
+        private void SpectreV2SelectMitigation()
+        {
+            if (!Has(F.BugSpectreV2))
+            {
+                Note("Spectre V2 : not affected (spectre_v2_cmd stays NONE)");
+                return;
+            }
+            spectreV2CmdNone = false;
+            SpectreV2 mode;
+            if (Has(F.IbrsEnhanced))
+                mode = SpectreV2.Eibrs;
+            else if (build.CpuIbrsEntry && Has(F.BugRetbleed) && Has(F.Ibrs) && vendor == CpuVendor.Intel)
+                mode = SpectreV2.Ibrs;
+            else
+                mode = build.Retpoline ? SpectreV2.Retpoline : SpectreV2.None;
+
+            switch (mode)
+            {
+                case SpectreV2.Ibrs:
+                    Set(F.KernelIbrs, "spectre_v2_select_mitigation(): IBRS");
+                    break;
+                case SpectreV2.Lfence:
+                case SpectreV2.EibrsLfence:
+                    Set(F.RetpolineLfence, "spectre_v2_select_mitigation(): LFENCE");
+                    Set(F.Retpoline, "spectre_v2_select_mitigation(): LFENCE");
+                    break;
+                case SpectreV2.Retpoline:
+                case SpectreV2.EibrsRetpoline:
+                    Set(F.Retpoline, "spectre_v2_select_mitigation(): retpolines");
+                    break;
+                default:
+                    break;
+            }
+            if (mode is SpectreV2.EibrsLfence or SpectreV2.EibrsRetpoline or SpectreV2.Retpoline)
+                SpecCtrlDisableKernelRrsba();
+            if (Has(F.BugBhi))
+                BhiSelectMitigation();
+            spectreV2 = mode;
+            Note($"Spectre V2 : {mode}");
+
+            // spectre_v2_select_rsb_mitigation()
+            switch (mode)
+            {
+                case SpectreV2.Eibrs:
+                case SpectreV2.EibrsLfence:
+                case SpectreV2.EibrsRetpoline:
+                    if (Has(F.BugEibrsPbrsb))
+                        Set(F.RsbVmexitLite, "spectre_v2_select_rsb_mitigation(): eIBRS with PBRSB");
+                    break;
+                case SpectreV2.Retpoline:
+                case SpectreV2.Lfence:
+                case SpectreV2.Ibrs:
+                    Set(F.RsbCtxsw, "spectre_v2_select_rsb_mitigation()");
+                    Set(F.RsbVmexit, "spectre_v2_select_rsb_mitigation()");
+                    break;
+                default:
+                    break;
+            }
+            bool ibrsMode = mode is SpectreV2.Eibrs or SpectreV2.EibrsLfence or SpectreV2.EibrsRetpoline or SpectreV2.Ibrs;
+            if (Has(F.BugRetbleed) && Has(F.Ibpb) && AmdLike)
+                Set(F.UseIbpbFw, "spectre_v2_select_mitigation(): RETBleed on AMD/Hygon with IBPB");
+            else if (Has(F.Ibrs) && !ibrsMode)
+                Set(F.UseIbrsFw, "spectre_v2_select_mitigation(): IBRS around firmware calls");
+        }
+
+        private void SpecCtrlDisableKernelRrsba()
+        {
+            if (rrsbaDisabled)
+                return;
+            if ((archCap & ArchCapRrsba) == 0)
+            {
+                rrsbaDisabled = true;
+                return;
+            }
+            if (!Has(F.RrsbaCtrl))
+                return;
+            rrsbaDisabled = true;
+        }
+
+        private void BhiSelectMitigation()
+        {
+            if (!build.MitigationSpectreBhi)
+                return;
+            if (Has(F.Retpoline) && !Has(F.RetpolineLfence))
+            {
+                SpecCtrlDisableKernelRrsba();
+                if (rrsbaDisabled)
+                    return;
+            }
+            if (!build.X86_64)
+                return;
+            if (Has(F.BhiCtrl))
+            {
+                Set(F.ClearBhbHw, "spec_ctrl_bhi_dis(): BHI_DIS_S");
+                return;
+            }
+            Set(F.ClearBhbLoopOnVmexit, "bhi_select_mitigation(): SW BHB clearing on vm exit");
+            Set(F.ClearBhbLoop, "bhi_select_mitigation(): SW BHB clearing on syscall");
+        }
+
+        private void RetbleedSelectMitigation()
+        {
+            if (!Has(F.BugRetbleed))
+                return;
+            if (AmdLike)
+            {
+                if (build.CpuUnretEntry)
+                    retbleed = Retbleed.Unret;
+                else if (build.CpuIbpbEntry && Has(F.Ibpb))
+                    retbleed = Retbleed.Ibpb;
+            }
+            switch (retbleed)
+            {
+                case Retbleed.Unret:
+                    Set(F.Rethunk, "retbleed_select_mitigation(): untrained return thunk");
+                    Set(F.Unret, "retbleed_select_mitigation(): untrained return thunk");
+                    if (build.Rethunk)
+                        SetReturnThunk(ReturnThunkKind.Retbleed, "retbleed");
+                    break;
+                case Retbleed.Ibpb:
+                    Set(F.EntryIbpb, "retbleed_select_mitigation(): IBPB");
+                    Set(F.IbpbOnVmexit, "retbleed_select_mitigation(): IBPB");
+                    ClearBit(F.Unret, "retbleed_select_mitigation(): IBPB on entry");
+                    ClearBit(F.Rethunk, "retbleed_select_mitigation(): IBPB on entry");
+                    ClearBit(F.RsbVmexit, "retbleed_select_mitigation(): IBPB on entry");
+                    break;
+                default:
+                    break;
+            }
+            if (vendor == CpuVendor.Intel)
+            {
+                retbleed = spectreV2 switch
+                {
+                    SpectreV2.Ibrs => Retbleed.Ibrs,
+                    SpectreV2.Eibrs or SpectreV2.EibrsRetpoline or SpectreV2.EibrsLfence => Retbleed.Eibrs,
+                    _ => retbleed,
+                };
+            }
+            Note($"RETBleed: {retbleed}");
+        }
+
+        private void SpectreV2UserSelectMitigation()
+        {
+            if (!Has(F.Ibpb) && !Has(F.Stibp))
+                return;
+            if (spectreV2CmdNone)
+                return;   // SPECTRE_V2_USER_CMD_NONE: goto set_mode
+            if (Has(F.Ibpb))
+                Set(F.UseIbpb, "spectre_v2_user_select_mitigation(): conditional IBPB");
+        }
+
+        private void L1tfSelectMitigation()
+        {
+            if (!Has(F.BugL1tf))
+                return;
+            if (!build.PgtableLevelsAbove2)
+            {
+                Note("L1TF: kernel not compiled for PAE, no mitigation");
+                return;
+            }
+            Set(F.L1tfPteinv, "l1tf_select_mitigation(): flush (memory below MAX_PA/2 assumed)");
+        }
+
+        private void MdClearSelectMitigation()
+        {
+            if (Has(F.BugMds))
+                Set(F.ClearCpuBuf, "mds_select_mitigation(): MDS");
+            if (Has(F.BugTaa) && Has(F.Rtm))
+                Set(F.ClearCpuBuf, "taa_select_mitigation(): TAA with TSX enabled");
+            if (Has(F.BugMmioStaleData) && !Has(F.BugMmioUnknown) && (Has(F.BugMds) || (Has(F.BugTaa) && Has(F.Rtm))))
+                Set(F.ClearCpuBuf, "mmio_select_mitigation(): MMIO Stale Data with MDS or TAA");
+            if (Has(F.BugRfds) && build.MitigationRfds && (archCap & ArchCapRfdsClear) != 0)
+                Set(F.ClearCpuBuf, "rfds_select_mitigation(): ARCH_CAP_RFDS_CLEAR");
+            // md_clear_update_mitigation(): re-runs the selections once CLEAR_CPU_BUF is on; they set nothing new.
+        }
+
+        private void SrsoSelectMitigation()
+        {
+            if (!Has(F.BugSrso))
+                return;
+            bool hasMicrocode = Has(F.IbpbBrtype) || CpuHasIbpbBrtypeMicrocode();
+            if (!hasMicrocode)
+                Note("Speculative Return Stack Overflow: IBPB-extending microcode not applied");
+            else
+            {
+                Set(F.IbpbBrtype, "srso_select_mitigation(): IBPB-extending microcode");
+                // Zen1/2 without SMT are not vulnerable once the microcode is there (cpu_smt_possible() is false
+                // when cpu_smt_check_topology() found one thread per core). Unknown SMT counts as possible.
+                if (family < 0x19 && desc.Smt == false)
+                {
+                    Set(F.SrsoNo, "srso_select_mitigation(): Zen1/2 without SMT and with microcode");
+                    return;
+                }
+            }
+            if (retbleed == Retbleed.Ibpb && hasMicrocode)
+            {
+                srso = Srso.Ibpb;
+                return;
+            }
+            // srso_cmd = SRSO_CMD_SAFE_RET (default)
+            if (build.CpuSrso)
+            {
+                Set(F.Rethunk, "srso_select_mitigation(): safe RET");
+                Set(F.Unret, "srso_select_mitigation(): safe RET");
+                if (family == 0x19)
+                {
+                    Set(F.SrsoAlias, "srso_select_mitigation(): family 0x19");
+                    SetReturnThunk(ReturnThunkKind.SrsoAlias, "SRSO safe RET");
+                }
+                else
+                {
+                    Set(F.Srso, "srso_select_mitigation(): not family 0x19");
+                    SetReturnThunk(ReturnThunkKind.Srso, "SRSO safe RET");
+                }
+                srso = Srso.SafeRet;
+            }
+            Note($"Speculative Return Stack Overflow: {srso}");
+        }
+
+        /// <summary>amd.c cpu_has_ibpb_brtype_microcode(): Zen1/2 need AMD_IBPB; on family 0x19 the kernel probes
+        /// MSR_IA32_PRED_CMD with SBPB, which is taken to succeed (as it does under QEMU and with current microcode).</summary>
+        private bool CpuHasIbpbBrtypeMicrocode()
+        {
+            switch (family)
+            {
+                case 0x17:
+                    return Has(F.AmdIbpb);
+                case 0x19:
+                    Set(F.Sbpb, "cpu_has_ibpb_brtype_microcode(): the SBPB write to MSR_IA32_PRED_CMD succeeds");
+                    return true;
+                default:
+                    return false;
+            }
+        }
+
+        private void GdsSelectMitigation()
+        {
+            if (!Has(F.BugGds) || Has(F.Hypervisor))
+                return;
+            if (build.GdsForceMitigation && Has(F.Avx))
+                ClearBit(F.Avx, "gds_select_mitigation(): no microcode, CONFIG_GDS_FORCE_MITIGATION");
+        }
+
+        private void ItsSelectMitigation()
+        {
+            if (!Has(F.BugIts))
+                return;
+            if (!build.MitigationIts)
+            {
+                Note("ITS: not compiled in");
+                return;
+            }
+            if (spectreV2 == SpectreV2.None)
+            {
+                Note("ITS: Spectre-v2 mitigation is off, disabling ITS");
+                return;
+            }
+            if (!build.Retpoline || !build.Rethunk)
+            {
+                Note("ITS: mitigation depends on retpoline and rethunk support");
+                return;
+            }
+            if (Has(F.RetpolineLfence))
+            {
+                Note("ITS: not compatible with lfence mitigation");
+                return;
+            }
+            if (!Has(F.Retpoline))
+                Set(F.IndirectThunkIts, "its_select_mitigation(): aligned branch thunks");
+            Set(F.Rethunk, "its_select_mitigation(): aligned return thunks");
+            SetReturnThunk(ReturnThunkKind.Its, "ITS aligned thunks");
+        }
+
+        private void TsaSelectMitigation()
+        {
+            if (!build.MitigationTsa || !Has(F.BugTsa))
+                return;
+            bool ucodeNeeded = !Has(F.VerwClear);
+            if (ucodeNeeded && !Has(F.Hypervisor))
+            {
+                Note("Transient Scheduler Attacks: Vulnerable: Clear CPU buffers attempted, no microcode (VERW_CLEAR not given)");
+                return;
+            }
+            Set(F.ClearCpuBuf, ucodeNeeded ? "tsa_select_mitigation(): forced on in a VM" : "tsa_select_mitigation(): full");
+            Set(F.ClearCpuBufVm, ucodeNeeded ? "tsa_select_mitigation(): forced on in a VM" : "tsa_select_mitigation(): full");
+        }
+
+        private void VmscapeSelectMitigation()
+        {
+            if (!build.MitigationVmscape || !Has(F.BugVmscape) || !Has(F.Ibpb))
+                return;
+            if (retbleed == Retbleed.Ibpb || srso == Srso.IbpbOnVmexit)
+                return;   // IBPB on VMEXIT
+            Set(F.IbpbExitToUser, "vmscape_select_mitigation(): IBPB before exit to userspace");
+        }
+
+        private void SetReturnThunk(ReturnThunkKind kind, string why)
+        {
+            ReturnThunk = kind;
+            Note($"set_return_thunk(): {kind} ({why})");
+        }
+    }
+}

@@ -1,0 +1,135 @@
+using System.Collections.Immutable;
+using Altpatch.Text;
+
+namespace Altpatch.Images.Boot;
+
+/// <summary>What one pass did.</summary>
+/// <param name="Pass">The pass.</param>
+/// <param name="Sites">Entries in the pass's table.</param>
+/// <param name="Plan">The plan it produced and the image poker wrote (changed ranges only).</param>
+public readonly record struct BootPassResult(BootPass Pass, int Sites, PatchPlan Plan)
+{
+    /// <summary>Number of pokes written.</summary>
+    public int Pokes => Plan.Count;
+
+    /// <summary>Number of bytes written.</summary>
+    public long Bytes => Plan.TotalBytes;
+}
+
+/// <summary>One site of the image after patching: its bytes before and after, and the passes that changed them.</summary>
+/// <param name="Kind">The table.</param>
+/// <param name="Index">Entry index in the table.</param>
+/// <param name="Address">Link-time address.</param>
+/// <param name="Before">The bytes in the original image.</param>
+/// <param name="After">The bytes after every pass.</param>
+/// <param name="Writers">The passes that changed at least one of its bytes, in order.</param>
+public readonly record struct KernelSiteOutcome(KernelSiteKind Kind, int Index, ulong Address, ReadOnlyMemory<byte> Before, ReadOnlyMemory<byte> After, ImmutableArray<BootPass> Writers)
+{
+    /// <summary>Whether the bytes changed.</summary>
+    public bool Changed => !Before.Span.SequenceEqual(After.Span);
+}
+
+/// <summary>The result of <c>KernelBootPatcher.Patch</c>: the patched ELF bytes, the passes and every site.</summary>
+public sealed class KernelPatchResult
+{
+    internal KernelPatchResult(KernelImage image, ElfFile patched, KernelBootState state, KernelThunks thunks,
+        ImmutableArray<BootPassResult> passes, string rules, ImageFeatureNumbering numbering)
+    {
+        Numbering = numbering;
+        Image = image;
+        Patched = patched;
+        State = state;
+        Thunks = thunks;
+        Passes = passes;
+        Rules = rules;
+    }
+
+    /// <summary>The original image (its tables and unpatched bytes).</summary>
+    public KernelImage Image { get; }
+
+    /// <summary>The patched ELF file: same size and layout as <see cref="KernelImage.ElfBytes"/>, text patched in place.</summary>
+    public ElfFile Patched { get; }
+
+    /// <summary>The boot CPU the passes used.</summary>
+    public KernelBootState State { get; }
+
+    /// <summary>The thunks found in the image.</summary>
+    public KernelThunks Thunks { get; }
+
+    /// <summary>The passes in the order run.</summary>
+    public ImmutableArray<BootPassResult> Passes { get; }
+
+    /// <summary>The feature numbering the image's alternatives were read with.</summary>
+    public ImageFeatureNumbering Numbering { get; }
+
+    /// <summary>Which kernel's rules were applied, e.g. "Linux 6.1".</summary>
+    public string Rules { get; }
+
+    /// <summary>Every site of every table, in table order (alt, para, retpoline, return, lock), with before/after bytes and writers.</summary>
+    public IEnumerable<KernelSiteOutcome> Sites()
+    {
+        var t = Image.Tables;
+        foreach (var a in t.Alternatives)
+            yield return Outcome(KernelSiteKind.Alternative, a.Index, a.Address, a.InstrLen);
+        foreach (var p in t.Paravirt)
+            yield return Outcome(KernelSiteKind.Paravirt, p.Index, p.Address, p.Len);
+        foreach (var r in t.Retpolines)
+            yield return Outcome(KernelSiteKind.Retpoline, r.Index, r.Address, BranchLength(r.Address));
+        foreach (var r in t.Returns)
+            yield return Outcome(KernelSiteKind.Return, r.Index, r.Address, BranchLength(r.Address));
+        foreach (var l in t.SmpLocks)
+            yield return Outcome(KernelSiteKind.SmpLock, l.Index, l.Address, 1);
+    }
+
+    /// <summary>The length of the branch instruction a retpoline or return site names (5, or 6 for a Jcc).</summary>
+    public int BranchLength(ulong address)
+    {
+        Span<byte> w = stackalloc byte[16];
+        int n = 16;
+        while (n > 0 && !Image.Elf.TryGetFileOffset(address, n, out _))
+            n--;
+        if (n == 0)
+            return 1;
+        Image.ReadBytes(address, n).CopyTo(w);
+        var insn = KernelInsn.Decode(w[..n], address, Image.Bitness);
+        return insn.IsValid ? insn.Length : 1;
+    }
+
+    private KernelSiteOutcome Outcome(KernelSiteKind kind, int index, ulong address, int length)
+    {
+        var before = Image.ReadBytes(address, length).ToArray();
+        var after = Patched.ReadBytes(address, length).ToArray();
+        var writers = ImmutableArray.CreateBuilder<BootPass>();
+        foreach (var p in Passes)
+        {
+            if (Touches(p.Plan, address, length))
+                writers.Add(p.Pass);
+        }
+        return new KernelSiteOutcome(kind, index, address, before, after, writers.ToImmutable());
+    }
+
+    private static bool Touches(PatchPlan plan, ulong address, int length)
+    {
+        var pokes = plan.AsSpan();
+        int lo = 0, hi = pokes.Length;
+        while (lo < hi)
+        {
+            int mid = (lo + hi) >>> 1;
+            if (pokes[mid].End <= address)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        ulong end = address + (ulong)length;
+        for (int i = lo; i < pokes.Length && pokes[i].Address < end; i++)
+        {
+            // a merged poke may cover bytes it did not change: compare
+            var p = pokes[i];
+            ulong from = Math.Max(p.Address, address), to = Math.Min(p.End, end);
+            int o = (int)(from - p.Address), n = (int)(to - from);
+            if (!p.Old.Span.Slice(o, n).SequenceEqual(p.New.Span.Slice(o, n)))
+                return true;
+        }
+        return false;
+    }
+}

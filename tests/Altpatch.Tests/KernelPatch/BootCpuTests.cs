@@ -1,0 +1,76 @@
+using System.Globalization;
+using System.Text.RegularExpressions;
+using Altpatch.Cpu;
+using Altpatch.Images;
+using Altpatch.Images.Boot;
+
+namespace Altpatch.Tests.KernelPatch;
+
+/// <summary>
+/// The derivation of boot_cpu_data from /proc/cpuinfo against the capability words read from each ground-truth dump
+/// (<c>.caps</c>: every bit the booted kernel had, hidden ones included).
+/// </summary>
+public partial class BootCpuTests
+{
+    /// <summary>Hidden bits that come straight from CPUID leaves /proc/cpuinfo does not show: not derivable, not used by
+    /// any alternative of the two images.</summary>
+    private static readonly CpuFeature[] NotDerivable = [CpuFeature.SvmeAddrChk];
+
+    public static TheoryData<string, string> Configurations() => GroundTruthTests.Configurations();
+
+    [SkippableTheory]
+    [MemberData(nameof(Configurations))]
+    public void Derived_capabilities_equal_the_dumps(string image, string config)
+    {
+        var img = GroundTruth.Image(image);
+        var thunks = KernelThunks.Find(img);
+        var state = KernelBootCpu.Derive(GroundTruth.Description(image, config), KernelBuildInfo.Infer(img, thunks));
+        var caps = ReadCapsWords(Path.Combine(GroundTruth.Dir, image, config + ".caps"));
+        var diffs = new List<string>();
+        for (int w = 0; w < caps.Length; w++)
+        {
+            uint got = state.Features.Word(w), want = caps[w];
+            for (int b = 0; b < 32; b++)
+            {
+                uint bit = 1u << b;
+                if ((got & bit) == (want & bit))
+                    continue;
+                var f = (CpuFeature)(w * 32 + b);
+                // Bits 6.1 does not define (AMD's copies of word 0 in word 1, reserved CPUID bits) are not in cpuinfo
+                // and mean nothing to the kernel.
+                if (NotDerivable.Contains(f) || !CpuFeatureInfo.IsDefined(f))
+                    continue;
+                diffs.Add($"{CpuFeatureInfo.MacroName(f)} {(((want & bit) != 0) ? "missing" : "extra")}");
+            }
+        }
+        Assert.True(diffs.Count == 0, string.Join(", ", diffs));
+    }
+
+    [SkippableTheory]
+    [InlineData("amd64", 0xffffffff82003f80UL)]
+    [InlineData("i386", 0xc191e920UL)]
+    public void Both_images_use_the_6_1_176_numbering(string which, ulong capFlags)
+    {
+        var img = Images.RealImages.Get(which);
+        var n = ImageFeatureNumbering.For(img, KernelBootRules.Linux61);
+        Assert.True(n.IsLinux61);
+        Assert.Equal(capFlags, n.CapFlagsAddress);
+        Assert.Contains("x86_bug_flags at", n.Description, StringComparison.Ordinal);
+        Assert.Equal((22 + 2) * 32, n.FeatureLimit);
+        Assert.Equal("popcnt", n.NameOf((int)CpuFeature.Popcnt));
+    }
+
+    internal static uint[] ReadCapsWords(string path)
+    {
+        var words = new uint[CpuFeatureInfo.CapabilityWords + CpuFeatureInfo.BugWords];
+        foreach (var line in File.ReadLines(path).Where(l => l.StartsWith("words ", StringComparison.Ordinal)))
+        {
+            foreach (Match m in WordRegex().Matches(line))
+                words[int.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture)] = uint.Parse(m.Groups[2].Value, NumberStyles.HexNumber, CultureInfo.InvariantCulture);
+        }
+        return words;
+    }
+
+    [GeneratedRegex(@"(\d+):([0-9a-f]{8})")]
+    private static partial Regex WordRegex();
+}
