@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.CommandLine.Help;
 using Altpatch.Cli.Commands;
 
 namespace Altpatch.Cli;
@@ -6,10 +7,16 @@ namespace Altpatch.Cli;
 /// <summary>Entry point of the <c>altpatch</c> command.</summary>
 public static class Program
 {
-    /// <summary>Builds the command tree. Each command lives in its own file under Commands/.</summary>
-    public static RootCommand BuildRoot()
+    /// <summary>
+    /// Builds the command tree. Each command lives in its own file under Commands/. The root is named
+    /// "altpatch" (the tool's command name) rather than after the assembly, so help shows what users type.
+    /// </summary>
+    public static Command BuildRoot()
     {
-        var root = new RootCommand("altpatch: the Linux kernel's x86 code patching (alternatives, paravirt, SMP locks, text_poke) for live code and kernel images.");
+        var root = new Command("altpatch", "altpatch: the Linux kernel's x86 code patching (alternatives, paravirt, SMP locks, text_poke) for live code and kernel images.")
+        {
+            Options = { new HelpOption(), new VersionOption() },
+        };
         root.Subcommands.Add(DemoCommand.Create());
         root.Subcommands.Add(CpuCommand.Create());
         root.Subcommands.Add(KernelCommand.Create());
