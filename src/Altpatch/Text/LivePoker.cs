@@ -115,7 +115,7 @@ public sealed unsafe class LivePoker : ITextPoker
             RefuseOwnCode(plan, live);
             var aliases = new nint[pokes.Length];
             var map = PlanValidation.Validate(plan, aliases);
-            List<PlanValidation.PageRun>? opened = null;
+            List<PageProtection.PageRun>? opened = null;
             try
             {
                 if (map is not null) opened = OpenForeign(plan, aliases, map);
@@ -123,7 +123,7 @@ public sealed unsafe class LivePoker : ITextPoker
             }
             finally
             {
-                if (opened is not null) RestoreForeign(opened);
+                if (opened is not null) PageProtection.Restore(opened, opened.Count);
             }
         }
     }
@@ -148,7 +148,7 @@ public sealed unsafe class LivePoker : ITextPoker
         }
     }
 
-    private List<PlanValidation.PageRun>? OpenForeign(PatchPlan plan, nint[] aliases, MemoryMap map)
+    private List<PageProtection.PageRun> OpenForeign(PatchPlan plan, nint[] aliases, MemoryMap map)
     {
         var pokes = plan.AsSpan();
         var foreign = new List<Poke>();
@@ -161,33 +161,9 @@ public sealed unsafe class LivePoker : ITextPoker
             foreign.Add(pokes[i]);
             aliases[i] = (nint)pokes[i].Address;
         }
-        var runs = PlanValidation.PageRuns(foreign, map);
-        int opened = 0;
-        try
-        {
-            for (; opened < runs.Count; opened++)
-            {
-                var r = runs[opened];
-                if (Libc.Mprotect((nint)r.Start, (nuint)(r.End - r.Start), Libc.ProtRead | Libc.ProtWrite | Libc.ProtExec) != 0)
-                    throw NativeException.Last($"mprotect(0x{r.Start:x}, {r.End - r.Start}, RWX) for {r.FirstSite}");
-            }
-        }
-        catch
-        {
-            RestoreForeign(runs.GetRange(0, opened));
-            throw;
-        }
+        var runs = PageProtection.Runs(foreign, map);
+        PageProtection.Open(runs, Libc.ProtRead | Libc.ProtWrite | Libc.ProtExec);
         return runs;
-    }
-
-    private static void RestoreForeign(List<PlanValidation.PageRun> runs)
-    {
-        var failures = new List<string>();
-        foreach (var r in runs)
-            if (Libc.Mprotect((nint)r.Start, (nuint)(r.End - r.Start), r.Protection) != 0)
-                failures.Add($"0x{r.Start:x}-0x{r.End:x}");
-        if (failures.Count > 0)
-            throw new NativeException($"could not restore page protection of {string.Join(", ", failures)}", Marshal.GetLastPInvokeError());
     }
 
     private void Write(PatchPlan plan, nint[] aliases, LiveCode live)

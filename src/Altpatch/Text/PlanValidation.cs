@@ -56,34 +56,4 @@ internal static unsafe class PlanValidation
             throw new PatchException(p.Site, p.Address,
                 $"memory holds {Convert.ToHexString(current)}, not the plan's old bytes {Convert.ToHexString(p.Old.Span)}");
     }
-
-    /// <summary>A run of pages of equal original protection that pokes touch.</summary>
-    internal readonly record struct PageRun(ulong Start, ulong End, int Protection, SiteRef FirstSite);
-
-    /// <summary>The pages <paramref name="pokes"/> (ascending) touch, merged into runs of equal original protection.</summary>
-    internal static List<PageRun> PageRuns(IEnumerable<Poke> pokes, MemoryMap map)
-    {
-        ulong page = (ulong)Environment.SystemPageSize;
-        var runs = new List<PageRun>();
-        foreach (var p in pokes)
-        {
-            for (ulong pg = p.Address & ~(page - 1); pg < p.End; pg += page)
-            {
-                map.TryFind(pg, out var region);
-                int prot = (int)region.Protection; // MapProtection bits match PROT_* bits
-                if (runs.Count > 0)
-                {
-                    var last = runs[^1];
-                    if (pg < last.End) continue; // already covered
-                    if (pg == last.End && last.Protection == prot)
-                    {
-                        runs[^1] = last with { End = pg + page };
-                        continue;
-                    }
-                }
-                runs.Add(new PageRun(pg, pg + page, prot, p.Site));
-            }
-        }
-        return runs;
-    }
 }

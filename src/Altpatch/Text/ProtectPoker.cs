@@ -37,19 +37,12 @@ public sealed unsafe class ProtectPoker : ITextPoker
         var map = MemoryMap.Read();
         PlanValidation.ValidateAgainstMemory(plan, map);
 
-        var runs = PlanValidation.PageRuns(plan, map);
-        int opened = 0;
+        var runs = PageProtection.Runs(plan, map);
+        PageProtection.Open(runs, Libc.ProtRead | Libc.ProtWrite | (mode == ProtectPokerMode.ReadWriteExecute ? Libc.ProtExec : 0));
+        var pokes = plan.AsSpan();
         int written = 0;
         try
         {
-            int writeProt = Libc.ProtRead | Libc.ProtWrite | (mode == ProtectPokerMode.ReadWriteExecute ? Libc.ProtExec : 0);
-            for (; opened < runs.Count; opened++)
-            {
-                var r = runs[opened];
-                if (Libc.Mprotect((nint)r.Start, (nuint)(r.End - r.Start), writeProt) != 0)
-                    throw NativeException.Last($"mprotect(0x{r.Start:x}, {r.End - r.Start}, RW) for {r.FirstSite}");
-            }
-            var pokes = plan.AsSpan();
             for (; written < pokes.Length; written++)
             {
                 BeforeWrite?.Invoke(written);
@@ -59,30 +52,16 @@ public sealed unsafe class ProtectPoker : ITextPoker
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {
-            var pokes = plan.AsSpan();
             for (int i = written - 1; i >= 0; i--)
                 pokes[i].Old.Span.CopyTo(new Span<byte>((void*)pokes[i].Address, pokes[i].Length));
-            RestoreProtection(runs, opened);
+            PageProtection.Restore(runs, runs.Count);
             CoreSync.TrySyncAllCores();
-            var site = plan[Math.Min(written, plan.Count - 1)];
-            throw e is AltpatchException ? e
-                : new PatchException(site.Site, site.Address, $"write failed, {written} earlier site(s) reverted: {e.Message}", e);
+            if (e is AltpatchException) throw;
+            var site = pokes[written];
+            throw new PatchException(site.Site, site.Address, $"write failed, {written} earlier site(s) reverted: {e.Message}", e);
         }
-        RestoreProtection(runs, opened);
+        PageProtection.Restore(runs, runs.Count);
         CoreSync.TrySyncAllCores();
-    }
-
-    private static void RestoreProtection(List<PlanValidation.PageRun> runs, int count)
-    {
-        var failures = new List<string>();
-        for (int i = 0; i < count; i++)
-        {
-            var r = runs[i];
-            if (Libc.Mprotect((nint)r.Start, (nuint)(r.End - r.Start), r.Protection) != 0)
-                failures.Add($"0x{r.Start:x}-0x{r.End:x}");
-        }
-        if (failures.Count > 0)
-            throw new NativeException($"could not restore page protection of {string.Join(", ", failures)}", System.Runtime.InteropServices.Marshal.GetLastPInvokeError());
     }
 
     /// <summary>Checks every poke: inside mapped executable memory and the memory holds its old bytes (see <see cref="PlanValidation"/>).</summary>
