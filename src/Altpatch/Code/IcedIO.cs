@@ -16,8 +16,6 @@ internal sealed class ArrayCodeReader : CodeReader
         end = start + length;
     }
 
-    public int Position => position;
-
     public override int ReadByte() => position < end ? data[position++] : -1;
 }
 

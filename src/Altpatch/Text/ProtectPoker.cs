@@ -63,7 +63,4 @@ public sealed unsafe class ProtectPoker : ITextPoker
         PageProtection.Restore(runs, runs.Count);
         CoreSync.TrySyncAllCores();
     }
-
-    /// <summary>Checks every poke: inside mapped executable memory and the memory holds its old bytes (see <see cref="PlanValidation"/>).</summary>
-    internal static void ValidateAgainstMemory(PatchPlan plan, MemoryMap map) => PlanValidation.ValidateAgainstMemory(plan, map);
 }
