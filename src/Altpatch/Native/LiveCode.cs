@@ -155,6 +155,37 @@ internal sealed unsafe class LiveCode
     /// <summary>A control-block field.</summary>
     public ulong* Field(int offset) => (ulong*)(Data + offset);
 
+    /// <summary>
+    /// Publishes the interior points of the next batch to the probe handler: the first
+    /// <paramref name="count"/> entries of <see cref="Hazards"/> (sorted; 0 for none), with their bounds.
+    /// </summary>
+    public void PublishHazards(int count)
+    {
+        ulong* hazards = Hazards;
+        *Field(Ctl.HazardMin) = count > 0 ? hazards[0] : ulong.MaxValue;
+        *Field(Ctl.HazardMax) = count > 0 ? hazards[count - 1] : 0;
+        Volatile.Write(ref *Field(Ctl.HazardCount), (ulong)count);
+    }
+
+    /// <summary>
+    /// Fills the header of a batch descriptor (<see cref="Desc.Size"/> bytes; the outputs cleared):
+    /// <paramref name="count"/> entries at <paramref name="entries"/>, whether to probe the other threads
+    /// before step 3 and for how long, and the calling thread's id (the one thread not probed).
+    /// </summary>
+    public static void InitDescriptor(byte* desc, long count, byte* entries, bool probe, TimeSpan timeout)
+    {
+        new Span<byte>(desc, Desc.Size).Clear();
+        *(long*)(desc + Desc.Count) = count;
+        *(byte**)(desc + Desc.Entries) = entries;
+        *(long*)(desc + Desc.Flags) = probe ? 1 : 0;
+        // Bounded so that the routine's "now + timeout" deadline cannot overflow.
+        *(long*)(desc + Desc.TimeoutNs) = (long)Math.Min(timeout.TotalMilliseconds * 1_000_000, long.MaxValue / 2);
+        *(long*)(desc + Desc.SelfTid) = Libc.Gettid();
+    }
+
+    /// <summary>Runs <see cref="Batch"/> on a descriptor filled by <see cref="InitDescriptor"/> and the entries it names.</summary>
+    public BatchResult RunBatch(byte* desc) => (BatchResult)((delegate* unmanaged<byte*, int>)Batch)(desc);
+
     private LiveCode(nint data, ExecutableMemory code, nint trap, nint probe, nint batch)
     {
         Data = data;

@@ -184,15 +184,10 @@ public static unsafe class TrapHandler
     private static void GracePeriod(LiveCode c, TimeSpan timeout)
     {
         byte* desc = stackalloc byte[Desc.Size];
-        new Span<byte>(desc, Desc.Size).Clear();
-        *(ulong*)(desc + Desc.Flags) = 1;
-        *(long*)(desc + Desc.TimeoutNs) = (long)(timeout.TotalMilliseconds * 1_000_000);
-        *(long*)(desc + Desc.SelfTid) = Libc.Gettid();
-        *c.Field(Ctl.HazardMin) = ulong.MaxValue;
-        *c.Field(Ctl.HazardMax) = 0;
-        *c.Field(Ctl.HazardCount) = 0;
-        int r = ((delegate* unmanaged<byte*, int>)c.Batch)(desc);
-        if (r != (int)BatchResult.Done)
-            throw new TrapHandlerException($"grace period failed ({(BatchResult)r}): thread {*(long*)(desc + Desc.OutTid)} did not answer probe signal {probeSignal} within {timeout.TotalSeconds:0.###} s; the handlers stay installed");
+        LiveCode.InitDescriptor(desc, 0, null, probe: true, timeout);
+        c.PublishHazards(0);
+        var r = c.RunBatch(desc);
+        if (r != BatchResult.Done)
+            throw new TrapHandlerException($"grace period failed ({r}): thread {*(long*)(desc + Desc.OutTid)} did not answer probe signal {probeSignal} within {timeout.TotalSeconds:0.###} s; the handlers stay installed");
     }
 }

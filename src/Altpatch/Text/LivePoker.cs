@@ -208,9 +208,7 @@ public sealed unsafe class LivePoker : ITextPoker
         ulong gen = live.NextGeneration();
         if (!live.PrepareBatch(CollectionsMarshal.AsSpan(trappable), CollectionsMarshal.AsSpan(untrappable), gen))
             throw new PatchException(pokes[0].Site, pokes[0].Address, $"the live poker already tracks {LiveCode.KnownCapacity} distinct sites; nothing written");
-        *live.Field(Ctl.HazardMin) = hazardCount > 0 ? hazards[0] : ulong.MaxValue;
-        *live.Field(Ctl.HazardMax) = hazardCount > 0 ? hazards[hazardCount - 1] : 0;
-        Volatile.Write(ref *live.Field(Ctl.HazardCount), (ulong)hazardCount);
+        live.PublishHazards(hazardCount);
 
         byte* desc = Buffer((nuint)(Desc.Size + pokes.Length * Desc.EntrySize + tailBytes));
         byte* entries = desc + Desc.Size;
@@ -233,20 +231,16 @@ public sealed unsafe class LivePoker : ITextPoker
                 tails += newTail.Length;
             }
         }
-        new Span<byte>(desc, Desc.Size).Clear();
-        *(long*)(desc + Desc.Count) = pokes.Length;
-        *(byte**)(desc + Desc.Entries) = entries;
-        *(long*)(desc + Desc.Flags) = hazardCount > 0 && ProbeInteriorPoints ? 1 : 0;
-        *(long*)(desc + Desc.TimeoutNs) = (long)Math.Min(Options.QuiescenceTimeout.TotalMilliseconds * 1_000_000, long.MaxValue / 2);
-        *(long*)(desc + Desc.SelfTid) = Libc.Gettid();
+        bool probe = hazardCount > 0 && ProbeInteriorPoints;
+        LiveCode.InitDescriptor(desc, pokes.Length, entries, probe, Options.QuiescenceTimeout);
 
         long probesBefore = TrapHandler.ProbesSent;
         Volatile.Write(ref *live.Field(Ctl.Inflight), gen);
-        int result;
-        try { result = ((delegate* unmanaged<byte*, int>)live.Batch)(desc); }
+        BatchResult result;
+        try { result = live.RunBatch(desc); }
         finally { Volatile.Write(ref *live.Field(Ctl.Inflight), 0UL); }
-        LastBatch = new LiveBatchReport(pokes.Length, hazardCount, (*(long*)(desc + Desc.Flags) & 1) != 0 ? (int)*(long*)(desc + Desc.OutThreads) : 0, TrapHandler.ProbesSent - probesBefore);
-        if (result != (int)BatchResult.Done) throw Failure(plan, (BatchResult)result, desc);
+        LastBatch = new LiveBatchReport(pokes.Length, hazardCount, probe ? (int)*(long*)(desc + Desc.OutThreads) : 0, TrapHandler.ProbesSent - probesBefore);
+        if (result != BatchResult.Done) throw Failure(plan, result, desc);
     }
 
     private PatchException Failure(PatchPlan plan, BatchResult result, byte* desc)
