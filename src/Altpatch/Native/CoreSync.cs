@@ -10,10 +10,6 @@ namespace Altpatch.Native;
 /// </summary>
 public static class CoreSync
 {
-    private const int CmdQuery = 0;
-    private const int CmdPrivateExpeditedSyncCore = 32;
-    private const int CmdRegisterPrivateExpeditedSyncCore = 64;
-
     private static readonly Lazy<(bool Ok, string Why)> Registration = new(Register);
 
     /// <summary>Executes <c>cpuid</c>, a serialising instruction, on the calling core.</summary>
@@ -27,12 +23,15 @@ public static class CoreSync
 
     /// <summary>
     /// Serialises every core running a thread of this process (and this one). Throws
-    /// <see cref="NativeException"/> when the kernel cannot do it.
+    /// <see cref="NativeException"/> when the kernel cannot do it: core-serialising membarrier is
+    /// unavailable (<see cref="UnavailableReason"/>), or the call failed (its errno).
     /// </summary>
     public static void SyncAllCores()
     {
-        if (!TrySyncAllCores())
-            throw new NativeException($"cannot serialise all cores: {UnavailableReason}", 0);
+        if (TrySyncAllCores()) return;
+        throw IsAllCoresSyncAvailable
+            ? NativeException.Last("membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE)")
+            : new NativeException($"cannot serialise all cores: {UnavailableReason}", 0);
     }
 
     /// <summary>Like <see cref="SyncAllCores"/> but returns false instead of throwing; always serialises this core.</summary>
@@ -40,15 +39,15 @@ public static class CoreSync
     {
         SerializeThisCore();
         if (!Registration.Value.Ok) return false;
-        return Libc.Syscall(Libc.SysMembarrier, CmdPrivateExpeditedSyncCore, 0, 0) == 0;
+        return Libc.Syscall(Sys.Membarrier, Sys.MembarrierPrivateExpeditedSyncCore, 0, 0) == 0;
     }
 
     private static (bool, string) Register()
     {
-        long mask = Libc.Syscall(Libc.SysMembarrier, CmdQuery, 0, 0);
+        long mask = Libc.Syscall(Sys.Membarrier, Sys.MembarrierQuery, 0, 0);
         if (mask < 0) return (false, "membarrier is not supported by this kernel");
-        if ((mask & CmdPrivateExpeditedSyncCore) == 0) return (false, "this kernel's membarrier lacks MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE");
-        if (Libc.Syscall(Libc.SysMembarrier, CmdRegisterPrivateExpeditedSyncCore, 0, 0) != 0)
+        if ((mask & Sys.MembarrierPrivateExpeditedSyncCore) == 0) return (false, "this kernel's membarrier lacks MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE");
+        if (Libc.Syscall(Sys.Membarrier, Sys.MembarrierRegisterPrivateExpeditedSyncCore, 0, 0) != 0)
             return (false, "membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE) failed: " + Libc.ErrorText(System.Runtime.InteropServices.Marshal.GetLastPInvokeError()));
         return (true, "");
     }

@@ -25,8 +25,6 @@ internal static partial class Libc
 
     public const uint MfdCloexec = 1;
 
-    public const long SysMembarrier = 324;
-
     [LibraryImport(Lib, EntryPoint = "mmap", SetLastError = true)]
     public static partial nint Mmap(nint addr, nuint length, int prot, int flags, int fd, long offset);
 

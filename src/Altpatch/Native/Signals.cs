@@ -62,7 +62,10 @@ internal static class Signals
     public static ulong Bit(int signal) => 1UL << (signal - 1);
 }
 
-/// <summary>x86-64 Linux system call numbers the emitted code uses (it never calls libc).</summary>
+/// <summary>
+/// x86-64 Linux system call numbers the emitted code uses (it never calls libc), and the membarrier
+/// commands (<see cref="CoreSync"/> makes the same call through libc's <c>syscall</c>).
+/// </summary>
 internal static class Sys
 {
     public const int RtSigaction = 13;
@@ -82,7 +85,9 @@ internal static class Sys
     public const int ProcessVmReadv = 310;
     public const int Membarrier = 324;
 
+    public const int MembarrierQuery = 0;
     public const int MembarrierPrivateExpeditedSyncCore = 32;
+    public const int MembarrierRegisterPrivateExpeditedSyncCore = 64;
 
     public const int Esrch = 3;
     public const int Efault = 14;
