@@ -38,8 +38,7 @@ public static class Alternatives
         var builder = new PlanBuilder(sites.Count);
         Span<byte> wanted = stackalloc byte[PatchPlan.MaxPatchLength];
         Span<byte> current = stackalloc byte[PatchPlan.MaxPatchLength];
-        ulong previousEnd = 0;
-        int previousIndex = -1;
+        var overlaps = new SiteTable.Overlaps();
 
         for (int g = 0; g < order.Length;)
         {
@@ -64,8 +63,8 @@ public static class Alternatives
                 }
                 if (s.Applies(cpu)) chosen = idx; // the last one that applies wins, as sequential patching would leave it
             }
-            if (previousIndex >= 0 && head.Address < previousEnd)
-                throw Error(first, head, options, $"overlaps {Ref(previousIndex, options)} which ends at 0x{previousEnd:x}");
+            if (overlaps.Problem(head.Address) is { } overlap)
+                throw Error(first, head, options, overlap);
 
             int len = head.Length;
             var want = wanted[..len];
@@ -79,10 +78,9 @@ public static class Alternatives
             if (!cur.SequenceEqual(want))
             {
                 if (!IsKnownState(sites, order, g, groupEnd, cur, chosen, options))
-                    throw Error(first, head, options,
-                        $"memory holds {Convert.ToHexString(cur)}, which is neither the recorded original {Convert.ToHexString(head.Original.Span)} nor any of its replacements");
+                    throw Error(first, head, options, SiteTable.UnknownState(cur, head.Original.Span, "any of its replacements"));
                 int siteIndex = chosen >= 0 ? chosen : first;
-                builder.Add(head.Address, cur, want, new SiteRef(SiteKind.Alternative, siteIndex, options.TableName), Reason(sites[siteIndex], chosen >= 0));
+                builder.Add(head.Address, cur, want, Site(siteIndex, options), Reason(sites[siteIndex], chosen >= 0));
                 options.Log?.WriteLine($"alternatives: {Ref(siteIndex, options)} 0x{head.Address:x} len {len} {(chosen >= 0 ? "apply " + sites[chosen].Condition : "original")}: {Convert.ToHexString(cur)} -> {Convert.ToHexString(want)}");
             }
             else
@@ -90,8 +88,7 @@ public static class Alternatives
                 options.Log?.WriteLine($"alternatives: {Ref(chosen >= 0 ? chosen : first, options)} 0x{head.Address:x} len {len} unchanged: {Convert.ToHexString(cur)}");
             }
 
-            previousEnd = head.Address + (ulong)len;
-            previousIndex = first;
+            overlaps.Add(Site(first, options), head.Address, len);
             g = groupEnd;
         }
         return builder.Build();
@@ -155,8 +152,10 @@ public static class Alternatives
                 : $"{name} {(not ? "present" : "absent")}: original";
         });
 
-    private static string Ref(int index, AlternativeOptions options) => new SiteRef(SiteKind.Alternative, index, options.TableName).ToString();
+    private static SiteRef Site(int index, AlternativeOptions options) => new(SiteKind.Alternative, index, options.TableName);
+
+    private static string Ref(int index, AlternativeOptions options) => Site(index, options).ToString();
 
     private static PatchException Error(int index, in AlternativeSite s, AlternativeOptions options, string problem) =>
-        new(new SiteRef(SiteKind.Alternative, index, options.TableName), s.Address, problem);
+        new(Site(index, options), s.Address, problem);
 }

@@ -64,15 +64,14 @@ public static class Paravirt
         Span<byte> wanted = stackalloc byte[PatchPlan.MaxPatchLength];
         Span<byte> current = stackalloc byte[PatchPlan.MaxPatchLength];
         Span<byte> other = stackalloc byte[PatchPlan.MaxPatchLength];
-        ulong previousEnd = 0;
-        int previousIndex = -1;
+        var overlaps = new SiteTable.Overlaps();
 
         foreach (int i in order)
         {
             var s = sites[i];
             CheckShape(s, i, backend ?? previous, options);
-            if (previousIndex >= 0 && s.Address < previousEnd)
-                throw Error(i, s, options, $"overlaps {Ref(previousIndex, options)} which ends at 0x{previousEnd:x}");
+            if (overlaps.Problem(s.Address) is { } overlap)
+                throw Error(i, s, options, overlap);
 
             int len = s.Length;
             var want = wanted[..len];
@@ -103,18 +102,16 @@ public static class Paravirt
                 }
                 if (!known)
                     throw Error(i, s, options,
-                        $"memory holds {Convert.ToHexString(cur)}, which is neither the recorded original {Convert.ToHexString(s.Original.Span)}" +
-                        (previous is null ? "" : $" nor what backend '{previous.Name}' produces"));
+                        SiteTable.UnknownState(cur, s.Original.Span, previous is null ? null : $"what backend '{previous.Name}' produces"));
                 string why = backend is null ? "restore: indirect call" : $"{backend.Name}: {decision.Detail}";
-                builder.Add(s.Address, cur, want, new SiteRef(SiteKind.Paravirt, i, options.TableName), why);
+                builder.Add(s.Address, cur, want, Site(i, options), why);
                 options.Log?.WriteLine($"paravirt: {Ref(i, options)} 0x{s.Address:x} {ParavirtOps.Name(s.Type)} clobbers {s.Clobbers.ToRegisterList()} len {len} {why}: {Convert.ToHexString(cur)} -> {Convert.ToHexString(want)}");
             }
             else
             {
                 options.Log?.WriteLine($"paravirt: {Ref(i, options)} 0x{s.Address:x} {ParavirtOps.Name(s.Type)} clobbers {s.Clobbers.ToRegisterList()} len {len} unchanged ({decision.Detail}): {Convert.ToHexString(cur)}");
             }
-            previousEnd = s.Address + (ulong)len;
-            previousIndex = i;
+            overlaps.Add(Site(i, options), s.Address, len);
         }
         return builder.Build();
     }
@@ -268,8 +265,10 @@ public static class Paravirt
             throw Error(index, s, options, $"unknown op type {s.Type}: backend '{backend.Name}' has op types 0..{backend.OpCount - 1}");
     }
 
-    private static string Ref(int index, ParavirtOptions options) => new SiteRef(SiteKind.Paravirt, index, options.TableName).ToString();
+    private static SiteRef Site(int index, ParavirtOptions options) => new(SiteKind.Paravirt, index, options.TableName);
+
+    private static string Ref(int index, ParavirtOptions options) => Site(index, options).ToString();
 
     private static PatchException Error(int index, in ParavirtSite s, ParavirtOptions options, string problem, Exception? inner = null) =>
-        new(new SiteRef(SiteKind.Paravirt, index, options.TableName), s.Address, problem, inner);
+        new(Site(index, options), s.Address, problem, inner);
 }

@@ -40,4 +40,33 @@ internal static class SiteTable
             return $"{s.Original.Length} original bytes recorded for a {s.Length}-byte site";
         return null;
     }
+
+    /// <summary>
+    /// Why a site cannot be planned from the bytes memory holds (<paramref name="current"/>): neither its
+    /// recorded <paramref name="original"/> nor, when given, <paramref name="norWhat"/> (the other states
+    /// the planner knows, in words).
+    /// </summary>
+    public static string UnknownState(ReadOnlySpan<byte> current, ReadOnlySpan<byte> original, string? norWhat) =>
+        $"memory holds {Convert.ToHexString(current)}, which is neither the recorded original {Convert.ToHexString(original)}" +
+        (norWhat is null ? "" : " nor " + norWhat);
+
+    /// <summary>
+    /// The last site a planner took in address order: a site that starts before it ends overlaps it.
+    /// </summary>
+    public struct Overlaps
+    {
+        private ulong end;
+        private SiteRef? last;
+
+        /// <summary>What is wrong with a site at <paramref name="address"/> that starts before the last site ends, or null.</summary>
+        public readonly string? Problem(ulong address) =>
+            last is { } site && address < end ? $"overlaps {site} which ends at 0x{end:x}" : null;
+
+        /// <summary>Takes <paramref name="site"/>, of <paramref name="length"/> bytes at <paramref name="address"/>, as the last site.</summary>
+        public void Add(SiteRef site, ulong address, int length)
+        {
+            last = site;
+            end = address + (ulong)length;
+        }
+    }
 }
