@@ -27,11 +27,11 @@ public sealed class PatchPlan : IReadOnlyList<Poke>
     }
 
     /// <summary>Creates a plan from pokes in any order; throws <see cref="PatchException"/> when invalid.</summary>
-    public PatchPlan(IEnumerable<Poke> pokes) : this(Sorted(pokes), validated: false) { }
+    public PatchPlan(IEnumerable<Poke> pokes) : this(SortByAddress(pokes.ToArray()), validated: false) { }
 
-    private static Poke[] Sorted(IEnumerable<Poke> pokes)
+    /// <summary>Sorts <paramref name="array"/> by address in place (unless it already is) and returns it.</summary>
+    private static Poke[] SortByAddress(Poke[] array)
     {
-        var array = pokes.ToArray();
         if (!IsSorted(array)) Array.Sort(array, static (a, b) => a.Address.CompareTo(b.Address));
         return array;
     }
@@ -65,11 +65,7 @@ public sealed class PatchPlan : IReadOnlyList<Poke>
     }
 
     /// <summary>Takes ownership of <paramref name="array"/> (sorting it in place if needed) and validates it.</summary>
-    internal static PatchPlan Adopt(Poke[] array)
-    {
-        if (!IsSorted(array)) Array.Sort(array, static (a, b) => a.Address.CompareTo(b.Address));
-        return new PatchPlan(array, validated: false);
-    }
+    internal static PatchPlan Adopt(Poke[] array) => new(SortByAddress(array), validated: false);
 
     /// <summary>Wraps pokes a planner has already sorted and checked (internal fast path).</summary>
     internal static PatchPlan FromSortedValidated(Poke[] pokes) => pokes.Length == 0 ? Empty : new(pokes, validated: true);
