@@ -1,5 +1,4 @@
 using Altpatch.Code;
-using Iced.Intel;
 
 namespace Altpatch.Text;
 
@@ -40,7 +39,7 @@ internal static class InteriorPoints
             if (insn.IsInvalid || insn.NextIP > end) { decoded = false; break; }
             starts[count] = (int)(ip - address);
             lowestTarget[count] = n;
-            if (IsNearBranch(insn))
+            if (Relocator.IsBranch(insn)) // call, jmp, jcc, loop, jrcxz, and xbegin's abort target
             {
                 ulong t = insn.NearBranchTarget;
                 if (t >= address && t < end) lowestTarget[count] = (int)(t - address);
@@ -111,8 +110,4 @@ internal static class InteriorPoints
         for (int i = 0; i < offsets.Length; i++) destination[i] = address + offsets[i];
         return offsets.Length;
     }
-
-    private static bool IsNearBranch(in Instruction insn) =>
-        insn.FlowControl is FlowControl.ConditionalBranch or FlowControl.UnconditionalBranch or FlowControl.Call
-        && insn.Op0Kind is OpKind.NearBranch16 or OpKind.NearBranch32 or OpKind.NearBranch64;
 }

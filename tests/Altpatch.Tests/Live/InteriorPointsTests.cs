@@ -52,6 +52,15 @@ public class InteriorPointsTests
     }
 
     [Fact]
+    public void An_xbegin_whose_abort_target_is_before_the_boundary_makes_it_unsafe()
+    {
+        // +0 mov eax,1 | +5 xbegin +0 | +11 ret  vs  mov eax,2 ...: an abort from +5 on lands at +0.
+        byte[] old = [0xB8, 1, 0, 0, 0, 0xC7, 0xF8, 0xF5, 0xFF, 0xFF, 0xFF, 0xC3];
+        byte[] @new = [0xB8, 2, 0, 0, 0, 0xC7, 0xF8, 0xF5, 0xFF, 0xFF, 0xFF, 0xC3];
+        Assert.Equal([5UL], Points(old, @new));
+    }
+
+    [Fact]
     public void A_call_inside_the_site_leaves_its_return_address_as_a_point()
     {
         byte[] old = [0xE8, 0, 0, 0, 0, 0x90, 0x90, 0x90];              // call; nop; nop; nop
