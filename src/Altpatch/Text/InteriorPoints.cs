@@ -89,25 +89,25 @@ internal static class InteriorPoints
     private static readonly object CacheLock = new();
 
     /// <summary>
-    /// <see cref="Find"/> through a cache keyed by the bytes: the points' offsets depend only on the
-    /// old and new bytes (branch targets are relative), and plans repeat the same patch at many sites.
+    /// The interior points of any site whose old and new bytes are these, as offsets from the site's
+    /// address (<see cref="Find"/> at address 0), through a cache keyed by the bytes: the offsets do not
+    /// depend on the address (branch targets are relative), and plans repeat the same patch at many
+    /// sites. The array is shared: do not change it.
     /// </summary>
-    public static int FindCached(ulong address, ReadOnlyMemory<byte> old, ReadOnlyMemory<byte> @new, Span<ulong> destination)
+    public static ulong[] Offsets(ReadOnlyMemory<byte> old, ReadOnlyMemory<byte> @new)
     {
         var key = new Key(old, @new);
-        ulong[]? offsets;
         lock (CacheLock)
         {
-            if (!Cache.TryGetValue(key, out offsets))
+            if (!Cache.TryGetValue(key, out var offsets))
             {
-                int n = Find(0, old.Span, @new.Span, destination);
-                offsets = destination[..n].ToArray();
+                Span<ulong> points = stackalloc ulong[old.Length];
+                offsets = points[..Find(0, old.Span, @new.Span, points)].ToArray();
                 if (Cache.Count >= 4096) Cache.Clear();
                 // Keep copies: the key must not pin (or change with) the caller's plan buffers.
                 Cache[new Key(old.ToArray(), @new.ToArray())] = offsets;
             }
+            return offsets;
         }
-        for (int i = 0; i < offsets.Length; i++) destination[i] = address + offsets[i];
-        return offsets.Length;
     }
 }

@@ -174,35 +174,25 @@ public sealed unsafe class LivePoker : ITextPoker
         var untrappable = new List<ulong>();
         ulong* hazards = live.Hazards;
         int hazardCount = 0;
-        Span<ulong> points = stackalloc ulong[PatchPlan.MaxPatchLength];
         long tailBytes = 0;
-        // Plans repeat one patch over many sites: the points' offsets depend only on the bytes.
-        Span<ulong> lastOffsets = stackalloc ulong[PatchPlan.MaxPatchLength];
+        // Plans repeat one patch over many sites: the points' offsets depend only on the bytes, and the
+        // site before usually had the same ones (no cache lookup then).
         ReadOnlySpan<byte> lastOld = [], lastNew = [];
-        int lastCount = -1;
+        ulong[] offsets = [];
         foreach (var p in pokes)
         {
             if (p.Length == 1) continue;
             ReadOnlySpan<byte> oldBytes = p.Old.Span, newBytes = p.New.Span;
             (newBytes[0] == 0xCC ? untrappable : trappable).Add(p.Address);
-            int k;
-            if (lastCount >= 0 && oldBytes.SequenceEqual(lastOld) && newBytes.SequenceEqual(lastNew))
+            if (!oldBytes.SequenceEqual(lastOld) || !newBytes.SequenceEqual(lastNew))
             {
-                k = lastCount;
-                for (int i = 0; i < k; i++) points[i] = p.Address + lastOffsets[i];
-            }
-            else
-            {
-                k = InteriorPoints.FindCached(p.Address, p.Old, p.New, points);
-                for (int i = 0; i < k; i++) lastOffsets[i] = points[i] - p.Address;
+                offsets = InteriorPoints.Offsets(p.Old, p.New);
                 lastOld = oldBytes;
                 lastNew = newBytes;
-                lastCount = k;
             }
-            if (hazardCount + k > LiveCode.HazardCapacity)
+            if (hazardCount + offsets.Length > LiveCode.HazardCapacity)
                 throw new PatchException(p.Site, p.Address, $"the batch has more than {LiveCode.HazardCapacity} interior points; split the plan");
-            points[..k].CopyTo(new Span<ulong>(hazards + hazardCount, k));
-            hazardCount += k;
+            foreach (ulong offset in offsets) hazards[hazardCount++] = p.Address + offset;
             tailBytes += p.Length - 1;
         }
         ulong gen = live.NextGeneration();
