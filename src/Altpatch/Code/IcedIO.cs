@@ -82,3 +82,19 @@ internal static class PatchPlanLimits
     /// <summary>A buffer large enough for any site (MAX_PATCH_LEN rounded up).</summary>
     public const int MaxBuffer = 256;
 }
+
+/// <summary>Helpers for code Altpatch assembles itself.</summary>
+internal static class AssemblerExtensions
+{
+    /// <summary>Pushes <paramref name="registers"/> in order (a routine's prologue).</summary>
+    public static void PushAll(this Assembler a, ReadOnlySpan<AssemblerRegister64> registers)
+    {
+        foreach (var r in registers) a.push(r);
+    }
+
+    /// <summary>Pops <paramref name="registers"/> in reverse order: undoes <see cref="PushAll"/> with the same list.</summary>
+    public static void PopAll(this Assembler a, ReadOnlySpan<AssemblerRegister64> registers)
+    {
+        for (int i = registers.Length - 1; i >= 0; i--) a.pop(registers[i]);
+    }
+}

@@ -333,6 +333,9 @@ internal sealed unsafe class LiveCode
         return true;
     }
 
+    /// <summary>The System V callee-saved registers, which the probe handler and the batch keep for their caller.</summary>
+    private static readonly AssemblerRegister64[] CalleeSaved = [rbx, rbp, r12, r13, r14, r15];
+
     // ---------------------------------------------------------------- SIGTRAP handler
     //
     // void trap(int sig /*rdi*/, siginfo_t* info /*rsi*/, ucontext_t* uc /*rdx*/)
@@ -488,12 +491,7 @@ internal sealed unsafe class LiveCode
         const int LIov = 0, RIov = 16, Buf = 32, Top = 40, Checked = 48, Locals = 64;
 
         a.Label(ref entry);
-        a.push(rbx);
-        a.push(rbp);
-        a.push(r12);
-        a.push(r13);
-        a.push(r14);
-        a.push(r15);
+        a.PushAll(CalleeSaved);
         a.sub(rsp, Locals);
         a.mov(r15, ctl);
         a.mov(rax, __qword_ptr[rsi + Signals.SiValueOffset]);
@@ -635,12 +633,7 @@ internal sealed unsafe class LiveCode
         a.@lock.cmpxchg(__qword_ptr[r14], rcx);
         a.Label(ref outLabel);
         a.add(rsp, Locals);
-        a.pop(r15);
-        a.pop(r14);
-        a.pop(r13);
-        a.pop(r12);
-        a.pop(rbp);
-        a.pop(rbx);
+        a.PopAll(CalleeSaved);
         a.ret();
 
         // bool isHazard(rdi): binary search of the interior points; uses rax, rcx, r8-r10.
@@ -698,12 +691,7 @@ internal sealed unsafe class LiveCode
         var restore = a.CreateLabel();
 
         a.Label(ref entry);
-        a.push(rbx);
-        a.push(rbp);
-        a.push(r12);
-        a.push(r13);
-        a.push(r14);
-        a.push(r15);
+        a.PushAll(CalleeSaved);
         a.sub(rsp, 8);
         a.mov(rbx, rdi);
         a.mov(r15, ctl);
@@ -833,12 +821,7 @@ internal sealed unsafe class LiveCode
         a.syscall();
         a.mov(eax, r12d);
         a.add(rsp, 8);
-        a.pop(r15);
-        a.pop(r14);
-        a.pop(r13);
-        a.pop(r12);
-        a.pop(rbp);
-        a.pop(rbx);
+        a.PopAll(CalleeSaved);
         a.ret();
 
         // int sync(): cpuid here, membarrier(PRIVATE_EXPEDITED_SYNC_CORE) for every other core
@@ -865,6 +848,7 @@ internal sealed unsafe class LiveCode
     // timeout passes. Uses rbp, r12-r14 (saved), rbx = desc, r15 = control block.
     private static void EmitProbeAll(Assembler a, Label entry)
     {
+        ReadOnlySpan<AssemblerRegister64> saved = [rbp, r12, r13, r14];
         var enumerate = a.CreateLabel();
         var sendOne = a.CreateLabel();
         var nowNs = a.CreateLabel();
@@ -887,10 +871,7 @@ internal sealed unsafe class LiveCode
         var sleepSet = a.CreateLabel();
 
         a.Label(ref entry);
-        a.push(rbp);
-        a.push(r12);
-        a.push(r13);
-        a.push(r14);
+        a.PushAll(saved);
         a.mov(r14, __qword_ptr[r15 + Ctl.Slots]);
         a.xor(r13d, r13d);                                // thread count
         a.call(enumerate);
@@ -1018,10 +999,7 @@ internal sealed unsafe class LiveCode
         a.Label(ref ok);
         a.xor(eax, eax);
         a.Label(ref ret);
-        a.pop(r14);
-        a.pop(r13);
-        a.pop(r12);
-        a.pop(rbp);
+        a.PopAll(saved);
         a.ret();
 
         EmitEnumerate(a, enumerate);
@@ -1043,6 +1021,7 @@ internal sealed unsafe class LiveCode
     // skipping ones already there. 0, ThreadsUnlisted (errno in the desc) or TooManyThreads.
     private static void EmitEnumerate(Assembler a, Label entry)
     {
+        ReadOnlySpan<AssemblerRegister64> saved = [rbp, r12];
         var read = a.CreateLabel();
         var entryLoop = a.CreateLabel();
         var digits = a.CreateLabel();
@@ -1056,8 +1035,7 @@ internal sealed unsafe class LiveCode
         var tooMany = a.CreateLabel();
 
         a.Label(ref entry);
-        a.push(rbp);
-        a.push(r12);
+        a.PushAll(saved);
         a.mov(eax, Sys.Openat);
         a.mov(edi, -100);                                 // AT_FDCWD
         a.lea(rsi, __[r15 + Ctl.ProcTaskPath]);
@@ -1129,8 +1107,7 @@ internal sealed unsafe class LiveCode
         a.mov(rdi, r12);
         a.syscall();
         a.xor(eax, eax);
-        a.pop(r12);
-        a.pop(rbp);
+        a.PopAll(saved);
         a.ret();
         a.Label(ref readFailed);
         a.neg(rax);
@@ -1139,23 +1116,20 @@ internal sealed unsafe class LiveCode
         a.mov(rdi, r12);
         a.syscall();
         a.mov(eax, (int)BatchResult.ThreadsUnlisted);
-        a.pop(r12);
-        a.pop(rbp);
+        a.PopAll(saved);
         a.ret();
         a.Label(ref openFailed);
         a.neg(rax);
         a.mov(__qword_ptr[rbx + Desc.OutErrno], rax);
         a.mov(eax, (int)BatchResult.ThreadsUnlisted);
-        a.pop(r12);
-        a.pop(rbp);
+        a.PopAll(saved);
         a.ret();
         a.Label(ref tooMany);
         a.mov(eax, Sys.Close);
         a.mov(rdi, r12);
         a.syscall();
         a.mov(eax, (int)BatchResult.TooManyThreads);
-        a.pop(r12);
-        a.pop(rbp);
+        a.PopAll(saved);
         a.ret();
     }
 

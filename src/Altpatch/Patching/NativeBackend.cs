@@ -1,3 +1,4 @@
+using Altpatch.Code;
 using Altpatch.Cpu;
 using Altpatch.Emit;
 using Altpatch.Sites;
@@ -109,11 +110,11 @@ public sealed class NativeBackend : ParavirtBackend
         AssemblerRegister64[] saved = [rcx, rdx, rsi, rdi, r8, r9, r10, r11];
         return Fn(cb, a =>
         {
-            foreach (var r in saved) a.push(r);
+            a.PushAll(saved);
             a.sub(rsp, 8); // 8 pushes keep rsp at 8 mod 16: realign for the call
             a.call(target);
             a.add(rsp, 8);
-            for (int i = saved.Length - 1; i >= 0; i--) a.pop(saved[i]);
+            a.PopAll(saved);
             a.ret();
         });
     }
