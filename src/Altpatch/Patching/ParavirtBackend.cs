@@ -60,9 +60,15 @@ public class ParavirtBackend
     public void FillSlots(OpsTable table)
     {
         ArgumentNullException.ThrowIfNull(table);
-        if (table.Count > ops.Length)
-            throw new ArgumentException($"backend '{Name}' implements {ops.Length} op types, the ops table has {table.Count} slots", nameof(table));
+        CheckCanFill(table, nameof(table));
         for (int i = 0; i < table.Count; i++) table[i] = ops[i].Slot;
+    }
+
+    /// <summary>Throws <see cref="ArgumentException"/> (for <paramref name="paramName"/>) when <paramref name="table"/> has a slot this backend has no op for.</summary>
+    internal void CheckCanFill(OpsTable table, string paramName)
+    {
+        if (table.Count > ops.Length)
+            throw new ArgumentException($"backend '{Name}' implements {ops.Length} op types, the ops table has {table.Count} slots", paramName);
     }
 
     /// <inheritdoc />

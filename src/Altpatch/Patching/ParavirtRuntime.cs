@@ -83,8 +83,7 @@ public sealed class ParavirtRuntime
         ArgumentNullException.ThrowIfNull(backend);
         lock (gate)
         {
-            if (backend.OpCount < Table.Count)
-                throw new ArgumentException($"backend '{backend.Name}' implements {backend.OpCount} op types, the ops table has {Table.Count} slots", nameof(backend));
+            backend.CheckCanFill(Table, nameof(backend)); // before planning: FillSlots below must not fail
             var outcome = new List<ParavirtDecision>(sites.Length);
             var code = reader();
             var previous = IsPatched ? Active : null;
