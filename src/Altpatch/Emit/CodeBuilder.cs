@@ -29,7 +29,7 @@ public sealed class CodeBuilder : IDisposable
     private OpsTable? ops;
     private bool ownsOps;
     private readonly Dictionary<string, ulong> functions = new(StringComparer.Ordinal);
-    private readonly ulong textEnd, replacementStart, replacementEnd, dataStart, dataEnd;
+    private readonly ulong textEnd, replacementEnd, dataEnd;
     private readonly ArrayCodeWriter writer = new();
     private ulong text, replacement, data;
 
@@ -73,9 +73,9 @@ public sealed class CodeBuilder : IDisposable
         Memory = ExecutableMemory.Allocate(textSize + replacementSize + dataSize, "altpatch-code");
         text = Memory.Address;
         textEnd = text + (ulong)textSize;
-        replacement = replacementStart = textEnd;
-        replacementEnd = replacementStart + (ulong)replacementSize;
-        data = dataStart = replacementEnd;
+        replacement = textEnd;
+        replacementEnd = replacement + (ulong)replacementSize;
+        data = replacementEnd;
         dataEnd = Memory.Address + (ulong)Memory.Size;
     }
 
