@@ -93,6 +93,7 @@ public sealed class CodeBuilder : IDisposable
     /// <summary>Pads the text with <c>int3</c> to a multiple of <paramref name="alignment"/>.</summary>
     public ulong Align(int alignment)
     {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(alignment);
         ulong a = (ulong)alignment;
         ulong next = (text + a - 1) / a * a;
         if (next > textEnd) throw new InvalidOperationException("text area is full");
