@@ -513,6 +513,10 @@ internal sealed unsafe class LiveCode
         a.call(isHazard);
         a.test(eax, eax);
         a.jnz(busyRip);
+        // No interior points (the uninstall grace period): no stack word can be one, so the answer is
+        // Clear whatever the stack, even one the checks below could not bound.
+        a.cmp(__qword_ptr[r15 + Ctl.HazardCount], 0);
+        a.je(clear);
 
         // Interrupted inside the trap handler before its decision: the trap frame's saved RIP (site+1
         // of a trap the handler is about to send back to the site) is not a position to wait for.
