@@ -187,7 +187,15 @@ public static unsafe class TrapHandler
         LiveCode.InitDescriptor(desc, 0, null, probe: true, timeout);
         c.PublishHazards(0);
         var r = c.RunBatch(desc);
-        if (r != BatchResult.Done)
-            throw new TrapHandlerException($"grace period failed ({r}): thread {*(long*)(desc + Desc.OutTid)} did not answer probe signal {probeSignal} within {timeout.TotalSeconds:0.###} s; the handlers stay installed");
+        if (r == BatchResult.Done) return;
+        string errno = Libc.ErrorText((int)*(long*)(desc + Desc.OutErrno));
+        string why = r switch
+        {
+            BatchResult.ThreadsUnlisted => $"cannot list this process's threads (/proc/self/task): {errno}",
+            BatchResult.TooManyThreads => $"more than {LiveCode.SlotCapacity} threads to probe",
+            BatchResult.SyncFailed or BatchResult.LateSyncFailed => $"membarrier(SYNC_CORE) failed: {errno}",
+            _ => $"thread {*(long*)(desc + Desc.OutTid)} did not answer probe signal {probeSignal} within {timeout.TotalSeconds:0.###} s",
+        };
+        throw new TrapHandlerException($"grace period failed ({r}): {why}; the handlers stay installed");
     }
 }
