@@ -211,24 +211,35 @@ internal sealed unsafe class LiveCode
         ctl[Ctl.BlockSet / 8] = ~keep;
         "/proc/self/task\0"u8.CopyTo(new Span<byte>((void*)(data + Ctl.ProcTaskPath), 16));
 
-        var code = ExecutableMemory.Allocate(16384, "altpatch-live");
-        var a = new Assembler(64);
-        var trap = a.CreateLabel("trap");
-        var decided = a.CreateLabel("decided");
-        var probe = a.CreateLabel("probe");
-        var batch = a.CreateLabel("batch");
-        EmitTrap(a, (ulong)data, ref trap, ref decided);
-        EmitProbe(a, (ulong)data, ref probe);
-        EmitBatch(a, (ulong)data, ref batch);
+        ExecutableMemory? code = null;
+        try
+        {
+            code = ExecutableMemory.Allocate(16384, "altpatch-live");
+            var a = new Assembler(64);
+            var trap = a.CreateLabel("trap");
+            var decided = a.CreateLabel("decided");
+            var probe = a.CreateLabel("probe");
+            var batch = a.CreateLabel("batch");
+            EmitTrap(a, (ulong)data, ref trap, ref decided);
+            EmitProbe(a, (ulong)data, ref probe);
+            EmitBatch(a, (ulong)data, ref batch);
 
-        var writer = new ArrayCodeWriter();
-        var result = a.Assemble(writer, code.Address, BlockEncoderOptions.ReturnNewInstructionOffsets);
-        if (writer.Length > code.Size) throw new InvalidOperationException("live poker code does not fit its allocation");
-        writer.Written.CopyTo(code.Writable);
-        CoreSync.TrySyncAllCores();
-        ctl[Ctl.TrapStart / 8] = result.GetLabelRIP(trap);
-        ctl[Ctl.TrapDecided / 8] = result.GetLabelRIP(decided);
-        return new LiveCode(data, code, (nint)result.GetLabelRIP(trap), (nint)result.GetLabelRIP(probe), (nint)result.GetLabelRIP(batch));
+            var writer = new ArrayCodeWriter();
+            var result = a.Assemble(writer, code.Address, BlockEncoderOptions.ReturnNewInstructionOffsets);
+            if (writer.Length > code.Size) throw new InvalidOperationException("live poker code does not fit its allocation");
+            writer.Written.CopyTo(code.Writable);
+            CoreSync.TrySyncAllCores();
+            ctl[Ctl.TrapStart / 8] = result.GetLabelRIP(trap);
+            ctl[Ctl.TrapDecided / 8] = result.GetLabelRIP(decided);
+            return new LiveCode(data, code, (nint)result.GetLabelRIP(trap), (nint)result.GetLabelRIP(probe), (nint)result.GetLabelRIP(batch));
+        }
+        catch
+        {
+            // Nothing runs this code yet: give the memory back (a later Install tries again from scratch).
+            code?.Dispose();
+            Libc.Munmap(data, DataSize);
+            throw;
+        }
     }
 
     private ulong generation;

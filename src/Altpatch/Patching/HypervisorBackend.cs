@@ -37,29 +37,37 @@ public sealed unsafe class HypervisorBackend : ParavirtBackend, IDisposable
         var mem = (long*)NativeMemory.AlignedAlloc((nuint)Math.Max(n * 8, 64), 64);
         new Span<long>(mem, n).Clear();
         var ops = new OpImplementation[n];
-        for (int i = 0; i < n; i++)
+        try
         {
-            var op = inner.Implementation(i);
-            ulong counter = (ulong)(mem + i);
-            switch (op.Kind)
+            for (int i = 0; i < n; i++)
             {
-                case OpKind.Missing:
-                    ops[i] = op;
-                    break;
-                case OpKind.Nop:
-                    ops[i] = OpImplementation.Call(Shim(cb, counter, op.Slot), Sites.Clobbers.None);
-                    break;
-                case OpKind.Jump:
-                    ops[i] = OpImplementation.Jump(Shim(cb, counter, op.Target));
-                    break;
-                default:
-                    ulong target = Shim(cb, counter, op.Target);
-                    ulong slot = op.Slot == op.Target ? target : Shim(cb, counter, op.Slot);
-                    ops[i] = OpImplementation.Call(target, op.Clobbers, slot);
-                    break;
+                var op = inner.Implementation(i);
+                ulong counter = (ulong)(mem + i);
+                switch (op.Kind)
+                {
+                    case OpKind.Missing:
+                        ops[i] = op;
+                        break;
+                    case OpKind.Nop:
+                        ops[i] = OpImplementation.Call(Shim(cb, counter, op.Slot), Sites.Clobbers.None);
+                        break;
+                    case OpKind.Jump:
+                        ops[i] = OpImplementation.Jump(Shim(cb, counter, op.Target));
+                        break;
+                    default:
+                        ulong target = Shim(cb, counter, op.Target);
+                        ulong slot = op.Slot == op.Target ? target : Shim(cb, counter, op.Slot);
+                        ops[i] = OpImplementation.Call(target, op.Clobbers, slot);
+                        break;
+                }
             }
+            return new HypervisorBackend(name, ops, mem, n);
         }
-        return new HypervisorBackend(name, ops, mem, n);
+        catch
+        {
+            NativeMemory.AlignedFree(mem); // no backend whose shims count into it was returned
+            throw;
+        }
     }
 
     /// <summary>
