@@ -110,6 +110,14 @@ public sealed unsafe class ExecutableMemory : SafeHandle
     /// </summary>
     public static bool TryGetWritableAlias(ulong address, int length, out nint writable)
     {
+        var m = Owner(address, length);
+        writable = m is null ? 0 : m.rw + (nint)(address - m.Address);
+        return m is not null;
+    }
+
+    /// <summary>The live allocation whose RX view holds [address, address+length), or null. Lock-free.</summary>
+    internal static ExecutableMemory? Owner(ulong address, int length)
+    {
         var snapshot = Volatile.Read(ref registry);
         int lo = 0, hi = snapshot.Length - 1;
         while (lo <= hi)
@@ -118,18 +126,9 @@ public sealed unsafe class ExecutableMemory : SafeHandle
             var m = snapshot[mid];
             if (address < m.Address) hi = mid - 1;
             else if (address >= m.Address + (ulong)m.Size) lo = mid + 1;
-            else
-            {
-                if (!m.IsClosed && m.Contains(address, length))
-                {
-                    writable = m.rw + (nint)(address - m.Address);
-                    return true;
-                }
-                break;
-            }
+            else return !m.IsClosed && m.Contains(address, length) ? m : null;
         }
-        writable = 0;
-        return false;
+        return null;
     }
 
     /// <inheritdoc />

@@ -109,6 +109,7 @@ public sealed unsafe class LivePoker : ITextPoker
             throw new PatchException(pokes[0].Site, pokes[0].Address,
                 $"live patching needs membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE) to serialise the other cores, and {noSync}; nothing written");
 
+        using var lease = MemoryLease.For(plan);
         lock (TrapHandler.Gate)
         {
             var live = TrapHandler.InstallLocked();

@@ -34,6 +34,7 @@ public sealed unsafe class ProtectPoker : ITextPoker
     {
         ArgumentNullException.ThrowIfNull(plan);
         if (plan.IsEmpty) return;
+        using var lease = MemoryLease.For(plan);
         var map = MemoryMap.Read();
         PlanValidation.ValidateAgainstMemory(plan, map);
 
