@@ -6,7 +6,8 @@ namespace Altpatch.Text;
 /// Keeps every <see cref="ExecutableMemory"/> that a plan writes into alive while a poker works on it:
 /// a SafeHandle reference on each, so that a concurrent Dispose (say, of the CodeBuilder that owns the
 /// code) defers the unmapping until the poker is done instead of pulling the pages from under it.
-/// Memory already being freed when the lease is taken is refused, naming the site.
+/// Memory whose release already ran between the registry lookup and the reference is refused, naming
+/// the site; memory disposed while another lease holds it stays mapped and may still be written.
 /// </summary>
 internal readonly struct MemoryLease : IDisposable
 {
