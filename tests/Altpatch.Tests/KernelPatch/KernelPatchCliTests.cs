@@ -1,5 +1,4 @@
 using System.Text.Json;
-using Altpatch.Images;
 using Altpatch.Images.Boot;
 using Altpatch.Tests.Cli;
 
@@ -235,6 +234,5 @@ public sealed class KernelPatchCliTests : IDisposable
         Assert.Equal(3, d.Cpus);
         Assert.Equal(KernelHypervisor.None, d.Hypervisor);
         Assert.Equal(2, new KernelCpuDescription { Cpu = Altpatch.Cpu.CpuFeatures.Empty }.Cpus);
-        _ = typeof(KernelImage);
     }
 }
