@@ -1,3 +1,4 @@
+using Altpatch.Emit;
 using Altpatch.Native;
 
 namespace Altpatch.Tests;
@@ -17,6 +18,9 @@ internal static unsafe class Run
     public const ulong NeverMapped = 0x800;
 
     public static byte[] Read(ulong address, int length) => new ReadOnlySpan<byte>((void*)address, length).ToArray();
+
+    /// <summary>What <paramref name="cb"/> has emitted so far: its text from the start up to the cursor.</summary>
+    public static byte[] Text(CodeBuilder cb) => Read(cb.TextStart, (int)(cb.Cursor - cb.TextStart));
 
     /// <summary>An anonymous private mapping with the given protection (not Altpatch-allocated memory).</summary>
     public static ulong Map(int size, int prot)

@@ -126,7 +126,7 @@ public class LivePokerTests
             b.Code(a => a.ret());
         });
         cb.Publish();
-        var text = Run.Read(cb.TextStart, (int)(cb.Cursor - cb.TextStart));
+        var text = Run.Text(cb);
         Assert.Equal(11, Run.Call(fn));
         var plan = Alternatives.Plan(cb.AlternativeSites, CpuFeatures.Empty.With(F), ProcessMemory.Snapshot());
         Assert.Equal(2, plan.Count);
@@ -143,7 +143,7 @@ public class LivePokerTests
         }
         var seen = caller.Stop();
         Assert.True(seen.Keys.All(k => k is 11 or 22), "results seen: " + string.Join(", ", seen.Keys));
-        Assert.Equal(text, Run.Read(cb.TextStart, text.Length));
+        Assert.Equal(text, Run.Text(cb));
     }
 
     /// <summary>An anonymous private r-x mapping with mov eax,1; ret every 64 bytes: code Altpatch did not allocate.</summary>

@@ -60,7 +60,7 @@ internal sealed unsafe class PvFixture : IDisposable
         return Run.Read(s.Address, s.Length);
     }
 
-    public byte[] Text() => Run.Read(Cb.TextStart, (int)(Cb.Cursor - Cb.TextStart));
+    public byte[] Text() => Run.Text(Cb);
 
     public static ulong Call(ulong fn, ulong x) => ((delegate* unmanaged<ulong, ulong>)fn)(x);
 
