@@ -7,9 +7,9 @@ namespace Altpatch.Tests;
 internal static unsafe class Run
 {
     public static int Call(ulong fn, int a) => ((delegate* unmanaged<int, int>)fn)(a);
-    public static int Call(ulong fn, int a, int b) => ((delegate* unmanaged<int, int, int>)fn)(a, b);
     public static int Call(ulong fn) => ((delegate* unmanaged<int>)fn)();
-    public static long Call64(ulong fn, long a) => ((delegate* unmanaged<long, long>)fn)(a);
+    public static ulong Call64(ulong fn, ulong a) => ((delegate* unmanaged<ulong, ulong>)fn)(a);
+    public static ulong Call64(ulong fn) => ((delegate* unmanaged<ulong>)fn)();
 
     /// <summary>
     /// An address no mapping can hold: inside page zero, below vm.mmap_min_addr (at least 4096), so it

@@ -57,9 +57,9 @@ public class LivePatchersTests
         var (calls, failure) = Hammer(2, i =>
         {
             ulong x = (ulong)i * 0x9E37_79B9_7F4A_7C15UL;
-            if (PvFixture.Call(ident, x) != x) return $"ident({x:x})";
-            if (PvFixture.Call(mix, x) != ParavirtOps.Mix64Reference(x)) return $"mix({x:x})";
-            if (PvFixture.Call(popcount, x) != (ulong)BitOperations.PopCount(x)) return $"popcount({x:x})";
+            if (Run.Call64(ident, x) != x) return $"ident({x:x})";
+            if (Run.Call64(mix, x) != ParavirtOps.Mix64Reference(x)) return $"mix({x:x})";
+            if (Run.Call64(popcount, x) != (ulong)BitOperations.PopCount(x)) return $"popcount({x:x})";
             return null;
         }, () =>
         {

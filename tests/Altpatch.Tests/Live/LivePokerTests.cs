@@ -110,7 +110,7 @@ public class LivePokerTests
         }
         Assert.Equal(trapsBefore, TrapHandler.TrapsHandled); // no int3 was ever placed
         Assert.Equal([0xF0, 0x83, 0x07, 0x01], Run.Read(fn, 4));
-        long n = Run.Call64(fn, (long)counter);
+        long n = (long)Run.Call64(fn, counter);
         Assert.True(n > 0);
     }
 

@@ -11,7 +11,7 @@ namespace Altpatch.Tests.Paravirt;
 /// Emitted code with paravirt sites: one small function per site (<c>f(x)</c>: x in rdi, the site, return rax),
 /// the native and hypervisor backends emitted into the same builder, and hand-written references.
 /// </summary>
-internal sealed unsafe class PvFixture : IDisposable
+internal sealed class PvFixture : IDisposable
 {
     public CodeBuilder Cb { get; } = new();
     public OpsTable Table { get; }
@@ -61,10 +61,6 @@ internal sealed unsafe class PvFixture : IDisposable
     }
 
     public byte[] Text() => Run.Text(Cb);
-
-    public static ulong Call(ulong fn, ulong x) => ((delegate* unmanaged<ulong, ulong>)fn)(x);
-
-    public static ulong Call(ulong fn) => ((delegate* unmanaged<ulong>)fn)();
 
     /// <summary>The target of the call/jmp rel32 in <paramref name="bytes"/> decoded at <paramref name="address"/>.</summary>
     public static (Mnemonic Mnemonic, ulong Target, int Length) Decode(byte[] bytes, ulong address)
