@@ -30,6 +30,18 @@ internal static unsafe class Run
         return (ulong)p;
     }
 
+    /// <summary>
+    /// Code Altpatch did not allocate: an anonymous private r-x mapping of <paramref name="size"/> bytes with a copy of
+    /// <paramref name="function"/> every 64 bytes.
+    /// </summary>
+    public static ulong MapCode(int size, ReadOnlySpan<byte> function)
+    {
+        ulong m = Map(size, Libc.ProtRead | Libc.ProtWrite);
+        for (int off = 0; off < size; off += 64) Write(m + (ulong)off, function);
+        Protect(m, size, Libc.ProtRead | Libc.ProtExec);
+        return m;
+    }
+
     public static void Unmap(ulong address, int size) => Assert.Equal(0, Libc.Munmap((nint)address, (nuint)size));
 
     public static void Protect(ulong address, int size, int prot) => Assert.Equal(0, Libc.Mprotect((nint)address, (nuint)size, prot));

@@ -146,15 +146,8 @@ public class LivePokerTests
         Assert.Equal(text, Run.Text(cb));
     }
 
-    /// <summary>An anonymous private r-x mapping with mov eax,1; ret every 64 bytes: code Altpatch did not allocate.</summary>
-    private static ulong Foreign(int size)
-    {
-        ulong m = Run.Map(size, Libc.ProtRead | Libc.ProtWrite);
-        for (int off = 0; off < size; off += 64) Run.Write(m + (ulong)off, Torture());
-        Run.Protect(m, size, Libc.ProtRead | Libc.ProtExec);
-        return m;
-        static byte[] Torture() => [.. Altpatch.TortureChild.Torture.One];
-    }
+    /// <summary>Code Altpatch did not allocate, with mov eax,1; ret; nop every 64 bytes.</summary>
+    private static ulong Foreign(int size) => Run.MapCode(size, Altpatch.TortureChild.Torture.One);
 
     private static PatchPlan FlipEvery(ulong m, int size, int stride) =>
         new(Enumerable.Range(0, size / stride).Select(i =>
