@@ -3,6 +3,7 @@ using Altpatch.Cpu;
 using Altpatch.Images;
 using Altpatch.Images.Boot;
 using Altpatch.Text;
+using Altpatch.Tests.Images;
 using F = Altpatch.Cpu.CpuFeature;
 
 namespace Altpatch.Tests.KernelPatch;
@@ -223,7 +224,7 @@ public class BootPassTests
         ulong nullTramp = b.Text + 0x200, setTramp = b.Text + 0x210;
         b.AddReturn(nullTramp);
         b.Put(nullTramp + 5, 0x0f, 0xb9, 0xcc);
-        b.Put(setTramp, [.. BootImageBuilder.Branch(0xe9, setTramp, b.NativeFunction(1)), 0x0f, 0xb9, 0xcc]);
+        b.Put(setTramp, [.. SyntheticTables.Branch(0xe9, setTramp, b.NativeFunction(1)), 0x0f, 0xb9, 0xcc]);
         b.Returns.Add(setTramp);
         var img = b.Open();
         var r = KernelBootPatcher.Patch(img, State());
@@ -238,7 +239,7 @@ public class BootPassTests
         ulong other = b.Text + 0x300;
         b.AddReturn(b.Text + 0x100);
         b.AddReturn(b.Text + 0x108);
-        b.Put(other, BootImageBuilder.Branch(0xe9, other, b.NativeFunction(2)));
+        b.Put(other, SyntheticTables.Branch(0xe9, other, b.NativeFunction(2)));
         b.Returns.Add(other);
         var img = b.Open();
         var r = KernelBootPatcher.Patch(img, State());
@@ -289,8 +290,8 @@ public class BootPassTests
         ulong target = b.NativeFunction(7);
         ulong replAt = b.Replacement + 0x200;
         b.Put(site, Hex("0f 1f 44 00 00"));
-        b.Put(replAt, BootImageBuilder.Branch(0xe8, replAt, target));
-        b.Alts.Add(new BootImageBuilder.Alt(site, replAt, (ushort)F.Erms, false, 5, 5));
+        b.Put(replAt, SyntheticTables.Branch(0xe8, replAt, target));
+        b.Alts.Add(new SyntheticTables.Alt(site, replAt, (ushort)F.Erms, false, 5, 5));
         var r = KernelBootPatcher.Patch(b.Open(), State(features: [F.Erms]));
         Assert.Equal(0xe8, At(r, site, 1)[0]);
         Assert.Equal(target, CallTarget(r, site));
@@ -304,10 +305,10 @@ public class BootPassTests
         ulong replNear = b.Replacement + 0x200, replFar = b.Replacement + 0x210;
         b.Put(near, Hex("0f 1f 44 00 00"));
         b.Put(far, Hex("0f 1f 44 00 00"));
-        b.Put(replNear, BootImageBuilder.Branch(0xe9, replNear, near + 0x40));   // 0x3b past the 2-byte jmp
-        b.Put(replFar, BootImageBuilder.Branch(0xe9, replFar, far + 0x1000));
-        b.Alts.Add(new BootImageBuilder.Alt(near, replNear, (ushort)F.Always, false, 5, 5));
-        b.Alts.Add(new BootImageBuilder.Alt(far, replFar, (ushort)F.Always, false, 5, 5));
+        b.Put(replNear, SyntheticTables.Branch(0xe9, replNear, near + 0x40));   // 0x3b past the 2-byte jmp
+        b.Put(replFar, SyntheticTables.Branch(0xe9, replFar, far + 0x1000));
+        b.Alts.Add(new SyntheticTables.Alt(near, replNear, (ushort)F.Always, false, 5, 5));
+        b.Alts.Add(new SyntheticTables.Alt(far, replFar, (ushort)F.Always, false, 5, 5));
         var r = KernelBootPatcher.Patch(b.Open(), State(features: [F.Always]));
         Assert.Equal(Hex("eb 3e 0f 1f 00"), At(r, near, 5));
         Assert.Equal(0xe9, At(r, far, 1)[0]);
@@ -321,7 +322,7 @@ public class BootPassTests
         ulong site = b.Text + 0x100;
         b.AddAlt(site, Hex("0f 1f 44 00 00"), Hex("0f ae e8"), (int)F.Xmm2);         // ALTERNATIVE_2 first
         ulong r2 = b.AddReplacement(Hex("0f 01 f9"));                                  // second: rdtscp
-        b.Alts.Add(new BootImageBuilder.Alt(site, r2, (ushort)F.Rdtscp, false, 5, 3));
+        b.Alts.Add(new SyntheticTables.Alt(site, r2, (ushort)F.Rdtscp, false, 5, 3));
         var both = KernelBootPatcher.Patch(b.Open(), State(features: [F.Xmm2, F.Rdtscp]));
         Assert.Equal(Hex("0f 01 f9 66 90"), At(both, site, 5));
         var first = KernelBootPatcher.Patch(b.Open(), State(features: [F.Xmm2]));

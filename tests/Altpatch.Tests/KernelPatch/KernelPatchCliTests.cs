@@ -1,6 +1,7 @@
 using System.Text.Json;
 using Altpatch.Images.Boot;
 using Altpatch.Tests.Cli;
+using Altpatch.Tests.Images;
 
 namespace Altpatch.Tests.KernelPatch;
 
@@ -135,7 +136,7 @@ public sealed class KernelPatchCliTests : IDisposable
     public void Table_entries_outside_the_text_are_errors_naming_the_entry()
     {
         var b = Sample();
-        b.Alts.Add(new BootImageBuilder.Alt(b.Data + 0x10, b.AddReplacement(0x90), 3 * 32 + 21, false, 5, 1));
+        b.Alts.Add(new SyntheticTables.Alt(b.Data + 0x10, b.AddReplacement(0x90), 3 * 32 + 21, false, 5, 1));
         var img = WriteImage(b);
         AssertFailedWithoutOutput(CliRunner.Run("kernel", "patch", img, "--flags", "fpu", "-o", Out), ".altinstructions[3]");
     }
