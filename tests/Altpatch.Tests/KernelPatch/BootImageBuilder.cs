@@ -1,5 +1,7 @@
+using System.Buffers.Binary;
 using System.Text;
 using Altpatch.Images;
+using Altpatch.Images.Boot;
 using Altpatch.Tests.Images;
 using static Altpatch.Tests.Images.SyntheticTables;
 
@@ -78,6 +80,13 @@ internal sealed class BootImageBuilder
     public string? Banner { get; set; } = "Linux version 6.1.0-synthetic (test@altpatch) (gcc) #1 SMP PREEMPT_DYNAMIC";
 
     private static byte[] Filled(int n, byte b) => Enumerable.Repeat(b, n).ToArray();
+
+    /// <summary>Bytes written as hex, spaces allowed: <c>"0f ae e8"</c>.</summary>
+    public static byte[] Hex(string s) => Convert.FromHexString(s.Replace(" ", "", StringComparison.Ordinal));
+
+    /// <summary>Where the rel32 call or jmp at <paramref name="at"/> in the patched image leads.</summary>
+    public static ulong BranchTarget(KernelPatchResult r, ulong at) =>
+        at + 5 + (ulong)(long)BinaryPrimitives.ReadInt32LittleEndian(r.Patched.ReadBytes(at + 1, 4));
 
     /// <summary>Writes bytes at an address in .text, .init.text or .altinstr_replacement.</summary>
     public void Put(ulong address, params byte[] bytes)

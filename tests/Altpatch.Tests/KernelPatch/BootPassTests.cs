@@ -1,9 +1,9 @@
-using System.Buffers.Binary;
 using Altpatch.Cpu;
 using Altpatch.Images;
 using Altpatch.Images.Boot;
 using Altpatch.Text;
 using Altpatch.Tests.Images;
+using static Altpatch.Tests.KernelPatch.BootImageBuilder;
 using F = Altpatch.Cpu.CpuFeature;
 
 namespace Altpatch.Tests.KernelPatch;
@@ -16,11 +16,6 @@ public class BootPassTests
 
     private static byte[] At(KernelPatchResult r, ulong address, int n) => r.Patched.ReadBytes(address, n).ToArray();
 
-    private static byte[] Hex(string s) => Convert.FromHexString(s.Replace(" ", "", StringComparison.Ordinal));
-
-    private static ulong CallTarget(KernelPatchResult r, ulong at) =>
-        at + 5 + (ulong)(long)BinaryPrimitives.ReadInt32LittleEndian(r.Patched.ReadBytes(at + 1, 4));
-
     // ---------------------------------------------------------------- apply_paravirt
 
     [Fact]
@@ -31,7 +26,7 @@ public class BootPassTests
         b.AddPara(site, 3);
         var r = KernelBootPatcher.Patch(b.Open(), State());
         Assert.Equal(0xe8, At(r, site, 6)[0]);
-        Assert.Equal(b.NativeFunction(3), CallTarget(r, site));
+        Assert.Equal(b.NativeFunction(3), BranchTarget(r, site));
         Assert.Equal(0x90, At(r, site + 5, 1)[0]);
         Assert.Null(r.Thunks.ParavirtNop);   // no slot a site uses points at it
     }
@@ -58,7 +53,7 @@ public class BootPassTests
         ulong site = b.Text + 0x100;
         b.AddPara(site, 1, len: 7);
         var r = KernelBootPatcher.Patch(b.Open(), State());
-        Assert.Equal(b.NativeFunction(1), CallTarget(r, site));
+        Assert.Equal(b.NativeFunction(1), BranchTarget(r, site));
         Assert.Equal(Hex("89 f6"), At(r, site + 5, 2));   // x86_nops[2] on i386
     }
 
@@ -148,7 +143,7 @@ public class BootPassTests
         b.AddRetpoline(high, 3);
         var r = KernelBootPatcher.Patch(b.Open(), State(features: [F.IndirectThunkIts]));
         Assert.Equal(0xe8, At(r, low, 1)[0]);
-        Assert.Equal(b.ItsArray + 3 * 64, CallTarget(r, low));
+        Assert.Equal(b.ItsArray + 3 * 64, BranchTarget(r, low));
         Assert.Equal(Hex("ff d3 0f 1f 00"), At(r, high, 5));
         Assert.Equal(b.ItsArray, r.Thunks.ItsThunkArray);
     }
@@ -201,7 +196,7 @@ public class BootPassTests
             _ => b.RetbleedReturnThunk,
         };
         Assert.Equal(0xe9, At(r, site, 1)[0]);
-        Assert.Equal(want, CallTarget(r, site));
+        Assert.Equal(want, BranchTarget(r, site));
     }
 
     [Fact]
@@ -212,7 +207,7 @@ public class BootPassTests
         b.AddReturn(low);
         b.AddReturn(high);
         var r = KernelBootPatcher.Patch(b.Open(), State(ReturnThunkKind.Its, features: [F.Rethunk]));
-        Assert.Equal(b.ItsReturnThunk, CallTarget(r, low));
+        Assert.Equal(b.ItsReturnThunk, BranchTarget(r, low));
         Assert.Equal(Hex("c3 cc cc cc cc"), At(r, high, 5));
         Assert.Equal(b.ItsReturnThunk, r.Thunks.ItsReturnThunk);
     }
@@ -294,7 +289,7 @@ public class BootPassTests
         b.Alts.Add(new SyntheticTables.Alt(site, replAt, (ushort)F.Erms, false, 5, 5));
         var r = KernelBootPatcher.Patch(b.Open(), State(features: [F.Erms]));
         Assert.Equal(0xe8, At(r, site, 1)[0]);
-        Assert.Equal(target, CallTarget(r, site));
+        Assert.Equal(target, BranchTarget(r, site));
     }
 
     [Fact]
@@ -312,7 +307,7 @@ public class BootPassTests
         var r = KernelBootPatcher.Patch(b.Open(), State(features: [F.Always]));
         Assert.Equal(Hex("eb 3e 0f 1f 00"), At(r, near, 5));
         Assert.Equal(0xe9, At(r, far, 1)[0]);
-        Assert.Equal(far + 0x1000, CallTarget(r, far));
+        Assert.Equal(far + 0x1000, BranchTarget(r, far));
     }
 
     [Fact]
