@@ -1,4 +1,6 @@
 using System.CommandLine;
+using System.Text;
+using System.Text.Encodings.Web;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Spectre.Console;
@@ -33,6 +35,18 @@ internal static class Terminal
 
     /// <summary>Writes <paramref name="node"/> as indented JSON and a newline.</summary>
     public static void Json(ParseResult parse, JsonNode node) => Out(parse).WriteLine(node.ToJsonString(Indented));
+
+    /// <summary>The options of the commands' JSON writers: indented, and no \u escapes for '+', '&lt;' and the like (the output is not HTML).</summary>
+    public static JsonWriterOptions JsonOptions => new() { Indented = true, Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+
+    /// <summary>Writes the JSON document <paramref name="write"/> produces to <paramref name="output"/>, and a newline.</summary>
+    public static void WriteJson(TextWriter output, Action<Utf8JsonWriter> write)
+    {
+        using var ms = new MemoryStream();
+        using (var w = new Utf8JsonWriter(ms, JsonOptions))
+            write(w);
+        output.WriteLine(Encoding.UTF8.GetString(ms.GetBuffer(), 0, (int)ms.Length));
+    }
 
     /// <summary>Hex of a byte span, lower case, no separators.</summary>
     public static string Hex(ReadOnlySpan<byte> bytes) => Convert.ToHexStringLower(bytes);

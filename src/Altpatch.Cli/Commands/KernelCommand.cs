@@ -1,6 +1,4 @@
 using System.CommandLine;
-using System.Text.Encodings.Web;
-using System.Text.Json;
 using Altpatch.Images;
 using Spectre.Console;
 
@@ -51,9 +49,6 @@ public static class KernelCommand
         KernelSiteKind.Return => "return",
         _ => kind.ToString(),
     };
-
-    /// <summary>JSON output options: indented, and no \u escapes for '+', '<' and the like (the output is not HTML).</summary>
-    internal static JsonWriterOptions JsonOptions => new() { Indented = true, Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
 
     /// <summary>"0x…" in lower-case hex.</summary>
     internal static string Hex(ulong value) => $"0x{value:x}";

@@ -1,8 +1,6 @@
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
-using System.Text;
-using System.Text.Json;
 using Altpatch.Images;
 using Spectre.Console;
 
@@ -85,8 +83,7 @@ public static class KernelInfoCommand
 
     private static void WriteJson(TextWriter output, KernelImage img, KernelPatchTables tables)
     {
-        using var ms = new MemoryStream();
-        using (var w = new Utf8JsonWriter(ms, KernelCommand.JsonOptions))
+        Terminal.WriteJson(output, w =>
         {
             w.WriteStartObject();
             w.WriteString("file", img.Name);
@@ -173,7 +170,6 @@ public static class KernelInfoCommand
             else
                 w.WriteNull("pvOps");
             w.WriteEndObject();
-        }
-        output.WriteLine(Encoding.UTF8.GetString(ms.GetBuffer(), 0, (int)ms.Length));
+        });
     }
 }

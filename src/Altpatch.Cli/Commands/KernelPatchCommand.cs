@@ -283,7 +283,7 @@ public static class KernelPatchCommand
 
     private static void WriteReport(Stream stream, KernelPatchResult r, Options o)
     {
-        using var w = new Utf8JsonWriter(stream, KernelCommand.JsonOptions);
+        using var w = new Utf8JsonWriter(stream, Terminal.JsonOptions);
         var s = r.State;
         var cpu = s.Features;
         w.WriteStartObject();

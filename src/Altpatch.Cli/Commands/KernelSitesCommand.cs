@@ -175,8 +175,7 @@ public static class KernelSitesCommand
 
     private static void WriteJson(TextWriter output, KernelImage img, string? only, List<Row> rows)
     {
-        using var ms = new MemoryStream();
-        using (var w = new Utf8JsonWriter(ms, KernelCommand.JsonOptions))
+        Terminal.WriteJson(output, w =>
         {
             w.WriteStartObject();
             w.WriteString("file", img.Name);
@@ -218,8 +217,7 @@ public static class KernelSitesCommand
             }
             w.WriteEndArray();
             w.WriteEndObject();
-        }
-        output.WriteLine(Encoding.UTF8.GetString(ms.GetBuffer(), 0, (int)ms.Length));
+        });
     }
 
     private static void WriteStrings(Utf8JsonWriter w, string name, IReadOnlyList<string> values)
