@@ -10,7 +10,7 @@ namespace Altpatch.Cli;
 /// <summary>Output helpers shared by the commands: a Spectre console on the invocation's writer, JSON output.</summary>
 internal static class Terminal
 {
-    private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
+    private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true, Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
 
     /// <summary>The writer the command should print to.</summary>
     public static TextWriter Out(ParseResult parse) => parse.InvocationConfiguration.Output;
