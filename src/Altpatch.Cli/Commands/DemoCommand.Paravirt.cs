@@ -93,7 +93,7 @@ internal static partial class DemoCommand
             foreach (var h in new[] { "function", "input", "indirect", "native", "hypervisor", "native again", "" }) res.AddColumn(h);
             foreach (var r in Functions.Where(r => r.F.Called))
                 for (int k = 0; k < r.F.Inputs.Length; k++)
-                    res.AddRow(r.F.Name, Hex64(r.F.Inputs[k]), Hex64(r.Indirect[k]), Hex64(r.Native[k]), Hex64(r.Hypervisor[k]), Hex64(r.NativeAgain[k]),
+                    res.AddRow(r.F.Name, Terminal.Addr(r.F.Inputs[k]), Terminal.Addr(r.Indirect[k]), Terminal.Addr(r.Native[k]), Terminal.Addr(r.Hypervisor[k]), Terminal.Addr(r.NativeAgain[k]),
                                r.Agree ? "[green]ok[/]" : "[red]MISMATCH[/]");
             console.Write(res);
             console.MarkupLine($"Hypervisor shims counted {HypervisorCalls} op call(s); after switching back: {HypervisorCallsAfterSwitchBack} (no more calls go through them).");
@@ -154,8 +154,6 @@ internal static partial class DemoCommand
     private static JsonArray Numbers(IEnumerable<ulong> xs) => new([.. xs.Select(x => (JsonNode)x)]);
 
     private static JsonArray Numbers(IEnumerable<long> xs) => new([.. xs.Select(x => (JsonNode)x)]);
-
-    private static string Hex64(ulong x) => $"0x{x:x}";
 
     private static unsafe ulong Call(ulong fn, ulong x) => ((delegate* unmanaged<ulong, ulong>)fn)(x);
 

@@ -49,7 +49,4 @@ public static class KernelCommand
         KernelSiteKind.Return => "return",
         _ => kind.ToString(),
     };
-
-    /// <summary>"0x…" in lower-case hex.</summary>
-    internal static string Hex(ulong value) => $"0x{value:x}";
 }

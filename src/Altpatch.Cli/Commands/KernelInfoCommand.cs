@@ -67,7 +67,7 @@ public static class KernelInfoCommand
             .AddColumn(new TableColumn("sites").RightAligned());
         foreach (var ti in tables.Tables)
         {
-            t.AddRow(Markup.Escape(KernelCommand.KindName(ti.Kind)), Markup.Escape(ti.Section), KernelCommand.Hex(ti.Address),
+            t.AddRow(Markup.Escape(KernelCommand.KindName(ti.Kind)), Markup.Escape(ti.Section), Terminal.Addr(ti.Address),
                 ti.Size.ToString("N0", inv), Markup.Escape(ti.Format), ti.EntrySize.ToString(inv), ti.Entries.ToString("N0", inv), ti.Sites.ToString("N0", inv));
         }
         if (tables.Tables.Count == 0)
@@ -77,7 +77,7 @@ public static class KernelInfoCommand
         if (tables.PvOps is { } pv)
         {
             console.WriteLine(string.Create(inv,
-                $"pv_ops: {KernelCommand.Hex(pv.Address)} in {pv.Section}, {pv.SlotCount} slots used by sites; {pv.SitesAgreeing} of {tables.Paravirt.Length} sites agree ({pv.SitesDisagreeing} disagree, {pv.SitesSkipped} not an indirect call)"));
+                $"pv_ops: {Terminal.Addr(pv.Address)} in {pv.Section}, {pv.SlotCount} slots used by sites; {pv.SitesAgreeing} of {tables.Paravirt.Length} sites agree ({pv.SitesDisagreeing} disagree, {pv.SitesSkipped} not an indirect call)"));
         }
     }
 
@@ -125,7 +125,7 @@ public static class KernelInfoCommand
             w.WriteStartObject("elf");
             w.WriteNumber("class", img.Elf.Is64 ? 64 : 32);
             w.WriteNumber("machine", img.Elf.Machine);
-            w.WriteString("entry", KernelCommand.Hex(img.Elf.Entry));
+            w.WriteString("entry", Terminal.Addr(img.Elf.Entry));
             w.WriteNumber("sections", img.Elf.Sections.Count);
             w.WriteNumber("programHeaders", img.Elf.Segments.Count);
             w.WriteNumber("symbols", img.Elf.Symbols.Count);
@@ -138,7 +138,7 @@ public static class KernelInfoCommand
                 w.WriteStartObject();
                 w.WriteString("kind", KernelCommand.KindName(ti.Kind));
                 w.WriteString("section", ti.Section);
-                w.WriteString("address", KernelCommand.Hex(ti.Address));
+                w.WriteString("address", Terminal.Addr(ti.Address));
                 w.WriteNumber("size", ti.Size);
                 w.WriteString("format", ti.Format);
                 w.WriteNumber("entrySize", ti.EntrySize);
@@ -154,7 +154,7 @@ public static class KernelInfoCommand
             if (tables.PvOps is { } pv)
             {
                 w.WriteStartObject("pvOps");
-                w.WriteString("address", KernelCommand.Hex(pv.Address));
+                w.WriteString("address", Terminal.Addr(pv.Address));
                 w.WriteString("section", pv.Section);
                 w.WriteNumber("pointerSize", pv.PointerSize);
                 w.WriteNumber("slotCount", pv.SlotCount);
@@ -163,7 +163,7 @@ public static class KernelInfoCommand
                 w.WriteNumber("sitesSkipped", pv.SitesSkipped);
                 w.WriteStartArray("slots");
                 foreach (var s in pv.Slots)
-                    w.WriteStringValue(KernelCommand.Hex(s));
+                    w.WriteStringValue(Terminal.Addr(s));
                 w.WriteEndArray();
                 w.WriteEndObject();
             }

@@ -320,13 +320,13 @@ public static class KernelPatchCommand
         w.WriteStartObject("returnThunk");
         w.WriteString("name", ThunkName(s.ReturnThunk));
         if (ThunkAddress(r) is { } ta)
-            w.WriteString("address", KernelCommand.Hex(ta));
+            w.WriteString("address", Terminal.Addr(ta));
         w.WriteEndObject();
         w.WriteStartObject("thunks");
         void Thunk(string name, ulong? a)
         {
             if (a is { } v)
-                w.WriteString(name, KernelCommand.Hex(v));
+                w.WriteString(name, Terminal.Addr(v));
             else
                 w.WriteNull(name);
         }
@@ -360,10 +360,10 @@ public static class KernelPatchCommand
             w.WriteStartObject();
             w.WriteString("kind", KernelCommand.KindName(site.Kind));
             w.WriteNumber("index", site.Index);
-            w.WriteString("address", KernelCommand.Hex(site.Address));
+            w.WriteString("address", Terminal.Addr(site.Address));
             w.WriteNumber("length", site.Before.Length);
-            w.WriteString("before", Convert.ToHexStringLower(site.Before.Span));
-            w.WriteString("after", Convert.ToHexStringLower(site.After.Span));
+            w.WriteString("before", Terminal.Hex(site.Before.Span));
+            w.WriteString("after", Terminal.Hex(site.After.Span));
             w.WriteStartArray("writers");
             foreach (var p in site.Writers)
                 w.WriteStringValue(p.ShortName());
