@@ -48,6 +48,9 @@ internal static class Terminal
         output.WriteLine(Encoding.UTF8.GetString(ms.GetBuffer(), 0, (int)ms.Length));
     }
 
+    /// <summary>One "Key           value" line of a summary (the key column is 14 wide), as plain text.</summary>
+    public static void Field(IAnsiConsole console, string key, string value) => console.WriteLine($"{key,-14} {value}");
+
     /// <summary>Hex of a byte span, lower case, no separators.</summary>
     public static string Hex(ReadOnlySpan<byte> bytes) => Convert.ToHexStringLower(bytes);
 

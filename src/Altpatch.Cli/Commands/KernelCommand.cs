@@ -39,6 +39,9 @@ public static class KernelCommand
         return KernelImage.Open(file.FullName);
     }
 
+    /// <summary>The architecture as the text output names it: "x86-64" or "i386".</summary>
+    internal static string ArchitectureName(KernelImage img) => img.Architecture == KernelArchitecture.X86_64 ? "x86-64" : "i386";
+
     /// <summary>The CLI's short name of a site kind (the --kind values).</summary>
     internal static string KindName(KernelSiteKind kind) => kind switch
     {

@@ -39,7 +39,7 @@ public static class KernelInfoCommand
     private static void WriteText(IAnsiConsole console, KernelImage img, KernelPatchTables tables, TimeSpan openTime, TimeSpan tableTime)
     {
         var inv = CultureInfo.InvariantCulture;
-        void Row(string k, string v) => console.WriteLine($"{k,-14} {v}");
+        void Row(string k, string v) => Terminal.Field(console, k, v);
         Row("File", string.Create(inv, $"{img.Name} ({img.FileSize:N0} bytes)"));
         if (img.BzImage is { } bz)
         {
@@ -57,7 +57,7 @@ public static class KernelInfoCommand
             Row("Release", v.Release);
         var elf = img.Elf;
         Row("Architecture", string.Create(inv,
-            $"{(img.Architecture == KernelArchitecture.X86_64 ? "x86-64" : "i386")} (ELF{(elf.Is64 ? 64 : 32)}, machine {elf.Machine}, entry 0x{elf.Entry:x}, {elf.Sections.Count} sections, {elf.Segments.Count} program headers, {elf.Symbols.Count:N0} symbols, ELF {elf.ElfEnd:N0} of {elf.Bytes.Length:N0} bytes)"));
+            $"{KernelCommand.ArchitectureName(img)} (ELF{(elf.Is64 ? 64 : 32)}, machine {elf.Machine}, entry 0x{elf.Entry:x}, {elf.Sections.Count} sections, {elf.Segments.Count} program headers, {elf.Symbols.Count:N0} symbols, ELF {elf.ElfEnd:N0} of {elf.Bytes.Length:N0} bytes)"));
         Row("Time", string.Create(inv, $"open + decompress {openTime.TotalMilliseconds:F0} ms, tables {tableTime.TotalMilliseconds:F0} ms"));
         console.WriteLine();
 

@@ -247,20 +247,20 @@ public static class KernelPatchCommand
         var inv = CultureInfo.InvariantCulture;
         var s = r.State;
         var cpu = s.Features;
-        console.WriteLine(string.Create(inv, $"Image          {r.Image.Name} ({r.Image.Version?.Release ?? "unknown version"}, {(r.Image.Bitness == 64 ? "x86-64" : "i386")}), rules: {r.Rules}"));
-        console.WriteLine(string.Create(inv, $"CPU            {cpu.Vendor} family {cpu.Family} model {cpu.Model} stepping {cpu.Stepping}{(cpu.ModelName is { } mn ? $" ({mn})" : "")}, {s.Cpus} CPU(s), hypervisor {s.Hypervisor.ToString().ToLowerInvariant()}"));
+        Terminal.Field(console, "Image", string.Create(inv, $"{r.Image.Name} ({r.Image.Version?.Release ?? "unknown version"}, {KernelCommand.ArchitectureName(r.Image)}), rules: {r.Rules}"));
+        Terminal.Field(console, "CPU", string.Create(inv, $"{cpu.Vendor} family {cpu.Family} model {cpu.Model} stepping {cpu.Stepping}{(cpu.ModelName is { } mn ? $" ({mn})" : "")}, {s.Cpus} CPU(s), hypervisor {s.Hypervisor.ToString().ToLowerInvariant()}"));
         var hidden = cpu.Features.Where(f => CpuFeatureInfo.CpuInfoName(f) is null)
             .Select(f => CpuFeatureInfo.MacroName(f).Replace("X86_FEATURE_", "", StringComparison.Ordinal));
-        console.WriteLine($"Hidden bits    {string.Join(' ', hidden)}");
-        console.WriteLine($"Return thunk   {ThunkName(s.ReturnThunk)}{(ThunkAddress(r) is { } ta ? $" at 0x{ta:x}" : "")}");
+        Terminal.Field(console, "Hidden bits", string.Join(' ', hidden));
+        Terminal.Field(console, "Return thunk", $"{ThunkName(s.ReturnThunk)}{(ThunkAddress(r) is { } ta ? $" at {Terminal.Addr(ta)}" : "")}");
         var t = new Table().Border(TableBorder.Simple)
             .AddColumn("pass").AddColumn("kernel function").AddColumn(new TableColumn("sites").RightAligned())
             .AddColumn(new TableColumn("pokes").RightAligned()).AddColumn(new TableColumn("bytes").RightAligned());
         foreach (var p in r.Passes)
             t.AddRow(p.Pass.ShortName(), p.Pass.KernelFunction(), p.Sites.ToString("N0", inv), p.Pokes.ToString("N0", inv), p.Bytes.ToString("N0", inv));
         console.Write(t);
-        console.WriteLine(string.Create(inv, $"Wrote          {o.Output.FullName} ({r.Patched.Bytes.Length:N0} bytes){(o.Report is { } rep ? $", report {rep.FullName}" : "")}"));
-        console.WriteLine("Time           " + string.Join(", ", times.Select(x => string.Create(inv, $"{x.Name} {x.Time.TotalMilliseconds:F0} ms"))) + string.Create(inv, $"; total {total.TotalMilliseconds:F0} ms"));
+        Terminal.Field(console, "Wrote", string.Create(inv, $"{o.Output.FullName} ({r.Patched.Bytes.Length:N0} bytes){(o.Report is { } rep ? $", report {rep.FullName}" : "")}"));
+        Terminal.Field(console, "Time", string.Join(", ", times.Select(x => string.Create(inv, $"{x.Name} {x.Time.TotalMilliseconds:F0} ms"))) + string.Create(inv, $"; total {total.TotalMilliseconds:F0} ms"));
     }
 
     internal static string ThunkName(ReturnThunkKind k) => k switch
@@ -289,7 +289,7 @@ public static class KernelPatchCommand
         w.WriteStartObject();
         w.WriteString("image", r.Image.Name);
         w.WriteString("version", r.Image.Version?.Release);
-        w.WriteString("architecture", r.Image.Bitness == 64 ? "x86-64" : "i386");
+        w.WriteString("architecture", KernelCommand.ArchitectureName(r.Image));
         w.WriteString("rules", r.Rules);
         w.WriteString("numbering", r.Numbering.Description);
         w.WriteString("output", o.Output.FullName);
