@@ -201,16 +201,15 @@ internal static partial class DemoCommand
 
         var sites = cb.ParavirtSites;
         byte[] SiteBytes(int i) => cb.Memory.Code.Slice((int)(sites[i].Address - cb.TextStart), sites[i].Length).ToArray();
-        byte[] Text() => cb.Memory.Code[..(int)(cb.Cursor - cb.TextStart)].ToArray();
         ulong[] Results(PvFunction f) => f.Called ? [.. f.Inputs.Select(x => Call(f.Address, x))] : [];
 
-        var original = Text();
+        var original = Text(cb);
         var rt = new ParavirtRuntime(table, sites, native, new ProtectPoker(), new ParavirtOptions { TableName = "demo-pv" });
         var indirect = fns.Select(Results).ToList();
         var toNative = rt.Apply();
         var nativeDecisions = rt.Decisions.ToList();
         var nativeBytes = Enumerable.Range(0, sites.Count).Select(SiteBytes).ToList();
-        var nativeText = Text();
+        var nativeText = Text(cb);
         var nativeResults = fns.Select(Results).ToList();
         var toHv = rt.SwitchTo(hypervisor);
         var hvDecisions = rt.Decisions.ToList();
@@ -218,11 +217,11 @@ internal static partial class DemoCommand
         var hvResults = fns.Select(Results).ToList();
         long hvCalls = hypervisor.TotalCalls;
         var back = rt.SwitchTo(native);
-        bool backExact = Text().AsSpan().SequenceEqual(nativeText);
+        bool backExact = Text(cb).AsSpan().SequenceEqual(nativeText);
         var againResults = fns.Select(Results).ToList();
         long hvCallsAfter = hypervisor.TotalCalls;
         rt.Restore();
-        bool restoreExact = Text().AsSpan().SequenceEqual(original);
+        bool restoreExact = Text(cb).AsSpan().SequenceEqual(original);
 
         var siteRows = new List<PvSiteRow>();
         for (int i = 0; i < sites.Count; i++)
@@ -271,9 +270,8 @@ internal static partial class DemoCommand
             }
             static long[] Want(long n) => [n, 2 * n, n, 3 * n];
             byte At(ulong a) => cb.Memory.Code[(int)(a - cb.TextStart)];
-            byte[] Text() => cb.Memory.Code[..(int)(cb.Cursor - cb.TextStart)].ToArray();
 
-            var original = Text();
+            var original = Text(cb);
             const long Rounds = 1000, PerThread = 100_000;
             const int Threads = 2;
             var reg = new SmpLockRegistry(new ProtectPoker());
@@ -286,7 +284,7 @@ internal static partial class DemoCommand
             var back = reg.SwitchToSmp();
             var restored = cb.LockSites.Select(At).ToArray();
             var threaded = Run(PerThread, Threads);
-            bool exact = Text().AsSpan().SequenceEqual(original);
+            bool exact = Text(cb).AsSpan().SequenceEqual(original);
 
             var rows = new List<LockSiteRow>();
             for (int i = 0; i < cb.LockSites.Count; i++)

@@ -51,7 +51,7 @@ internal static partial class DemoCommand
             siteFunction[s.Address] = functions.Last(f => f.Address <= s.Address).Name;
         cb.Publish();
 
-        var textBefore = cb.Memory.Code[..(int)(cb.Cursor - cb.TextStart)].ToArray();
+        var textBefore = Text(cb);
         var before = functions.Select(f => f.Inputs.Select(f.Call).ToArray()).ToArray();
 
         var plan = Alternatives.Plan(cb.AlternativeSites, cpu, ProcessMemory.Snapshot(), new AlternativeOptions { TableName = "demo" });
@@ -62,7 +62,7 @@ internal static partial class DemoCommand
         var after = functions.Select(f => f.Inputs.Select(f.Call).ToArray()).ToArray();
 
         poker.Revert(plan);
-        var textReverted = cb.Memory.Code[..(int)(cb.Cursor - cb.TextStart)].ToArray();
+        var textReverted = Text(cb);
         var reverted = functions.Select(f => f.Inputs.Select(f.Call).ToArray()).ToArray();
         bool revertExact = textBefore.AsSpan().SequenceEqual(textReverted);
         bool agree = true;
@@ -174,6 +174,9 @@ internal static partial class DemoCommand
     }
 
     private static string N(int v) => v.ToString(System.Globalization.CultureInfo.InvariantCulture);
+
+    /// <summary>What <paramref name="cb"/> has emitted so far: its text from the start up to the cursor.</summary>
+    private static byte[] Text(CodeBuilder cb) => cb.Memory.Code[..(int)(cb.Cursor - cb.TextStart)].ToArray();
 
     /// <summary>Disassembly with runs of NOPs collapsed ("nop x36 bytes").</summary>
     private static string Compact(byte[] bytes, ulong address)
