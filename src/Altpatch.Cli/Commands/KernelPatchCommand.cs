@@ -83,22 +83,54 @@ public static class KernelPatchCommand
         var console = Terminal.Console(writer);
         bool interactive = console.Profile.Capabilities.Interactive;
         var total = Stopwatch.StartNew();
-        // Parse the description first: a bad name fails before the image is even read.
+        // Parse the description and check where the files go first: a bad name or a missing directory fails
+        // before the image is even read.
         var description = Describe(o);
+        WritableDirectory(o.Output);
+        if (o.Report is { } r)
+            WritableDirectory(r);
 
         KernelImage? img = null;
         KernelPatchResult? result = null;
+        // OUT and the report are written to temporary files and renamed over their targets only when every step has
+        // worked: a failure (a bad image, a report that cannot be written) leaves both as they were.
+        var written = new List<(string Temporary, FileInfo Target)>();
         var steps = new List<(string Name, Action Body)>
         {
             ("open + decompress", () => img = KernelCommand.Open(o.Image)),
             ("read tables", () => _ = img!.Tables),
             ("patch", () => result = KernelBootPatcher.Patch(img!, description)),
-            ("write output", () => WriteAtomically(o.Output, s => s.Write(result!.Patched.Bytes.Span))),
+            ("write output", () => written.Add((WriteTemporary(o.Output, s => s.Write(result!.Patched.Bytes.Span)), o.Output))),
         };
         if (o.Report is { } rep)
-            steps.Add(("write report", () => WriteAtomically(rep, s => WriteReport(s, result!, o))));
+            steps.Add(("write report", () => written.Add((WriteTemporary(rep, s => WriteReport(s, result!, o)), rep))));
+        try
+        {
+            var times = RunSteps(console, interactive, steps);
+            // the report first, OUT last: should a rename fail, OUT is still the old one
+            for (int i = written.Count - 1; i >= 0; i--)
+                File.Move(written[i].Temporary, written[i].Target.FullName, overwrite: true);
+            written.Clear();
+            WriteSummary(console, result!, o, times, total.Elapsed);
+            return 0;
+        }
+        finally
+        {
+            foreach (var (temporary, _) in written)
+                TryDelete(temporary);
+        }
+    }
 
-        var times = new List<(string, TimeSpan)>();
+    /// <summary>Runs the steps in order and returns how long each took; on a terminal under a progress display.</summary>
+    private static List<(string Name, TimeSpan Time)> RunSteps(IAnsiConsole console, bool interactive, List<(string Name, Action Body)> steps)
+    {
+        var times = new List<(string Name, TimeSpan Time)>();
+        void Step(int i)
+        {
+            var sw = Stopwatch.StartNew();
+            steps[i].Body();
+            times.Add((steps[i].Name, sw.Elapsed));
+        }
         if (interactive)
         {
             console.Progress().AutoClear(true).Start(ctx =>
@@ -107,9 +139,7 @@ public static class KernelPatchCommand
                 for (int i = 0; i < steps.Count; i++)
                 {
                     tasks[i].StartTask();
-                    var sw = Stopwatch.StartNew();
-                    steps[i].Body();
-                    times.Add((steps[i].Name, sw.Elapsed));
+                    Step(i);
                     tasks[i].Increment(1);
                     tasks[i].StopTask();
                 }
@@ -117,15 +147,10 @@ public static class KernelPatchCommand
         }
         else
         {
-            foreach (var s in steps)
-            {
-                var sw = Stopwatch.StartNew();
-                s.Body();
-                times.Add((s.Name, sw.Elapsed));
-            }
+            for (int i = 0; i < steps.Count; i++)
+                Step(i);
         }
-        WriteSummary(console, result!, o, times, total.Elapsed);
-        return 0;
+        return times;
     }
 
     /// <summary>The CPU description from the options.</summary>
@@ -218,14 +243,21 @@ public static class KernelPatchCommand
         throw new CpuFeatureException($"unknown CPU vendor '{s}' (a vendor_id such as GenuineIntel or AuthenticAMD, or intel, amd, hygon, centaur, zhaoxin)");
     }
 
-    /// <summary>Writes to a temporary file next to <paramref name="target"/> and renames it over the target only when
-    /// the whole write succeeded; on failure the temporary file is removed and an existing target is left untouched.</summary>
-    internal static void WriteAtomically(FileInfo target, Action<Stream> write)
+    /// <summary>The directory <paramref name="target"/> goes in; an error when it is missing or the target is a directory.</summary>
+    private static string WritableDirectory(FileInfo target)
     {
         string dir = target.DirectoryName ?? ".";
         if (!Directory.Exists(dir))
             throw new DirectoryNotFoundException($"{dir}: no such directory");
-        string tmp = Path.Combine(dir, $".{target.Name}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp");
+        if (Directory.Exists(target.FullName))
+            throw new IOException($"{target.FullName}: is a directory");
+        return dir;
+    }
+
+    /// <summary>Writes a new temporary file next to <paramref name="target"/> and returns its path; on failure it is removed.</summary>
+    private static string WriteTemporary(FileInfo target, Action<Stream> write)
+    {
+        string tmp = Path.Combine(WritableDirectory(target), $".{target.Name}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp");
         try
         {
             using (var s = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20))
@@ -233,13 +265,18 @@ public static class KernelPatchCommand
                 write(s);
                 s.Flush(flushToDisk: false);
             }
-            File.Move(tmp, target.FullName, overwrite: true);
+            return tmp;
         }
         catch
         {
-            try { File.Delete(tmp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+            TryDelete(tmp);
             throw;
         }
+    }
+
+    private static void TryDelete(string path)
+    {
+        try { File.Delete(path); } catch (IOException) { } catch (UnauthorizedAccessException) { }
     }
 
     private static void WriteSummary(IAnsiConsole console, KernelPatchResult r, Options o, List<(string Name, TimeSpan Time)> times, TimeSpan total)

@@ -86,6 +86,28 @@ public sealed class KernelPatchCliTests : IDisposable
     }
 
     [Fact]
+    public void A_report_that_cannot_be_written_leaves_an_existing_output_untouched()
+    {
+        var img = WriteImage(Sample());
+        File.WriteAllText(Out, "keep me");
+        // A name longer than NAME_MAX: the report fails only when it is written, after OUT's bytes were.
+        string report = Path.Combine(dir, new string('r', 250) + ".json");
+        AssertFailedKeepingOutput(CliRunner.Run("kernel", "patch", img, "--flags", "fpu", "-o", Out, "--report", report));
+        // A missing directory is refused before the image is read.
+        AssertFailedKeepingOutput(CliRunner.Run("kernel", "patch", img, "--flags", "fpu", "-o", Out, "--report", Path.Combine(dir, "no", "r.json")), "no such directory");
+        Assert.Equal([img, Out], Directory.GetFiles(dir).Order(StringComparer.Ordinal));   // nothing else left behind
+
+        void AssertFailedKeepingOutput((int Exit, string Out, string Err) r, string? expected = null)
+        {
+            Assert.Equal(1, r.Exit);
+            Assert.StartsWith("altpatch: error: ", r.Err, StringComparison.Ordinal);
+            Assert.Contains(expected ?? "", r.Err, StringComparison.Ordinal);
+            Assert.Single(r.Err.TrimEnd().Split('\n'));
+            Assert.Equal("keep me", File.ReadAllText(Out));
+        }
+    }
+
+    [Fact]
     public void Truncated_and_foreign_images_are_errors_without_output()
     {
         var bytes = Sample().Build();
