@@ -45,16 +45,21 @@ public static class KernelPatchCommand
         cmd.Arguments.Add(image);
         foreach (var o in new Option[] { cpuinfo, flags, bugs, vendor, family, model, stepping, set, clear, smp, hypervisor, symbols, kvmFeatures, archCap, exact, output, report })
             cmd.Options.Add(o);
+        // The validators read the int options' tokens or presence, never GetValue: on "--smp abc" GetValue throws
+        // (a crash with a stack trace) instead of leaving the parser's "Cannot parse argument 'abc'" error.
+        smp.Validators.Add(r =>
+        {
+            if (r.Tokens is [var t] && int.TryParse(t.Value, NumberStyles.Integer, CultureInfo.InvariantCulture, out int n) && n < 1)
+                r.AddError("--smp must be at least 1");
+        });
         cmd.Validators.Add(r =>
         {
             bool hasCpuinfo = r.GetValue(cpuinfo) is not null;
             bool hasFlags = (r.GetValue(flags)?.Length ?? 0) > 0;
             if (hasCpuinfo == hasFlags)
                 r.AddError("give the CPU with either --cpuinfo FILE or --flags LIST");
-            if (hasCpuinfo && ((r.GetValue(bugs)?.Length ?? 0) > 0 || r.GetValue(vendor) is not null || r.GetValue(family) is not null || r.GetValue(model) is not null))
+            if (hasCpuinfo && ((r.GetValue(bugs)?.Length ?? 0) > 0 || r.GetValue(vendor) is not null || r.GetResult(family) is not null || r.GetResult(model) is not null))
                 r.AddError("--bugs, --vendor, --family and --model go with --flags, not with --cpuinfo");
-            if (r.GetValue(smp) is < 1)
-                r.AddError("--smp must be at least 1");
             if ((r.GetValue(kvmFeatures)?.Length ?? 0) > 0 && r.GetValue(hypervisor) != "kvm")
                 r.AddError("--kvm-features goes with --hypervisor kvm");
         });

@@ -62,6 +62,25 @@ public sealed class KernelPatchCliTests : IDisposable
     }
 
     [Fact]
+    public void Numbers_that_do_not_parse_are_usage_errors_not_crashes()
+    {
+        var img = WriteImage(Sample());
+        foreach (var args in new[]
+        {
+            new[] { "--flags", "fpu", "--smp", "abc" },
+            new[] { "--cpuinfo", Path.Combine(dir, "cpuinfo"), "--family", "abc" },
+            new[] { "--cpuinfo", Path.Combine(dir, "cpuinfo"), "--model", "abc" },
+        })
+        {
+            var (exit, _, err) = CliRunner.Run(["kernel", "patch", img, "-o", Out, .. args]);
+            Assert.Equal(1, exit);
+            Assert.DoesNotContain("   at ", err, StringComparison.Ordinal);
+            Assert.False(File.Exists(Out));
+        }
+        Assert.Contains("--smp must be at least 1", CliRunner.Run("kernel", "patch", img, "--flags", "fpu", "--smp", "0", "-o", Out).Err, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void Unknown_feature_names_are_an_error_naming_them()
     {
         var img = WriteImage(Sample());
