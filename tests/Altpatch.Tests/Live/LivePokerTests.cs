@@ -62,8 +62,7 @@ public class LivePokerTests
         // A patient batch waits: it has placed its int3 and probes until the thread leaves.
         var poker = new LivePoker();
         using var batch = new Background(() => poker.Apply(parked.Plan));
-        while (Run.Read(parked.Function, 1)[0] != 0xCC && !batch.Done) Thread.Yield();
-        Assert.False(batch.Done, "the batch cannot end while the thread is inside the site");
+        parked.AwaitInt3(batch);
         Assert.Equal(1, parked.Release()); // the thread finished the OLD code
         batch.Join();
         Assert.Equal(parked.Site.New.ToArray(), Run.Read(parked.Function, parked.Site.Length));

@@ -91,6 +91,20 @@ internal sealed unsafe class Parked : IDisposable
 
     public PatchPlan Plan => new([Site]);
 
+    /// <summary>
+    /// Waits until <paramref name="batch"/> (applying <see cref="Plan"/>) has put its int3 on the site and is waiting for
+    /// the thread. A batch that ends instead fails the test, with its exception if it threw, rather than hanging it.
+    /// </summary>
+    public void AwaitInt3(Background batch)
+    {
+        while (Run.Read(Function, 1)[0] != 0xCC && !batch.Done) Thread.Yield();
+        if (batch.Done)
+        {
+            batch.Join(); // rethrows what the batch threw
+            Assert.Fail("the batch cannot end while the thread is inside the site");
+        }
+    }
+
     /// <summary>Lets the thread leave and returns what its call returned.</summary>
     public int Release()
     {
