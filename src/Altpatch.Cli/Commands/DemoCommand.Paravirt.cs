@@ -80,8 +80,7 @@ internal static partial class DemoCommand
         public void Print(IAnsiConsole console)
         {
             console.MarkupLine($"[bold]Paravirt[/]: op sites calling through the ops table at {Terminal.Addr(Table)}; native backend, then hypervisor-like (counting shims), then native again");
-            var t = new Table().Border(TableBorder.Simple);
-            foreach (var h in new[] { "#", "function", "op", "clobbers", "len", "original", "native", "hypervisor" }) t.AddColumn(h);
+            var t = new Table().Border(TableBorder.Simple).AddColumns("#", "function", "op", "clobbers", "len", "original", "native", "hypervisor");
             foreach (var r in Sites)
                 t.AddRow(N(r.Index), r.Function, ParavirtOps.Name(r.Site.Type), r.Site.Clobbers.ToRegisterList(), N(r.Site.Length),
                          Markup.Escape(Compact(r.Original, r.Site.Address)),
@@ -89,8 +88,7 @@ internal static partial class DemoCommand
                          Markup.Escape($"{Compact(r.Hypervisor, r.Site.Address)}\n({r.HypervisorDecision.Strategy})"));
             console.Write(t);
             console.MarkupLine($"Plans: native {NativePokes} poke(s), to hypervisor {HypervisorPokes}, back to native {BackPokes}; one write per site.");
-            var res = new Table().Border(TableBorder.Simple);
-            foreach (var h in new[] { "function", "input", "indirect", "native", "hypervisor", "native again", "" }) res.AddColumn(h);
+            var res = new Table().Border(TableBorder.Simple).AddColumns("function", "input", "indirect", "native", "hypervisor", "native again", "");
             foreach (var r in Functions.Where(r => r.F.Called))
                 for (int k = 0; k < r.F.Inputs.Length; k++)
                     res.AddRow(r.F.Name, Terminal.Addr(r.F.Inputs[k]), Terminal.Addr(r.Indirect[k]), Terminal.Addr(r.Native[k]), Terminal.Addr(r.Hypervisor[k]), Terminal.Addr(r.NativeAgain[k]),
@@ -138,8 +136,7 @@ internal static partial class DemoCommand
         public void Print(IAnsiConsole console)
         {
             console.MarkupLine("[bold]SMP locks[/]: lock prefixes recorded like LOCK_PREFIX's .smp_locks; SMP -> UP -> SMP");
-            var t = new Table().Border(TableBorder.Simple);
-            foreach (var h in new[] { "#", "address", "instruction", "SMP", "UP", "SMP again" }) t.AddColumn(h);
+            var t = new Table().Border(TableBorder.Simple).AddColumns("#", "address", "instruction", "SMP", "UP", "SMP again");
             foreach (var r in Sites)
                 t.AddRow(N(r.Index), Terminal.Addr(r.Address), Markup.Escape(r.Instruction), r.Smp.ToString("X2", Inv), r.Up.ToString("X2", Inv), r.Restored.ToString("X2", Inv));
             console.Write(t);

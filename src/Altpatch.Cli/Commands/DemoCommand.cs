@@ -136,8 +136,7 @@ internal static partial class DemoCommand
             console.MarkupLine($"[bold]Altpatch demo[/]: alternatives on live x86-64 code in this process");
             console.MarkupLine(Markup.Escape($"CPU: {cpu.Vendor} family {cpu.Family}, {cpu.Features.Count()} features detected"));
             console.WriteLine();
-            var table = new Table().Border(TableBorder.Simple);
-            foreach (var h in new[] { "#", "function", "address", "len", "condition", "applied", "before", "after" }) table.AddColumn(h);
+            var table = new Table().Border(TableBorder.Simple).AddColumns("#", "function", "address", "len", "condition", "applied", "before", "after");
             for (int i = 0; i < cb.AlternativeSites.Count; i++)
             {
                 var s = cb.AlternativeSites[i];
@@ -150,8 +149,7 @@ internal static partial class DemoCommand
             console.Write(table);
             console.MarkupLine($"Plan: {plan.Count} poke(s), {plan.TotalBytes} bytes, one write per site.");
             console.WriteLine();
-            var results = new Table().Border(TableBorder.Simple);
-            foreach (var h in new[] { "function", "input", "original", "patched", "reverted", "" }) results.AddColumn(h);
+            var results = new Table().Border(TableBorder.Simple).AddColumns("function", "input", "original", "patched", "reverted", "");
             for (int i = 0; i < functions.Count; i++)
             {
                 var f = functions[i];
