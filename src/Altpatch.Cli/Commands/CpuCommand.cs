@@ -30,7 +30,7 @@ public static class CpuCommand
         cmd.Options.Add(feature);
         cmd.SetAction(parseResult =>
         {
-            var output = parseResult.InvocationConfiguration.Output;
+            var output = Terminal.Out(parseResult);
             var path = parseResult.GetValue(cpuInfo);
             CpuFeatures cpu;
             string source;
