@@ -60,7 +60,6 @@ public unsafe class ParavirtBench
         poker.Apply(Paravirt.Plan([sites[2]], native, ProcessMemory.Snapshot()));
         poker.Apply(Paravirt.Plan([sites[3]], hypervisor, ProcessMemory.Snapshot()));
 
-
         // every form computes the same sum
         long want = Run(handInline);
         foreach (ulong fn in new[] { indirect, patchedCall, patchedInline, hypervisorCall, handCall, handCallNop, handInlineNop })
@@ -74,11 +73,7 @@ public unsafe class ParavirtBench
     private ulong Loop(Action<CodeBuilder> site) => cb.Function($"loop{cb.Functions.Count}", b =>
     {
         b.Code(a => { a.push(rbx); a.push(r12); a.sub(rsp, 8); a.mov(rbx, rdi); a.xor(r12d, r12d); });
-        int pad = (int)((64 - b.Cursor % 64) % 64);
-        var nops = new byte[pad];
-        b.Nops.AddNops(nops);
-        b.Bytes(nops);
-        ulong top = b.Cursor;
+        ulong top = LoopAlignment.NopAlign64(b);
         b.Code(a => a.mov(rdi, rbx));
         site(b);
         b.Code(a => { a.add(r12, rax); a.dec(rbx); a.jnz(top); a.mov(rax, r12); a.add(rsp, 8); a.pop(r12); a.pop(rbx); a.ret(); });

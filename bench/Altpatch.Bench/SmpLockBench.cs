@@ -45,10 +45,7 @@ public unsafe class SmpLockBench
 
     private ulong Loop(Action<CodeBuilder> xadd) => cb.Function($"loop{cb.Functions.Count}", b =>
     {
-        int pad = (int)((64 - b.Cursor % 64) % 64);
-        var nops = new byte[pad];
-        b.Nops.AddNops(nops);
-        b.Bytes(nops);
+        LoopAlignment.NopAlign64(b);
         ulong top = b.Code(a => a.mov(eax, 1));
         xadd(b);
         b.Code(a => { a.dec(rsi); a.jnz(top); a.ret(); });

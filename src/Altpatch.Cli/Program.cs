@@ -1,5 +1,8 @@
 using System.CommandLine;
 using System.CommandLine.Help;
+using System.CommandLine.Invocation;
+using System.CommandLine.Parsing;
+using System.Text.RegularExpressions;
 using Altpatch.Cli.Commands;
 
 namespace Altpatch.Cli;
@@ -26,14 +29,24 @@ public static class Program
     /// <summary>Runs the command line; user errors become one line on stderr and a non-zero exit code.</summary>
     public static int Main(string[] args) => Run(args, Console.Out, Console.Error);
 
-    /// <summary>Runs the command line with the given output and error writers (tests use this).</summary>
+    /// <summary>
+    /// Runs the command line with the given output and error writers (tests use this). Usage errors (an unknown
+    /// command or option, a missing or invalid argument) are one <c>altpatch: error:</c> line too, naming the
+    /// command whose <c>--help</c> to read; nothing goes to the output.
+    /// </summary>
     public static int Run(string[] args, TextWriter output, TextWriter error)
     {
         ArgumentNullException.ThrowIfNull(error);
         var config = new InvocationConfiguration { Output = output, Error = error, EnableDefaultExceptionHandler = false };
         try
         {
-            return BuildRoot().Parse(args).Invoke(config);
+            var parse = BuildRoot().Parse(args);
+            if (parse.Action is ParseErrorAction)
+            {
+                error.WriteLine($"altpatch: error: {string.Join("; ", parse.Errors.Select(e => OneLine(e.Message)))} (see '{CommandPath(parse.CommandResult)} --help')");
+                return 1;
+            }
+            return parse.Invoke(config);
         }
         catch (AltpatchException e)
         {
@@ -45,5 +58,21 @@ public static class Program
             error.WriteLine($"altpatch: error: {e.Message.ReplaceLineEndings(" ")}");
             return 1;
         }
+    }
+
+    /// <summary>A parser message on one line ("Must be one of:\n\t'alt'\n\t'para'…" becomes "Must be one of: 'alt' 'para'…").</summary>
+    private static string OneLine(string message) => Regex.Replace(message, @"\s+", " ").Trim();
+
+    /// <summary>"altpatch kernel sites": the names from the root down to <paramref name="command"/>.</summary>
+    private static string CommandPath(CommandResult command)
+    {
+        var names = new List<string>();
+        for (SymbolResult? r = command; r is not null; r = r.Parent)
+        {
+            if (r is CommandResult c)
+                names.Add(c.Command.Name);
+        }
+        names.Reverse();
+        return string.Join(' ', names);
     }
 }

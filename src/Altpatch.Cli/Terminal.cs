@@ -1,4 +1,6 @@
 using System.CommandLine;
+using System.Text;
+using System.Text.Encodings.Web;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Spectre.Console;
@@ -8,7 +10,7 @@ namespace Altpatch.Cli;
 /// <summary>Output helpers shared by the commands: a Spectre console on the invocation's writer, JSON output.</summary>
 internal static class Terminal
 {
-    private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
+    private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true, Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
 
     /// <summary>The writer the command should print to.</summary>
     public static TextWriter Out(ParseResult parse) => parse.InvocationConfiguration.Output;
@@ -33,6 +35,21 @@ internal static class Terminal
 
     /// <summary>Writes <paramref name="node"/> as indented JSON and a newline.</summary>
     public static void Json(ParseResult parse, JsonNode node) => Out(parse).WriteLine(node.ToJsonString(Indented));
+
+    /// <summary>The options of the commands' JSON writers: indented, and no \u escapes for '+', '&lt;' and the like (the output is not HTML).</summary>
+    public static JsonWriterOptions JsonOptions => new() { Indented = true, Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+
+    /// <summary>Writes the JSON document <paramref name="write"/> produces to <paramref name="output"/>, and a newline.</summary>
+    public static void WriteJson(TextWriter output, Action<Utf8JsonWriter> write)
+    {
+        using var ms = new MemoryStream();
+        using (var w = new Utf8JsonWriter(ms, JsonOptions))
+            write(w);
+        output.WriteLine(Encoding.UTF8.GetString(ms.GetBuffer(), 0, (int)ms.Length));
+    }
+
+    /// <summary>One "Key           value" line of a summary (the key column is 14 wide), as plain text.</summary>
+    public static void Field(IAnsiConsole console, string key, string value) => console.WriteLine($"{key,-14} {value}");
 
     /// <summary>Hex of a byte span, lower case, no separators.</summary>
     public static string Hex(ReadOnlySpan<byte> bytes) => Convert.ToHexStringLower(bytes);

@@ -1,6 +1,5 @@
 using System.CommandLine;
 using System.Globalization;
-using System.Text.Json;
 using Altpatch.Cpu;
 using Spectre.Console;
 
@@ -31,7 +30,7 @@ public static class CpuCommand
         cmd.Options.Add(feature);
         cmd.SetAction(parseResult =>
         {
-            var output = parseResult.InvocationConfiguration.Output;
+            var output = Terminal.Out(parseResult);
             var path = parseResult.GetValue(cpuInfo);
             CpuFeatures cpu;
             string source;
@@ -112,8 +111,7 @@ public static class CpuCommand
 
     private static void WriteJson(TextWriter output, CpuFeatures cpu, string source, List<CpuFeature> features, bool explicitList)
     {
-        using var stream = new MemoryStream();
-        using (var w = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true, Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }))
+        Terminal.WriteJson(output, w =>
         {
             w.WriteStartObject();
             w.WriteString("source", source);
@@ -163,8 +161,7 @@ public static class CpuCommand
             }
             w.WriteEndArray();
             w.WriteEndObject();
-        }
-        output.WriteLine(System.Text.Encoding.UTF8.GetString(stream.ToArray()));
+        });
     }
 
     private static string Inv(FormattableString s) => s.ToString(CultureInfo.InvariantCulture);

@@ -80,8 +80,7 @@ internal static partial class DemoCommand
         public void Print(IAnsiConsole console)
         {
             console.MarkupLine($"[bold]Paravirt[/]: op sites calling through the ops table at {Terminal.Addr(Table)}; native backend, then hypervisor-like (counting shims), then native again");
-            var t = new Table().Border(TableBorder.Simple);
-            foreach (var h in new[] { "#", "function", "op", "clobbers", "len", "original", "native", "hypervisor" }) t.AddColumn(h);
+            var t = new Table().Border(TableBorder.Simple).AddColumns("#", "function", "op", "clobbers", "len", "original", "native", "hypervisor");
             foreach (var r in Sites)
                 t.AddRow(N(r.Index), r.Function, ParavirtOps.Name(r.Site.Type), r.Site.Clobbers.ToRegisterList(), N(r.Site.Length),
                          Markup.Escape(Compact(r.Original, r.Site.Address)),
@@ -89,11 +88,10 @@ internal static partial class DemoCommand
                          Markup.Escape($"{Compact(r.Hypervisor, r.Site.Address)}\n({r.HypervisorDecision.Strategy})"));
             console.Write(t);
             console.MarkupLine($"Plans: native {NativePokes} poke(s), to hypervisor {HypervisorPokes}, back to native {BackPokes}; one write per site.");
-            var res = new Table().Border(TableBorder.Simple);
-            foreach (var h in new[] { "function", "input", "indirect", "native", "hypervisor", "native again", "" }) res.AddColumn(h);
+            var res = new Table().Border(TableBorder.Simple).AddColumns("function", "input", "indirect", "native", "hypervisor", "native again", "");
             foreach (var r in Functions.Where(r => r.F.Called))
                 for (int k = 0; k < r.F.Inputs.Length; k++)
-                    res.AddRow(r.F.Name, Hex64(r.F.Inputs[k]), Hex64(r.Indirect[k]), Hex64(r.Native[k]), Hex64(r.Hypervisor[k]), Hex64(r.NativeAgain[k]),
+                    res.AddRow(r.F.Name, Terminal.Addr(r.F.Inputs[k]), Terminal.Addr(r.Indirect[k]), Terminal.Addr(r.Native[k]), Terminal.Addr(r.Hypervisor[k]), Terminal.Addr(r.NativeAgain[k]),
                                r.Agree ? "[green]ok[/]" : "[red]MISMATCH[/]");
             console.Write(res);
             console.MarkupLine($"Hypervisor shims counted {HypervisorCalls} op call(s); after switching back: {HypervisorCallsAfterSwitchBack} (no more calls go through them).");
@@ -138,8 +136,7 @@ internal static partial class DemoCommand
         public void Print(IAnsiConsole console)
         {
             console.MarkupLine("[bold]SMP locks[/]: lock prefixes recorded like LOCK_PREFIX's .smp_locks; SMP -> UP -> SMP");
-            var t = new Table().Border(TableBorder.Simple);
-            foreach (var h in new[] { "#", "address", "instruction", "SMP", "UP", "SMP again" }) t.AddColumn(h);
+            var t = new Table().Border(TableBorder.Simple).AddColumns("#", "address", "instruction", "SMP", "UP", "SMP again");
             foreach (var r in Sites)
                 t.AddRow(N(r.Index), Terminal.Addr(r.Address), Markup.Escape(r.Instruction), r.Smp.ToString("X2", Inv), r.Up.ToString("X2", Inv), r.Restored.ToString("X2", Inv));
             console.Write(t);
@@ -154,8 +151,6 @@ internal static partial class DemoCommand
     private static JsonArray Numbers(IEnumerable<ulong> xs) => new([.. xs.Select(x => (JsonNode)x)]);
 
     private static JsonArray Numbers(IEnumerable<long> xs) => new([.. xs.Select(x => (JsonNode)x)]);
-
-    private static string Hex64(ulong x) => $"0x{x:x}";
 
     private static unsafe ulong Call(ulong fn, ulong x) => ((delegate* unmanaged<ulong, ulong>)fn)(x);
 
@@ -203,16 +198,15 @@ internal static partial class DemoCommand
 
         var sites = cb.ParavirtSites;
         byte[] SiteBytes(int i) => cb.Memory.Code.Slice((int)(sites[i].Address - cb.TextStart), sites[i].Length).ToArray();
-        byte[] Text() => cb.Memory.Code[..(int)(cb.Cursor - cb.TextStart)].ToArray();
         ulong[] Results(PvFunction f) => f.Called ? [.. f.Inputs.Select(x => Call(f.Address, x))] : [];
 
-        var original = Text();
+        var original = Text(cb);
         var rt = new ParavirtRuntime(table, sites, native, new ProtectPoker(), new ParavirtOptions { TableName = "demo-pv" });
         var indirect = fns.Select(Results).ToList();
         var toNative = rt.Apply();
         var nativeDecisions = rt.Decisions.ToList();
         var nativeBytes = Enumerable.Range(0, sites.Count).Select(SiteBytes).ToList();
-        var nativeText = Text();
+        var nativeText = Text(cb);
         var nativeResults = fns.Select(Results).ToList();
         var toHv = rt.SwitchTo(hypervisor);
         var hvDecisions = rt.Decisions.ToList();
@@ -220,11 +214,11 @@ internal static partial class DemoCommand
         var hvResults = fns.Select(Results).ToList();
         long hvCalls = hypervisor.TotalCalls;
         var back = rt.SwitchTo(native);
-        bool backExact = Text().AsSpan().SequenceEqual(nativeText);
+        bool backExact = Text(cb).AsSpan().SequenceEqual(nativeText);
         var againResults = fns.Select(Results).ToList();
         long hvCallsAfter = hypervisor.TotalCalls;
         rt.Restore();
-        bool restoreExact = Text().AsSpan().SequenceEqual(original);
+        bool restoreExact = Text(cb).AsSpan().SequenceEqual(original);
 
         var siteRows = new List<PvSiteRow>();
         for (int i = 0; i < sites.Count; i++)
@@ -273,9 +267,8 @@ internal static partial class DemoCommand
             }
             static long[] Want(long n) => [n, 2 * n, n, 3 * n];
             byte At(ulong a) => cb.Memory.Code[(int)(a - cb.TextStart)];
-            byte[] Text() => cb.Memory.Code[..(int)(cb.Cursor - cb.TextStart)].ToArray();
 
-            var original = Text();
+            var original = Text(cb);
             const long Rounds = 1000, PerThread = 100_000;
             const int Threads = 2;
             var reg = new SmpLockRegistry(new ProtectPoker());
@@ -288,7 +281,7 @@ internal static partial class DemoCommand
             var back = reg.SwitchToSmp();
             var restored = cb.LockSites.Select(At).ToArray();
             var threaded = Run(PerThread, Threads);
-            bool exact = Text().AsSpan().SequenceEqual(original);
+            bool exact = Text(cb).AsSpan().SequenceEqual(original);
 
             var rows = new List<LockSiteRow>();
             for (int i = 0; i < cb.LockSites.Count; i++)

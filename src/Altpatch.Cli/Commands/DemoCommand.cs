@@ -51,7 +51,7 @@ internal static partial class DemoCommand
             siteFunction[s.Address] = functions.Last(f => f.Address <= s.Address).Name;
         cb.Publish();
 
-        var textBefore = cb.Memory.Code[..(int)(cb.Cursor - cb.TextStart)].ToArray();
+        var textBefore = Text(cb);
         var before = functions.Select(f => f.Inputs.Select(f.Call).ToArray()).ToArray();
 
         var plan = Alternatives.Plan(cb.AlternativeSites, cpu, ProcessMemory.Snapshot(), new AlternativeOptions { TableName = "demo" });
@@ -62,7 +62,7 @@ internal static partial class DemoCommand
         var after = functions.Select(f => f.Inputs.Select(f.Call).ToArray()).ToArray();
 
         poker.Revert(plan);
-        var textReverted = cb.Memory.Code[..(int)(cb.Cursor - cb.TextStart)].ToArray();
+        var textReverted = Text(cb);
         var reverted = functions.Select(f => f.Inputs.Select(f.Call).ToArray()).ToArray();
         bool revertExact = textBefore.AsSpan().SequenceEqual(textReverted);
         bool agree = true;
@@ -136,8 +136,7 @@ internal static partial class DemoCommand
             console.MarkupLine($"[bold]Altpatch demo[/]: alternatives on live x86-64 code in this process");
             console.MarkupLine(Markup.Escape($"CPU: {cpu.Vendor} family {cpu.Family}, {cpu.Features.Count()} features detected"));
             console.WriteLine();
-            var table = new Table().Border(TableBorder.Simple);
-            foreach (var h in new[] { "#", "function", "address", "len", "condition", "applied", "before", "after" }) table.AddColumn(h);
+            var table = new Table().Border(TableBorder.Simple).AddColumns("#", "function", "address", "len", "condition", "applied", "before", "after");
             for (int i = 0; i < cb.AlternativeSites.Count; i++)
             {
                 var s = cb.AlternativeSites[i];
@@ -150,8 +149,7 @@ internal static partial class DemoCommand
             console.Write(table);
             console.MarkupLine($"Plan: {plan.Count} poke(s), {plan.TotalBytes} bytes, one write per site.");
             console.WriteLine();
-            var results = new Table().Border(TableBorder.Simple);
-            foreach (var h in new[] { "function", "input", "original", "patched", "reverted", "" }) results.AddColumn(h);
+            var results = new Table().Border(TableBorder.Simple).AddColumns("function", "input", "original", "patched", "reverted", "");
             for (int i = 0; i < functions.Count; i++)
             {
                 var f = functions[i];
@@ -174,6 +172,9 @@ internal static partial class DemoCommand
     }
 
     private static string N(int v) => v.ToString(System.Globalization.CultureInfo.InvariantCulture);
+
+    /// <summary>What <paramref name="cb"/> has emitted so far: its text from the start up to the cursor.</summary>
+    private static byte[] Text(CodeBuilder cb) => cb.Memory.Code[..(int)(cb.Cursor - cb.TextStart)].ToArray();
 
     /// <summary>Disassembly with runs of NOPs collapsed ("nop x36 bytes").</summary>
     private static string Compact(byte[] bytes, ulong address)

@@ -1,6 +1,4 @@
 using System.CommandLine;
-using System.Text.Encodings.Web;
-using System.Text.Json;
 using Altpatch.Images;
 using Spectre.Console;
 
@@ -41,6 +39,9 @@ public static class KernelCommand
         return KernelImage.Open(file.FullName);
     }
 
+    /// <summary>The architecture as the text output names it: "x86-64" or "i386".</summary>
+    internal static string ArchitectureName(KernelImage img) => img.Architecture == KernelArchitecture.X86_64 ? "x86-64" : "i386";
+
     /// <summary>The CLI's short name of a site kind (the --kind values).</summary>
     internal static string KindName(KernelSiteKind kind) => kind switch
     {
@@ -51,10 +52,4 @@ public static class KernelCommand
         KernelSiteKind.Return => "return",
         _ => kind.ToString(),
     };
-
-    /// <summary>JSON output options: indented, and no \u escapes for '+', '<' and the like (the output is not HTML).</summary>
-    internal static JsonWriterOptions JsonOptions => new() { Indented = true, Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
-
-    /// <summary>"0x…" in lower-case hex.</summary>
-    internal static string Hex(ulong value) => $"0x{value:x}";
 }

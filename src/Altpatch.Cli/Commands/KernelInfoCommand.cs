@@ -1,8 +1,6 @@
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
-using System.Text;
-using System.Text.Json;
 using Altpatch.Images;
 using Spectre.Console;
 
@@ -41,7 +39,7 @@ public static class KernelInfoCommand
     private static void WriteText(IAnsiConsole console, KernelImage img, KernelPatchTables tables, TimeSpan openTime, TimeSpan tableTime)
     {
         var inv = CultureInfo.InvariantCulture;
-        void Row(string k, string v) => console.WriteLine($"{k,-14} {v}");
+        void Row(string k, string v) => Terminal.Field(console, k, v);
         Row("File", string.Create(inv, $"{img.Name} ({img.FileSize:N0} bytes)"));
         if (img.BzImage is { } bz)
         {
@@ -59,7 +57,7 @@ public static class KernelInfoCommand
             Row("Release", v.Release);
         var elf = img.Elf;
         Row("Architecture", string.Create(inv,
-            $"{(img.Architecture == KernelArchitecture.X86_64 ? "x86-64" : "i386")} (ELF{(elf.Is64 ? 64 : 32)}, machine {elf.Machine}, entry 0x{elf.Entry:x}, {elf.Sections.Count} sections, {elf.Segments.Count} program headers, {elf.Symbols.Count:N0} symbols, ELF {elf.ElfEnd:N0} of {elf.Bytes.Length:N0} bytes)"));
+            $"{KernelCommand.ArchitectureName(img)} (ELF{(elf.Is64 ? 64 : 32)}, machine {elf.Machine}, entry 0x{elf.Entry:x}, {elf.Sections.Count} sections, {elf.Segments.Count} program headers, {elf.Symbols.Count:N0} symbols, ELF {elf.ElfEnd:N0} of {elf.Bytes.Length:N0} bytes)"));
         Row("Time", string.Create(inv, $"open + decompress {openTime.TotalMilliseconds:F0} ms, tables {tableTime.TotalMilliseconds:F0} ms"));
         console.WriteLine();
 
@@ -69,7 +67,7 @@ public static class KernelInfoCommand
             .AddColumn(new TableColumn("sites").RightAligned());
         foreach (var ti in tables.Tables)
         {
-            t.AddRow(Markup.Escape(KernelCommand.KindName(ti.Kind)), Markup.Escape(ti.Section), KernelCommand.Hex(ti.Address),
+            t.AddRow(Markup.Escape(KernelCommand.KindName(ti.Kind)), Markup.Escape(ti.Section), Terminal.Addr(ti.Address),
                 ti.Size.ToString("N0", inv), Markup.Escape(ti.Format), ti.EntrySize.ToString(inv), ti.Entries.ToString("N0", inv), ti.Sites.ToString("N0", inv));
         }
         if (tables.Tables.Count == 0)
@@ -79,14 +77,13 @@ public static class KernelInfoCommand
         if (tables.PvOps is { } pv)
         {
             console.WriteLine(string.Create(inv,
-                $"pv_ops: {KernelCommand.Hex(pv.Address)} in {pv.Section}, {pv.SlotCount} slots used by sites; {pv.SitesAgreeing} of {tables.Paravirt.Length} sites agree ({pv.SitesDisagreeing} disagree, {pv.SitesSkipped} not an indirect call)"));
+                $"pv_ops: {Terminal.Addr(pv.Address)} in {pv.Section}, {pv.SlotCount} slots used by sites; {pv.SitesAgreeing} of {tables.Paravirt.Length} sites agree ({pv.SitesDisagreeing} disagree, {pv.SitesSkipped} not an indirect call)"));
         }
     }
 
     private static void WriteJson(TextWriter output, KernelImage img, KernelPatchTables tables)
     {
-        using var ms = new MemoryStream();
-        using (var w = new Utf8JsonWriter(ms, KernelCommand.JsonOptions))
+        Terminal.WriteJson(output, w =>
         {
             w.WriteStartObject();
             w.WriteString("file", img.Name);
@@ -128,7 +125,7 @@ public static class KernelInfoCommand
             w.WriteStartObject("elf");
             w.WriteNumber("class", img.Elf.Is64 ? 64 : 32);
             w.WriteNumber("machine", img.Elf.Machine);
-            w.WriteString("entry", KernelCommand.Hex(img.Elf.Entry));
+            w.WriteString("entry", Terminal.Addr(img.Elf.Entry));
             w.WriteNumber("sections", img.Elf.Sections.Count);
             w.WriteNumber("programHeaders", img.Elf.Segments.Count);
             w.WriteNumber("symbols", img.Elf.Symbols.Count);
@@ -141,7 +138,7 @@ public static class KernelInfoCommand
                 w.WriteStartObject();
                 w.WriteString("kind", KernelCommand.KindName(ti.Kind));
                 w.WriteString("section", ti.Section);
-                w.WriteString("address", KernelCommand.Hex(ti.Address));
+                w.WriteString("address", Terminal.Addr(ti.Address));
                 w.WriteNumber("size", ti.Size);
                 w.WriteString("format", ti.Format);
                 w.WriteNumber("entrySize", ti.EntrySize);
@@ -157,7 +154,7 @@ public static class KernelInfoCommand
             if (tables.PvOps is { } pv)
             {
                 w.WriteStartObject("pvOps");
-                w.WriteString("address", KernelCommand.Hex(pv.Address));
+                w.WriteString("address", Terminal.Addr(pv.Address));
                 w.WriteString("section", pv.Section);
                 w.WriteNumber("pointerSize", pv.PointerSize);
                 w.WriteNumber("slotCount", pv.SlotCount);
@@ -166,14 +163,13 @@ public static class KernelInfoCommand
                 w.WriteNumber("sitesSkipped", pv.SitesSkipped);
                 w.WriteStartArray("slots");
                 foreach (var s in pv.Slots)
-                    w.WriteStringValue(KernelCommand.Hex(s));
+                    w.WriteStringValue(Terminal.Addr(s));
                 w.WriteEndArray();
                 w.WriteEndObject();
             }
             else
                 w.WriteNull("pvOps");
             w.WriteEndObject();
-        }
-        output.WriteLine(Encoding.UTF8.GetString(ms.GetBuffer(), 0, (int)ms.Length));
+        });
     }
 }

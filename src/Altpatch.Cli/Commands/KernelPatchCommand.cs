@@ -45,16 +45,21 @@ public static class KernelPatchCommand
         cmd.Arguments.Add(image);
         foreach (var o in new Option[] { cpuinfo, flags, bugs, vendor, family, model, stepping, set, clear, smp, hypervisor, symbols, kvmFeatures, archCap, exact, output, report })
             cmd.Options.Add(o);
+        // The validators read the int options' tokens or presence, never GetValue: on "--smp abc" GetValue throws
+        // (a crash with a stack trace) instead of leaving the parser's "Cannot parse argument 'abc'" error.
+        smp.Validators.Add(r =>
+        {
+            if (r.Tokens is [var t] && int.TryParse(t.Value, NumberStyles.Integer, CultureInfo.InvariantCulture, out int n) && n < 1)
+                r.AddError("--smp must be at least 1");
+        });
         cmd.Validators.Add(r =>
         {
             bool hasCpuinfo = r.GetValue(cpuinfo) is not null;
             bool hasFlags = (r.GetValue(flags)?.Length ?? 0) > 0;
             if (hasCpuinfo == hasFlags)
                 r.AddError("give the CPU with either --cpuinfo FILE or --flags LIST");
-            if (hasCpuinfo && ((r.GetValue(bugs)?.Length ?? 0) > 0 || r.GetValue(vendor) is not null || r.GetValue(family) is not null || r.GetValue(model) is not null))
+            if (hasCpuinfo && ((r.GetValue(bugs)?.Length ?? 0) > 0 || r.GetValue(vendor) is not null || r.GetResult(family) is not null || r.GetResult(model) is not null))
                 r.AddError("--bugs, --vendor, --family and --model go with --flags, not with --cpuinfo");
-            if (r.GetValue(smp) is < 1)
-                r.AddError("--smp must be at least 1");
             if ((r.GetValue(kvmFeatures)?.Length ?? 0) > 0 && r.GetValue(hypervisor) != "kvm")
                 r.AddError("--kvm-features goes with --hypervisor kvm");
         });
@@ -83,22 +88,54 @@ public static class KernelPatchCommand
         var console = Terminal.Console(writer);
         bool interactive = console.Profile.Capabilities.Interactive;
         var total = Stopwatch.StartNew();
-        // Parse the description first: a bad name fails before the image is even read.
+        // Parse the description and check where the files go first: a bad name or a missing directory fails
+        // before the image is even read.
         var description = Describe(o);
+        WritableDirectory(o.Output);
+        if (o.Report is { } r)
+            WritableDirectory(r);
 
         KernelImage? img = null;
         KernelPatchResult? result = null;
+        // OUT and the report are written to temporary files and renamed over their targets only when every step has
+        // worked: a failure (a bad image, a report that cannot be written) leaves both as they were.
+        var written = new List<(string Temporary, FileInfo Target)>();
         var steps = new List<(string Name, Action Body)>
         {
             ("open + decompress", () => img = KernelCommand.Open(o.Image)),
             ("read tables", () => _ = img!.Tables),
             ("patch", () => result = KernelBootPatcher.Patch(img!, description)),
-            ("write output", () => WriteAtomically(o.Output, s => s.Write(result!.Patched.Bytes.Span))),
+            ("write output", () => written.Add((WriteTemporary(o.Output, s => s.Write(result!.Patched.Bytes.Span)), o.Output))),
         };
         if (o.Report is { } rep)
-            steps.Add(("write report", () => WriteAtomically(rep, s => WriteReport(s, result!, o))));
+            steps.Add(("write report", () => written.Add((WriteTemporary(rep, s => WriteReport(s, result!, o)), rep))));
+        try
+        {
+            var times = RunSteps(console, interactive, steps);
+            // the report first, OUT last: should a rename fail, OUT is still the old one
+            for (int i = written.Count - 1; i >= 0; i--)
+                File.Move(written[i].Temporary, written[i].Target.FullName, overwrite: true);
+            written.Clear();
+            WriteSummary(console, result!, o, times, total.Elapsed);
+            return 0;
+        }
+        finally
+        {
+            foreach (var (temporary, _) in written)
+                TryDelete(temporary);
+        }
+    }
 
-        var times = new List<(string, TimeSpan)>();
+    /// <summary>Runs the steps in order and returns how long each took; on a terminal under a progress display.</summary>
+    private static List<(string Name, TimeSpan Time)> RunSteps(IAnsiConsole console, bool interactive, List<(string Name, Action Body)> steps)
+    {
+        var times = new List<(string Name, TimeSpan Time)>();
+        void Step(int i)
+        {
+            var sw = Stopwatch.StartNew();
+            steps[i].Body();
+            times.Add((steps[i].Name, sw.Elapsed));
+        }
         if (interactive)
         {
             console.Progress().AutoClear(true).Start(ctx =>
@@ -107,9 +144,7 @@ public static class KernelPatchCommand
                 for (int i = 0; i < steps.Count; i++)
                 {
                     tasks[i].StartTask();
-                    var sw = Stopwatch.StartNew();
-                    steps[i].Body();
-                    times.Add((steps[i].Name, sw.Elapsed));
+                    Step(i);
                     tasks[i].Increment(1);
                     tasks[i].StopTask();
                 }
@@ -117,15 +152,10 @@ public static class KernelPatchCommand
         }
         else
         {
-            foreach (var s in steps)
-            {
-                var sw = Stopwatch.StartNew();
-                s.Body();
-                times.Add((s.Name, sw.Elapsed));
-            }
+            for (int i = 0; i < steps.Count; i++)
+                Step(i);
         }
-        WriteSummary(console, result!, o, times, total.Elapsed);
-        return 0;
+        return times;
     }
 
     /// <summary>The CPU description from the options.</summary>
@@ -218,14 +248,21 @@ public static class KernelPatchCommand
         throw new CpuFeatureException($"unknown CPU vendor '{s}' (a vendor_id such as GenuineIntel or AuthenticAMD, or intel, amd, hygon, centaur, zhaoxin)");
     }
 
-    /// <summary>Writes to a temporary file next to <paramref name="target"/> and renames it over the target only when
-    /// the whole write succeeded; on failure the temporary file is removed and an existing target is left untouched.</summary>
-    internal static void WriteAtomically(FileInfo target, Action<Stream> write)
+    /// <summary>The directory <paramref name="target"/> goes in; an error when it is missing or the target is a directory.</summary>
+    private static string WritableDirectory(FileInfo target)
     {
         string dir = target.DirectoryName ?? ".";
         if (!Directory.Exists(dir))
             throw new DirectoryNotFoundException($"{dir}: no such directory");
-        string tmp = Path.Combine(dir, $".{target.Name}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp");
+        if (Directory.Exists(target.FullName))
+            throw new IOException($"{target.FullName}: is a directory");
+        return dir;
+    }
+
+    /// <summary>Writes a new temporary file next to <paramref name="target"/> and returns its path; on failure it is removed.</summary>
+    private static string WriteTemporary(FileInfo target, Action<Stream> write)
+    {
+        string tmp = Path.Combine(WritableDirectory(target), $".{target.Name}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp");
         try
         {
             using (var s = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20))
@@ -233,13 +270,18 @@ public static class KernelPatchCommand
                 write(s);
                 s.Flush(flushToDisk: false);
             }
-            File.Move(tmp, target.FullName, overwrite: true);
+            return tmp;
         }
         catch
         {
-            try { File.Delete(tmp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+            TryDelete(tmp);
             throw;
         }
+    }
+
+    private static void TryDelete(string path)
+    {
+        try { File.Delete(path); } catch (IOException) { } catch (UnauthorizedAccessException) { }
     }
 
     private static void WriteSummary(IAnsiConsole console, KernelPatchResult r, Options o, List<(string Name, TimeSpan Time)> times, TimeSpan total)
@@ -247,20 +289,20 @@ public static class KernelPatchCommand
         var inv = CultureInfo.InvariantCulture;
         var s = r.State;
         var cpu = s.Features;
-        console.WriteLine(string.Create(inv, $"Image          {r.Image.Name} ({r.Image.Version?.Release ?? "unknown version"}, {(r.Image.Bitness == 64 ? "x86-64" : "i386")}), rules: {r.Rules}"));
-        console.WriteLine(string.Create(inv, $"CPU            {cpu.Vendor} family {cpu.Family} model {cpu.Model} stepping {cpu.Stepping}{(cpu.ModelName is { } mn ? $" ({mn})" : "")}, {s.Cpus} CPU(s), hypervisor {s.Hypervisor.ToString().ToLowerInvariant()}"));
+        Terminal.Field(console, "Image", string.Create(inv, $"{r.Image.Name} ({r.Image.Version?.Release ?? "unknown version"}, {KernelCommand.ArchitectureName(r.Image)}), rules: {r.Rules}"));
+        Terminal.Field(console, "CPU", string.Create(inv, $"{cpu.Vendor} family {cpu.Family} model {cpu.Model} stepping {cpu.Stepping}{(cpu.ModelName is { } mn ? $" ({mn})" : "")}, {s.Cpus} CPU(s), hypervisor {s.Hypervisor.ToString().ToLowerInvariant()}"));
         var hidden = cpu.Features.Where(f => CpuFeatureInfo.CpuInfoName(f) is null)
             .Select(f => CpuFeatureInfo.MacroName(f).Replace("X86_FEATURE_", "", StringComparison.Ordinal));
-        console.WriteLine($"Hidden bits    {string.Join(' ', hidden)}");
-        console.WriteLine($"Return thunk   {ThunkName(s.ReturnThunk)}{(ThunkAddress(r) is { } ta ? $" at 0x{ta:x}" : "")}");
+        Terminal.Field(console, "Hidden bits", string.Join(' ', hidden));
+        Terminal.Field(console, "Return thunk", $"{ThunkName(s.ReturnThunk)}{(ThunkAddress(r) is { } ta ? $" at {Terminal.Addr(ta)}" : "")}");
         var t = new Table().Border(TableBorder.Simple)
             .AddColumn("pass").AddColumn("kernel function").AddColumn(new TableColumn("sites").RightAligned())
             .AddColumn(new TableColumn("pokes").RightAligned()).AddColumn(new TableColumn("bytes").RightAligned());
         foreach (var p in r.Passes)
             t.AddRow(p.Pass.ShortName(), p.Pass.KernelFunction(), p.Sites.ToString("N0", inv), p.Pokes.ToString("N0", inv), p.Bytes.ToString("N0", inv));
         console.Write(t);
-        console.WriteLine(string.Create(inv, $"Wrote          {o.Output.FullName} ({r.Patched.Bytes.Length:N0} bytes){(o.Report is { } rep ? $", report {rep.FullName}" : "")}"));
-        console.WriteLine("Time           " + string.Join(", ", times.Select(x => string.Create(inv, $"{x.Name} {x.Time.TotalMilliseconds:F0} ms"))) + string.Create(inv, $"; total {total.TotalMilliseconds:F0} ms"));
+        Terminal.Field(console, "Wrote", string.Create(inv, $"{o.Output.FullName} ({r.Patched.Bytes.Length:N0} bytes){(o.Report is { } rep ? $", report {rep.FullName}" : "")}"));
+        Terminal.Field(console, "Time", string.Join(", ", times.Select(x => string.Create(inv, $"{x.Name} {x.Time.TotalMilliseconds:F0} ms"))) + string.Create(inv, $"; total {total.TotalMilliseconds:F0} ms"));
     }
 
     internal static string ThunkName(ReturnThunkKind k) => k switch
@@ -283,13 +325,13 @@ public static class KernelPatchCommand
 
     private static void WriteReport(Stream stream, KernelPatchResult r, Options o)
     {
-        using var w = new Utf8JsonWriter(stream, KernelCommand.JsonOptions);
+        using var w = new Utf8JsonWriter(stream, Terminal.JsonOptions);
         var s = r.State;
         var cpu = s.Features;
         w.WriteStartObject();
         w.WriteString("image", r.Image.Name);
         w.WriteString("version", r.Image.Version?.Release);
-        w.WriteString("architecture", r.Image.Bitness == 64 ? "x86-64" : "i386");
+        w.WriteString("architecture", KernelCommand.ArchitectureName(r.Image));
         w.WriteString("rules", r.Rules);
         w.WriteString("numbering", r.Numbering.Description);
         w.WriteString("output", o.Output.FullName);
@@ -320,13 +362,13 @@ public static class KernelPatchCommand
         w.WriteStartObject("returnThunk");
         w.WriteString("name", ThunkName(s.ReturnThunk));
         if (ThunkAddress(r) is { } ta)
-            w.WriteString("address", KernelCommand.Hex(ta));
+            w.WriteString("address", Terminal.Addr(ta));
         w.WriteEndObject();
         w.WriteStartObject("thunks");
         void Thunk(string name, ulong? a)
         {
             if (a is { } v)
-                w.WriteString(name, KernelCommand.Hex(v));
+                w.WriteString(name, Terminal.Addr(v));
             else
                 w.WriteNull(name);
         }
@@ -360,10 +402,10 @@ public static class KernelPatchCommand
             w.WriteStartObject();
             w.WriteString("kind", KernelCommand.KindName(site.Kind));
             w.WriteNumber("index", site.Index);
-            w.WriteString("address", KernelCommand.Hex(site.Address));
+            w.WriteString("address", Terminal.Addr(site.Address));
             w.WriteNumber("length", site.Before.Length);
-            w.WriteString("before", Convert.ToHexStringLower(site.Before.Span));
-            w.WriteString("after", Convert.ToHexStringLower(site.After.Span));
+            w.WriteString("before", Terminal.Hex(site.Before.Span));
+            w.WriteString("after", Terminal.Hex(site.After.Span));
             w.WriteStartArray("writers");
             foreach (var p in site.Writers)
                 w.WriteStringValue(p.ShortName());

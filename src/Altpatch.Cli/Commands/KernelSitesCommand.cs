@@ -146,9 +146,8 @@ public static class KernelSitesCommand
         return list;
     }
 
-    private static string HexBytes(byte[] b) => Convert.ToHexString(b).ToLowerInvariant() is var h && h.Length > 0
-        ? string.Join(' ', Enumerable.Range(0, h.Length / 2).Select(i => h.Substring(i * 2, 2)))
-        : "";
+    /// <summary>"0f 1f 44 00 00".</summary>
+    private static string HexBytes(byte[] b) => string.Join(' ', b.Select(x => x.ToString("x2", CultureInfo.InvariantCulture)));
 
     private static void WriteText(TextWriter output, List<Row> rows)
     {
@@ -175,8 +174,7 @@ public static class KernelSitesCommand
 
     private static void WriteJson(TextWriter output, KernelImage img, string? only, List<Row> rows)
     {
-        using var ms = new MemoryStream();
-        using (var w = new Utf8JsonWriter(ms, KernelCommand.JsonOptions))
+        Terminal.WriteJson(output, w =>
         {
             w.WriteStartObject();
             w.WriteString("file", img.Name);
@@ -188,7 +186,7 @@ public static class KernelSitesCommand
                 w.WriteStartObject();
                 w.WriteString("kind", KernelCommand.KindName(r.Kind));
                 w.WriteNumber("index", r.Index);
-                w.WriteString("address", KernelCommand.Hex(r.Address));
+                w.WriteString("address", Terminal.Addr(r.Address));
                 w.WriteNumber("length", r.Length);
                 if (r.Alt is { } a)
                 {
@@ -202,24 +200,23 @@ public static class KernelSitesCommand
                 {
                     w.WriteNumber("type", p.Type);
                     w.WriteNumber("clobbers", p.Clobbers);
-                    if (r.SlotAddress is { } slot) w.WriteString("pvOpsSlot", KernelCommand.Hex(slot));
-                    if (r.SlotTarget is { } t) w.WriteString("pvOpsTarget", KernelCommand.Hex(t));
+                    if (r.SlotAddress is { } slot) w.WriteString("pvOpsSlot", Terminal.Addr(slot));
+                    if (r.SlotTarget is { } t) w.WriteString("pvOpsTarget", Terminal.Addr(t));
                 }
-                w.WriteString("bytes", Convert.ToHexString(r.Original).ToLowerInvariant());
+                w.WriteString("bytes", Terminal.Hex(r.Original));
                 WriteStrings(w, "asm", r.OriginalAsm);
                 if (r.Alt is { } alt)
                 {
-                    w.WriteString("replacementAddress", KernelCommand.Hex(alt.ReplacementAddress));
+                    w.WriteString("replacementAddress", Terminal.Addr(alt.ReplacementAddress));
                     w.WriteNumber("replacementLength", alt.ReplacementLen);
-                    w.WriteString("replacementBytes", Convert.ToHexString(r.Replacement!).ToLowerInvariant());
+                    w.WriteString("replacementBytes", Terminal.Hex(r.Replacement!));
                     WriteStrings(w, "replacementAsm", r.ReplacementAsm!);
                 }
                 w.WriteEndObject();
             }
             w.WriteEndArray();
             w.WriteEndObject();
-        }
-        output.WriteLine(Encoding.UTF8.GetString(ms.GetBuffer(), 0, (int)ms.Length));
+        });
     }
 
     private static void WriteStrings(Utf8JsonWriter w, string name, IReadOnlyList<string> values)

@@ -5,13 +5,19 @@ namespace Altpatch.Tests.Cli;
 
 public class DemoCommandTests
 {
-    [Fact]
-    public void Demo_json_reports_every_site_and_results_that_agree()
+    /// <summary>Runs <c>demo --json</c>: it must succeed, print nothing on stderr and write JSON that parses.</summary>
+    private static JsonDocument DemoJson()
     {
         var (exit, stdout, stderr) = CliRunner.Run("demo", "--json");
         Assert.Equal("", stderr);
         Assert.Equal(0, exit);
-        using var doc = JsonDocument.Parse(stdout);
+        return JsonDocument.Parse(stdout);
+    }
+
+    [Fact]
+    public void Demo_json_reports_every_site_and_results_that_agree()
+    {
+        using var doc = DemoJson();
         var root = doc.RootElement;
         Assert.True(root.GetProperty("resultsAgree").GetBoolean());
         Assert.True(root.GetProperty("revertExact").GetBoolean());
@@ -50,9 +56,7 @@ public class DemoCommandTests
     [Fact]
     public void Demo_json_reports_paravirt_sites_and_the_backend_switch()
     {
-        var (exit, stdout, _) = CliRunner.Run("demo", "--json");
-        Assert.Equal(0, exit);
-        using var doc = JsonDocument.Parse(stdout);
+        using var doc = DemoJson();
         var pv = doc.RootElement.GetProperty("paravirt");
         Assert.True(pv.GetProperty("resultsAgree").GetBoolean());
         Assert.True(pv.GetProperty("backToNativeExact").GetBoolean());
@@ -89,9 +93,7 @@ public class DemoCommandTests
     [Fact]
     public void Demo_json_reports_lock_sites_through_smp_up_smp()
     {
-        var (exit, stdout, _) = CliRunner.Run("demo", "--json");
-        Assert.Equal(0, exit);
-        using var doc = JsonDocument.Parse(stdout);
+        using var doc = DemoJson();
         var locks = doc.RootElement.GetProperty("smpLocks");
         Assert.True(locks.GetProperty("resultsAgree").GetBoolean());
         Assert.True(locks.GetProperty("restoreExact").GetBoolean());

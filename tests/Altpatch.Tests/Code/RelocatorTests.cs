@@ -90,7 +90,6 @@ public class RelocatorTests
         var insns = Decode(dest.AsSpan(0, n), to);
         Assert.Equal(insns[4].IP, insns[1].NearBranchTarget);
         Assert.Equal(insns[5].IP, insns[3].NearBranchTarget);
-        Assert.Equal(code[..^0].Length, n);
     }
 
     [Fact]

@@ -1,14 +1,12 @@
 using System.Runtime.Intrinsics.X86;
 using System.Text.Json;
-using Altpatch.Cli;
 using Altpatch.Cpu;
+using Altpatch.Tests.Cli;
 
 namespace Altpatch.Tests.Cpu;
 
 public sealed class CpuCommandTests
 {
-    private static (int Exit, string Out, string Err) Run(params string[] args) => Altpatch.Tests.Cli.CliRunner.Run(args);
-
     private static string FixtureFile()
     {
         var path = Path.Combine(Path.GetTempPath(), $"altpatch-cpuinfo-{Environment.ProcessId}.txt");
@@ -20,7 +18,7 @@ public sealed class CpuCommandTests
     public void Cpu_prints_identity_and_features_of_this_processor()
     {
         Skip.IfNot(X86Base.IsSupported, "not an x86 processor");
-        var (exit, stdout, stderr) = Run("cpu");
+        var (exit, stdout, stderr) = CliRunner.Run("cpu");
         Assert.Equal(0, exit);
         Assert.Equal("", stderr);
         var cpu = CpuFeatures.Detect();
@@ -39,7 +37,7 @@ public sealed class CpuCommandTests
     public void Cpu_json_describes_this_processor()
     {
         Skip.IfNot(X86Base.IsSupported, "not an x86 processor");
-        var (exit, stdout, stderr) = Run("cpu", "--json");
+        var (exit, stdout, stderr) = CliRunner.Run("cpu", "--json");
         Assert.Equal(0, exit);
         Assert.Equal("", stderr);
         var cpu = CpuFeatures.Detect();
@@ -68,7 +66,7 @@ public sealed class CpuCommandTests
         var path = FixtureFile();
         try
         {
-            var (exit, stdout, _) = Run("cpu", "--json", "--cpuinfo", path);
+            var (exit, stdout, _) = CliRunner.Run("cpu", "--json", "--cpuinfo", path);
             Assert.Equal(0, exit);
             using var doc = JsonDocument.Parse(stdout);
             var root = doc.RootElement;
@@ -107,7 +105,7 @@ public sealed class CpuCommandTests
         var path = FixtureFile();
         try
         {
-            var (exit, stdout, _) = Run("cpu", "--json", "--cpuinfo", path, "--feature", "popcnt", "--feature", "3dnow", "X86_FEATURE_ALWAYS");
+            var (exit, stdout, _) = CliRunner.Run("cpu", "--json", "--cpuinfo", path, "--feature", "popcnt", "--feature", "3dnow", "X86_FEATURE_ALWAYS");
             Assert.Equal(0, exit);
             using var doc = JsonDocument.Parse(stdout);
             var has = doc.RootElement.GetProperty("features").EnumerateArray()
@@ -119,7 +117,7 @@ public sealed class CpuCommandTests
                 ["X86_FEATURE_POPCNT"] = true,
             }, has);
 
-            var (exit2, table, _) = Run("cpu", "--cpuinfo", path, "--feature", "avx512_fp16");
+            var (exit2, table, _) = CliRunner.Run("cpu", "--cpuinfo", path, "--feature", "avx512_fp16");
             Assert.Equal(0, exit2);
             Assert.Contains("X86_FEATURE_AVX512_FP16", table, StringComparison.Ordinal);
             Assert.Contains("yes", table, StringComparison.Ordinal);
@@ -133,7 +131,7 @@ public sealed class CpuCommandTests
     [Fact]
     public void Cpu_errors_are_one_line_naming_the_input()
     {
-        var (exit, stdout, stderr) = Run("cpu", "--cpuinfo", "/nonexistent/cpuinfo");
+        var (exit, stdout, stderr) = CliRunner.Run("cpu", "--cpuinfo", "/nonexistent/cpuinfo");
         Assert.Equal(1, exit);
         Assert.Equal("", stdout);
         Assert.StartsWith("altpatch: error: cannot read '/nonexistent/cpuinfo'", stderr, StringComparison.Ordinal);
@@ -142,7 +140,7 @@ public sealed class CpuCommandTests
         var path = FixtureFile();
         try
         {
-            (exit, _, stderr) = Run("cpu", "--cpuinfo", path, "--feature", "avx9000");
+            (exit, _, stderr) = CliRunner.Run("cpu", "--cpuinfo", path, "--feature", "avx9000");
             Assert.Equal(1, exit);
             Assert.Contains("'avx9000'", stderr, StringComparison.Ordinal);
             Assert.DoesNotContain("   at ", stderr, StringComparison.Ordinal);

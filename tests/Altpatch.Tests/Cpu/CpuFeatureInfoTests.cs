@@ -250,7 +250,7 @@ public sealed class CpuFeatureInfoTests
     [SkippableFact]
     public void Generated_tables_are_what_the_generator_makes_from_the_headers()
     {
-        var root = RepoRoot();
+        var root = TestPaths.RepoRoot ?? throw new InvalidOperationException("repository root (Altpatch.slnx) not found");
         var script = Path.Combine(root, "tools", "gen-cpufeatures", "gen.py");
         Skip.IfNot(File.Exists("/work/ref/linux-source-6.1/arch/x86/include/asm/cpufeatures.h")
                    || File.Exists("/usr/src/linux-source-6.1.tar.xz"), "no Linux 6.1 source on this machine");
@@ -267,13 +267,5 @@ public sealed class CpuFeatureInfoTests
         {
             Skip.If(true, "python3 is not installed");
         }
-    }
-
-    internal static string RepoRoot()
-    {
-        var dir = new DirectoryInfo(AppContext.BaseDirectory);
-        while (dir is not null && !File.Exists(Path.Combine(dir.FullName, "Altpatch.slnx")))
-            dir = dir.Parent;
-        return dir?.FullName ?? throw new InvalidOperationException("repository root not found");
     }
 }

@@ -1,17 +1,16 @@
 using System.Text.Json;
+using Altpatch.Tests.Cli;
 
 namespace Altpatch.Tests.Images;
 
 /// <summary><c>altpatch kernel info</c> and <c>kernel sites</c>, run in process with captured output.</summary>
 public class KernelCommandTests
 {
-    private static (int Exit, string Out, string Err) Run(params string[] args) => Altpatch.Tests.Cli.CliRunner.Run(args);
-
     [SkippableFact]
     public void Info_json_on_the_real_image()
     {
         Skip.IfNot(TestPaths.HaveSharedImages, TestPaths.NoSharedImages);
-        var (rc, output, err) = Run("kernel", "info", TestPaths.CloudAmd64, "--json");
+        var (rc, output, err) = CliRunner.Run("kernel", "info", TestPaths.CloudAmd64, "--json");
         Assert.True(rc == 0, err);
         using var doc = JsonDocument.Parse(output);
         var r = doc.RootElement;
@@ -37,7 +36,7 @@ public class KernelCommandTests
     public void Info_text_on_the_real_i386_image()
     {
         Skip.IfNot(TestPaths.HaveSharedImages, TestPaths.NoSharedImages);
-        var (rc, output, err) = Run("kernel", "info", TestPaths.I386);
+        var (rc, output, err) = CliRunner.Run("kernel", "info", TestPaths.I386);
         Assert.True(rc == 0, err);
         Assert.Contains("xz at file offset 0x5094: 5,640,108 bytes -> 16,256,960 bytes", output, StringComparison.Ordinal);
         Assert.Contains("Linux version 6.1.0-50-686", output, StringComparison.Ordinal);
@@ -50,7 +49,7 @@ public class KernelCommandTests
     public void Sites_lock_json_on_the_real_image()
     {
         Skip.IfNot(TestPaths.HaveSharedImages, TestPaths.NoSharedImages);
-        var (rc, output, err) = Run("kernel", "sites", TestPaths.CloudAmd64, "--kind", "lock", "--json");
+        var (rc, output, err) = CliRunner.Run("kernel", "sites", TestPaths.CloudAmd64, "--kind", "lock", "--json");
         Assert.True(rc == 0, err);
         using var doc = JsonDocument.Parse(output);
         var r = doc.RootElement;
@@ -70,7 +69,7 @@ public class KernelCommandTests
     public void Sites_alt_json_on_the_real_i386_image_shows_replacements_at_their_own_address()
     {
         Skip.IfNot(TestPaths.HaveSharedImages, TestPaths.NoSharedImages);
-        var (rc, output, err) = Run("kernel", "sites", TestPaths.I386, "--kind", "alt", "--json", "--syntax", "intel");
+        var (rc, output, err) = CliRunner.Run("kernel", "sites", TestPaths.I386, "--kind", "alt", "--json", "--syntax", "intel");
         Assert.True(rc == 0, err);
         using var doc = JsonDocument.Parse(output);
         var sites = doc.RootElement.GetProperty("sites").EnumerateArray().ToList();
@@ -92,7 +91,7 @@ public class KernelCommandTests
     public void Sites_text_lists_every_kind()
     {
         Skip.IfNot(TestPaths.HaveSharedImages, TestPaths.NoSharedImages);
-        var (rc, output, err) = Run("kernel", "sites", TestPaths.I386);
+        var (rc, output, err) = CliRunner.Run("kernel", "sites", TestPaths.I386);
         Assert.True(rc == 0, err);
         Assert.EndsWith($"{954 + 264 + 8059} sites\n", output, StringComparison.Ordinal);
         Assert.Contains("pv_ops slot 0xc1c5", output, StringComparison.Ordinal);
@@ -106,7 +105,7 @@ public class KernelCommandTests
         {
             var empty = Path.Combine(dir.FullName, "empty");
             File.WriteAllBytes(empty, []);
-            var (rc, output, err) = Run("kernel", "info", empty);
+            var (rc, output, err) = CliRunner.Run("kernel", "info", empty);
             Assert.Equal(1, rc);
             Assert.Equal("", output);
             Assert.Equal("altpatch: error: empty: empty file" + Environment.NewLine, err);
@@ -115,12 +114,12 @@ public class KernelCommandTests
             k.Alts[0] = k.Alts[0] with { Instr = k.Data };
             var bad = Path.Combine(dir.FullName, "vmlinux");
             File.WriteAllBytes(bad, k.Build());
-            (rc, _, err) = Run("kernel", "sites", bad, "--kind", "alt");
+            (rc, _, err) = CliRunner.Run("kernel", "sites", bad, "--kind", "alt");
             Assert.Equal(1, rc);
             Assert.Single(err.TrimEnd().Split('\n'));
             Assert.StartsWith("altpatch: error: vmlinux: .altinstructions[0] at 0x", err, StringComparison.Ordinal);
 
-            (rc, _, err) = Run("kernel", "info", Path.Combine(dir.FullName, "missing"));
+            (rc, _, err) = CliRunner.Run("kernel", "info", Path.Combine(dir.FullName, "missing"));
             Assert.Equal(1, rc);
             Assert.Single(err.TrimEnd().Split('\n'));
         }
@@ -138,11 +137,11 @@ public class KernelCommandTests
         {
             var path = Path.Combine(dir.FullName, "vmlinux");
             File.WriteAllBytes(path, new SyntheticKernel(false, Altpatch.Images.AltInstrFormat.Relative14).Build());
-            var (rc, output, err) = Run("kernel", "sites", path, "--json");
+            var (rc, output, err) = CliRunner.Run("kernel", "sites", path, "--json");
             Assert.True(rc == 0, err);
             using var doc = JsonDocument.Parse(output);
             Assert.Equal(5 + 3 + 4 + 1 + 2, doc.RootElement.GetProperty("count").GetInt32());
-            (rc, output, _) = Run("kernel", "info", path);
+            (rc, output, _) = CliRunner.Run("kernel", "info", path);
             Assert.Equal(0, rc);
             Assert.Contains("relative-14-ft_flags", output, StringComparison.Ordinal);
             Assert.Contains("ELF file (no bzImage wrapper, not compressed)", output, StringComparison.Ordinal);
@@ -156,15 +155,15 @@ public class KernelCommandTests
     [Fact]
     public void Help_and_usage_errors()
     {
-        var (rc, output, _) = Run("kernel", "--help");
+        var (rc, output, _) = CliRunner.Run("kernel", "--help");
         Assert.Equal(0, rc);
         Assert.Contains("info", output, StringComparison.Ordinal);
         Assert.Contains("sites", output, StringComparison.Ordinal);
-        (rc, output, _) = Run("kernel", "sites", "--help");
+        (rc, output, _) = CliRunner.Run("kernel", "sites", "--help");
         Assert.Equal(0, rc);
         Assert.Contains("--kind", output, StringComparison.Ordinal);
         Assert.Contains("--syntax", output, StringComparison.Ordinal);
-        (rc, _, _) = Run("kernel", "sites", "x", "--kind", "bogus");
+        (rc, _, _) = CliRunner.Run("kernel", "sites", "x", "--kind", "bogus");
         Assert.NotEqual(0, rc);
     }
 }

@@ -1,7 +1,9 @@
 using System.Buffers.Binary;
 using System.Text;
 using Altpatch.Images;
+using Altpatch.Images.Boot;
 using Altpatch.Tests.Images;
+using static Altpatch.Tests.Images.SyntheticTables;
 
 namespace Altpatch.Tests.KernelPatch;
 
@@ -11,13 +13,10 @@ namespace Altpatch.Tests.KernelPatch;
 /// <c>__x86_return_thunk</c>, the RETBleed and SRSO untraining sequences), <c>_paravirt_nop</c> and native pv_ops
 /// targets; <c>.init.text</c>, <c>.altinstr_replacement</c>, <c>.rodata</c> (banner, optional cap-flag names),
 /// <c>.data</c> (pv_ops) and the five site tables. Tests write code with <see cref="Put"/> and add entries, then
-/// <see cref="Build"/>.
+/// <see cref="Build"/>; the entries are encoded by <see cref="SyntheticTables"/>.
 /// </summary>
 internal sealed class BootImageBuilder
 {
-    public readonly record struct Alt(ulong Instr, ulong Repl, ushort Cpuid, bool Not, byte InstrLen, byte ReplLen);
-    public readonly record struct Para(ulong Instr, byte Type, byte Len, ushort Clobbers);
-
     private readonly byte[] text = Filled(0x4000, 0xcc);
     private readonly byte[] init = Filled(0x400, 0xcc);
     private readonly byte[] repl = Filled(0x400, 0xcc);
@@ -82,6 +81,13 @@ internal sealed class BootImageBuilder
 
     private static byte[] Filled(int n, byte b) => Enumerable.Repeat(b, n).ToArray();
 
+    /// <summary>Bytes written as hex, spaces allowed: <c>"0f ae e8"</c>.</summary>
+    public static byte[] Hex(string s) => Convert.FromHexString(s.Replace(" ", "", StringComparison.Ordinal));
+
+    /// <summary>Where the rel32 call or jmp at <paramref name="at"/> in the patched image leads.</summary>
+    public static ulong BranchTarget(KernelPatchResult r, ulong at) =>
+        at + 5 + (ulong)(long)BinaryPrimitives.ReadInt32LittleEndian(r.Patched.ReadBytes(at + 1, 4));
+
     /// <summary>Writes bytes at an address in .text, .init.text or .altinstr_replacement.</summary>
     public void Put(ulong address, params byte[] bytes)
     {
@@ -116,30 +122,8 @@ internal sealed class BootImageBuilder
     /// <summary>A paravirt site: <c>call *pv_ops+type*ptr</c> (ff 15) at <paramref name="instr"/>.</summary>
     public void AddPara(ulong instr, byte type, byte len = 6, ushort clobbers = 0x1ff)
     {
-        var call = new byte[len];
-        call[0] = 0xff;
-        call[1] = 0x15;
-        ulong slot = PvOps + (ulong)type * (ulong)PointerSize;
-        uint operand = Is64 ? (uint)(int)(long)(slot - (instr + 6)) : (uint)slot;
-        if (len >= 6)
-            BinaryPrimitives.WriteUInt32LittleEndian(call.AsSpan(2), operand);
-        Put(instr, call);
+        Put(instr, ParavirtCall(Is64, PvOps, instr, type, len));
         Paras.Add(new Para(instr, type, len, clobbers));
-    }
-
-    public static byte[] Branch(byte opcode, ulong at, ulong target, int length = 5)
-    {
-        var b = new byte[length];
-        int op = length - 4;
-        if (length == 6)
-        {
-            b[0] = 0x0f;
-            b[1] = opcode;
-        }
-        else
-            b[0] = opcode;
-        BinaryPrimitives.WriteInt32LittleEndian(b.AsSpan(op), (int)(long)(target - (at + (ulong)length)));
-        return b;
     }
 
     /// <summary>A return site: <c>jmp __x86_return_thunk</c>.</summary>
@@ -223,102 +207,28 @@ internal sealed class BootImageBuilder
                 strAt += s.Length + 1;
             }
             for (int i = 0; i < ptrs.Length; i++)
-                WritePtr(rodata.AsSpan(0x2000 + i * PointerSize), ptrs[i]);
+                WritePointer(rodata.AsSpan(0x2000 + i * PointerSize), PointerSize, ptrs[i]);
         }
         var data = new byte[0x400];
         for (int i = 0; i < PvOpsSlots.Count; i++)
-            WritePtr(data.AsSpan(0x100 + i * PointerSize), PvOpsSlots[i]);
+            WritePointer(data.AsSpan(0x100 + i * PointerSize), PointerSize, PvOpsSlots[i]);
 
         var elf = new SyntheticElf(Is64, Is64 ? ElfFile.MachineX86_64 : ElfFile.MachineI386, Base)
             .Section(".text", Text, text, SyntheticElf.Alloc | SyntheticElf.Exec)
             .Section(".rodata", Rodata, rodata)
             .Section(".data", Data, data, SyntheticElf.Alloc | SyntheticElf.Write)
             .Section(".altinstr_replacement", Replacement, repl, SyntheticElf.Alloc | SyntheticElf.Exec)
-            .Section(".altinstructions", AltTable, AltEntries())
-            .Section(".parainstructions", ParaTable, ParaEntries())
-            .Section(".smp_locks", LockTable, LockEntries())
+            .Section(".altinstructions", AltTable, AltEntries(Format, PointerSize, AltTable, Alts))
+            .Section(".parainstructions", ParaTable, ParaEntries(PointerSize, Paras))
+            // the 2.6 era's absolute .smp_locks go with its absolute alt_instr; two entries of section padding
+            .Section(".smp_locks", LockTable, LockEntries(Format == AltInstrFormat.AbsoluteByteCpuid, PointerSize, LockTable, Locks, padding: 2))
             .Section(".init.text", InitText, init, SyntheticElf.Alloc | SyntheticElf.Exec);
         if (Retpolines.Count > 0)
-            elf.Section(".retpoline_sites", RetpolineTable, Relative(RetpolineTable, Retpolines));
+            elf.Section(".retpoline_sites", RetpolineTable, RelativeEntries(RetpolineTable, Retpolines));
         if (Returns.Count > 0)
-            elf.Section(".return_sites", ReturnTable, Relative(ReturnTable, Returns));
+            elf.Section(".return_sites", ReturnTable, RelativeEntries(ReturnTable, Returns));
         if (IbtSeal.Count > 0)
-            elf.Section(".ibt_endbr_seal", IbtSealTable, Relative(IbtSealTable, IbtSeal));
+            elf.Section(".ibt_endbr_seal", IbtSealTable, RelativeEntries(IbtSealTable, IbtSeal));
         return elf.Build();
-    }
-
-    private void WritePtr(Span<byte> d, ulong value)
-    {
-        if (Is64) BinaryPrimitives.WriteUInt64LittleEndian(d, value);
-        else BinaryPrimitives.WriteUInt32LittleEndian(d, (uint)value);
-    }
-
-    private static int Rel(ulong from, ulong to) => unchecked((int)(uint)(to - from));
-
-    private byte[] AltEntries()
-    {
-        int es = Format.EntrySize(PointerSize);
-        var t = new byte[Alts.Count * es];
-        for (int i = 0; i < Alts.Count; i++)
-        {
-            var a = Alts[i];
-            var e = t.AsSpan(i * es, es);
-            ulong ea = AltTable + (ulong)(i * es);
-            if (Format == AltInstrFormat.Relative12)
-            {
-                BinaryPrimitives.WriteInt32LittleEndian(e, Rel(ea, a.Instr));
-                BinaryPrimitives.WriteInt32LittleEndian(e[4..], Rel(ea + 4, a.Repl));
-                BinaryPrimitives.WriteUInt16LittleEndian(e[8..], (ushort)(a.Cpuid | (a.Not ? 0x8000 : 0)));
-                e[10] = a.InstrLen;
-                e[11] = a.ReplLen;
-            }
-            else if (Format == AltInstrFormat.AbsoluteByteCpuid)
-            {
-                WritePtr(e, a.Instr);
-                WritePtr(e[PointerSize..], a.Repl);
-                e[2 * PointerSize] = (byte)a.Cpuid;
-                e[2 * PointerSize + 1] = a.InstrLen;
-                e[2 * PointerSize + 2] = a.ReplLen;
-            }
-            else
-                throw new NotSupportedException(Format.ToString());
-        }
-        return t;
-    }
-
-    private byte[] ParaEntries()
-    {
-        int es = 2 * PointerSize;
-        var t = new byte[Paras.Count * es];
-        for (int i = 0; i < Paras.Count; i++)
-        {
-            var e = t.AsSpan(i * es, es);
-            WritePtr(e, Paras[i].Instr);
-            e[PointerSize] = Paras[i].Type;
-            e[PointerSize + 1] = Paras[i].Len;
-            BinaryPrimitives.WriteUInt16LittleEndian(e[(PointerSize + 2)..], Paras[i].Clobbers);
-        }
-        return t;
-    }
-
-    private byte[] LockEntries()
-    {
-        bool absolute = Format == AltInstrFormat.AbsoluteByteCpuid;
-        int es = absolute ? PointerSize : 4;
-        var t = new byte[(Locks.Count + 2) * es];
-        for (int i = 0; i < Locks.Count; i++)
-        {
-            if (absolute) WritePtr(t.AsSpan(i * es), Locks[i]);
-            else BinaryPrimitives.WriteInt32LittleEndian(t.AsSpan(i * 4), Rel(LockTable + (ulong)(i * 4), Locks[i]));
-        }
-        return t;
-    }
-
-    private static byte[] Relative(ulong table, List<ulong> targets)
-    {
-        var t = new byte[targets.Count * 4];
-        for (int i = 0; i < targets.Count; i++)
-            BinaryPrimitives.WriteInt32LittleEndian(t.AsSpan(i * 4), Rel(table + (ulong)(i * 4), targets[i]));
-        return t;
     }
 }

@@ -1,8 +1,9 @@
-using System.Buffers.Binary;
 using Altpatch.Cpu;
 using Altpatch.Images;
 using Altpatch.Images.Boot;
 using Altpatch.Text;
+using Altpatch.Tests.Images;
+using static Altpatch.Tests.KernelPatch.BootImageBuilder;
 using F = Altpatch.Cpu.CpuFeature;
 
 namespace Altpatch.Tests.KernelPatch;
@@ -15,11 +16,6 @@ public class BootPassTests
 
     private static byte[] At(KernelPatchResult r, ulong address, int n) => r.Patched.ReadBytes(address, n).ToArray();
 
-    private static byte[] Hex(string s) => Convert.FromHexString(s.Replace(" ", "", StringComparison.Ordinal));
-
-    private static ulong CallTarget(KernelPatchResult r, ulong at) =>
-        at + 5 + (ulong)(long)BinaryPrimitives.ReadInt32LittleEndian(r.Patched.ReadBytes(at + 1, 4));
-
     // ---------------------------------------------------------------- apply_paravirt
 
     [Fact]
@@ -30,7 +26,7 @@ public class BootPassTests
         b.AddPara(site, 3);
         var r = KernelBootPatcher.Patch(b.Open(), State());
         Assert.Equal(0xe8, At(r, site, 6)[0]);
-        Assert.Equal(b.NativeFunction(3), CallTarget(r, site));
+        Assert.Equal(b.NativeFunction(3), BranchTarget(r, site));
         Assert.Equal(0x90, At(r, site + 5, 1)[0]);
         Assert.Null(r.Thunks.ParavirtNop);   // no slot a site uses points at it
     }
@@ -57,7 +53,7 @@ public class BootPassTests
         ulong site = b.Text + 0x100;
         b.AddPara(site, 1, len: 7);
         var r = KernelBootPatcher.Patch(b.Open(), State());
-        Assert.Equal(b.NativeFunction(1), CallTarget(r, site));
+        Assert.Equal(b.NativeFunction(1), BranchTarget(r, site));
         Assert.Equal(Hex("89 f6"), At(r, site + 5, 2));   // x86_nops[2] on i386
     }
 
@@ -147,7 +143,7 @@ public class BootPassTests
         b.AddRetpoline(high, 3);
         var r = KernelBootPatcher.Patch(b.Open(), State(features: [F.IndirectThunkIts]));
         Assert.Equal(0xe8, At(r, low, 1)[0]);
-        Assert.Equal(b.ItsArray + 3 * 64, CallTarget(r, low));
+        Assert.Equal(b.ItsArray + 3 * 64, BranchTarget(r, low));
         Assert.Equal(Hex("ff d3 0f 1f 00"), At(r, high, 5));
         Assert.Equal(b.ItsArray, r.Thunks.ItsThunkArray);
     }
@@ -200,7 +196,7 @@ public class BootPassTests
             _ => b.RetbleedReturnThunk,
         };
         Assert.Equal(0xe9, At(r, site, 1)[0]);
-        Assert.Equal(want, CallTarget(r, site));
+        Assert.Equal(want, BranchTarget(r, site));
     }
 
     [Fact]
@@ -211,7 +207,7 @@ public class BootPassTests
         b.AddReturn(low);
         b.AddReturn(high);
         var r = KernelBootPatcher.Patch(b.Open(), State(ReturnThunkKind.Its, features: [F.Rethunk]));
-        Assert.Equal(b.ItsReturnThunk, CallTarget(r, low));
+        Assert.Equal(b.ItsReturnThunk, BranchTarget(r, low));
         Assert.Equal(Hex("c3 cc cc cc cc"), At(r, high, 5));
         Assert.Equal(b.ItsReturnThunk, r.Thunks.ItsReturnThunk);
     }
@@ -223,7 +219,7 @@ public class BootPassTests
         ulong nullTramp = b.Text + 0x200, setTramp = b.Text + 0x210;
         b.AddReturn(nullTramp);
         b.Put(nullTramp + 5, 0x0f, 0xb9, 0xcc);
-        b.Put(setTramp, [.. BootImageBuilder.Branch(0xe9, setTramp, b.NativeFunction(1)), 0x0f, 0xb9, 0xcc]);
+        b.Put(setTramp, [.. SyntheticTables.Branch(0xe9, setTramp, b.NativeFunction(1)), 0x0f, 0xb9, 0xcc]);
         b.Returns.Add(setTramp);
         var img = b.Open();
         var r = KernelBootPatcher.Patch(img, State());
@@ -238,7 +234,7 @@ public class BootPassTests
         ulong other = b.Text + 0x300;
         b.AddReturn(b.Text + 0x100);
         b.AddReturn(b.Text + 0x108);
-        b.Put(other, BootImageBuilder.Branch(0xe9, other, b.NativeFunction(2)));
+        b.Put(other, SyntheticTables.Branch(0xe9, other, b.NativeFunction(2)));
         b.Returns.Add(other);
         var img = b.Open();
         var r = KernelBootPatcher.Patch(img, State());
@@ -289,11 +285,11 @@ public class BootPassTests
         ulong target = b.NativeFunction(7);
         ulong replAt = b.Replacement + 0x200;
         b.Put(site, Hex("0f 1f 44 00 00"));
-        b.Put(replAt, BootImageBuilder.Branch(0xe8, replAt, target));
-        b.Alts.Add(new BootImageBuilder.Alt(site, replAt, (ushort)F.Erms, false, 5, 5));
+        b.Put(replAt, SyntheticTables.Branch(0xe8, replAt, target));
+        b.Alts.Add(new SyntheticTables.Alt(site, replAt, (ushort)F.Erms, false, 5, 5));
         var r = KernelBootPatcher.Patch(b.Open(), State(features: [F.Erms]));
         Assert.Equal(0xe8, At(r, site, 1)[0]);
-        Assert.Equal(target, CallTarget(r, site));
+        Assert.Equal(target, BranchTarget(r, site));
     }
 
     [Fact]
@@ -304,14 +300,14 @@ public class BootPassTests
         ulong replNear = b.Replacement + 0x200, replFar = b.Replacement + 0x210;
         b.Put(near, Hex("0f 1f 44 00 00"));
         b.Put(far, Hex("0f 1f 44 00 00"));
-        b.Put(replNear, BootImageBuilder.Branch(0xe9, replNear, near + 0x40));   // 0x3b past the 2-byte jmp
-        b.Put(replFar, BootImageBuilder.Branch(0xe9, replFar, far + 0x1000));
-        b.Alts.Add(new BootImageBuilder.Alt(near, replNear, (ushort)F.Always, false, 5, 5));
-        b.Alts.Add(new BootImageBuilder.Alt(far, replFar, (ushort)F.Always, false, 5, 5));
+        b.Put(replNear, SyntheticTables.Branch(0xe9, replNear, near + 0x40));   // 0x3b past the 2-byte jmp
+        b.Put(replFar, SyntheticTables.Branch(0xe9, replFar, far + 0x1000));
+        b.Alts.Add(new SyntheticTables.Alt(near, replNear, (ushort)F.Always, false, 5, 5));
+        b.Alts.Add(new SyntheticTables.Alt(far, replFar, (ushort)F.Always, false, 5, 5));
         var r = KernelBootPatcher.Patch(b.Open(), State(features: [F.Always]));
         Assert.Equal(Hex("eb 3e 0f 1f 00"), At(r, near, 5));
         Assert.Equal(0xe9, At(r, far, 1)[0]);
-        Assert.Equal(far + 0x1000, CallTarget(r, far));
+        Assert.Equal(far + 0x1000, BranchTarget(r, far));
     }
 
     [Fact]
@@ -321,7 +317,7 @@ public class BootPassTests
         ulong site = b.Text + 0x100;
         b.AddAlt(site, Hex("0f 1f 44 00 00"), Hex("0f ae e8"), (int)F.Xmm2);         // ALTERNATIVE_2 first
         ulong r2 = b.AddReplacement(Hex("0f 01 f9"));                                  // second: rdtscp
-        b.Alts.Add(new BootImageBuilder.Alt(site, r2, (ushort)F.Rdtscp, false, 5, 3));
+        b.Alts.Add(new SyntheticTables.Alt(site, r2, (ushort)F.Rdtscp, false, 5, 3));
         var both = KernelBootPatcher.Patch(b.Open(), State(features: [F.Xmm2, F.Rdtscp]));
         Assert.Equal(Hex("0f 01 f9 66 90"), At(both, site, 5));
         var first = KernelBootPatcher.Patch(b.Open(), State(features: [F.Xmm2]));

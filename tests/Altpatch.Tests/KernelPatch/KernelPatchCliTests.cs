@@ -1,7 +1,7 @@
 using System.Text.Json;
-using Altpatch.Images;
 using Altpatch.Images.Boot;
 using Altpatch.Tests.Cli;
+using Altpatch.Tests.Images;
 
 namespace Altpatch.Tests.KernelPatch;
 
@@ -62,6 +62,25 @@ public sealed class KernelPatchCliTests : IDisposable
     }
 
     [Fact]
+    public void Numbers_that_do_not_parse_are_usage_errors_not_crashes()
+    {
+        var img = WriteImage(Sample());
+        foreach (var args in new[]
+        {
+            new[] { "--flags", "fpu", "--smp", "abc" },
+            new[] { "--cpuinfo", Path.Combine(dir, "cpuinfo"), "--family", "abc" },
+            new[] { "--cpuinfo", Path.Combine(dir, "cpuinfo"), "--model", "abc" },
+        })
+        {
+            var (exit, _, err) = CliRunner.Run(["kernel", "patch", img, "-o", Out, .. args]);
+            Assert.Equal(1, exit);
+            Assert.DoesNotContain("   at ", err, StringComparison.Ordinal);
+            Assert.False(File.Exists(Out));
+        }
+        Assert.Contains("--smp must be at least 1", CliRunner.Run("kernel", "patch", img, "--flags", "fpu", "--smp", "0", "-o", Out).Err, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void Unknown_feature_names_are_an_error_naming_them()
     {
         var img = WriteImage(Sample());
@@ -83,6 +102,28 @@ public sealed class KernelPatchCliTests : IDisposable
         Assert.StartsWith("altpatch: error: ", err, StringComparison.Ordinal);
         Assert.Equal("keep me", File.ReadAllText(Out));
         Assert.Empty(Directory.GetFiles(dir, "*.tmp"));
+    }
+
+    [Fact]
+    public void A_report_that_cannot_be_written_leaves_an_existing_output_untouched()
+    {
+        var img = WriteImage(Sample());
+        File.WriteAllText(Out, "keep me");
+        // A name longer than NAME_MAX: the report fails only when it is written, after OUT's bytes were.
+        string report = Path.Combine(dir, new string('r', 250) + ".json");
+        AssertFailedKeepingOutput(CliRunner.Run("kernel", "patch", img, "--flags", "fpu", "-o", Out, "--report", report));
+        // A missing directory is refused before the image is read.
+        AssertFailedKeepingOutput(CliRunner.Run("kernel", "patch", img, "--flags", "fpu", "-o", Out, "--report", Path.Combine(dir, "no", "r.json")), "no such directory");
+        Assert.Equal([img, Out], Directory.GetFiles(dir).Order(StringComparer.Ordinal));   // nothing else left behind
+
+        void AssertFailedKeepingOutput((int Exit, string Out, string Err) r, string? expected = null)
+        {
+            Assert.Equal(1, r.Exit);
+            Assert.StartsWith("altpatch: error: ", r.Err, StringComparison.Ordinal);
+            Assert.Contains(expected ?? "", r.Err, StringComparison.Ordinal);
+            Assert.Single(r.Err.TrimEnd().Split('\n'));
+            Assert.Equal("keep me", File.ReadAllText(Out));
+        }
     }
 
     [Fact]
@@ -136,7 +177,7 @@ public sealed class KernelPatchCliTests : IDisposable
     public void Table_entries_outside_the_text_are_errors_naming_the_entry()
     {
         var b = Sample();
-        b.Alts.Add(new BootImageBuilder.Alt(b.Data + 0x10, b.AddReplacement(0x90), 3 * 32 + 21, false, 5, 1));
+        b.Alts.Add(new SyntheticTables.Alt(b.Data + 0x10, b.AddReplacement(0x90), 3 * 32 + 21, false, 5, 1));
         var img = WriteImage(b);
         AssertFailedWithoutOutput(CliRunner.Run("kernel", "patch", img, "--flags", "fpu", "-o", Out), ".altinstructions[3]");
     }
@@ -235,6 +276,5 @@ public sealed class KernelPatchCliTests : IDisposable
         Assert.Equal(3, d.Cpus);
         Assert.Equal(KernelHypervisor.None, d.Hypervisor);
         Assert.Equal(2, new KernelCpuDescription { Cpu = Altpatch.Cpu.CpuFeatures.Empty }.Cpus);
-        _ = typeof(KernelImage);
     }
 }

@@ -1,7 +1,7 @@
-using System.Buffers.Binary;
 using Altpatch.Cpu;
 using Altpatch.Images.Boot;
 using Altpatch.Tests.Cli;
+using static Altpatch.Tests.KernelPatch.BootImageBuilder;
 
 namespace Altpatch.Tests.KernelPatch;
 
@@ -30,9 +30,6 @@ public class KvmGuestTests
         return (b, syms);
     }
 
-    private static ulong Target(Altpatch.Images.Boot.KernelPatchResult r, ulong at) =>
-        at + 5 + (ulong)(long)BinaryPrimitives.ReadInt32LittleEndian(r.Patched.ReadBytes(at + 1, 4));
-
     private static KernelCpuDescription Kvm(Dictionary<string, ulong>? syms, KvmFeatures f, int cpus = 2) => new()
     {
         Cpu = CpuFeatures.FromNames(["fpu", "sse2"], CpuVendor.Intel, 6, 85, 7),
@@ -47,9 +44,9 @@ public class KvmGuestTests
     {
         var (b, syms) = Image();
         var r = KernelBootPatcher.Patch(b.Open(), Kvm(syms, KvmGuest.QemuDefaults));
-        Assert.Equal(syms["kvm_io_delay"], Target(r, b.Text + 0x100));
-        Assert.Equal(syms["__raw_callee_save___kvm_vcpu_is_preempted"], Target(r, b.Text + 0x190));
-        Assert.Equal(b.NativeFunction(6), Target(r, b.Text + 0x160));
+        Assert.Equal(syms["kvm_io_delay"], BranchTarget(r, b.Text + 0x100));
+        Assert.Equal(syms["__raw_callee_save___kvm_vcpu_is_preempted"], BranchTarget(r, b.Text + 0x190));
+        Assert.Equal(b.NativeFunction(6), BranchTarget(r, b.Text + 0x160));
         Assert.True(r.State.Has(CpuFeature.Vcpupreempt));
         Assert.False(r.State.Has(CpuFeature.Pvunlock));
         Assert.True(r.State.Has(CpuFeature.Hypervisor));
@@ -61,13 +58,13 @@ public class KvmGuestTests
         var (b, syms) = Image();
         var f = KvmFeatures.NopIoDelay | KvmFeatures.StealTime | KvmFeatures.PvUnhalt;
         var r = KernelBootPatcher.Patch(b.Open(), Kvm(syms, f));
-        Assert.Equal(syms["__pv_queued_spin_lock_slowpath"], Target(r, b.Text + 0x150));
-        Assert.Equal(syms["__raw_callee_save___pv_queued_spin_unlock"], Target(r, b.Text + 0x160));
-        Assert.Equal(syms["kvm_wait"], Target(r, b.Text + 0x170));
-        Assert.Equal(syms["kvm_kick_cpu"], Target(r, b.Text + 0x180));
+        Assert.Equal(syms["__pv_queued_spin_lock_slowpath"], BranchTarget(r, b.Text + 0x150));
+        Assert.Equal(syms["__raw_callee_save___pv_queued_spin_unlock"], BranchTarget(r, b.Text + 0x160));
+        Assert.Equal(syms["kvm_wait"], BranchTarget(r, b.Text + 0x170));
+        Assert.Equal(syms["kvm_kick_cpu"], BranchTarget(r, b.Text + 0x180));
         Assert.True(r.State.Has(CpuFeature.Pvunlock));
         var up = KernelBootPatcher.Patch(b.Open(), Kvm(syms, f, cpus: 1));
-        Assert.Equal(b.NativeFunction(6), Target(up, b.Text + 0x160));
+        Assert.Equal(b.NativeFunction(6), BranchTarget(up, b.Text + 0x160));
         Assert.False(up.State.Has(CpuFeature.Pvunlock));
     }
 

@@ -2,6 +2,7 @@ using Altpatch.Code;
 using Altpatch.Cpu;
 using Altpatch.Images;
 using Altpatch.Images.Boot;
+using static Altpatch.Tests.KernelPatch.BootImageBuilder;
 
 namespace Altpatch.Tests.KernelPatch;
 
@@ -134,6 +135,4 @@ public class SeedEraTests
         Assert.Contains("Linux 6.6.0-synthetic", e.Message, StringComparison.Ordinal);
         Assert.Contains("6.1", e.Message, StringComparison.Ordinal);
     }
-
-    private static byte[] Hex(string s) => Convert.FromHexString(s.Replace(" ", "", StringComparison.Ordinal));
 }

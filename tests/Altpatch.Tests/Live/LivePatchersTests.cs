@@ -14,23 +14,32 @@ namespace Altpatch.Tests.Live;
 [Collection(LiveCollection.Name)]
 public class LivePatchersTests
 {
-    /// <summary>Runs <paramref name="work"/> on <paramref name="threads"/> threads until stopped; returns the failures seen.</summary>
+    /// <summary>
+    /// Runs <paramref name="work"/> on <paramref name="threads"/> threads while <paramref name="patcher"/> runs; returns the
+    /// calls made and the first failure seen. The patcher starts only when every worker has made a call: on a loaded
+    /// machine a thread may otherwise not be scheduled before the patcher is done, and nothing would run the sites.
+    /// </summary>
     private static (long Calls, string? Failure) Hammer(int threads, Func<long, string?> work, Action patcher)
     {
         long calls = 0;
         string? failure = null;
         using var stop = new ManualResetEventSlim();
+        using var running = new CountdownEvent(threads);
         var workers = Enumerable.Range(0, threads).Select(t => new Thread(() =>
         {
             long i = t;
+            bool first = true;
             while (!stop.IsSet && failure is null)
             {
                 var f = work(i++);
                 if (f is not null) Interlocked.CompareExchange(ref failure, f, null);
                 Interlocked.Increment(ref calls);
+                if (first) { running.Signal(); first = false; }
             }
+            if (first) running.Signal(); // another worker's failure ended the loop before this one's first call
         }) { IsBackground = true }).ToList();
         workers.ForEach(w => w.Start());
+        running.Wait();
         try { patcher(); }
         finally
         {
@@ -57,9 +66,9 @@ public class LivePatchersTests
         var (calls, failure) = Hammer(2, i =>
         {
             ulong x = (ulong)i * 0x9E37_79B9_7F4A_7C15UL;
-            if (PvFixture.Call(ident, x) != x) return $"ident({x:x})";
-            if (PvFixture.Call(mix, x) != ParavirtOps.Mix64Reference(x)) return $"mix({x:x})";
-            if (PvFixture.Call(popcount, x) != (ulong)BitOperations.PopCount(x)) return $"popcount({x:x})";
+            if (Run.Call64(ident, x) != x) return $"ident({x:x})";
+            if (Run.Call64(mix, x) != ParavirtOps.Mix64Reference(x)) return $"mix({x:x})";
+            if (Run.Call64(popcount, x) != (ulong)BitOperations.PopCount(x)) return $"popcount({x:x})";
             return null;
         }, () =>
         {
@@ -100,6 +109,7 @@ public class LivePatchersTests
         var (_, after) = Hammer(2, _ => { f.Run(1000); return null; }, () => Thread.Sleep(200));
         Assert.Null(after);
         var v = f.Values;
+        Assert.True(v[0] >= 2 * 1000, $"{v[0]} increments: each worker runs count(1000) at least once"); // not vacuous
         Assert.Equal(v[0] * 2, v[1]);
         Assert.Equal(v[0], v[2]);
         Assert.Equal(v[0] * 3, v[3]);

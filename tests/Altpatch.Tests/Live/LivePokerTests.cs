@@ -62,8 +62,7 @@ public class LivePokerTests
         // A patient batch waits: it has placed its int3 and probes until the thread leaves.
         var poker = new LivePoker();
         using var batch = new Background(() => poker.Apply(parked.Plan));
-        while (Run.Read(parked.Function, 1)[0] != 0xCC && !batch.Done) Thread.Yield();
-        Assert.False(batch.Done, "the batch cannot end while the thread is inside the site");
+        parked.AwaitInt3(batch);
         Assert.Equal(1, parked.Release()); // the thread finished the OLD code
         batch.Join();
         Assert.Equal(parked.Site.New.ToArray(), Run.Read(parked.Function, parked.Site.Length));
@@ -110,8 +109,10 @@ public class LivePokerTests
         }
         Assert.Equal(trapsBefore, TrapHandler.TrapsHandled); // no int3 was ever placed
         Assert.Equal([0xF0, 0x83, 0x07, 0x01], Run.Read(fn, 4));
-        long n = Run.Call64(fn, (long)counter);
-        Assert.True(n > 0);
+        // the code still works: one locked increment, and eax holds the new count
+        uint count = BitConverter.ToUInt32(Run.Read(counter, 4));
+        Assert.Equal(count + 1UL, Run.Call64(fn, counter));
+        Assert.Equal(count + 1, BitConverter.ToUInt32(Run.Read(counter, 4)));
     }
 
     [Fact]
@@ -126,7 +127,7 @@ public class LivePokerTests
             b.Code(a => a.ret());
         });
         cb.Publish();
-        var text = Run.Read(cb.TextStart, (int)(cb.Cursor - cb.TextStart));
+        var text = Run.Text(cb);
         Assert.Equal(11, Run.Call(fn));
         var plan = Alternatives.Plan(cb.AlternativeSites, CpuFeatures.Empty.With(F), ProcessMemory.Snapshot());
         Assert.Equal(2, plan.Count);
@@ -143,18 +144,11 @@ public class LivePokerTests
         }
         var seen = caller.Stop();
         Assert.True(seen.Keys.All(k => k is 11 or 22), "results seen: " + string.Join(", ", seen.Keys));
-        Assert.Equal(text, Run.Read(cb.TextStart, text.Length));
+        Assert.Equal(text, Run.Text(cb));
     }
 
-    /// <summary>An anonymous private r-x mapping with mov eax,1; ret every 64 bytes: code Altpatch did not allocate.</summary>
-    private static ulong Foreign(int size)
-    {
-        ulong m = Run.Map(size, Libc.ProtRead | Libc.ProtWrite);
-        for (int off = 0; off < size; off += 64) Run.Write(m + (ulong)off, Torture());
-        Run.Protect(m, size, Libc.ProtRead | Libc.ProtExec);
-        return m;
-        static byte[] Torture() => [.. Altpatch.TortureChild.Torture.One];
-    }
+    /// <summary>Code Altpatch did not allocate, with mov eax,1; ret; nop every 64 bytes.</summary>
+    private static ulong Foreign(int size) => Run.MapCode(size, Altpatch.TortureChild.Torture.One);
 
     private static PatchPlan FlipEvery(ulong m, int size, int stride) =>
         new(Enumerable.Range(0, size / stride).Select(i =>

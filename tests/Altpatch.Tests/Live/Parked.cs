@@ -39,38 +39,29 @@ internal sealed unsafe class Parked : IDisposable
         memory = ExecutableMemory.Allocate(8192, "parked");
         memory.Writable[4096] = 1; // the flag: 1 = stay; flag+1: set by the thread when it is inside
         ulong flag = Flag;
+        // The wait: mov rcx, flag; mov byte [rcx+1], 1; L: pause; cmp byte [rcx], 0; jne L; mov eax, 1; ret
+        void Wait(Assembler a)
+        {
+            var l = a.CreateLabel();
+            a.mov(rcx, flag);
+            a.mov(__byte_ptr[rcx + 1], 1);
+            a.Label(ref l);
+            a.pause();
+            a.cmp(__byte_ptr[rcx], 0);
+            a.jne(l);
+            a.mov(eax, 1);
+            a.ret();
+        }
         byte[] old;
         if (!inCallee)
         {
-            // site: mov rcx, flag; mov byte [rcx+1], 1; L: pause; cmp byte [rcx], 0; jne L; mov eax, 1; ret
-            (Function, old) = Emit.At(memory, SiteOffset, a =>
-            {
-                var l = a.CreateLabel();
-                a.mov(rcx, flag);
-                a.mov(__byte_ptr[rcx + 1], 1);
-                a.Label(ref l);
-                a.pause();
-                a.cmp(__byte_ptr[rcx], 0);
-                a.jne(l);
-                a.mov(eax, 1);
-                a.ret();
-            });
+            // the site is the wait itself
+            (Function, old) = Emit.At(memory, SiteOffset, Wait);
         }
         else
         {
-            // callee at +256: mov rcx, flag; mov byte [rcx+1], 1; L: pause; cmp byte [rcx], 0; jne L; mov eax, 1; ret
-            var (callee, _) = Emit.At(memory, SiteOffset + 512, a =>
-            {
-                var l = a.CreateLabel();
-                a.mov(rcx, flag);
-                a.mov(__byte_ptr[rcx + 1], 1);
-                a.Label(ref l);
-                a.pause();
-                a.cmp(__byte_ptr[rcx], 0);
-                a.jne(l);
-                a.mov(eax, 1);
-                a.ret();
-            });
+            // the wait is a callee, 512 bytes on
+            var (callee, _) = Emit.At(memory, SiteOffset + 512, Wait);
             // site: call callee; nop; nop; nop -- then ret, after the site
             (Function, old) = Emit.At(memory, SiteOffset, a => { a.call(callee); a.nop(); a.nop(); a.nop(); });
             Emit.Bytes(memory, SiteOffset + old.Length, [0xC3]);
@@ -90,6 +81,20 @@ internal sealed unsafe class Parked : IDisposable
     }
 
     public PatchPlan Plan => new([Site]);
+
+    /// <summary>
+    /// Waits until <paramref name="batch"/> (applying <see cref="Plan"/>) has put its int3 on the site and is waiting for
+    /// the thread. A batch that ends instead fails the test, with its exception if it threw, rather than hanging it.
+    /// </summary>
+    public void AwaitInt3(Background batch)
+    {
+        while (Run.Read(Function, 1)[0] != 0xCC && !batch.Done) Thread.Yield();
+        if (batch.Done)
+        {
+            batch.Join(); // rethrows what the batch threw
+            Assert.Fail("the batch cannot end while the thread is inside the site");
+        }
+    }
 
     /// <summary>Lets the thread leave and returns what its call returned.</summary>
     public int Release()

@@ -137,7 +137,7 @@ public sealed unsafe class TrapChainTests : IDisposable
         using var parked = new Parked(inCallee: false);
         var poker = new LivePoker();
         using var batch = new Background(() => poker.Apply(parked.Plan));
-        while (Run.Read(parked.Function, 1)[0] != 0xCC) Thread.Yield(); // the batch holds its int3 and waits
+        parked.AwaitInt3(batch); // the batch holds its int3 and waits
         var e = Assert.Throws<TrapHandlerException>(() => TrapHandler.Uninstall());
         Assert.Contains("while a live batch is in flight", e.Message);
         Assert.True(TrapHandler.IsInstalled);

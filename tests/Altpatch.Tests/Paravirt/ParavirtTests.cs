@@ -38,9 +38,9 @@ public class ParavirtTests
         f.Cb.Publish();
         var text = f.Text();
 
-        ulong flags = PvFixture.Call(handFlags);
-        Assert.Equal(flags, PvFixture.Call(saveFl));            // indirect, through the native slot
-        foreach (ulong x in Inputs) Assert.Equal(x, PvFixture.Call(ident, x));
+        ulong flags = Run.Call64(handFlags);
+        Assert.Equal(flags, Run.Call64(saveFl));            // indirect, through the native slot
+        foreach (ulong x in Inputs) Assert.Equal(x, Run.Call64(ident, x));
 
         var plan = Plan(f, f.Native);
         Assert.Equal(f.Native.InlineSequence(ParavirtOps.SaveFl)!.Value.Bytes.ToArray(), new byte[] { 0x9C, 0x58 });
@@ -50,14 +50,14 @@ public class ParavirtTests
 
         Poker.Apply(plan);
         Assert.Equal(Padded(f, [0x9C, 0x58], 6), f.SiteBytes(s0));
-        Assert.Equal(flags, PvFixture.Call(saveFl));
-        foreach (ulong x in Inputs) Assert.Equal(x, PvFixture.Call(ident, x));
-        ulong t0 = PvFixture.Call(handTsc), t = PvFixture.Call(tsc), t1 = PvFixture.Call(handTsc);
+        Assert.Equal(flags, Run.Call64(saveFl));
+        foreach (ulong x in Inputs) Assert.Equal(x, Run.Call64(ident, x));
+        ulong t0 = Run.Call64(handTsc), t = Run.Call64(tsc), t1 = Run.Call64(handTsc);
         Assert.InRange(t, t0, t1);
 
         Poker.Revert(plan);
         Assert.Equal(text, f.Text());
-        Assert.Equal(flags, PvFixture.Call(saveFl));
+        Assert.Equal(flags, Run.Call64(saveFl));
     }
 
     [Fact]
@@ -66,7 +66,7 @@ public class ParavirtTests
         using var f = new PvFixture();
         var (fn, s) = f.Site(ParavirtOps.Popcount, Clobbers.RetReg);
         f.Cb.Publish();
-        foreach (ulong x in Inputs) Assert.Equal((ulong)BitOperations.PopCount(x), PvFixture.Call(fn, x));
+        foreach (ulong x in Inputs) Assert.Equal((ulong)BitOperations.PopCount(x), Run.Call64(fn, x));
         var plan = Plan(f, f.Native);
         var bytes = Assert.Single(plan).New.ToArray();
         if (f.Cpu.Has(Altpatch.Cpu.CpuFeature.Popcnt))
@@ -74,7 +74,7 @@ public class ParavirtTests
         else
             Assert.Equal(Mnemonic.Call, PvFixture.Decode(bytes, f.Cb.ParavirtSites[s].Address).Mnemonic);
         Poker.Apply(plan);
-        foreach (ulong x in Inputs) Assert.Equal((ulong)BitOperations.PopCount(x), PvFixture.Call(fn, x));
+        foreach (ulong x in Inputs) Assert.Equal((ulong)BitOperations.PopCount(x), Run.Call64(fn, x));
         Poker.Revert(plan);
     }
 
@@ -102,9 +102,9 @@ public class ParavirtTests
         Assert.Equal(ParavirtStrategy.DirectCall, decisions.Single().Strategy);
         Assert.Contains($"0x{target:x}", decisions.Single().Detail);
 
-        foreach (ulong x in Inputs) Assert.Equal(ParavirtOps.Mix64Reference(x), PvFixture.Call(fn, x));
+        foreach (ulong x in Inputs) Assert.Equal(ParavirtOps.Mix64Reference(x), Run.Call64(fn, x));
         Poker.Apply(plan);
-        foreach (ulong x in Inputs) Assert.Equal(ParavirtOps.Mix64Reference(x), PvFixture.Call(fn, x));
+        foreach (ulong x in Inputs) Assert.Equal(ParavirtOps.Mix64Reference(x), Run.Call64(fn, x));
         Poker.Revert(plan);
         Assert.Equal(site.Original.ToArray(), f.SiteBytes(s));
     }
@@ -117,14 +117,14 @@ public class ParavirtTests
         f.Cb.Publish();
         var site = f.Cb.ParavirtSites[s];
         Assert.Equal(new byte[] { 0xFF, 0x25 }, site.Original[..2].ToArray());
-        Assert.Equal(14UL, PvFixture.Call(fn, 7));
+        Assert.Equal(14UL, Run.Call64(fn, 7));
         var plan = Plan(f, f.Native);
         var (mnemonic, target, _) = PvFixture.Decode(plan[0].New.ToArray(), site.Address);
         Assert.Equal(Mnemonic.Jmp, mnemonic);
         Assert.Equal(f.Native.Implementation(ParavirtOps.TailReturn).Target, target);
         Poker.Apply(plan);
-        Assert.Equal(14UL, PvFixture.Call(fn, 7));
-        Assert.Equal(0UL, PvFixture.Call(fn, 1UL << 63));
+        Assert.Equal(14UL, Run.Call64(fn, 7));
+        Assert.Equal(0UL, Run.Call64(fn, 1UL << 63));
         Poker.Revert(plan);
     }
 
@@ -134,13 +134,13 @@ public class ParavirtTests
         using var f = new PvFixture();
         var (fn, s) = f.Site(ParavirtOps.IoDelay, Clobbers.None, length: 8, before: a => a.mov(rax, rdi));
         f.Cb.Publish();
-        Assert.Equal(42UL, PvFixture.Call(fn, 42));
+        Assert.Equal(42UL, Run.Call64(fn, 42));
         var decisions = new List<ParavirtDecision>();
         var plan = Plan(f, f.Native, decisions);
         Assert.Equal(Padded(f, [], 8), plan[0].New.ToArray());
         Assert.Equal(ParavirtStrategy.Nop, decisions[0].Strategy);
         Poker.Apply(plan);
-        Assert.Equal(42UL, PvFixture.Call(fn, 42));
+        Assert.Equal(42UL, Run.Call64(fn, 42));
         Poker.Revert(plan);
     }
 
@@ -190,11 +190,11 @@ public class ParavirtTests
         Poker.Apply(plan);
         foreach (ulong x in Inputs)
         {
-            Assert.Equal(ParavirtOps.Mix64Reference(x) + K, PvFixture.Call(mixKept, x)); // rcx survived: the thunk kept it
-            Assert.Equal(ParavirtOps.Mix64Reference(x), PvFixture.Call(mixCalled, x));
+            Assert.Equal(ParavirtOps.Mix64Reference(x) + K, Run.Call64(mixKept, x)); // rcx survived: the thunk kept it
+            Assert.Equal(ParavirtOps.Mix64Reference(x), Run.Call64(mixCalled, x));
         }
-        Assert.Equal(K, PvFixture.Call(tscKept));
-        Assert.NotEqual(0UL, PvFixture.Call(tscShort));
+        Assert.Equal(K, Run.Call64(tscKept));
+        Assert.NotEqual(0UL, Run.Call64(tscShort));
         Poker.Revert(plan);
         Assert.Equal(text, f.Text());
     }
@@ -217,7 +217,7 @@ public class ParavirtTests
         Assert.Equal(ParavirtStrategy.Indirect, decisions[0].Strategy);
         Assert.Contains("beyond rel32 reach", decisions[0].Detail);
         Assert.Equal(site.Original.ToArray(), f.SiteBytes(s));
-        Assert.Equal(ParavirtOps.Mix64Reference(99), PvFixture.Call(fn, 99)); // through the slot
+        Assert.Equal(ParavirtOps.Mix64Reference(99), Run.Call64(fn, 99)); // through the slot
     }
 
     [Fact]

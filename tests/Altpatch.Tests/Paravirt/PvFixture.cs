@@ -11,7 +11,7 @@ namespace Altpatch.Tests.Paravirt;
 /// Emitted code with paravirt sites: one small function per site (<c>f(x)</c>: x in rdi, the site, return rax),
 /// the native and hypervisor backends emitted into the same builder, and hand-written references.
 /// </summary>
-internal sealed unsafe class PvFixture : IDisposable
+internal sealed class PvFixture : IDisposable
 {
     public CodeBuilder Cb { get; } = new();
     public OpsTable Table { get; }
@@ -60,11 +60,7 @@ internal sealed unsafe class PvFixture : IDisposable
         return Run.Read(s.Address, s.Length);
     }
 
-    public byte[] Text() => Run.Read(Cb.TextStart, (int)(Cb.Cursor - Cb.TextStart));
-
-    public static ulong Call(ulong fn, ulong x) => ((delegate* unmanaged<ulong, ulong>)fn)(x);
-
-    public static ulong Call(ulong fn) => ((delegate* unmanaged<ulong>)fn)();
+    public byte[] Text() => Run.Text(Cb);
 
     /// <summary>The target of the call/jmp rel32 in <paramref name="bytes"/> decoded at <paramref name="address"/>.</summary>
     public static (Mnemonic Mnemonic, ulong Target, int Length) Decode(byte[] bytes, ulong address)

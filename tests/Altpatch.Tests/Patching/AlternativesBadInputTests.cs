@@ -27,16 +27,14 @@ public class AlternativesBadInputTests
         return (cb, fn);
     }
 
-    private static byte[] Text(CodeBuilder cb) => Run.Read(cb.TextStart, (int)(cb.Cursor - cb.TextStart));
-
     private static PatchException Fails(CodeBuilder cb, IReadOnlyList<AlternativeSite> sites, string expected)
     {
-        var before = Text(cb);
+        var before = Run.Text(cb);
         var e = Assert.Throws<PatchException>(() => new ProtectPoker().Apply(Alternatives.Plan(sites, Cpu, ProcessMemory.Snapshot(), new AlternativeOptions { TableName = "bad" })));
         Assert.Contains(expected, e.Message);
         Assert.Contains("alternative site #", e.Message);
         Assert.Contains("of 'bad'", e.Message);
-        Assert.Equal(before, Text(cb));
+        Assert.Equal(before, Run.Text(cb));
         return e;
     }
 
@@ -146,11 +144,11 @@ public class AlternativesBadInputTests
         Assert.Equal(2, plan.Count);
         var site = cb.AlternativeSites[1];
         cb.Memory.Writable[(int)(site.Address - cb.Memory.Address) + 1] = 7; // mov ecx, 7 now
-        var before = Text(cb);
+        var before = Run.Text(cb);
         var e = Assert.Throws<PatchException>(() => new ProtectPoker().Apply(plan));
         Assert.Contains("not the plan's old bytes", e.Message);
         Assert.Equal(site.Address, e.Address);
-        Assert.Equal(before, Text(cb));
+        Assert.Equal(before, Run.Text(cb));
         Assert.Equal(1, Run.Call(fn, 0));
     }
 }

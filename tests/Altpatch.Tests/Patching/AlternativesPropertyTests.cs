@@ -72,7 +72,7 @@ public class AlternativesPropertyTests
                 fns.Add((fn, a2 ? v2 : a1 ? v1 : vo, vo));
             }
             cb.Publish();
-            var before = Run.Read(cb.TextStart, (int)(cb.Cursor - cb.TextStart));
+            var before = Run.Text(cb);
 
             var poker = new ProtectPoker();
             var plan = Alternatives.Plan(cb.AlternativeSites, cpu, ProcessMemory.Snapshot());
@@ -83,7 +83,7 @@ public class AlternativesPropertyTests
             Assert.True(again.IsEmpty, $"second plan has {again.Count} pokes");
 
             poker.Revert(plan);
-            Assert.Equal(before, Run.Read(cb.TextStart, (int)(cb.Cursor - cb.TextStart)));
+            Assert.Equal(before, Run.Text(cb));
             foreach (var (fn, _, original) in fns) Assert.Equal(original, Run.Call(fn, 0));
         }, iter: 60);
     }

@@ -22,8 +22,6 @@ public class AlternativesTests
     private static PatchPlan Plan(CodeBuilder cb, CpuFeatures cpu, AlternativeOptions? o = null) =>
         Alternatives.Plan(cb.AlternativeSites, cpu, ProcessMemory.Snapshot(), o);
 
-    private static byte[] Text(CodeBuilder cb) => Run.Read(cb.TextStart, (int)(cb.Cursor - cb.TextStart));
-
     [Fact]
     public void Replacement_applies_when_the_feature_is_present_and_reverts_exactly()
     {
@@ -35,7 +33,7 @@ public class AlternativesTests
         });
         cb.Publish();
         var site = cb.AlternativeSites[0];
-        var before = Text(cb);
+        var before = Run.Text(cb);
         Assert.Equal(1, Run.Call(fn, 5));
 
         var plan = Plan(cb, None.With(F1));
@@ -52,7 +50,7 @@ public class AlternativesTests
         Assert.Equal(105, Run.Call(fn, 5));
 
         Poker.Revert(plan);
-        Assert.Equal(before, Text(cb));
+        Assert.Equal(before, Run.Text(cb));
         Assert.Equal(1, Run.Call(fn, 5));
     }
 
@@ -113,13 +111,13 @@ public class AlternativesTests
             b.Code(a => a.ret());
         });
         cb.Publish();
-        var before = Text(cb);
+        var before = Run.Text(cb);
         foreach (var (cpu, want) in new[] { (None.With(F1), 2), (Both, 3), (None.With(F1), 2), (None, 1), (None.With(F2), 3), (None, 1) })
         {
             Poker.Apply(Plan(cb, cpu));
             Assert.Equal(want, Run.Call(fn, 0));
         }
-        Assert.Equal(before, Text(cb));
+        Assert.Equal(before, Run.Text(cb));
     }
 
     /// <summary>

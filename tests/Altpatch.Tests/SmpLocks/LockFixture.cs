@@ -39,7 +39,7 @@ internal sealed unsafe class LockFixture : IDisposable
 
     public void Reset() => new Span<long>(Counters, 8).Clear();
 
-    public byte[] Text() => Tests.Run.Read(Cb.TextStart, (int)(Cb.Cursor - Cb.TextStart));
+    public byte[] Text() => Tests.Run.Text(Cb);
 
     public byte LockByte(int site) => Tests.Run.Read(Cb.LockSites[site], 1)[0];
 

@@ -1,4 +1,3 @@
-using Altpatch.Native;
 using Altpatch.Text;
 
 namespace Altpatch.Tests.Text;
@@ -8,15 +7,8 @@ public class ProtectPokerTests
     private static readonly byte[] Ret1 = [0xB8, 1, 0, 0, 0, 0xC3];  // mov eax,1; ret
     private static readonly byte[] Ret2 = [0xB8, 2, 0, 0, 0, 0xC3];
 
-    /// <summary>Code Altpatch did not allocate: an anonymous private r-x mapping with functions every 64 bytes.</summary>
-    private static ulong Functions(int pages)
-    {
-        int size = pages * 4096;
-        ulong m = Run.Map(size, Libc.ProtRead | Libc.ProtWrite);
-        for (int off = 0; off < size; off += 64) Run.Write(m + (ulong)off, Ret1);
-        Run.Protect(m, size, Libc.ProtRead | Libc.ProtExec);
-        return m;
-    }
+    /// <summary>Code Altpatch did not allocate, with mov eax,1; ret every 64 bytes.</summary>
+    private static ulong Functions(int pages) => Run.MapCode(pages * 4096, Ret1);
 
     private static PatchPlan PlanEvery(ulong m, int pages, int stride) =>
         new(Enumerable.Range(0, pages * 4096 / stride).Select(i =>
