@@ -13,6 +13,7 @@ public static class Program
     /// <summary>
     /// Builds the command tree. Each command lives in its own file under Commands/. The root is named
     /// "altpatch" (the tool's command name) rather than after the assembly, so help shows what users type.
+    /// With no command at all, <c>altpatch</c> runs its built-in default job, the demo.
     /// </summary>
     public static Command BuildRoot()
     {
@@ -23,6 +24,11 @@ public static class Program
         root.Subcommands.Add(DemoCommand.Create());
         root.Subcommands.Add(CpuCommand.Create());
         root.Subcommands.Add(KernelCommand.Create());
+        root.SetAction(parse =>
+        {
+            parse.InvocationConfiguration.Output.WriteLine("altpatch: no command given: running 'altpatch demo' (see 'altpatch --help' for the others)");
+            return DemoCommand.Execute(parse, json: false);
+        });
         return root;
     }
 

@@ -41,7 +41,15 @@ public static class CpuCommand
             }
             else
             {
-                cpu = CpuFeatures.FromCpuInfo(ReadText(path));
+                string text = ReadText(path);
+                try
+                {
+                    cpu = CpuFeatures.FromCpuInfo(text);
+                }
+                catch (CpuFeatureException e)
+                {
+                    throw new CpuFeatureException($"{path}: {e.Message}", e);
+                }
                 source = path;
             }
             var only = parseResult.GetValue(feature) ?? [];

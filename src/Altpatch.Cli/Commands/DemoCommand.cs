@@ -41,7 +41,8 @@ internal static partial class DemoCommand
         private static unsafe int Run0(ulong fn) => ((delegate* unmanaged<int>)fn)();
     }
 
-    private static int Execute(ParseResult parse, bool json)
+    /// <summary>Runs the demo; also what <c>altpatch</c> with no command does.</summary>
+    internal static int Execute(ParseResult parse, bool json)
     {
         var cpu = CpuFeatures.Detect();
         using var cb = new CodeBuilder();

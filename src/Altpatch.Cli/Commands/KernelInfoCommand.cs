@@ -120,7 +120,7 @@ public static class KernelInfoCommand
             }
             else
                 w.WriteNull("version");
-            w.WriteString("architecture", img.Architecture == KernelArchitecture.X86_64 ? "x86_64" : "i386");
+            w.WriteString("architecture", KernelCommand.ArchitectureJson(img));
             w.WriteNumber("bitness", img.Bitness);
             w.WriteStartObject("elf");
             w.WriteNumber("class", img.Elf.Is64 ? 64 : 32);

@@ -58,8 +58,11 @@ public static class KernelPatchCommand
             bool hasFlags = (r.GetValue(flags)?.Length ?? 0) > 0;
             if (hasCpuinfo == hasFlags)
                 r.AddError("give the CPU with either --cpuinfo FILE or --flags LIST");
-            if (hasCpuinfo && ((r.GetValue(bugs)?.Length ?? 0) > 0 || r.GetValue(vendor) is not null || r.GetResult(family) is not null || r.GetResult(model) is not null))
-                r.AddError("--bugs, --vendor, --family and --model go with --flags, not with --cpuinfo");
+            else if (hasFlags && !Split(r.GetValue(flags) ?? []).Any())
+                r.AddError("--flags names no feature");
+            if (hasCpuinfo && ((r.GetValue(bugs)?.Length ?? 0) > 0 || r.GetValue(vendor) is not null || r.GetResult(family) is not null
+                               || r.GetResult(model) is not null || r.GetResult(stepping) is not null))
+                r.AddError("--bugs, --vendor, --family, --model and --stepping go with --flags, not with --cpuinfo");
             if ((r.GetValue(kvmFeatures)?.Length ?? 0) > 0 && r.GetValue(hypervisor) != "kvm")
                 r.AddError("--kvm-features goes with --hypervisor kvm");
         });
@@ -166,7 +169,14 @@ public static class KernelPatchCommand
         {
             if (!file.Exists)
                 throw new FileNotFoundException($"{file.FullName}: no such file");
-            d = KernelCpuDescription.FromCpuInfo(File.ReadAllText(file.FullName));
+            try
+            {
+                d = KernelCpuDescription.FromCpuInfo(File.ReadAllText(file.FullName));
+            }
+            catch (CpuFeatureException e)
+            {
+                throw new CpuFeatureException($"{file.FullName}: {e.Message}", e);
+            }
         }
         else
         {
@@ -331,7 +341,7 @@ public static class KernelPatchCommand
         w.WriteStartObject();
         w.WriteString("image", r.Image.Name);
         w.WriteString("version", r.Image.Version?.Release);
-        w.WriteString("architecture", KernelCommand.ArchitectureName(r.Image));
+        w.WriteString("architecture", KernelCommand.ArchitectureJson(r.Image));
         w.WriteString("rules", r.Rules);
         w.WriteString("numbering", r.Numbering.Description);
         w.WriteString("output", o.Output.FullName);

@@ -33,7 +33,6 @@ public class UsageTests
     }
 
     [Theory]
-    [InlineData("Required command was not provided", "altpatch")]
     [InlineData("'bogus'", "altpatch", "bogus")]
     [InlineData("Required command was not provided", "altpatch kernel", "kernel")]
     [InlineData("Required argument missing", "altpatch kernel info", "kernel", "info")]
@@ -41,6 +40,8 @@ public class UsageTests
     [InlineData("'bogus' not recognized. Must be one of: 'alt' 'para' 'lock' 'retpoline' 'return'", "altpatch kernel sites", "kernel", "sites", "x", "--kind", "bogus")]
     [InlineData("give the CPU with either --cpuinfo FILE or --flags LIST", "altpatch kernel patch", "kernel", "patch", "x", "-o", "y")]
     [InlineData("'--output' is required", "altpatch kernel patch", "kernel", "patch", "x", "--flags", "fpu")]
+    [InlineData("--flags names no feature", "altpatch kernel patch", "kernel", "patch", "x", "--flags", ",", "-o", "y")]
+    [InlineData("--stepping go with --flags", "altpatch kernel patch", "kernel", "patch", "x", "--cpuinfo", "c", "--stepping", "3", "-o", "y")]
     public void Usage_errors_are_one_line_naming_the_help_to_read(string expected, string command, params string[] args)
     {
         var (exit, stdout, stderr) = CliRunner.Run(args);
@@ -50,5 +51,34 @@ public class UsageTests
         Assert.Contains(expected, stderr, StringComparison.Ordinal);
         Assert.EndsWith($"(see '{command} --help'){Environment.NewLine}", stderr, StringComparison.Ordinal);
         Assert.Single(stderr.TrimEnd().Split('\n'));
+    }
+
+    [Fact]
+    public void Altpatch_alone_runs_the_built_in_default_the_demo()
+    {
+        var (exit, stdout, stderr) = CliRunner.Run();
+        Assert.Equal("", stderr);
+        Assert.Equal(0, exit);
+        Assert.StartsWith("altpatch: no command given: running 'altpatch demo'", stdout, StringComparison.Ordinal);
+        Assert.Contains("are back exactly", stdout, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void A_cpuinfo_file_that_is_not_one_is_named_in_the_error()
+    {
+        var path = Path.Combine(Path.GetTempPath(), $"altpatch-not-cpuinfo-{Environment.ProcessId}.txt");
+        File.WriteAllText(path, "root:x:0:0:root:/root:/bin/bash\n");
+        try
+        {
+            foreach (var args in new[] { new[] { "cpu", "--cpuinfo", path }, new[] { "kernel", "patch", "x", "--cpuinfo", path, "-o", path + ".out" } })
+            {
+                var (exit, stdout, stderr) = CliRunner.Run(args);
+                Assert.Equal(1, exit);
+                Assert.Equal("", stdout);
+                Assert.StartsWith($"altpatch: error: {path}: ", stderr, StringComparison.Ordinal);
+                Assert.False(File.Exists(path + ".out"));
+            }
+        }
+        finally { File.Delete(path); }
     }
 }
