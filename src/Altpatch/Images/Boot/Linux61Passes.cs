@@ -13,9 +13,6 @@ internal static class Linux61Passes
 {
     private const byte Int3 = 0xcc, Ret = 0xc3, Call = 0xe8, Jmp32 = 0xe9, Jmp8 = 0xeb, Nop1 = 0x90;
 
-    private const string ParaTable = ".parainstructions", RetpolineTable = ".retpoline_sites", ReturnTable = ".return_sites",
-        AltTable = ".altinstructions", LockTable = ".smp_locks";
-
     // ------------------------------------------------------------------ apply_paravirt
 
     /// <summary>
@@ -33,7 +30,7 @@ internal static class Linux61Passes
         Span<byte> buf = stackalloc byte[PatchPlan.MaxPatchLength];
         foreach (var p in sites)
         {
-            var site = new SiteRef(SiteKind.Paravirt, p.Index, ParaTable);
+            var site = new SiteRef(SiteKind.Paravirt, p.Index, KernelPatchTables.ParaInstructions);
             if (pv is null)
                 throw new PatchException(site, p.Address, "pv_ops could not be located: no paravirt site is an indirect call through it");
             int len = p.Len;
@@ -92,7 +89,7 @@ internal static class Linux61Passes
         Span<byte> bytes = stackalloc byte[16];
         foreach (var s in sites)
         {
-            var site = new SiteRef(SiteKind.Retpoline, s.Index, RetpolineTable);
+            var site = new SiteRef(SiteKind.Retpoline, s.Index, KernelPatchTables.RetpolineSites);
             var code = ReadWindow(text, s.Address, window, site);
             var insn = KernelInsn.Decode(code, s.Address, ctx.Bitness);
             if (!insn.IsValid)
@@ -198,7 +195,7 @@ internal static class Linux61Passes
         ulong? thunk = ctx.Thunks.ReturnThunk;
         foreach (var s in sites)
         {
-            var site = new SiteRef(SiteKind.Return, s.Index, ReturnTable);
+            var site = new SiteRef(SiteKind.Return, s.Index, KernelPatchTables.ReturnSites);
             var code = ReadWindow(text, s.Address, window, site);
             var insn = KernelInsn.Decode(code, s.Address, ctx.Bitness);
             if (!insn.IsValid)
@@ -310,7 +307,7 @@ internal static class Linux61Passes
         Span<byte> buf = stackalloc byte[PatchPlan.MaxPatchLength + 16];
         foreach (var a in sites)
         {
-            var site = new SiteRef(SiteKind.Alternative, a.Index, AltTable);
+            var site = new SiteRef(SiteKind.Alternative, a.Index, KernelPatchTables.AltInstructions);
             if (a.InstrLen > PatchPlan.MaxPatchLength)
                 throw new PatchException(site, a.Address, $"instrlen {a.InstrLen} exceeds MAX_PATCH_LEN ({PatchPlan.MaxPatchLength})");
             if (a.Cpuid >= ctx.FeatureLimit)
@@ -494,7 +491,7 @@ internal static class Linux61Passes
         {
             if (l.Address < start || l.Address >= end)
                 continue;
-            var site = new SiteRef(SiteKind.Lock, l.Index, LockTable);
+            var site = new SiteRef(SiteKind.Lock, l.Index, KernelPatchTables.SmpLocksSection);
             text.Read(l.Address, b, site);
             if (b[0] == 0xf0)
                 text.Write(l.Address, ds, site, "UP: lock -> ds");
