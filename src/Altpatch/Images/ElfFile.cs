@@ -255,8 +255,24 @@ public sealed class ElfFile
 
     /// <summary>Reads a pointer-sized little-endian value (4 bytes in ELF32, 8 in ELF64) at a virtual address.</summary>
     /// <exception cref="ImageFormatException">The address has no file bytes.</exception>
-    public ulong ReadPointer(ulong address) =>
-        Is64 ? BinaryPrimitives.ReadUInt64LittleEndian(ReadBytes(address, 8)) : BinaryPrimitives.ReadUInt32LittleEndian(ReadBytes(address, 4));
+    public ulong ReadPointer(ulong address) => ReadPointer(ReadBytes(address, PointerSize), PointerSize);
+
+    /// <summary>Like <see cref="ReadPointer(ulong)"/>, but false (and 0) when the file has no bytes for the pointer.</summary>
+    internal bool TryReadPointer(ulong address, out ulong value)
+    {
+        if (!TryGetFileOffset(address, PointerSize, out long off))
+        {
+            value = 0;
+            return false;
+        }
+        value = ReadPointer(Bytes.Span[(int)off..], PointerSize);
+        return true;
+    }
+
+    /// <summary>The little-endian pointer at the start of <paramref name="bytes"/>: 8 bytes when
+    /// <paramref name="pointerSize"/> is 8, else 4 (the tables of an ELF64 or ELF32 file).</summary>
+    internal static ulong ReadPointer(ReadOnlySpan<byte> bytes, int pointerSize) =>
+        pointerSize == 8 ? BinaryPrimitives.ReadUInt64LittleEndian(bytes) : BinaryPrimitives.ReadUInt32LittleEndian(bytes);
 
     /// <summary>Adds a signed displacement to an address with the file's pointer width (wraps at 2^32 in ELF32).</summary>
     internal ulong AddressPlus(ulong address, long displacement)

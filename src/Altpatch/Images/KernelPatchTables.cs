@@ -232,8 +232,8 @@ public sealed class KernelPatchTables
                 }
                 default:
                 {
-                    instr = ptr == 8 ? BinaryPrimitives.ReadUInt64LittleEndian(e) : BinaryPrimitives.ReadUInt32LittleEndian(e);
-                    repl = ptr == 8 ? BinaryPrimitives.ReadUInt64LittleEndian(e[8..]) : BinaryPrimitives.ReadUInt32LittleEndian(e[4..]);
+                    instr = ElfFile.ReadPointer(e, ptr);
+                    repl = ElfFile.ReadPointer(e[ptr..], ptr);
                     int o = 2 * ptr;
                     if (f == AltInstrFormat.AbsoluteByteCpuid)
                     {
@@ -296,7 +296,7 @@ public sealed class KernelPatchTables
         {
             var e = data.Slice(i * es, es);
             ulong ea = sec.Address + (ulong)i * (ulong)es;
-            ulong instr = ptr == 8 ? BinaryPrimitives.ReadUInt64LittleEndian(e) : BinaryPrimitives.ReadUInt32LittleEndian(e);
+            ulong instr = ElfFile.ReadPointer(e, ptr);
             byte type = e[ptr], len = e[ptr + 1];
             ushort clobbers = U16(e, ptr + 2);
             string? problem = len > MaxPatchLength ? $"len {len} exceeds MAX_PATCH_LEN {MaxPatchLength}"
@@ -372,7 +372,7 @@ public sealed class KernelPatchTables
             }
             else
             {
-                target = es == 8 ? BinaryPrimitives.ReadUInt64LittleEndian(e) : BinaryPrimitives.ReadUInt32LittleEndian(e);
+                target = ElfFile.ReadPointer(e, es);
                 if (target == 0) continue;
             }
             if (ctx.CheckCode("target", target, 1) is { } problem)

@@ -109,7 +109,7 @@ public sealed class PvOpsTable
         for (int i = 0; i < slots.Length; i++)
         {
             ulong a = best.Key + (ulong)(i * ptr);
-            slots[i] = elf.TryGetFileOffset(a, ptr, out _) ? elf.ReadPointer(a) : 0;
+            elf.TryReadPointer(a, out slots[i]);   // 0 when the file has no bytes there
         }
         string section = elf.SectionContaining(best.Key)?.Name ?? "";
         return new PvOpsTable(best.Key, ptr, [.. slots], best.Value.Count, total - best.Value.Count, skipped, section);

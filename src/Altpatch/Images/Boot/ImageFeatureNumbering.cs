@@ -1,4 +1,3 @@
-using System.Buffers.Binary;
 using System.Text;
 using Altpatch.Cpu;
 
@@ -136,13 +135,13 @@ public sealed class ImageFeatureNumbering
             int start = (int)((ptr - (int)(s.Address % (ulong)ptr)) % ptr);
             for (int o = start; o + 2 * ptr <= data.Length; o += ptr)
             {
-                ulong a = Ptr(data[o..], ptr);
-                if (!firstAt.Contains(a) || !secondAt.Contains(Ptr(data[(o + ptr)..], ptr)))
+                ulong a = ElfFile.ReadPointer(data[o..], ptr);
+                if (!firstAt.Contains(a) || !secondAt.Contains(ElfFile.ReadPointer(data[(o + ptr)..], ptr)))
                     continue;
                 var names = new List<string?>();
                 for (int e = o; e + ptr <= data.Length && names.Count < 64 * 32; e += ptr)
                 {
-                    ulong p = Ptr(data[e..], ptr);
+                    ulong p = ElfFile.ReadPointer(data[e..], ptr);
                     if (p == 0)
                     {
                         names.Add(null);
@@ -168,9 +167,6 @@ public sealed class ImageFeatureNumbering
         }
         return (null, []);
     }
-
-    private static ulong Ptr(ReadOnlySpan<byte> b, int ptr) =>
-        ptr == 8 ? BinaryPrimitives.ReadUInt64LittleEndian(b) : BinaryPrimitives.ReadUInt32LittleEndian(b);
 
     private static HashSet<ulong> StringAddresses(ElfFile elf, List<ElfSection> sections, string s)
     {
