@@ -49,6 +49,18 @@ internal sealed class BootContext
     /// <summary>The kernel's <c>add_nops()</c> with this image's table.</summary>
     public void AddNops(Span<byte> buffer) => Nops.AddNops(buffer);
 
+    /// <summary>The initial value of paravirt site <paramref name="p"/>'s <c>pv_ops</c> slot (<c>*((void **)&amp;pv_ops + type)</c>
+    /// in the unpatched image), or a <see cref="PatchException"/> naming the site when the image has no bytes for the slot.</summary>
+    public ulong PvOpsSlot(PvOpsTable pv, KernelParavirtSite p, SiteRef site)
+    {
+        if (p.Type < pv.Slots.Length)
+            return pv.Slots[p.Type];
+        ulong slot = pv.SlotAddress(p.Type);
+        return Image.Elf.TryReadPointer(slot, out ulong value)
+            ? value
+            : throw new PatchException(site, p.Address, $"pv_ops slot {p.Type} at 0x{slot:x} has no bytes in the image");
+    }
+
     /// <summary>A <c>rel32</c> from the end of a <paramref name="size"/>-byte instruction at <paramref name="at"/> to
     /// <paramref name="target"/> (the kernel's <c>__text_gen_insn()</c>), or a <see cref="PatchException"/> when it does not reach.</summary>
     public int Rel32(ulong at, int size, ulong target, SiteRef site)

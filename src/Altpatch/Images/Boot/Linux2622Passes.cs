@@ -89,8 +89,7 @@ internal static class Linux2622Passes
                 throw new PatchException(site, p.Address, "paravirt_ops could not be located: no paravirt site is an indirect call through it");
             var b = buf[..p.Len];
             text.Read(p.Address, b, site);   // the seed leaves the buffer uninitialised when nothing fits; we keep the original
-            ulong slot = pv.SlotAddress(p.Type);
-            ulong opfunc = p.Type < pv.Slots.Length ? pv.Slots[p.Type] : ctx.Image.ReadPointer(slot);
+            ulong opfunc = ctx.PvOpsSlot(pv, p, site);
             int used;
             string why;
             if (opfunc == 0)

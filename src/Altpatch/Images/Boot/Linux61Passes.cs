@@ -36,7 +36,7 @@ internal static class Linux61Passes
             int len = p.Len;
             var b = buf[..len];
             text.Read(p.Address, b, site);   // "prep the buffer with the original instructions"
-            ulong opfunc = ctx.State.PvOpsOverrides.TryGetValue(p.Type, out var o) ? o : ReadSlot(ctx, pv, p, site);
+            ulong opfunc = ctx.State.PvOpsOverrides.TryGetValue(p.Type, out var o) ? o : ctx.PvOpsSlot(pv, p, site);
             int used;
             string why;
             if (opfunc == 0)
@@ -60,16 +60,6 @@ internal static class Linux61Passes
             text.Write(p.Address, b, site, why);
         }
         return text.ToPlan();
-    }
-
-    private static ulong ReadSlot(BootContext ctx, PvOpsTable pv, KernelParavirtSite p, SiteRef site)
-    {
-        ulong slot = pv.SlotAddress(p.Type);
-        if (p.Type < pv.Slots.Length)
-            return pv.Slots[p.Type];
-        if (!ctx.Image.Elf.TryGetFileOffset(slot, pv.PointerSize, out _))
-            throw new PatchException(site, p.Address, $"pv_ops slot {p.Type} at 0x{slot:x} has no bytes in the image");
-        return ctx.Image.ReadPointer(slot);
     }
 
     // ------------------------------------------------------------------ apply_retpolines
