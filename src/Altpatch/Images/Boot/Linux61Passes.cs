@@ -413,11 +413,8 @@ internal static class Linux61Passes
         var all = cur[..(len + after)];
         text.Read(address, all, site);
         var site0 = all[..len];
-        Span<byte> before = stackalloc byte[len];
-        site0.CopyTo(before);
         OptimizeNops(ctx, site0, address, all[len..]);
-        if (!before.SequenceEqual(site0))
-            text.Write(address, site0, site, "optimize_nops");
+        text.Write(address, site0, site, "optimize_nops");   // records nothing when optimize_nops() changed nothing
     }
 
     // ------------------------------------------------------------------ apply_ibt_endbr
