@@ -14,9 +14,9 @@ namespace Altpatch.Images;
 /// from the table: every layout whose entry size divides the section size is tried on every entry,
 /// and a layout fits when every entry's original instruction lies inside one executable section
 /// (other than <c>.altinstr_replacement</c>), every replacement lies inside
-/// <c>.altinstr_replacement</c>, instrlen ≤ 254 (<c>MAX_PATCH_LEN</c>), replacementlen ≤ instrlen, the
+/// <c>.altinstr_replacement</c>, instrlen ≤ 254 (<c>MAX_PATCH_LEN</c>), replacementlen and padlen ≤ instrlen, the
 /// feature number is below 1024 and padding bytes are zero. If several fit, the kernel version picks
-/// (<see cref="AltInstrFormats.ExpectedFor"/>), else the newest. If none fits, the error names the
+/// (<see cref="AltInstrFormats.ExpectedFor"/>), else the first in <see cref="AltInstrFormats.Preference"/>. If none fits, the error names the
 /// first bad entry of the layout the version expects (or of the first candidate).
 /// <c>.smp_locks</c> is tried as self-relative s32 and as absolute pointers in the same way; zero
 /// entries are padding and skipped.</para>

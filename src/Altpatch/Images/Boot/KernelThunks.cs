@@ -56,6 +56,7 @@ public sealed class KernelThunks
 
     /// <summary>Finds the thunks of <paramref name="image"/> (reads its tables).</summary>
     /// <param name="image">The kernel image, unpatched.</param>
+    /// <exception cref="ImageFormatException">The image's tables are malformed (<see cref="KernelImage.Tables"/>).</exception>
     public static KernelThunks Find(KernelImage image)
     {
         ArgumentNullException.ThrowIfNull(image);
