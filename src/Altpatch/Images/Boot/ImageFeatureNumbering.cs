@@ -115,19 +115,20 @@ public sealed class ImageFeatureNumbering
         // first, then in every allocated, non-executable section.
         var candidates = elf.Sections.Where(s => s.IsAllocated && !s.IsExecutable && s.HasFileBytes && s.Type != 0 && s.Size > 0).ToList();
         var preferred = candidates.Where(s => s.Name is ".rodata" or ".data").ToList();
-        var found = FindNameArray(elf, preferred, preferred, first, second);
-        return found.Address is not null ? found : FindNameArray(elf, candidates, candidates, first, second);
+        var found = FindNameArray(elf, preferred, first, second);
+        return found.Address is not null ? found : FindNameArray(elf, candidates, first, second);
     }
 
-    private static (ulong? Address, string?[] Names) FindNameArray(ElfFile elf, List<ElfSection> arrayIn, List<ElfSection> stringsIn, string first, string second)
+    /// <summary>The array and its strings, both looked for in <paramref name="sections"/>.</summary>
+    private static (ulong? Address, string?[] Names) FindNameArray(ElfFile elf, List<ElfSection> sections, string first, string second)
     {
-        var firstAt = StringAddresses(elf, stringsIn, first);
-        var secondAt = StringAddresses(elf, stringsIn, second);
+        var firstAt = StringAddresses(elf, sections, first);
+        var secondAt = StringAddresses(elf, sections, second);
         if (firstAt.Count == 0 || secondAt.Count == 0)
             return (null, []);
         int ptr = elf.PointerSize;
         var bytes = elf.Bytes.Span;
-        foreach (var s in arrayIn)
+        foreach (var s in sections)
         {
             if (s.Size < (ulong)(2 * ptr))
                 continue;
