@@ -215,7 +215,7 @@ public sealed class ElfFile
         HasBytesInFile(section) && section.Size > 0 ? Bytes.Slice((int)section.FileOffset, (int)section.Size) : Memory<byte>.Empty;
 
     /// <summary>Sections whose bytes are in the file (checked to lie inside it by <see cref="Parse"/>): not SHT_NULL, not SHT_NOBITS.</summary>
-    private static bool HasBytesInFile(ElfSection s) => s.HasFileBytes && s.Type != 0;
+    internal static bool HasBytesInFile(ElfSection s) => s.HasFileBytes && s.Type != 0;
 
     /// <summary>Maps the virtual range [address, address + length) to a file offset when the whole range
     /// has file bytes in one section (or segment).</summary>
@@ -309,7 +309,7 @@ public sealed class ElfFile
         var list = new List<Range>();
         foreach (var s in sections)
         {
-            if (s.IsAllocated && s.HasFileBytes && s.Size > 0 && s.Type != 0)
+            if (s.IsAllocated && HasBytesInFile(s) && s.Size > 0)
                 list.Add(new Range(s.Address, s.Address + s.Size, (long)s.FileOffset, s.Index));
         }
         if (list.Count == 0)

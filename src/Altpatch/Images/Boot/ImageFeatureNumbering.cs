@@ -113,7 +113,7 @@ public sealed class ImageFeatureNumbering
     {
         // 6.1 links the arrays and their strings into .rodata, 2.6.22 its x86_cap_flags into .data: look there
         // first, then in every allocated, non-executable section.
-        var candidates = elf.Sections.Where(s => s.IsAllocated && !s.IsExecutable && s.HasFileBytes && s.Type != 0 && s.Size > 0).ToList();
+        var candidates = elf.Sections.Where(s => s.IsAllocated && !s.IsExecutable && ElfFile.HasBytesInFile(s) && s.Size > 0).ToList();
         var preferred = candidates.Where(s => s.Name is ".rodata" or ".data").ToList();
         var found = FindNameArray(elf, preferred, first, second);
         return found.Address is not null ? found : FindNameArray(elf, candidates, first, second);
