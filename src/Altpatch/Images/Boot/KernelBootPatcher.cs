@@ -102,8 +102,7 @@ public static class KernelBootPatcher
         var work = ElfFile.Parse(copy, image.Elf.Name);
         var poker = new ImagePoker(work);
         var numbering = ImageFeatureNumbering.For(image, rules);
-        var ctx = new BootContext(image, poker, state, thunks, NopsFor(image, rules, state.Features),
-            numbering.HasFeature(state.Features), numbering.FeatureLimit);
+        var ctx = new BootContext(image, poker, state, thunks, NopsFor(image, rules, state.Features), numbering);
 
         var results = ImmutableArray.CreateBuilder<BootPassResult>();
         void Run(BootPass pass, int sites, Func<BootContext, PatchPlan> planner)
