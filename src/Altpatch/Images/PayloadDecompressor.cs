@@ -62,7 +62,7 @@ public static class PayloadDecompressor
                 $"{context}: unknown payload compression (magic {Convert.ToHexString(span[..Math.Min(8, span.Length)]).ToLowerInvariant()}); " +
                 "known: gzip, bzip2, lzma, xz, lzo, lz4, zstd");
         if (span.Length < 8)
-            throw new ImageFormatException($"{context}: {compression} payload of {span.Length} bytes is too short; truncated?");
+            throw new ImageFormatException($"{context}: {Name(compression)} payload of {span.Length} bytes is too short; truncated?");
         uint size = BinaryPrimitives.ReadUInt32LittleEndian(span[^4..]);
         if (size == 0 || size > MaxDecompressedSize)
             throw new ImageFormatException(
