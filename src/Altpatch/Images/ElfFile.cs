@@ -253,6 +253,19 @@ public sealed class ElfFile
         return Bytes.Span.Slice((int)FileOffsetOf(address, Math.Max(length, 1)), length);
     }
 
+    /// <summary>Like <see cref="ReadBytes"/>, but false (and an empty span) when the range is not inside one section
+    /// (or segment) with file bytes.</summary>
+    internal bool TryReadBytes(ulong address, int length, out Span<byte> bytes)
+    {
+        if (length < 0 || !TryGetFileOffset(address, Math.Max(length, 1), out long off))
+        {
+            bytes = default;
+            return false;
+        }
+        bytes = Bytes.Span.Slice((int)off, length);
+        return true;
+    }
+
     /// <summary>Reads a pointer-sized little-endian value (4 bytes in ELF32, 8 in ELF64) at a virtual address.</summary>
     /// <exception cref="ImageFormatException">The address has no file bytes.</exception>
     public ulong ReadPointer(ulong address) => ReadPointer(ReadBytes(address, PointerSize), PointerSize);
@@ -260,12 +273,12 @@ public sealed class ElfFile
     /// <summary>Like <see cref="ReadPointer(ulong)"/>, but false (and 0) when the file has no bytes for the pointer.</summary>
     internal bool TryReadPointer(ulong address, out ulong value)
     {
-        if (!TryGetFileOffset(address, PointerSize, out long off))
+        if (!TryReadBytes(address, PointerSize, out var bytes))
         {
             value = 0;
             return false;
         }
-        value = ReadPointer(Bytes.Span[(int)off..], PointerSize);
+        value = ReadPointer(bytes, PointerSize);
         return true;
     }
 
