@@ -106,17 +106,10 @@ public static class PayloadDecompressor
 
     private static byte[] DecodeZstd(ReadOnlyMemory<byte> data, int expectedSize, string where)
     {
-        // Both paths decode with this decompressor: the kernel's zstd may use windows above the library's default limit.
+        // The kernel's zstd may use windows above the library's default limit.
         using var zstd = new Decompressor();
         zstd.SetParameter(ZSTD_dParameter.ZSTD_d_windowLogMax, 31);
-        if (expectedSize < 0)
-            return ReadAll(new DecompressionStream(AsStream(data), zstd), -1, where);
-        var output = GC.AllocateUninitializedArray<byte>(expectedSize + 1);
-        int n = zstd.Unwrap(data.Span, output);
-        if (n != expectedSize)
-            throw new ImageFormatException($"{where} decompressed to {n} bytes, the size trailer says {expectedSize}");
-        Array.Resize(ref output, n);
-        return output;
+        return ReadAll(new DecompressionStream(AsStream(data), zstd), expectedSize, where);
     }
 
     private static byte[] DecodeLzma(ReadOnlyMemory<byte> data, int expectedSize, string where)
