@@ -34,6 +34,15 @@ internal static partial class CpuFeatureTable
 
     /// <summary>The entry for a number, or null when no macro has it.</summary>
     internal static FeatureEntry? Find(int number) => CpuFeatureIndex.Find(number);
+
+    /// <summary>Whether bit <paramref name="n"/> (word*32 + bit) of a feature bitmap of <see cref="BitmapLongs"/> ulongs is set.</summary>
+    internal static bool HasBit(ulong[] bits, int n) => (bits[n >> 6] & (1UL << (n & 63))) != 0;
+
+    /// <summary>Sets bit <paramref name="n"/> of a feature bitmap.</summary>
+    internal static void SetBit(ulong[] bits, int n) => bits[n >> 6] |= 1UL << (n & 63);
+
+    /// <summary>Clears bit <paramref name="n"/> of a feature bitmap.</summary>
+    internal static void ClearBit(ulong[] bits, int n) => bits[n >> 6] &= ~(1UL << (n & 63));
 }
 
 /// <summary>
@@ -87,7 +96,7 @@ internal static class CpuFeatureIndex
     {
         var mask = new ulong[BitmapLongs];
         foreach (var e in Entries)
-            mask[e.Number >> 6] |= 1UL << (e.Number & 63);
+            CpuFeatureTable.SetBit(mask, e.Number);
         return mask;
     }
 

@@ -92,7 +92,7 @@ public sealed class CpuFeatures : IEquatable<CpuFeatures>
         foreach (var name in names)
         {
             if (CpuFeatureInfo.TryParse(name, out var f))
-                SetBit(bits, f);
+                CpuFeatureTable.SetBit(bits, (int)f);
             else
                 (unknown ??= []).Add(name);
         }
@@ -186,7 +186,7 @@ public sealed class CpuFeatures : IEquatable<CpuFeatures>
     public bool Has(CpuFeature f)
     {
         uint n = (uint)f;
-        return n < CpuFeatureTable.TotalBits && (_bits[n >> 6] & (1UL << (int)(n & 63))) != 0;
+        return n < CpuFeatureTable.TotalBits && CpuFeatureTable.HasBit(_bits, (int)n);
     }
 
     /// <summary>A copy with <paramref name="f"/> added.</summary>
@@ -198,7 +198,7 @@ public sealed class CpuFeatures : IEquatable<CpuFeatures>
         foreach (var x in f)
         {
             CpuFeatureInfo.Entry(x);
-            SetBit(bits, x);
+            CpuFeatureTable.SetBit(bits, (int)x);
         }
         return new CpuFeatures(bits, Vendor, Family, Model, Stepping, ModelName);
     }
@@ -212,7 +212,7 @@ public sealed class CpuFeatures : IEquatable<CpuFeatures>
         {
             uint n = (uint)x;
             if (n < CpuFeatureTable.TotalBits)
-                bits[n >> 6] &= ~(1UL << (int)(n & 63));
+                CpuFeatureTable.ClearBit(bits, (int)n);
         }
         return new CpuFeatures(bits, Vendor, Family, Model, Stepping, ModelName);
     }
@@ -327,14 +327,12 @@ public sealed class CpuFeatures : IEquatable<CpuFeatures>
         return sb.ToString();
     }
 
-    private static void SetBit(ulong[] bits, CpuFeature f) => bits[(int)f >> 6] |= 1UL << ((int)f & 63);
-
     private static void AddNames(ulong[] bits, string value, IReadOnlyDictionary<string, int> names, List<string> ignored)
     {
         foreach (var name in value.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries))
         {
             if (names.TryGetValue(name, out int n))
-                bits[n >> 6] |= 1UL << (n & 63);
+                CpuFeatureTable.SetBit(bits, n);
             else
                 ignored.Add(name);
         }

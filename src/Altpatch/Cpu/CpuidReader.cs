@@ -119,7 +119,7 @@ internal static class CpuidReader
                 if (max < src.Leaf || max > (src.Leaf | 0xffff))
                     continue;
                 if ((cpuid(src.Leaf, src.Subleaf)[src.Register] & (1u << src.Bit)) != 0)
-                    bits[e.Number >> 6] |= 1UL << (e.Number & 63);
+                    CpuFeatureTable.SetBit(bits, e.Number);
             }
         }
 
@@ -173,7 +173,7 @@ internal static class CpuidReader
         {
             Set(bits, CpuFeature.Ssbd);
             Set(bits, CpuFeature.MsrSpecCtrl);
-            bits[(int)CpuFeature.VirtSsbd >> 6] &= ~(1UL << ((int)CpuFeature.VirtSsbd & 63));
+            CpuFeatureTable.ClearBit(bits, (int)CpuFeature.VirtSsbd);
         }
     }
 
@@ -216,7 +216,7 @@ internal static class CpuidReader
         return s.Length == 0 ? null : s;
     }
 
-    private static bool Has(ulong[] bits, CpuFeature f) => (bits[(int)f >> 6] & (1UL << ((int)f & 63))) != 0;
+    private static bool Has(ulong[] bits, CpuFeature f) => CpuFeatureTable.HasBit(bits, (int)f);
 
-    private static void Set(ulong[] bits, CpuFeature f) => bits[(int)f >> 6] |= 1UL << ((int)f & 63);
+    private static void Set(ulong[] bits, CpuFeature f) => CpuFeatureTable.SetBit(bits, (int)f);
 }

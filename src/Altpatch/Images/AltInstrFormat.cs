@@ -34,8 +34,8 @@ public enum AltInstrFormat
 /// <summary>Sizes and names of <see cref="AltInstrFormat"/> layouts.</summary>
 public static class AltInstrFormats
 {
-    /// <summary>The formats in the order they are preferred when a table fits several and the kernel
-    /// version does not decide (newest first).</summary>
+    /// <summary>The formats in the order they are tried, and preferred when a table fits several and the kernel
+    /// version does not decide: relative-12 (Linux 6.1's), relative-14, relative-13, then the 2.6-era absolute layouts.</summary>
     public static IReadOnlyList<AltInstrFormat> Preference { get; } =
         [AltInstrFormat.Relative12, AltInstrFormat.Relative14, AltInstrFormat.Relative13, AltInstrFormat.AbsoluteWordCpuid, AltInstrFormat.AbsoluteByteCpuid];
 

@@ -215,7 +215,7 @@ public sealed class ElfFile
         HasBytesInFile(section) && section.Size > 0 ? Bytes.Slice((int)section.FileOffset, (int)section.Size) : Memory<byte>.Empty;
 
     /// <summary>Sections whose bytes are in the file (checked to lie inside it by <see cref="Parse"/>): not SHT_NULL, not SHT_NOBITS.</summary>
-    private static bool HasBytesInFile(ElfSection s) => s.HasFileBytes && s.Type != 0;
+    internal static bool HasBytesInFile(ElfSection s) => s.HasFileBytes && s.Type != 0;
 
     /// <summary>Maps the virtual range [address, address + length) to a file offset when the whole range
     /// has file bytes in one section (or segment).</summary>
@@ -253,10 +253,39 @@ public sealed class ElfFile
         return Bytes.Span.Slice((int)FileOffsetOf(address, Math.Max(length, 1)), length);
     }
 
+    /// <summary>Like <see cref="ReadBytes"/>, but false (and an empty span) when the range is not inside one section
+    /// (or segment) with file bytes.</summary>
+    internal bool TryReadBytes(ulong address, int length, out Span<byte> bytes)
+    {
+        if (length < 0 || !TryGetFileOffset(address, Math.Max(length, 1), out long off))
+        {
+            bytes = default;
+            return false;
+        }
+        bytes = Bytes.Span.Slice((int)off, length);
+        return true;
+    }
+
     /// <summary>Reads a pointer-sized little-endian value (4 bytes in ELF32, 8 in ELF64) at a virtual address.</summary>
     /// <exception cref="ImageFormatException">The address has no file bytes.</exception>
-    public ulong ReadPointer(ulong address) =>
-        Is64 ? BinaryPrimitives.ReadUInt64LittleEndian(ReadBytes(address, 8)) : BinaryPrimitives.ReadUInt32LittleEndian(ReadBytes(address, 4));
+    public ulong ReadPointer(ulong address) => ReadPointer(ReadBytes(address, PointerSize), PointerSize);
+
+    /// <summary>Like <see cref="ReadPointer(ulong)"/>, but false (and 0) when the file has no bytes for the pointer.</summary>
+    internal bool TryReadPointer(ulong address, out ulong value)
+    {
+        if (!TryReadBytes(address, PointerSize, out var bytes))
+        {
+            value = 0;
+            return false;
+        }
+        value = ReadPointer(bytes, PointerSize);
+        return true;
+    }
+
+    /// <summary>The little-endian pointer at the start of <paramref name="bytes"/>: 8 bytes when
+    /// <paramref name="pointerSize"/> is 8, else 4 (the tables of an ELF64 or ELF32 file).</summary>
+    internal static ulong ReadPointer(ReadOnlySpan<byte> bytes, int pointerSize) =>
+        pointerSize == 8 ? BinaryPrimitives.ReadUInt64LittleEndian(bytes) : BinaryPrimitives.ReadUInt32LittleEndian(bytes);
 
     /// <summary>Adds a signed displacement to an address with the file's pointer width (wraps at 2^32 in ELF32).</summary>
     internal ulong AddressPlus(ulong address, long displacement)
@@ -293,7 +322,7 @@ public sealed class ElfFile
         var list = new List<Range>();
         foreach (var s in sections)
         {
-            if (s.IsAllocated && s.HasFileBytes && s.Size > 0 && s.Type != 0)
+            if (s.IsAllocated && HasBytesInFile(s) && s.Size > 0)
                 list.Add(new Range(s.Address, s.Address + s.Size, (long)s.FileOffset, s.Index));
         }
         if (list.Count == 0)

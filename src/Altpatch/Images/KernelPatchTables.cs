@@ -14,9 +14,9 @@ namespace Altpatch.Images;
 /// from the table: every layout whose entry size divides the section size is tried on every entry,
 /// and a layout fits when every entry's original instruction lies inside one executable section
 /// (other than <c>.altinstr_replacement</c>), every replacement lies inside
-/// <c>.altinstr_replacement</c>, instrlen ≤ 254 (<c>MAX_PATCH_LEN</c>), replacementlen ≤ instrlen, the
+/// <c>.altinstr_replacement</c>, instrlen ≤ 254 (<c>MAX_PATCH_LEN</c>), replacementlen and padlen ≤ instrlen, the
 /// feature number is below 1024 and padding bytes are zero. If several fit, the kernel version picks
-/// (<see cref="AltInstrFormats.ExpectedFor"/>), else the newest. If none fits, the error names the
+/// (<see cref="AltInstrFormats.ExpectedFor"/>), else the first in <see cref="AltInstrFormats.Preference"/>. If none fits, the error names the
 /// first bad entry of the layout the version expects (or of the first candidate).
 /// <c>.smp_locks</c> is tried as self-relative s32 and as absolute pointers in the same way; zero
 /// entries are padding and skipped.</para>
@@ -232,8 +232,8 @@ public sealed class KernelPatchTables
                 }
                 default:
                 {
-                    instr = ptr == 8 ? BinaryPrimitives.ReadUInt64LittleEndian(e) : BinaryPrimitives.ReadUInt32LittleEndian(e);
-                    repl = ptr == 8 ? BinaryPrimitives.ReadUInt64LittleEndian(e[8..]) : BinaryPrimitives.ReadUInt32LittleEndian(e[4..]);
+                    instr = ElfFile.ReadPointer(e, ptr);
+                    repl = ElfFile.ReadPointer(e[ptr..], ptr);
                     int o = 2 * ptr;
                     if (f == AltInstrFormat.AbsoluteByteCpuid)
                     {
@@ -296,7 +296,7 @@ public sealed class KernelPatchTables
         {
             var e = data.Slice(i * es, es);
             ulong ea = sec.Address + (ulong)i * (ulong)es;
-            ulong instr = ptr == 8 ? BinaryPrimitives.ReadUInt64LittleEndian(e) : BinaryPrimitives.ReadUInt32LittleEndian(e);
+            ulong instr = ElfFile.ReadPointer(e, ptr);
             byte type = e[ptr], len = e[ptr + 1];
             ushort clobbers = U16(e, ptr + 2);
             string? problem = len > MaxPatchLength ? $"len {len} exceeds MAX_PATCH_LEN {MaxPatchLength}"
@@ -372,7 +372,7 @@ public sealed class KernelPatchTables
             }
             else
             {
-                target = es == 8 ? BinaryPrimitives.ReadUInt64LittleEndian(e) : BinaryPrimitives.ReadUInt32LittleEndian(e);
+                target = ElfFile.ReadPointer(e, es);
                 if (target == 0) continue;
             }
             if (ctx.CheckCode("target", target, 1) is { } problem)

@@ -66,25 +66,22 @@ public static class Lz4LegacyFrame
             throw new ImageFormatException(
                 $"{context}: lz4 stream has {blocks.Count} blocks but {expectedSize} decompressed bytes need {need} blocks of 8 MiB; truncated or corrupt");
         var output = GC.AllocateUninitializedArray<byte>(expectedSize);
-        int failed = -1, failedLength = 0;
-        void One(int i)
-        {
-            int outOff = i * BlockSize, outLen = Math.Min(BlockSize, expectedSize - outOff);
-            int n = LZ4Codec.Decode(seg.Array!, seg.Offset + blocks[i].Offset, blocks[i].Length, output, outOff, outLen);
-            if (n != outLen)
-            {
-                Interlocked.CompareExchange(ref failedLength, n, 0);
-                Interlocked.CompareExchange(ref failed, i, -1);
-            }
-        }
+        var decoded = new int[blocks.Count];   // each block's result, so the error names one block's own
+        int OutLength(int i) => Math.Min(BlockSize, expectedSize - i * BlockSize);
+        void One(int i) =>
+            decoded[i] = LZ4Codec.Decode(seg.Array!, seg.Offset + blocks[i].Offset, blocks[i].Length, output, i * BlockSize, OutLength(i));
         if (blocks.Count > 1 && Environment.ProcessorCount > 1)
             Parallel.For(0, blocks.Count, One);
         else
             for (int i = 0; i < blocks.Count; i++) One(i);
-        if (failed >= 0)
-            throw new ImageFormatException(failedLength < 0
-                ? $"{context}: lz4 block {failed} at offset 0x{blocks[failed].Offset - 4:x} is corrupt"
-                : $"{context}: lz4 block {failed} at offset 0x{blocks[failed].Offset - 4:x} decoded to {failedLength} bytes, expected {Math.Min(BlockSize, expectedSize - failed * BlockSize)}");
+        for (int i = 0; i < blocks.Count; i++)
+        {
+            if (decoded[i] == OutLength(i))
+                continue;
+            throw new ImageFormatException(decoded[i] < 0
+                ? $"{context}: lz4 block {i} at offset 0x{blocks[i].Offset - 4:x} is corrupt"
+                : $"{context}: lz4 block {i} at offset 0x{blocks[i].Offset - 4:x} decoded to {decoded[i]} bytes, expected {OutLength(i)}");
+        }
         return output;
     }
 

@@ -81,16 +81,16 @@ public static class Lzop
             var data = s.Slice(p, (int)src);
             p += (int)src;
             if (src == dst)
+                output.Write(data);   // stored
+            else
             {
-                output.Write(data);
-                continue;
+                if (block.Length < dst)
+                    block = new byte[dst];
+                int n = Lzo1xDecompress(data, block.AsSpan(0, (int)dst), $"{context}: lzo block {index}");
+                if (n != dst)
+                    throw new ImageFormatException($"{context}: lzo block {index} decoded to {n} bytes, its header says {dst}");
+                output.Write(block, 0, n);
             }
-            if (block.Length < dst)
-                block = new byte[dst];
-            int n = Lzo1xDecompress(data, block.AsSpan(0, (int)dst), $"{context}: lzo block {index}");
-            if (n != dst)
-                throw new ImageFormatException($"{context}: lzo block {index} decoded to {n} bytes, its header says {dst}");
-            output.Write(block, 0, n);
             if (expectedSize >= 0 && output.Length > expectedSize)
                 throw new ImageFormatException($"{context} decompresses to more than the {expectedSize} bytes its size trailer says");
         }

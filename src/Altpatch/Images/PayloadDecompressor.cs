@@ -62,7 +62,7 @@ public static class PayloadDecompressor
                 $"{context}: unknown payload compression (magic {Convert.ToHexString(span[..Math.Min(8, span.Length)]).ToLowerInvariant()}); " +
                 "known: gzip, bzip2, lzma, xz, lzo, lz4, zstd");
         if (span.Length < 8)
-            throw new ImageFormatException($"{context}: {compression} payload of {span.Length} bytes is too short; truncated?");
+            throw new ImageFormatException($"{context}: {Name(compression)} payload of {span.Length} bytes is too short; truncated?");
         uint size = BinaryPrimitives.ReadUInt32LittleEndian(span[^4..]);
         if (size == 0 || size > MaxDecompressedSize)
             throw new ImageFormatException(
@@ -106,16 +106,10 @@ public static class PayloadDecompressor
 
     private static byte[] DecodeZstd(ReadOnlyMemory<byte> data, int expectedSize, string where)
     {
+        // The kernel's zstd may use windows above the library's default limit.
         using var zstd = new Decompressor();
         zstd.SetParameter(ZSTD_dParameter.ZSTD_d_windowLogMax, 31);
-        if (expectedSize < 0)
-            return ReadAll(new DecompressionStream(AsStream(data)), -1, where);
-        var output = GC.AllocateUninitializedArray<byte>(expectedSize + 1);
-        int n = zstd.Unwrap(data.Span, output);
-        if (n != expectedSize)
-            throw new ImageFormatException($"{where} decompressed to {n} bytes, the size trailer says {expectedSize}");
-        Array.Resize(ref output, n);
-        return output;
+        return ReadAll(new DecompressionStream(AsStream(data), zstd), expectedSize, where);
     }
 
     private static byte[] DecodeLzma(ReadOnlyMemory<byte> data, int expectedSize, string where)

@@ -1,5 +1,5 @@
 using System.Collections.Immutable;
-using System.Runtime.InteropServices;
+using Altpatch.Code;
 using Iced.Intel;
 
 namespace Altpatch.Images;
@@ -65,23 +65,19 @@ public sealed class PvOpsTable
     {
         ArgumentNullException.ThrowIfNull(elf);
         ArgumentNullException.ThrowIfNull(sites);
-        if (sites.Count == 0 || !MemoryMarshal.TryGetArray<byte>(elf.Bytes, out var seg))
+        if (sites.Count == 0)
             return null;
         int ptr = elf.PointerSize;
-        var reader = new ByteArrayCodeReader(seg.Array!, seg.Offset, seg.Count);
-        var decoder = Decoder.Create(ptr * 8, reader);
         var votes = new Dictionary<ulong, (int Count, int MaxType)>();
         int skipped = 0;
         foreach (var s in sites)
         {
-            if (!elf.TryGetFileOffset(s.Address, s.Len, out long off))
+            if (!elf.TryReadBytes(s.Address, s.Len, out var code))
             {
                 skipped++;
                 continue;
             }
-            reader.Position = (int)off;
-            decoder.IP = s.Address;
-            decoder.Decode(out var insn);
+            DecoderCache.Current.Start(code, s.Address, ptr * 8).Decode(out var insn);
             if (insn.IsInvalid || insn.Length > s.Len || insn.Mnemonic != Mnemonic.Call || insn.Op0Kind != OpKind.Memory)
             {
                 skipped++;
@@ -109,7 +105,7 @@ public sealed class PvOpsTable
         for (int i = 0; i < slots.Length; i++)
         {
             ulong a = best.Key + (ulong)(i * ptr);
-            slots[i] = elf.TryGetFileOffset(a, ptr, out _) ? elf.ReadPointer(a) : 0;
+            elf.TryReadPointer(a, out slots[i]);   // 0 when the file has no bytes there
         }
         string section = elf.SectionContaining(best.Key)?.Name ?? "";
         return new PvOpsTable(best.Key, ptr, [.. slots], best.Value.Count, total - best.Value.Count, skipped, section);

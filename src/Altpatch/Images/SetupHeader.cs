@@ -59,7 +59,9 @@ public sealed record SetupHeader(
                 ? $"{name}: file too short for a bzImage setup header ({file.Length} bytes, the header starts at 0x1f1)"
                 : $"{name}: not a bzImage: no 0xAA55 boot flag at 0x1fe and 'HdrS' signature at 0x202");
         ushort version = U16(file, 0x206);
-        int need = version >= 0x020a ? 0x264 : version >= 0x0208 ? 0x250 : 0x230;
+        // The end of the last field read for this protocol: init_size (2.10+), payload_length (2.08+),
+        // relocatable_kernel (2.05+), else the 0x230 every bzImage header reaches.
+        int need = version >= 0x020a ? 0x264 : version >= 0x0208 ? 0x250 : version >= 0x0205 ? 0x235 : 0x230;
         if (file.Length < need)
             throw new ImageFormatException(
                 $"{name}: bzImage truncated inside the setup header ({file.Length} bytes; boot protocol {version >> 8}.{version & 0xff:D2} needs 0x{need:x})");

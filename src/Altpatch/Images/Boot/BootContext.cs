@@ -4,50 +4,51 @@ using Altpatch.Text;
 namespace Altpatch.Images.Boot;
 
 /// <summary>Everything a pass needs: the image (tables, original bytes), the working copy it reads and the
-/// poker that writes it, the boot state, the thunks and the NOP table.</summary>
-internal sealed class BootContext
+/// poker that writes it, the boot state, the thunks, the NOP table and the image's feature numbering.</summary>
+internal sealed class BootContext(KernelImage image, ImagePoker poker, KernelBootState state, KernelThunks thunks,
+    NopTable nops, ImageFeatureNumbering numbering)
 {
-    public BootContext(KernelImage image, ImagePoker poker, KernelBootState state, KernelThunks thunks,
-        NopTable nops, Func<int, bool> hasFeature, int featureLimit)
-    {
-        Image = image;
-        Poker = poker;
-        State = state;
-        Thunks = thunks;
-        Nops = nops;
-        HasFeature = hasFeature;
-        FeatureLimit = featureLimit;
-    }
-
     /// <summary>The image: tables and the original (unpatched) bytes.</summary>
-    public KernelImage Image { get; }
+    public KernelImage Image { get; } = image;
 
     /// <summary>The tables.</summary>
     public KernelPatchTables Tables => Image.Tables;
 
     /// <summary>Reads and writes the working copy.</summary>
-    public ImagePoker Poker { get; }
+    public ImagePoker Poker { get; } = poker;
 
     /// <summary>The boot CPU.</summary>
-    public KernelBootState State { get; }
+    public KernelBootState State { get; } = state;
 
     /// <summary>The thunks found in the image.</summary>
-    public KernelThunks Thunks { get; }
+    public KernelThunks Thunks { get; } = thunks;
 
     /// <summary>The kernel's NOP table (<c>x86_nops[]</c>) for this image.</summary>
-    public NopTable Nops { get; }
+    public NopTable Nops { get; } = nops;
 
     /// <summary><c>boot_cpu_has(n)</c> for a feature number of the image's own numbering.</summary>
-    public Func<int, bool> HasFeature { get; }
+    public Func<int, bool> HasFeature { get; } = numbering.HasFeature(state.Features);
 
     /// <summary>(NCAPINTS + NBUGINTS) × 32 of the image's numbering: <c>apply_alternatives()</c>'s BUG_ON bound.</summary>
-    public int FeatureLimit { get; }
+    public int FeatureLimit { get; } = numbering.FeatureLimit;
 
     /// <summary>32 or 64.</summary>
     public int Bitness => Image.Bitness;
 
     /// <summary>The kernel's <c>add_nops()</c> with this image's table.</summary>
     public void AddNops(Span<byte> buffer) => Nops.AddNops(buffer);
+
+    /// <summary>The initial value of paravirt site <paramref name="p"/>'s <c>pv_ops</c> slot (<c>*((void **)&amp;pv_ops + type)</c>
+    /// in the unpatched image), or a <see cref="PatchException"/> naming the site when the image has no bytes for the slot.</summary>
+    public ulong PvOpsSlot(PvOpsTable pv, KernelParavirtSite p, SiteRef site)
+    {
+        if (p.Type < pv.Slots.Length)
+            return pv.Slots[p.Type];
+        ulong slot = pv.SlotAddress(p.Type);
+        return Image.Elf.TryReadPointer(slot, out ulong value)
+            ? value
+            : throw new PatchException(site, p.Address, $"pv_ops slot {p.Type} at 0x{slot:x} has no bytes in the image");
+    }
 
     /// <summary>A <c>rel32</c> from the end of a <paramref name="size"/>-byte instruction at <paramref name="at"/> to
     /// <paramref name="target"/> (the kernel's <c>__text_gen_insn()</c>), or a <see cref="PatchException"/> when it does not reach.</summary>

@@ -1,4 +1,3 @@
-using System.Buffers.Binary;
 using System.Text;
 using Altpatch.Cpu;
 
@@ -114,21 +113,22 @@ public sealed class ImageFeatureNumbering
     {
         // 6.1 links the arrays and their strings into .rodata, 2.6.22 its x86_cap_flags into .data: look there
         // first, then in every allocated, non-executable section.
-        var candidates = elf.Sections.Where(s => s.IsAllocated && !s.IsExecutable && s.HasFileBytes && s.Type != 0 && s.Size > 0).ToList();
+        var candidates = elf.Sections.Where(s => s.IsAllocated && !s.IsExecutable && ElfFile.HasBytesInFile(s) && s.Size > 0).ToList();
         var preferred = candidates.Where(s => s.Name is ".rodata" or ".data").ToList();
-        var found = FindNameArray(elf, preferred, preferred, first, second);
-        return found.Address is not null ? found : FindNameArray(elf, candidates, candidates, first, second);
+        var found = FindNameArray(elf, preferred, first, second);
+        return found.Address is not null ? found : FindNameArray(elf, candidates, first, second);
     }
 
-    private static (ulong? Address, string?[] Names) FindNameArray(ElfFile elf, List<ElfSection> arrayIn, List<ElfSection> stringsIn, string first, string second)
+    /// <summary>The array and its strings, both looked for in <paramref name="sections"/>.</summary>
+    private static (ulong? Address, string?[] Names) FindNameArray(ElfFile elf, List<ElfSection> sections, string first, string second)
     {
-        var firstAt = StringAddresses(elf, stringsIn, first);
-        var secondAt = StringAddresses(elf, stringsIn, second);
+        var firstAt = StringAddresses(elf, sections, first);
+        var secondAt = StringAddresses(elf, sections, second);
         if (firstAt.Count == 0 || secondAt.Count == 0)
             return (null, []);
         int ptr = elf.PointerSize;
         var bytes = elf.Bytes.Span;
-        foreach (var s in arrayIn)
+        foreach (var s in sections)
         {
             if (s.Size < (ulong)(2 * ptr))
                 continue;
@@ -136,13 +136,13 @@ public sealed class ImageFeatureNumbering
             int start = (int)((ptr - (int)(s.Address % (ulong)ptr)) % ptr);
             for (int o = start; o + 2 * ptr <= data.Length; o += ptr)
             {
-                ulong a = Ptr(data[o..], ptr);
-                if (!firstAt.Contains(a) || !secondAt.Contains(Ptr(data[(o + ptr)..], ptr)))
+                ulong a = ElfFile.ReadPointer(data[o..], ptr);
+                if (!firstAt.Contains(a) || !secondAt.Contains(ElfFile.ReadPointer(data[(o + ptr)..], ptr)))
                     continue;
                 var names = new List<string?>();
                 for (int e = o; e + ptr <= data.Length && names.Count < 64 * 32; e += ptr)
                 {
-                    ulong p = Ptr(data[e..], ptr);
+                    ulong p = ElfFile.ReadPointer(data[e..], ptr);
                     if (p == 0)
                     {
                         names.Add(null);
@@ -168,9 +168,6 @@ public sealed class ImageFeatureNumbering
         }
         return (null, []);
     }
-
-    private static ulong Ptr(ReadOnlySpan<byte> b, int ptr) =>
-        ptr == 8 ? BinaryPrimitives.ReadUInt64LittleEndian(b) : BinaryPrimitives.ReadUInt32LittleEndian(b);
 
     private static HashSet<ulong> StringAddresses(ElfFile elf, List<ElfSection> sections, string s)
     {

@@ -71,9 +71,12 @@ public static class KernelBootPatcher
     /// <param name="state">The boot CPU (see <see cref="KernelBootCpu.Derive"/>).</param>
     /// <param name="progress">Told each pass before it runs.</param>
     /// <returns>The patched ELF file and what each pass did.</returns>
-    /// <exception cref="ImageFormatException">A table is malformed or points outside the code.</exception>
-    /// <exception cref="PatchException">A site cannot be patched (replacement longer than the site, a thunk that is
-    /// needed cannot be located, …); the message names the site.</exception>
+    /// <exception cref="ImageFormatException">A table is malformed or points outside the code (a replacement longer
+    /// than its site is one of these: the tables refuse it when read).</exception>
+    /// <exception cref="PatchException">A site cannot be patched (a thunk or <c>pv_ops</c> slot it needs cannot be
+    /// located, an alternative's feature is beyond the numbering, …); the message names the site.</exception>
+    /// <exception cref="KernelPatchException">The image's version has no implemented rules, or its feature numbering is not
+    /// the one the rules need.</exception>
     public static KernelPatchResult Patch(KernelImage image, KernelBootState state, IProgress<BootPass>? progress = null)
     {
         ArgumentNullException.ThrowIfNull(image);
@@ -85,6 +88,9 @@ public static class KernelBootPatcher
     /// <param name="state">The boot CPU.</param>
     /// <param name="thunks">The image's thunks (<see cref="KernelThunks.Find"/>).</param>
     /// <param name="progress">Told each pass before it runs.</param>
+    /// <exception cref="ImageFormatException">As for <see cref="Patch(KernelImage, KernelBootState, IProgress{BootPass}?)"/>.</exception>
+    /// <exception cref="PatchException">As for <see cref="Patch(KernelImage, KernelBootState, IProgress{BootPass}?)"/>.</exception>
+    /// <exception cref="KernelPatchException">As for <see cref="Patch(KernelImage, KernelBootState, IProgress{BootPass}?)"/>.</exception>
     public static KernelPatchResult Patch(KernelImage image, KernelBootState state, KernelThunks thunks, IProgress<BootPass>? progress = null)
     {
         ArgumentNullException.ThrowIfNull(image);
@@ -96,8 +102,7 @@ public static class KernelBootPatcher
         var work = ElfFile.Parse(copy, image.Elf.Name);
         var poker = new ImagePoker(work);
         var numbering = ImageFeatureNumbering.For(image, rules);
-        var ctx = new BootContext(image, poker, state, thunks, NopsFor(image, rules, state.Features),
-            numbering.HasFeature(state.Features), numbering.FeatureLimit);
+        var ctx = new BootContext(image, poker, state, thunks, NopsFor(image, rules, state.Features), numbering);
 
         var results = ImmutableArray.CreateBuilder<BootPassResult>();
         void Run(BootPass pass, int sites, Func<BootContext, PatchPlan> planner)

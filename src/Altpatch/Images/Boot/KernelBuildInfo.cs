@@ -60,6 +60,7 @@ public sealed record KernelBuildInfo
     public bool Pae { get; init; }
 
     /// <summary>Infers the options from an image.</summary>
+    /// <exception cref="ImageFormatException">The image's tables are malformed (<see cref="KernelImage.Tables"/>).</exception>
     public static KernelBuildInfo Infer(KernelImage image, KernelThunks thunks)
     {
         ArgumentNullException.ThrowIfNull(image);

@@ -5,14 +5,13 @@ namespace Altpatch.Images.Boot;
 /// <summary>
 /// One decoded instruction, as much of the kernel's <c>struct insn</c> (<c>insn_decode_kernel()</c>) as the
 /// boot-time passes use: length, the first two opcode bytes after the prefixes, and a relative branch's
-/// displacement (<c>insn.immediate.value</c>) and target.
+/// target (address + length + <c>insn.immediate.value</c>).
 /// </summary>
 /// <param name="Length">Instruction length in bytes; 0 when the bytes do not decode.</param>
 /// <param name="Op1">First opcode byte after legacy and REX prefixes (<c>insn.opcode.bytes[0]</c>).</param>
 /// <param name="Op2">Second opcode byte (<c>insn.opcode.bytes[1]</c>), or 0.</param>
-/// <param name="Mnemonic">Iced's mnemonic.</param>
 /// <param name="Target">Target of a relative near branch (call/jmp/jcc), else 0.</param>
-internal readonly record struct KernelInsn(int Length, byte Op1, byte Op2, Mnemonic Mnemonic, ulong Target)
+internal readonly record struct KernelInsn(int Length, byte Op1, byte Op2, ulong Target)
 {
     /// <summary>Whether the bytes decoded.</summary>
     public bool IsValid => Length > 0;
@@ -25,11 +24,11 @@ internal readonly record struct KernelInsn(int Length, byte Op1, byte Op2, Mnemo
     {
         // Fast paths for what nearly every return and retpoline site holds: call/jmp rel32, jcc rel32, ret.
         if (code.Length >= 5 && code[0] is 0xe8 or 0xe9)
-            return new KernelInsn(5, code[0], 0, code[0] == 0xe8 ? Mnemonic.Call : Mnemonic.Jmp, Relative(ip, 5, code[1..], bitness));
+            return new KernelInsn(5, code[0], 0, Relative(ip, 5, code[1..], bitness));
         if (code.Length >= 6 && code[0] == 0x0f && (code[1] & 0xf0) == 0x80)
-            return new KernelInsn(6, 0x0f, code[1], JccMnemonics[code[1] & 0xf], Relative(ip, 6, code[2..], bitness));
+            return new KernelInsn(6, 0x0f, code[1], Relative(ip, 6, code[2..], bitness));
         if (code.Length >= 1 && code[0] == 0xc3)
-            return new KernelInsn(1, 0xc3, 0, Mnemonic.Ret, 0);
+            return new KernelInsn(1, 0xc3, 0, 0);
         var d = Altpatch.Code.DecoderCache.Current.Start(code, ip, bitness);
         d.Decode(out var insn);
         if (insn.IsInvalid || insn.Length > code.Length)
@@ -42,14 +41,8 @@ internal readonly record struct KernelInsn(int Length, byte Op1, byte Op2, Mnemo
         ulong target = insn.FlowControl is FlowControl.Call or FlowControl.UnconditionalBranch or FlowControl.ConditionalBranch
             && insn.Op0Kind is OpKind.NearBranch16 or OpKind.NearBranch32 or OpKind.NearBranch64
             ? insn.NearBranchTarget : 0;
-        return new KernelInsn(insn.Length, op1, op2, insn.Mnemonic, target);
+        return new KernelInsn(insn.Length, op1, op2, target);
     }
-
-    private static readonly Mnemonic[] JccMnemonics =
-    [
-        Mnemonic.Jo, Mnemonic.Jno, Mnemonic.Jb, Mnemonic.Jae, Mnemonic.Je, Mnemonic.Jne, Mnemonic.Jbe, Mnemonic.Ja,
-        Mnemonic.Js, Mnemonic.Jns, Mnemonic.Jp, Mnemonic.Jnp, Mnemonic.Jl, Mnemonic.Jge, Mnemonic.Jle, Mnemonic.Jg,
-    ];
 
     /// <summary>The target of a rel32 branch of <paramref name="length"/> bytes at <paramref name="ip"/> (wrapping at 2^32 in 32-bit code).</summary>
     private static ulong Relative(ulong ip, int length, ReadOnlySpan<byte> rel32, int bitness)

@@ -84,15 +84,16 @@ public sealed class KernelPatchResult
     /// <summary>The length of the branch instruction a retpoline or return site names (5, or 6 for a Jcc).</summary>
     public int BranchLength(ulong address)
     {
-        Span<byte> w = stackalloc byte[16];
-        int n = 16;
-        while (n > 0 && !Image.Elf.TryGetFileOffset(address, n, out _))
-            n--;
-        if (n == 0)
-            return 1;
-        Image.ReadBytes(address, n).CopyTo(w);
-        var insn = KernelInsn.Decode(w[..n], address, Image.Bitness);
-        return insn.IsValid ? insn.Length : 1;
+        // Up to 16 bytes, fewer at the end of a section.
+        for (int n = 16; n > 0; n--)
+        {
+            if (Image.Elf.TryReadBytes(address, n, out var code))
+            {
+                var insn = KernelInsn.Decode(code, address, Image.Bitness);
+                return insn.IsValid ? insn.Length : 1;
+            }
+        }
+        return 1;
     }
 
     private KernelSiteOutcome Outcome(KernelSiteKind kind, int index, ulong address, int length)

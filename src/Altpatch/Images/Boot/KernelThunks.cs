@@ -56,6 +56,7 @@ public sealed class KernelThunks
 
     /// <summary>Finds the thunks of <paramref name="image"/> (reads its tables).</summary>
     /// <param name="image">The kernel image, unpatched.</param>
+    /// <exception cref="ImageFormatException">The image's tables are malformed (<see cref="KernelImage.Tables"/>).</exception>
     public static KernelThunks Find(KernelImage image)
     {
         ArgumentNullException.ThrowIfNull(image);
@@ -100,7 +101,7 @@ public sealed class KernelThunks
     private static ulong AlignUp(ulong a, ulong align) => (a + align - 1) & ~(align - 1);
 
     private static bool BytesAre(ElfFile elf, ulong address, ReadOnlySpan<byte> expected) =>
-        elf.TryGetFileOffset(address, expected.Length, out long off) && elf.Bytes.Span.Slice((int)off, expected.Length).SequenceEqual(expected);
+        elf.TryReadBytes(address, expected.Length, out var bytes) && bytes.SequenceEqual(expected);
 
     private static KernelInsn DecodeAt(ElfFile elf, ulong address, int bitness)
     {
@@ -156,9 +157,8 @@ public sealed class KernelThunks
     /// <summary>The register of a retpoline thunk: the source of the <c>mov %reg, (%rsp)</c> its RETPOLINE macro ends with, or -1.</summary>
     private static int ThunkRegister(ElfFile elf, ulong thunk, int bitness)
     {
-        if (!elf.TryGetFileOffset(thunk, RetpolineThunkSize, out long off))
+        if (!elf.TryReadBytes(thunk, RetpolineThunkSize, out var code))
             return -1;
-        var code = elf.Bytes.Span.Slice((int)off, RetpolineThunkSize);
         var d = Altpatch.Code.DecoderCache.Current.Start(code, thunk, bitness);
         var first = default(Instruction);
         for (int n = 0; n < 8 && d.IP < thunk + RetpolineThunkSize; n++)
@@ -190,9 +190,8 @@ public sealed class KernelThunks
     /// </summary>
     private static ulong? FindItsArray(ElfFile elf, ElfSection? text)
     {
-        if (text is not { } t || !elf.TryGetFileOffset(t.Address, (int)Math.Min(t.Size, int.MaxValue), out long off))
+        if (text is not { } t || !elf.TryReadBytes(t.Address, (int)Math.Min(t.Size, int.MaxValue), out var span))
             return null;
-        var span = elf.Bytes.Span.Slice((int)off, (int)t.Size);
         // Thunk 0 (rax) is "ff e0 cc" at an address = 32 (mod 64).
         ulong first = AlignUp(t.Address, 64) + 32;
         for (ulong a = first; a + 16 * ItsThunkSize <= t.EndAddress; a += 64)

@@ -11,8 +11,6 @@ namespace Altpatch.Images.Boot;
 /// </summary>
 internal static class Linux2622Passes
 {
-    private const string ParaTable = ".parainstructions", AltTable = ".altinstructions", LockTable = ".smp_locks";
-
     /// <summary>2.6.22's <c>CLBR_ANY</c> on i386: eax | ecx | edx.</summary>
     private const ushort ClobberAny = 0x7;
 
@@ -30,7 +28,7 @@ internal static class Linux2622Passes
         Span<byte> buf = stackalloc byte[PatchPlan.MaxPatchLength];
         foreach (var a in sites)
         {
-            var site = new SiteRef(SiteKind.Alternative, a.Index, AltTable);
+            var site = new SiteRef(SiteKind.Alternative, a.Index, KernelPatchTables.AltInstructions);
             if (a.ReplacementLen > a.InstrLen)
                 throw new PatchException(site, a.Address, $"replacement of {a.ReplacementLen} bytes is longer than the {a.InstrLen}-byte site (BUG_ON(a->replacementlen > a->instrlen))");
             if (a.InstrLen > PatchPlan.MaxPatchLength)
@@ -63,7 +61,7 @@ internal static class Linux2622Passes
         {
             if (l.Address < start || l.Address > end)
                 continue;
-            var site = new SiteRef(SiteKind.Lock, l.Index, LockTable);
+            var site = new SiteRef(SiteKind.Lock, l.Index, KernelPatchTables.SmpLocksSection);
             text.Write(l.Address, nop, site, "UP: lock -> nop");
         }
         return text.ToPlan();
@@ -86,13 +84,12 @@ internal static class Linux2622Passes
         Span<byte> buf = stackalloc byte[PatchPlan.MaxPatchLength];
         foreach (var p in sites)
         {
-            var site = new SiteRef(SiteKind.Paravirt, p.Index, ParaTable);
+            var site = new SiteRef(SiteKind.Paravirt, p.Index, KernelPatchTables.ParaInstructions);
             if (pv is null)
                 throw new PatchException(site, p.Address, "paravirt_ops could not be located: no paravirt site is an indirect call through it");
             var b = buf[..p.Len];
             text.Read(p.Address, b, site);   // the seed leaves the buffer uninitialised when nothing fits; we keep the original
-            ulong slot = pv.SlotAddress(p.Type);
-            ulong opfunc = p.Type < pv.Slots.Length ? pv.Slots[p.Type] : ctx.Image.ReadPointer(slot);
+            ulong opfunc = ctx.PvOpsSlot(pv, p, site);
             int used;
             string why;
             if (opfunc == 0)

@@ -13,9 +13,6 @@ internal static class Linux61Passes
 {
     private const byte Int3 = 0xcc, Ret = 0xc3, Call = 0xe8, Jmp32 = 0xe9, Jmp8 = 0xeb, Nop1 = 0x90;
 
-    private const string ParaTable = ".parainstructions", RetpolineTable = ".retpoline_sites", ReturnTable = ".return_sites",
-        AltTable = ".altinstructions", LockTable = ".smp_locks";
-
     // ------------------------------------------------------------------ apply_paravirt
 
     /// <summary>
@@ -33,13 +30,13 @@ internal static class Linux61Passes
         Span<byte> buf = stackalloc byte[PatchPlan.MaxPatchLength];
         foreach (var p in sites)
         {
-            var site = new SiteRef(SiteKind.Paravirt, p.Index, ParaTable);
+            var site = new SiteRef(SiteKind.Paravirt, p.Index, KernelPatchTables.ParaInstructions);
             if (pv is null)
                 throw new PatchException(site, p.Address, "pv_ops could not be located: no paravirt site is an indirect call through it");
             int len = p.Len;
             var b = buf[..len];
             text.Read(p.Address, b, site);   // "prep the buffer with the original instructions"
-            ulong opfunc = ctx.State.PvOpsOverrides.TryGetValue(p.Type, out var o) ? o : ReadSlot(ctx, pv, p, site);
+            ulong opfunc = ctx.State.PvOpsOverrides.TryGetValue(p.Type, out var o) ? o : ctx.PvOpsSlot(pv, p, site);
             int used;
             string why;
             if (opfunc == 0)
@@ -65,16 +62,6 @@ internal static class Linux61Passes
         return text.ToPlan();
     }
 
-    private static ulong ReadSlot(BootContext ctx, PvOpsTable pv, KernelParavirtSite p, SiteRef site)
-    {
-        ulong slot = pv.SlotAddress(p.Type);
-        if (p.Type < pv.Slots.Length)
-            return pv.Slots[p.Type];
-        if (!ctx.Image.Elf.TryGetFileOffset(slot, pv.PointerSize, out _))
-            throw new PatchException(site, p.Address, $"pv_ops slot {p.Type} at 0x{slot:x} has no bytes in the image");
-        return ctx.Image.ReadPointer(slot);
-    }
-
     // ------------------------------------------------------------------ apply_retpolines
 
     /// <summary><c>apply_retpolines()</c> / <c>patch_retpoline()</c>: rewrites <c>call/jmp/jcc __x86_indirect_thunk_reg</c>
@@ -92,7 +79,7 @@ internal static class Linux61Passes
         Span<byte> bytes = stackalloc byte[16];
         foreach (var s in sites)
         {
-            var site = new SiteRef(SiteKind.Retpoline, s.Index, RetpolineTable);
+            var site = new SiteRef(SiteKind.Retpoline, s.Index, KernelPatchTables.RetpolineSites);
             var code = ReadWindow(text, s.Address, window, site);
             var insn = KernelInsn.Decode(code, s.Address, ctx.Bitness);
             if (!insn.IsValid)
@@ -198,7 +185,7 @@ internal static class Linux61Passes
         ulong? thunk = ctx.Thunks.ReturnThunk;
         foreach (var s in sites)
         {
-            var site = new SiteRef(SiteKind.Return, s.Index, ReturnTable);
+            var site = new SiteRef(SiteKind.Return, s.Index, KernelPatchTables.ReturnSites);
             var code = ReadWindow(text, s.Address, window, site);
             var insn = KernelInsn.Decode(code, s.Address, ctx.Bitness);
             if (!insn.IsValid)
@@ -310,7 +297,7 @@ internal static class Linux61Passes
         Span<byte> buf = stackalloc byte[PatchPlan.MaxPatchLength + 16];
         foreach (var a in sites)
         {
-            var site = new SiteRef(SiteKind.Alternative, a.Index, AltTable);
+            var site = new SiteRef(SiteKind.Alternative, a.Index, KernelPatchTables.AltInstructions);
             if (a.InstrLen > PatchPlan.MaxPatchLength)
                 throw new PatchException(site, a.Address, $"instrlen {a.InstrLen} exceeds MAX_PATCH_LEN ({PatchPlan.MaxPatchLength})");
             if (a.Cpuid >= ctx.FeatureLimit)
@@ -426,11 +413,8 @@ internal static class Linux61Passes
         var all = cur[..(len + after)];
         text.Read(address, all, site);
         var site0 = all[..len];
-        Span<byte> before = stackalloc byte[len];
-        site0.CopyTo(before);
         OptimizeNops(ctx, site0, address, all[len..]);
-        if (!before.SequenceEqual(site0))
-            text.Write(address, site0, site, "optimize_nops");
+        text.Write(address, site0, site, "optimize_nops");   // records nothing when optimize_nops() changed nothing
     }
 
     // ------------------------------------------------------------------ apply_ibt_endbr
@@ -494,7 +478,7 @@ internal static class Linux61Passes
         {
             if (l.Address < start || l.Address >= end)
                 continue;
-            var site = new SiteRef(SiteKind.Lock, l.Index, LockTable);
+            var site = new SiteRef(SiteKind.Lock, l.Index, KernelPatchTables.SmpLocksSection);
             text.Read(l.Address, b, site);
             if (b[0] == 0xf0)
                 text.Write(l.Address, ds, site, "UP: lock -> ds");

@@ -27,9 +27,6 @@ internal sealed class PassText
 
     public PassText(ImagePoker image) => this.image = image;
 
-    /// <summary>Number of <see cref="Write"/> calls that changed at least one byte.</summary>
-    public int Writes { get; private set; }
-
     /// <summary>The current bytes of [address, address + destination.Length), with this pass's writes applied.</summary>
     /// <exception cref="PatchException">The range is not inside one executable section.</exception>
     public void Read(ulong address, Span<byte> destination, SiteRef site)
@@ -57,9 +54,9 @@ internal sealed class PassText
     {
         if (bytes.IsEmpty)
             return false;
-        ulong end0 = address + (ulong)bytes.Length;
-        int f0 = FirstOverlapping(address);
-        if (f0 == segments.Count || segments[f0].Start >= end0)
+        ulong end = address + (ulong)bytes.Length;
+        int first = FirstOverlapping(address);
+        if (first == segments.Count || segments[first].Start >= end)
         {
             // Nothing of this pass there yet: compare with the image directly.
             if (image.Read(address, bytes.Length, site).SequenceEqual(bytes))
@@ -72,9 +69,6 @@ internal sealed class PassText
             if (current.SequenceEqual(bytes))
                 return false;
         }
-        Writes++;
-        ulong end = address + (ulong)bytes.Length;
-        int first = FirstOverlapping(address);
         // Touching neighbours (s.End == address) are not merged: they are separate sites.
         int last = first;
         while (last < segments.Count && segments[last].Start < end)
