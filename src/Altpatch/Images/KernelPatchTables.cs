@@ -139,7 +139,7 @@ public sealed class KernelPatchTables
     private static (AltInstrFormat?, ImmutableArray<KernelAltSite>) ReadAlternatives(Context ctx, KernelVersion? version, List<KernelTableInfo> infos)
     {
         var elf = ctx.Elf;
-        if (elf.FindSection(AltInstructions) is not { } sec || !sec.HasFileBytes)
+        if (FindTable(elf, AltInstructions) is not { } sec)
             return (null, []);
         var expected = AltInstrFormats.ExpectedFor(version);
         var candidates = AltInstrFormats.Preference.Where(f => AltInstrFormats.EntryCount(f, sec.Size, elf.PointerSize) is not null).ToList();
@@ -284,7 +284,7 @@ public sealed class KernelPatchTables
     {
         var elf = ctx.Elf;
         int ptr = elf.PointerSize, es = 2 * ptr;
-        if (elf.FindSection(ParaInstructions) is not { } sec || !sec.HasFileBytes)
+        if (FindTable(elf, ParaInstructions) is not { } sec)
             return ([], es);
         if (sec.Size % (ulong)es != 0)
             throw new ImageFormatException(
@@ -314,7 +314,7 @@ public sealed class KernelPatchTables
     private static (ImmutableArray<KernelLockSite>, bool) ReadLocks(Context ctx, KernelVersion? version, List<KernelTableInfo> infos)
     {
         var elf = ctx.Elf;
-        if (elf.FindSection(SmpLocksSection) is not { } sec || !sec.HasFileBytes)
+        if (FindTable(elf, SmpLocksSection) is not { } sec)
             return ([], false);
         string? relError = null, absError = null;
         List<(int Index, ulong Address)>? rel = null, abs = null;
@@ -340,13 +340,31 @@ public sealed class KernelPatchTables
     private static List<(int Index, ulong Address)> ReadRelativeSites(Context ctx, string section, KernelSiteKind kind, List<KernelTableInfo> infos)
     {
         var elf = ctx.Elf;
-        if (elf.FindSection(section) is not { } sec || !sec.HasFileBytes)
+        if (FindTable(elf, section) is not { } sec)
             return [];
         if (sec.Size % 4 != 0)
             throw new ImageFormatException($"{elf.Name}: {section}: size {sec.Size} is not a multiple of the 4-byte s32 entry");
         var list = TryReadPointerTable(ctx, sec, relative: true, out var error) ?? throw new ImageFormatException(error!);
         infos.Add(new KernelTableInfo(kind, sec.Name, sec.Address, sec.Size, "s32-relative", 4, (int)(sec.Size / 4), list.Count));
         return list;
+    }
+
+    /// <summary>
+    /// The section of a patch table, or null when the image has none. A table section that exists with a
+    /// size but has no bytes in the file (SHT_NOBITS or SHT_NULL) is a corrupt image, not an empty table:
+    /// patching on would silently leave every one of its sites alone.
+    /// </summary>
+    private static ElfSection? FindTable(ElfFile elf, string name)
+    {
+        if (elf.FindSection(name) is not { } sec)
+            return null;
+        if (!ElfFile.HasBytesInFile(sec))
+        {
+            if (sec.Size == 0)
+                return null;
+            throw new ImageFormatException($"{elf.Name}: {name}: section of {sec.Size} bytes has no bytes in the file (sh_type {sec.Type})");
+        }
+        return sec;
     }
 
     /// <summary>Reads a table of self-relative s32 or absolute pointers to code; zero entries are padding.</summary>

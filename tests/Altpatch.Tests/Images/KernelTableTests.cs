@@ -236,6 +236,31 @@ public class KernelTableTests
         Assert.Throws<ImageFormatException>(() => KernelImage.Load(k.Build(), "synthetic").Tables);
 
     /// <summary>Rewrites one section header's sh_size in a built ELF.</summary>
+    [Theory]
+    [InlineData(".parainstructions", 8u)]  // SHT_NOBITS
+    [InlineData(".smp_locks", 0u)]         // SHT_NULL
+    [InlineData(".return_sites", 8u)]
+    [InlineData(".altinstructions", 8u)]
+    public void A_table_section_without_file_bytes_is_a_corrupt_image_not_an_empty_table(string name, uint type)
+    {
+        var k = new SyntheticKernel(true, AltInstrFormat.Relative12);
+        var elf = k.Build();
+        SetSectionType(elf, name, type);
+        var e = Assert.Throws<ImageFormatException>(() => KernelImage.Load(elf, "synthetic").Tables);
+        Assert.StartsWith($"synthetic: {name}: section of ", e.Message, StringComparison.Ordinal);
+        Assert.EndsWith($"has no bytes in the file (sh_type {type})", e.Message, StringComparison.Ordinal);
+    }
+
+    private static void SetSectionType(byte[] elf, string name, uint type)
+    {
+        var parsed = ElfFile.Parse(elf, "t");
+        var sec = parsed.FindSection(name)!.Value;
+        bool is64 = parsed.Is64;
+        ulong shoff = is64 ? BinaryPrimitives.ReadUInt64LittleEndian(elf.AsSpan(40)) : BinaryPrimitives.ReadUInt32LittleEndian(elf.AsSpan(32));
+        int at = (int)shoff + sec.Index * (is64 ? 64 : 40) + 4; // sh_type follows sh_name in both classes
+        BinaryPrimitives.WriteUInt32LittleEndian(elf.AsSpan(at), type);
+    }
+
     internal static void SetSectionSize(byte[] elf, string name, ulong size)
     {
         var parsed = ElfFile.Parse(elf, "t");
