@@ -208,16 +208,8 @@ public static class KernelPatchCommand
     private static IEnumerable<string> Split(IEnumerable<string> values) =>
         values.SelectMany(v => v.Split([',', ' ', '\t'], StringSplitOptions.RemoveEmptyEntries));
 
-    private static IEnumerable<CpuFeature> ParseNames(IEnumerable<string> names)
-    {
-        var list = names.ToList();
-        var unknown = list.Where(n => !CpuFeatureInfo.TryParse(n, out _)).ToList();
-        if (unknown.Count > 0)
-            throw new CpuFeatureException(unknown.Count == 1
-                ? $"unknown CPU feature '{unknown[0]}' (not a Linux {CpuFeatureInfo.LinuxVersion} feature or bug name)"
-                : $"unknown CPU features {string.Join(", ", unknown.Select(n => $"'{n}'"))} (not Linux {CpuFeatureInfo.LinuxVersion} feature or bug names)");
-        return list.Select(CpuFeatureInfo.Parse);
-    }
+    /// <summary>Feature names for --set/--clear, checked by the same parser (and message) as --flags.</summary>
+    private static IEnumerable<CpuFeature> ParseNames(IEnumerable<string> names) => CpuFeatures.FromNames(names).Features;
 
     private static ulong ParseHex(string s)
     {
