@@ -54,6 +54,11 @@ public static class KernelCommand
         KernelSiteKind.SmpLock => "lock",
         KernelSiteKind.Retpoline => "retpoline",
         KernelSiteKind.Return => "return",
+        KernelSiteKind.Mcount => "mcount",
+        KernelSiteKind.JumpLabel => "jump",
+        KernelSiteKind.StaticCall => "static_call",
+        KernelSiteKind.StaticCallTrampoline => "sct",
+        KernelSiteKind.FtraceCall => "ftrace_call",
         _ => kind.ToString(),
     };
 }

@@ -1,0 +1,23 @@
+namespace Altpatch.Images.Boot;
+
+/// <summary>
+/// What the boot-time text passes besides <c>alternative_instructions()</c> (jump labels, static calls, ftrace, the
+/// preempt mode) need beyond the CPU: the symbols of the image's build and the boot options that steer them.
+/// </summary>
+public sealed record KernelTextOptions
+{
+    /// <summary>No symbols, the build's defaults.</summary>
+    public static KernelTextOptions Default { get; } = new();
+
+    /// <summary>Symbol addresses by name (kallsyms of the image, or a System.map of the same build), or null. Without
+    /// them the tables are found by scanning, <c>static_call_init()</c> and the preempt mode cannot be done (they
+    /// need <c>__static_call_return0</c> and the PREEMPT_DYNAMIC functions), and the result says so.</summary>
+    public IReadOnlyDictionary<string, ulong>? Symbols { get; init; }
+
+    /// <summary><c>preempt=</c> from the command line; null for the build's default.</summary>
+    public PreemptMode? Preempt { get; init; }
+
+    /// <summary>Whether to run the text passes at all (false: only <c>alternative_instructions()</c>'s, as before
+    /// whole-text patching existed).</summary>
+    public bool Enabled { get; init; } = true;
+}
