@@ -47,18 +47,5 @@ public static class KernelCommand
     internal static string ArchitectureJson(KernelImage img) => img.Architecture == KernelArchitecture.X86_64 ? "x86_64" : "i386";
 
     /// <summary>The CLI's short name of a site kind (the --kind values).</summary>
-    internal static string KindName(KernelSiteKind kind) => kind switch
-    {
-        KernelSiteKind.Alternative => "alt",
-        KernelSiteKind.Paravirt => "para",
-        KernelSiteKind.SmpLock => "lock",
-        KernelSiteKind.Retpoline => "retpoline",
-        KernelSiteKind.Return => "return",
-        KernelSiteKind.Mcount => "mcount",
-        KernelSiteKind.JumpLabel => "jump",
-        KernelSiteKind.StaticCall => "static_call",
-        KernelSiteKind.StaticCallTrampoline => "sct",
-        KernelSiteKind.FtraceCall => "ftrace_call",
-        _ => kind.ToString(),
-    };
+    internal static string KindName(KernelSiteKind kind) => kind.ShortName();
 }

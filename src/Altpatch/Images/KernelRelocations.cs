@@ -166,11 +166,11 @@ public sealed class KernelRelocations
             for (int i = 0; i < list.Count; i++)
             {
                 ulong a = is64 ? (ulong)(long)(int)list[i] : list[i];
-                string entry = $"{name}: {ListName(is64, l)} entry {i} (0x{a:x})";
+                string Entry() => $"{name}: {ListName(is64, l)} entry {i} (0x{a:x})";
                 if (i > 0 && a <= prev)
-                    throw new ImageFormatException($"{entry} is not above the previous entry 0x{prev:x}: the lists are sorted");
+                    throw new ImageFormatException($"{Entry()} is not above the previous entry 0x{prev:x}: the lists are sorted");
                 if (a < textStart || a > bssStart)
-                    throw new ImageFormatException($"{entry} is outside the kernel [_text 0x{textStart:x}, __bss_start 0x{bssStart:x}] (the decompressor stops: \"relocation outside of kernel\")");
+                    throw new ImageFormatException($"{Entry()} is outside the kernel [_text 0x{textStart:x}, __bss_start 0x{bssStart:x}] (the decompressor stops: \"relocation outside of kernel\")");
                 ulong phys = a - kernelMap;
                 long off = -1;
                 foreach (var p in loads)
@@ -182,7 +182,7 @@ public sealed class KernelRelocations
                     }
                 }
                 if (off < 0 || off > int.MaxValue)
-                    throw new ImageFormatException($"{entry}: its {width}-byte field (physical 0x{phys:x}) is not in the file bytes of any PT_LOAD");
+                    throw new ImageFormatException($"{Entry()}: its {width}-byte field (physical 0x{phys:x}) is not in the file bytes of any PT_LOAD");
                 addrs.Add(a);
                 offs[i] = (int)off;
                 prev = a;
