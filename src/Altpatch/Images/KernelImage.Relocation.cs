@@ -5,6 +5,7 @@ namespace Altpatch.Images;
 public sealed partial class KernelImage
 {
     private Lazy<KernelRelocations?>? _relocations;
+    private KernelImage? _lastRelocated;   // the last Relocate() result: verifying dumps of one boot moves the image once
 
     /// <summary>The image's relocation table (<c>vmlinux.relocs</c> after the ELF file in a bzImage payload), read and
     /// checked on first use; null when nothing follows the ELF file (a plain <c>vmlinux</c>).</summary>
@@ -20,7 +21,8 @@ public sealed partial class KernelImage
     /// runs: a new image over a copy of the ELF bytes with every field of <see cref="Relocations"/> relocated
     /// (<see cref="KernelRelocations.Apply"/>) and every allocated section and loaded segment at its runtime address
     /// (the x86-64 per-CPU section, linked at 0, stays). Everything read from it (tables, kallsyms, thunks, boot passes)
-    /// then has runtime addresses, as in the running kernel. This image is not changed.</summary>
+    /// then has runtime addresses, as in the running kernel. This image is not changed; the last moved image is kept, and
+    /// returned again for the same delta.</summary>
     /// <param name="delta">The KASLR offset: runtime <c>_text</c> − link <c>_text</c> (x86-64: the virtual offset;
     /// i386: the physical load offset, the same virtually). 0 returns this image.</param>
     /// <exception cref="ArgumentOutOfRangeException">The delta is negative (the kernel never moves below its link
@@ -30,6 +32,8 @@ public sealed partial class KernelImage
     {
         if (delta == 0)
             return this;
+        if (Volatile.Read(ref _lastRelocated) is { } last && last.RelocationDelta == delta)
+            return last;
         if (delta < 0 || delta % 4096 != 0)
             throw new ArgumentOutOfRangeException(nameof(delta), $"0x{delta:x}: a kernel moves up from its link address by a multiple of 4 KiB");
         var relocs = Relocations ?? throw new ImageFormatException(
@@ -45,6 +49,7 @@ public sealed partial class KernelImage
         Rebase(copy, Elf, (ulong)delta);
         var moved = Load(copy, Name);
         moved.RelocationDelta = delta;
+        Volatile.Write(ref _lastRelocated, moved);
         return moved;
     }
 
