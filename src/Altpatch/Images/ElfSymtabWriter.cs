@@ -76,13 +76,19 @@ public static class ElfSymtabWriter
         long end = elf.ElfEnd;
         output.Write(header);
         output.Write(bytes[header.Length..(int)end]);
-        output.Write(block);
+        long inserted = 0;
+        foreach (var part in block)
+        {
+            output.Write(part.Span);
+            inserted += part.Length;
+        }
         output.Write(bytes[(int)end..]);
-        return new ElfSymtabResult(bytes.Length + block.Length, count, locals, end, block.Length);
+        return new ElfSymtabResult(bytes.Length + inserted, count, locals, end, inserted);
     }
 
-    /// <summary>The new ELF header and the inserted block (padding, .symtab, .strtab, .shstrtab, section headers).</summary>
-    internal static (byte[] Header, byte[] Block, int Symbols, int Locals) Build(ElfFile elf, KernelSymbols symbols)
+    /// <summary>The new ELF header and the inserted block in parts (padding, .symtab, .strtab, .shstrtab, padding,
+    /// section headers, padding).</summary>
+    internal static (byte[] Header, List<ReadOnlyMemory<byte>> Block, int Symbols, int Locals) Build(ElfFile elf, KernelSymbols symbols)
     {
         var d = elf.Bytes.Span;
         bool is64 = elf.Is64;
@@ -126,17 +132,19 @@ public static class ElfSymtabWriter
 
         int align = is64 ? 8 : 4;
         long start = elf.ElfEnd;
-        var block = new MemoryStream();
-        void Pad(int to) { while ((start + block.Length) % to != 0) block.WriteByte(0); }
+        var block = new List<ReadOnlyMemory<byte>>();
+        long at = start;
+        void Add(ReadOnlyMemory<byte> part) { block.Add(part); at += part.Length; }
+        void Pad(int to) { if (at % to != 0) Add(new byte[to - at % to]); }
         Pad(align);
-        long symtabOffset = start + block.Length;
-        block.Write(symtab);
-        long strtabOffset = start + block.Length;
-        block.Write(strtab);
-        long shstrOffset = start + block.Length;
-        block.Write(shstr.GetBuffer(), 0, (int)shstr.Length);
+        long symtabOffset = at;
+        Add(symtab);
+        long strtabOffset = at;
+        Add(strtab);
+        long shstrOffset = at;
+        Add(shstr.ToArray());
         Pad(8);
-        long newShoff = start + block.Length;
+        long newShoff = at;
         var headers = new byte[newCount * shentsize];
         if (oldCount > 0)
             d.Slice((int)shoff, oldCount * shentsize).CopyTo(headers);
@@ -185,7 +193,7 @@ public static class ElfSymtabWriter
         }
         else
             Header(newShstrndx, shstrtabName, 3, (ulong)shstrOffset, (ulong)shstr.Length, 0, 0, 1, 0);
-        block.Write(headers);
+        Add(headers);
         Pad(8);
 
         // The header: e_shoff, e_shnum (extended numbering in section 0 when it does not fit), e_shstrndx.
@@ -195,9 +203,7 @@ public static class ElfSymtabWriter
         else
             BinaryPrimitives.WriteUInt32LittleEndian(header.AsSpan(32), (uint)newShoff);
         BinaryPrimitives.WriteUInt16LittleEndian(header.AsSpan(o), (ushort)shentsize);
-        var blockBytes = block.ToArray();
-        int headersAt = (int)(newShoff - start);
-        var first = blockBytes.AsSpan(headersAt, shentsize);
+        var first = headers.AsSpan(0, shentsize);
         if (newCount >= ShnLoReserve)
         {
             BinaryPrimitives.WriteUInt16LittleEndian(header.AsSpan(o + 2), 0);
@@ -217,10 +223,11 @@ public static class ElfSymtabWriter
         }
         else
             BinaryPrimitives.WriteUInt16LittleEndian(header.AsSpan(o + 4), (ushort)newShstrndx);
-        return (header, blockBytes, count, locals);
+        return (header, block, count, locals);
     }
 
     /// <summary>The .symtab (null entry, locals, then globals and weak ones, each in address order) and .strtab.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     private static (byte[] Symtab, byte[] Strtab, int Count, int Locals) Symbols(ElfFile elf, KernelSymbols symbols, bool is64)
     {
         var all = symbols.All;
@@ -256,14 +263,22 @@ public static class ElfSymtabWriter
             return -1;
         }
 
-        var strtab = new MemoryStream();
-        strtab.WriteByte(0);
-        var nameOffsets = new Dictionary<string, uint>(n, StringComparer.Ordinal);
+        // .strtab: every name once per symbol (no deduplication: few names repeat), UTF-8, NUL-terminated.
+        long strSize = 1;
+        for (int i = 0; i < n; i++)
+            strSize += Encoding.UTF8.GetByteCount(all[i].Name) + 1;
+        if (strSize > int.MaxValue)
+            throw new ImageFormatException($"{elf.Name}: the symbol names take {strSize} bytes, too many for one .strtab");
+        var strtab = new byte[strSize];
         int entry = is64 ? 24 : 16;
-        var locals = new MemoryStream();
-        var globals = new MemoryStream();
-        Span<byte> e = stackalloc byte[24];
         int localCount = 0;
+        for (int i = 0; i < n; i++)
+        {
+            if (Binding(all[i]) == StbLocal)
+                localCount++;
+        }
+        var symtab = new byte[(n + 1) * entry];
+        int nextLocal = 1, nextGlobal = 1 + localCount, str = 1;
         // The next higher address after each symbol (symbols are sorted by address).
         var next = new ulong[n];
         ulong after = ulong.MaxValue;
@@ -276,26 +291,17 @@ public static class ElfSymtabWriter
         for (int i = 0; i < n; i++)
         {
             var s = all[i];
-            if (!nameOffsets.TryGetValue(s.Name, out uint nameOff))
-            {
-                nameOff = (uint)strtab.Length;
-                strtab.Write(Encoding.UTF8.GetBytes(s.Name));
-                strtab.WriteByte(0);
-                nameOffsets.Add(s.Name, nameOff);
-            }
+            uint nameOff = (uint)str;
+            str += Encoding.UTF8.GetBytes(s.Name, strtab.AsSpan(str)) + 1;
             bool label = IsLinkerLabel(s.Name);
             int k = SectionOf(s.Address, label && IsEndLabel(s.Name));
-            ushort shndx = k < 0 ? ShnAbs : (ushort)Math.Min(sections[k].Index, ShnXIndex);
-            if (k >= 0 && sections[k].Index >= ShnLoReserve)
-                shndx = ShnAbs;   // no SHT_SYMTAB_SHNDX table is written; kernels have far fewer sections
+            ushort shndx = k < 0 || sections[k].Index >= ShnLoReserve ? ShnAbs : (ushort)sections[k].Index;   // no SHT_SYMTAB_SHNDX is written
             byte type = k < 0 || label ? SttNoType : sections[k].IsExecutable ? SttFunc : SttObject;
             ulong size = 0;
-            if (k >= 0 && !label)
+            if (k >= 0 && !label && s.Address >= sections[k].Address && s.Address < sections[k].EndAddress)
                 size = Math.Min(next[i], sections[k].EndAddress) - s.Address;
-            if (k >= 0 && (s.Address >= sections[k].EndAddress || s.Address < sections[k].Address))
-                size = 0;
-            byte bind = s.Type is 'W' or 'w' or 'V' or 'v' ? StbWeak : s.IsGlobal ? StbGlobal : StbLocal;
-            e.Clear();
+            byte bind = Binding(s);
+            var e = symtab.AsSpan((bind == StbLocal ? nextLocal++ : nextGlobal++) * entry, entry);
             if (is64)
             {
                 BinaryPrimitives.WriteUInt32LittleEndian(e, nameOff);
@@ -312,19 +318,11 @@ public static class ElfSymtabWriter
                 e[12] = (byte)(bind << 4 | type);
                 BinaryPrimitives.WriteUInt16LittleEndian(e[14..], shndx);
             }
-            if (bind == StbLocal)
-            {
-                locals.Write(e[..entry]);
-                localCount++;
-            }
-            else
-                globals.Write(e[..entry]);
         }
-        var symtab = new byte[entry + locals.Length + globals.Length];
-        locals.GetBuffer().AsSpan(0, (int)locals.Length).CopyTo(symtab.AsSpan(entry));
-        globals.GetBuffer().AsSpan(0, (int)globals.Length).CopyTo(symtab.AsSpan(entry + (int)locals.Length));
-        return (symtab, strtab.ToArray(), n, localCount);
+        return (symtab, strtab, n, localCount);
     }
+
+    private static byte Binding(KernelSymbol s) => s.Type is 'W' or 'w' or 'V' or 'v' ? StbWeak : s.IsGlobal ? StbGlobal : StbLocal;
 
     /// <summary>Labels that mark where something ends: __stop_X, __end_X, X_end, _etext, _edata, …</summary>
     internal static bool IsEndLabel(string name) =>
