@@ -23,6 +23,7 @@ public static class KernelPatchCommand
         var image = KernelCommand.ImageArgument();
         var cpu = new KernelCpuOptions();
         var output = new Option<FileInfo>("--output", "-o") { Description = "Where to write the patched vmlinux ELF file (written to a temporary file next to it and renamed on success).", Required = true };
+        var noSymtab = new Option<bool>("--no-symtab") { Description = "Write OUT without the .symtab/.strtab built from the image's kallsyms (then OUT is exactly the decompressed payload, patched)." };
         var report = new Option<FileInfo?>("--report") { Description = "Write a JSON report: the CPU as derived, the decisions, the thunks, each pass, and every site's bytes before and after with the passes that wrote them." };
 
         var cmd = new Command("patch",
@@ -31,16 +32,17 @@ public static class KernelPatchCommand
         cpu.AddTo(cmd, _ => true);
         cmd.Options.Add(output);
         cmd.Options.Add(report);
+        cmd.Options.Add(noSymtab);
         cmd.SetAction(parse =>
         {
             // Parse the description first: a bad name fails before the image is even read.
             var description = cpu.Describe(parse);
-            return Run(parse, new Options(parse.GetValue(image)!, description, parse.GetValue(output)!, parse.GetValue(report)));
+            return Run(parse, new Options(parse.GetValue(image)!, description, parse.GetValue(output)!, parse.GetValue(report), parse.GetValue(noSymtab)));
         });
         return cmd;
     }
 
-    private sealed record Options(FileInfo Image, KernelCpuDescription Description, FileInfo Output, FileInfo? Report);
+    private sealed record Options(FileInfo Image, KernelCpuDescription Description, FileInfo Output, FileInfo? Report, bool NoSymtab = false);
 
     private static int Run(ParseResult parse, Options o)
     {
@@ -56,6 +58,7 @@ public static class KernelPatchCommand
 
         KernelImage? img = null;
         KernelPatchResult? result = null;
+        ElfSymtabResult wrote = default;
         // OUT and the report are written to temporary files and renamed over their targets only when every step has
         // worked: a failure (a bad image, a report that cannot be written) leaves both as they were.
         var written = new List<(string Temporary, FileInfo Target)>();
@@ -64,10 +67,10 @@ public static class KernelPatchCommand
             ("open + decompress", () => img = KernelCommand.Open(o.Image)),
             ("read tables", () => _ = img!.Tables),
             ("patch", () => result = KernelBootPatcher.Patch(img!, description)),
-            ("write output", () => written.Add((WriteTemporary(o.Output, s => s.Write(result!.Patched.Bytes.Span)), o.Output))),
+            ("write output", () => written.Add((WriteTemporary(o.Output, s => wrote = ElfSymtabWriter.WriteVmlinux(s, img!, result!.Patched, !o.NoSymtab)), o.Output))),
         };
         if (o.Report is { } rep)
-            steps.Add(("write report", () => written.Add((WriteTemporary(rep, s => WriteReport(s, result!, o)), rep))));
+            steps.Add(("write report", () => written.Add((WriteTemporary(rep, s => WriteReport(s, result!, o, wrote)), rep))));
         try
         {
             var times = RunSteps(console, interactive, steps);
@@ -75,7 +78,7 @@ public static class KernelPatchCommand
             for (int i = written.Count - 1; i >= 0; i--)
                 File.Move(written[i].Temporary, written[i].Target.FullName, overwrite: true);
             written.Clear();
-            WriteSummary(console, result!, o, times, total.Elapsed);
+            WriteSummary(console, result!, o, wrote, times, total.Elapsed);
             return 0;
         }
         finally
@@ -153,7 +156,7 @@ public static class KernelPatchCommand
         try { File.Delete(path); } catch (IOException) { } catch (UnauthorizedAccessException) { }
     }
 
-    private static void WriteSummary(IAnsiConsole console, KernelPatchResult r, Options o, List<(string Name, TimeSpan Time)> times, TimeSpan total)
+    private static void WriteSummary(IAnsiConsole console, KernelPatchResult r, Options o, ElfSymtabResult wrote, List<(string Name, TimeSpan Time)> times, TimeSpan total)
     {
         var inv = CultureInfo.InvariantCulture;
         var s = r.State;
@@ -170,7 +173,7 @@ public static class KernelPatchCommand
         foreach (var p in r.Passes)
             t.AddRow(p.Pass.ShortName(), p.Pass.KernelFunction(), p.Sites.ToString("N0", inv), p.Pokes.ToString("N0", inv), p.Bytes.ToString("N0", inv));
         console.Write(t);
-        Terminal.Field(console, "Wrote", string.Create(inv, $"{o.Output.FullName} ({r.Patched.Bytes.Length:N0} bytes){(o.Report is { } rep ? $", report {rep.FullName}" : "")}"));
+        Terminal.Field(console, "Wrote", string.Create(inv, $"{o.Output.FullName} ({wrote.Length:N0} bytes{(wrote.Symbols > 0 ? $", .symtab of {wrote.Symbols:N0} symbols" : "")}){(o.Report is { } rep ? $", report {rep.FullName}" : "")}"));
         Terminal.Field(console, "Time", string.Join(", ", times.Select(x => string.Create(inv, $"{x.Name} {x.Time.TotalMilliseconds:F0} ms"))) + string.Create(inv, $"; total {total.TotalMilliseconds:F0} ms"));
     }
 
@@ -192,7 +195,7 @@ public static class KernelPatchCommand
         _ => r.Thunks.ReturnThunk,
     };
 
-    private static void WriteReport(Stream stream, KernelPatchResult r, Options o)
+    private static void WriteReport(Stream stream, KernelPatchResult r, Options o, ElfSymtabResult wrote)
     {
         using var w = new Utf8JsonWriter(stream, Terminal.JsonOptions);
         var s = r.State;
@@ -204,7 +207,8 @@ public static class KernelPatchCommand
         w.WriteString("rules", r.Rules);
         w.WriteString("numbering", r.Numbering.Description);
         w.WriteString("output", o.Output.FullName);
-        w.WriteNumber("outputSize", r.Patched.Bytes.Length);
+        w.WriteNumber("outputSize", wrote.Length);
+        w.WriteNumber("outputSymbols", wrote.Symbols);
         w.WriteStartObject("cpu");
         w.WriteString("vendor", cpu.Vendor.ToString());
         w.WriteNumber("family", cpu.Family);
