@@ -82,7 +82,7 @@ public class WholeTextTests(ITestOutputHelper output)
         };
         var thunks = KernelThunks.Find(img);
         var state = KernelBootCpu.Derive(description, KernelBuildInfo.Infer(img, thunks), KvmPvOps.None);
-        var result = KernelBootPatcher.Patch(img, state, thunks, new KernelTextOptions { Symbols = symbols, Preempt = cmdline.Preempt });
+        var result = KernelBootPatcher.Patch(img, state, thunks, new KernelTextOptions { Symbols = symbols, CommandLine = cmdline });
         lock (LastLock)
             last = (image + "/" + config, result);
         return (result, truth, symbols);
