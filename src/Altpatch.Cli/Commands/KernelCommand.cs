@@ -19,6 +19,7 @@ public static class KernelCommand
         kernel.Subcommands.Add(KernelInfoCommand.Create());
         kernel.Subcommands.Add(KernelSitesCommand.Create());
         kernel.Subcommands.Add(KernelPatchCommand.Create());
+        kernel.Subcommands.Add(KernelSymbolsCommand.Create());
         return kernel;
     }
 

@@ -9,7 +9,7 @@ namespace Altpatch.Images;
 /// <remarks>Opening reads the file, decompresses the payload and parses the ELF headers; the patch tables
 /// are read and checked on first use of <see cref="Tables"/> (an <see cref="ImageFormatException"/> from a bad
 /// table is thrown there, and again on every later use).</remarks>
-public sealed class KernelImage
+public sealed partial class KernelImage
 {
     private readonly Lazy<KernelPatchTables> _tables;
 
