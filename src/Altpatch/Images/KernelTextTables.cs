@@ -158,11 +158,16 @@ public sealed class KernelTextTables
         private string Fail(string table, int index, ulong entry, string problem) =>
             $"{elf.Name}: {table}[{index}] at 0x{entry:x}: {problem}";
 
+        // [start, size) of the code and data sections, for the checks run on every scanned position
+        private readonly (ulong Start, ulong Size)[] codeRanges = [.. elf.Sections.Where(s => s.IsAllocated && s.IsExecutable && ElfFile.HasBytesInFile(s) && s.Size > 0).Select(s => (s.Address, s.Size))];
+        private readonly (ulong Start, ulong Size)[] dataRanges = [.. elf.Sections.Where(s => s.IsAllocated && !s.IsExecutable && s.Size > 0 && s.Address != 0).Select(s => (s.Address, s.Size))];
+
         private bool IsCode(ulong address, int length)
         {
-            foreach (var s in code)
+            foreach (var (start, size) in codeRanges)
             {
-                if (s.Contains(address, (ulong)length))
+                ulong o = address - start;
+                if (address >= start && o <= size && (ulong)length <= size - o)
                     return true;
             }
             return false;
@@ -171,9 +176,9 @@ public sealed class KernelTextTables
         /// <summary>In an allocated, non-executable section (data, read-only data, .bss): where keys live.</summary>
         private bool IsData(ulong address)
         {
-            foreach (var s in data)
+            foreach (var (start, size) in dataRanges)
             {
-                if (s.Contains(address))
+                if (address - start < size)
                     return true;
             }
             return false;
@@ -557,8 +562,16 @@ public sealed class KernelTextTables
         /// null when shorter than <see cref="MinScanEntries"/>.</summary>
         private (ulong Start, int Size)? ScanRun(int entrySize, Plausible plausible, Func<ulong, bool> good)
         {
+            // The linker script puts __jump_table and .static_call_sites into RO_AFTER_INIT_DATA, which x86 places in
+            // .rodata (6.1) or .data: look there first, elsewhere only when that finds nothing.
+            return ScanRun(entrySize, plausible, good, data.Where(s => s.Name is ".rodata" or ".data"))
+                ?? ScanRun(entrySize, plausible, good, data.Where(s => s.Name is not (".rodata" or ".data")));
+        }
+
+        private (ulong Start, int Size)? ScanRun(int entrySize, Plausible plausible, Func<ulong, bool> good, IEnumerable<ElfSection> where)
+        {
             (ulong Start, int Count) best = default;
-            foreach (var s in data)
+            foreach (var s in where)
             {
                 if (!ElfFile.HasBytesInFile(s))
                     continue;

@@ -28,7 +28,7 @@ public class CommandLineTests
     {
         var c = P("mitigations=off");
         Assert.Equal(MitigationsMode.Off, c.Mitigations);
-        Assert.Equal(SpectreV2Command.None, c.SpectreV2);
+        Assert.Equal(SpectreV2Command.Off, c.SpectreV2);
         Assert.Equal(SsbCommand.None, c.Ssb);
         Assert.Equal(PtiCommand.Off, c.Pti);
         // an unsupported value is ignored, the last accepted one wins, and - = _ in early_param names
@@ -50,11 +50,11 @@ public class CommandLineTests
     [InlineData("spectre_v2=retpoline,amd", SpectreV2Command.RetpolineLfence)]
     [InlineData("spectre_v2=eibrs,retpoline", SpectreV2Command.EibrsRetpoline)]
     [InlineData("spectre_v2=ibrs", SpectreV2Command.Ibrs)]
-    [InlineData("spectre_v2=off", SpectreV2Command.None)]
-    [InlineData("spectre_v2=on", SpectreV2Command.Force)]
+    [InlineData("spectre_v2=off", SpectreV2Command.Off)]
+    [InlineData("spectre_v2=on", SpectreV2Command.On)]
     [InlineData("spectre_v2=retpolinex", SpectreV2Command.Auto)]          // match_option(): whole value
     [InlineData("spectre_v2=eibrs,retpoline,lfence", SpectreV2Command.Auto)]   // truncated to arg[20], length too long
-    [InlineData("nospectre_v2 spectre_v2=on", SpectreV2Command.None)]
+    [InlineData("nospectre_v2 spectre_v2=on", SpectreV2Command.Off)]
     [InlineData("spectre-v2=retpoline", SpectreV2Command.Auto)]            // cmdline_find_option(): no - = _
     public void Spectre_v2_reads_the_kernels_option_table(string line, SpectreV2Command expected) =>
         Assert.Equal(expected, P(line).SpectreV2);

@@ -21,7 +21,7 @@ public class TextPassTests
     {
         var img = b.Open();
         return KernelBootPatcher.Patch(img, state ?? State(), KernelThunks.Find(img),
-            new KernelTextOptions { Symbols = symbols ? b.TableSymbols() : null, Preempt = preempt });
+            new KernelTextOptions { Symbols = symbols ? b.TableSymbols() : null, CommandLine = KernelCommandLine.Parse(preempt is { } m ? "preempt=" + m.ToString().ToLowerInvariant() : "") });
     }
 
     private static readonly byte[] Nop5 = Hex("0f 1f 44 00 00"), Xor5Rax = Hex("2e 2e 2e 31 c0"), RetForm = Hex("c3 cc cc cc cc");
@@ -82,6 +82,21 @@ public class TextPassTests
         Assert.Equal(0xe8, At(r, bad, 1)[0]);
         Assert.Equal(Branch(0xe8, c, f), At(r, c, 5));
         Assert.Contains(r.TextDecisions, d => d.Contains("ftrace_bug() disables ftrace", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public void Ftrace_boot_tracer_keeps_the_nops_and_says_why()
+    {
+        var b = Builder();
+        ulong f = b.Symbols!["__fentry__"], s = b.Text + 0x100;
+        b.Put(s, Branch(0xe8, s, f));
+        b.McountRecords.Add(s);
+        var img = b.Open();
+        var r = KernelBootPatcher.Patch(img, State(), KernelThunks.Find(img),
+            new KernelTextOptions { Symbols = b.TableSymbols(), CommandLine = KernelCommandLine.Parse("ftrace=function ftrace_filter=vfs_read") });
+        Assert.Equal(Nop5, At(r, s, 5));
+        Assert.Contains(r.TextDecisions, d => d.StartsWith("ftrace=function: the boot tracer starts in early_trace_init()", StringComparison.Ordinal)
+            && d.Contains("ftrace_filter=vfs_read", StringComparison.Ordinal));
     }
 
     [Fact]

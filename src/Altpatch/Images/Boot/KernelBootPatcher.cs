@@ -133,7 +133,7 @@ public static class KernelBootPatcher
         {
             if (text.Enabled)
             {
-                tctx = new TextPassContext(KernelTextTables.Read(image.Elf, ctx.Nops, text.Symbols), text.Symbols, KernelTextRules.Linux61, text.Preempt);
+                tctx = new TextPassContext(KernelTextTables.Read(image.Elf, ctx.Nops, text.Symbols), text.Symbols, KernelTextRules.Linux61, text.CommandLine);
                 RunTextPasses(tctx, Run);
             }
             Run(BootPass.Paravirt, tables.Paravirt.Length, Linux61Passes.Paravirt);

@@ -17,12 +17,12 @@ public enum MitigationsMode
 /// <summary><c>spectre_v2=</c> as <c>spectre_v2_parse_cmdline()</c>'s option table names it (before its CPU checks).</summary>
 public enum SpectreV2Command
 {
-    /// <summary><c>off</c>, <c>nospectre_v2</c> or <c>mitigations=off</c> (<c>SPECTRE_V2_CMD_NONE</c>).</summary>
-    None,
     /// <summary><c>auto</c>, absent or unknown.</summary>
     Auto,
-    /// <summary><c>on</c>.</summary>
-    Force,
+    /// <summary><c>off</c>, <c>nospectre_v2</c> or <c>mitigations=off</c> (<c>SPECTRE_V2_CMD_NONE</c>).</summary>
+    Off,
+    /// <summary><c>on</c> (<c>SPECTRE_V2_CMD_FORCE</c>).</summary>
+    On,
     /// <summary><c>retpoline</c>.</summary>
     Retpoline,
     /// <summary><c>retpoline,generic</c>.</summary>
@@ -238,7 +238,7 @@ public sealed class KernelCommandLine
     /// reads before it checks the CPU and the build.</summary>
     public SpectreV2Command SpectreV2 { get; private init; } = SpectreV2Command.Auto;
 
-    /// <summary><c>spectre_v2_user=</c> (read only when <see cref="SpectreV2"/> is neither None nor Force).</summary>
+    /// <summary><c>spectre_v2_user=</c> (read only when <see cref="SpectreV2"/> is neither Off nor On).</summary>
     public SpectreV2UserCommand SpectreV2User { get; private init; } = SpectreV2UserCommand.Auto;
 
     /// <summary><c>spectre_bhi=</c>: null for the build's default (on with CONFIG_MITIGATION_SPECTRE_BHI).</summary>
@@ -567,12 +567,12 @@ public sealed class KernelCommandLine
             // spectre_v2_parse_cmdline(): char arg[20]
             var v2 = SpectreV2Command.Auto;
             if (FindBool("nospectre_v2") | off)
-                v2 = SpectreV2Command.None;
+                v2 = SpectreV2Command.Off;
             else if (Find("spectre_v2", 20) is { } a)
             {
                 (string Option, SpectreV2Command Cmd)[] table =
                 [
-                    ("off", SpectreV2Command.None), ("on", SpectreV2Command.Force), ("retpoline", SpectreV2Command.Retpoline),
+                    ("off", SpectreV2Command.Off), ("on", SpectreV2Command.On), ("retpoline", SpectreV2Command.Retpoline),
                     ("retpoline,amd", SpectreV2Command.RetpolineLfence), ("retpoline,lfence", SpectreV2Command.RetpolineLfence),
                     ("retpoline,generic", SpectreV2Command.RetpolineGeneric), ("eibrs", SpectreV2Command.Eibrs),
                     ("eibrs,lfence", SpectreV2Command.EibrsLfence), ("eibrs,retpoline", SpectreV2Command.EibrsRetpoline),

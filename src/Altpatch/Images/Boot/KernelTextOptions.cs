@@ -14,8 +14,8 @@ public sealed record KernelTextOptions
     /// need <c>__static_call_return0</c> and the PREEMPT_DYNAMIC functions), and the result says so.</summary>
     public IReadOnlyDictionary<string, ulong>? Symbols { get; init; }
 
-    /// <summary><c>preempt=</c> from the command line; null for the build's default.</summary>
-    public PreemptMode? Preempt { get; init; }
+    /// <summary>The kernel command line: <c>preempt=</c> (else the build's default mode), <c>ftrace=</c> and its filters.</summary>
+    public KernelCommandLine CommandLine { get; init; } = KernelCommandLine.Empty;
 
     /// <summary>Whether to run the text passes at all (false: only <c>alternative_instructions()</c>'s, as before
     /// whole-text patching existed).</summary>

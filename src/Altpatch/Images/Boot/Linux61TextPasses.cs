@@ -7,7 +7,7 @@ namespace Altpatch.Images.Boot;
 
 /// <summary>What the text passes need besides the <see cref="BootContext"/>: their tables, the symbols, the rules and
 /// the boot options that steer them; and where they leave their decisions.</summary>
-internal sealed class TextPassContext(KernelTextTables tables, IReadOnlyDictionary<string, ulong>? symbols, KernelTextRules rules, PreemptMode? preempt)
+internal sealed class TextPassContext(KernelTextTables tables, IReadOnlyDictionary<string, ulong>? symbols, KernelTextRules rules, KernelCommandLine commandLine)
 {
     /// <summary>The tables of the text writers.</summary>
     public KernelTextTables Tables { get; } = tables;
@@ -18,8 +18,11 @@ internal sealed class TextPassContext(KernelTextTables tables, IReadOnlyDictiona
     /// <summary>The version's facts.</summary>
     public KernelTextRules Rules { get; } = rules;
 
+    /// <summary>The kernel command line.</summary>
+    public KernelCommandLine CommandLine { get; } = commandLine;
+
     /// <summary><c>preempt=</c> from the command line, or null for the build's default.</summary>
-    public PreemptMode? Preempt { get; } = preempt;
+    public PreemptMode? Preempt => CommandLine.Preempt;
 
     /// <summary>One line per decision, in the order taken.</summary>
     public List<string> Decisions { get; } = [];
@@ -287,6 +290,10 @@ internal static class Linux61TextPasses
             done++;
         }
         t.Decisions.Add($"ftrace_init(): {done} call __fentry__ (0x{fentry:x}) to NOP ({Hex(nop)})");
+        if (t.CommandLine.Ftrace is { } tracer)
+            t.Decisions.Add($"ftrace={tracer}: the boot tracer starts in early_trace_init() and turns the traced records"
+                + (t.CommandLine.FtraceFilters.IsEmpty ? "" : $" ({string.Join(" ", t.CommandLine.FtraceFilters)})")
+                + " into calls to an ftrace trampoline the kernel allocates at run time: not predicted, the NOPs stay (the sites are dynamic)");
         return text.ToPlan();
     }
 
