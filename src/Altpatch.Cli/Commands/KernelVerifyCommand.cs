@@ -122,7 +122,7 @@ public static class KernelVerifyCommand
         sys?.CheckImage(img);
         var (found, at, source, kind) = Step("read text", () => ReadText(img, o, sys));
 
-        var textOptions = KernelTextOptions.Default with { Preempt = cmdline.Preempt };
+        var textOptions = KernelTextOptions.Default with { CommandLine = cmdline };
         KernelVerifyResult result;
         if (console.Profile.Capabilities.Interactive && !o.Json)
         {

@@ -77,8 +77,9 @@ internal static class GroundTruthDumps
     {
         "6.1.0-50-cloud-amd64" => TestPaths.CloudAmd64,
         "6.1.0-50-686" => TestPaths.I386,
-        "6.1.0-50-amd64" => "/work/debs/x/linux-image-6.1.0-50-amd64-unsigned/boot/vmlinuz-6.1.0-50-amd64",
-        _ => null,
+        "6.12.118+deb12-cloud-amd64" => Path.Combine(TestPaths.SharedLinux, "vmlinuz-6.12.118+deb12-cloud-amd64"),
+        // the untuned flavours: this machine's Debian packages (../debs/x beside the repository), not in CI
+        _ => Path.GetFullPath(Path.Combine(TestPaths.SharedLinux, "..", "..", "debs", "x", $"linux-image-{image}-unsigned", "boot", $"vmlinuz-{image}")),
     } is { } p && File.Exists(p) ? p : null;
 
     private static readonly Dictionary<string, KernelImage> Images = [];
