@@ -22,15 +22,10 @@ public class KernelPatchBench
     [GlobalSetup]
     public void Setup()
     {
-        var root = new DirectoryInfo(AppContext.BaseDirectory);
-        while (root is not null && !File.Exists(Path.Combine(root.FullName, "Altpatch.slnx")))
-            root = root.Parent;
-        if (root is null)
-            throw new InvalidOperationException("repository root (Altpatch.slnx) not found");
-        imagePath = Path.GetFullPath(Path.Combine(root.FullName, "..", "shared", "linux", "vmlinuz-6.1.0-50-cloud-amd64"));
+        imagePath = BenchPaths.SharedImage("vmlinuz-6.1.0-50-cloud-amd64");
         image = KernelImage.Open(imagePath);
         _ = image.Tables;
-        cpu = KernelCpuDescription.FromCpuInfo(File.ReadAllText(Path.Combine(root.FullName, "tests", "data", "groundtruth",
+        cpu = KernelCpuDescription.FromCpuInfo(File.ReadAllText(Path.Combine(BenchPaths.RepoRoot, "tests", "data", "groundtruth",
             "6.1.0-50-cloud-amd64", "Icelake-Server-smp2.cpuinfo")));
         sink = new byte[image.ElfBytes.Length];
     }

@@ -199,7 +199,6 @@ public static class KernelPatchCommand
     {
         using var w = new Utf8JsonWriter(stream, Terminal.JsonOptions);
         var s = r.State;
-        var cpu = s.Features;
         w.WriteStartObject();
         w.WriteString("image", r.Image.Name);
         w.WriteString("version", r.Image.Version?.Release);
@@ -209,25 +208,7 @@ public static class KernelPatchCommand
         w.WriteString("output", o.Output.FullName);
         w.WriteNumber("outputSize", wrote.Length);
         w.WriteNumber("outputSymbols", wrote.Symbols);
-        w.WriteStartObject("cpu");
-        w.WriteString("vendor", cpu.Vendor.ToString());
-        w.WriteNumber("family", cpu.Family);
-        w.WriteNumber("model", cpu.Model);
-        w.WriteNumber("stepping", cpu.Stepping);
-        w.WriteString("modelName", cpu.ModelName);
-        w.WriteNumber("cpus", s.Cpus);
-        w.WriteString("hypervisor", s.Hypervisor.ToString().ToLowerInvariant());
-        w.WriteString("flags", cpu.CpuInfoFlags);
-        w.WriteString("bugs", cpu.CpuInfoBugs);
-        w.WriteStartArray("hidden");
-        foreach (var f in cpu.Features.Where(f => CpuFeatureInfo.CpuInfoName(f) is null))
-            w.WriteStringValue(CpuFeatureInfo.MacroName(f));
-        w.WriteEndArray();
-        w.WriteStartArray("words");
-        for (int i = 0; i < CpuFeatureInfo.CapabilityWords + CpuFeatureInfo.BugWords; i++)
-            w.WriteStringValue($"{cpu.Word(i):x8}");
-        w.WriteEndArray();
-        w.WriteEndObject();
+        KernelReportJson.WriteCpu(w, s);
         w.WriteStartArray("decisions");
         foreach (var d in s.Decisions)
             w.WriteStringValue(d);

@@ -70,6 +70,12 @@ public static class KernelVerifyCommand
         return cmd;
     }
 
+    /// <summary>Reports each step on the caller's thread (<see cref="Progress{T}"/> would post it to the thread pool, late).</summary>
+    private sealed class StepProgress(Action<string> report) : IProgress<string>
+    {
+        public void Report(string value) => report(value);
+    }
+
     private sealed record Options(FileInfo? Image, FileInfo? Text, ulong? Base, FileInfo? Memory, bool Live, bool Json, bool All);
 
     private static ulong? ParseAddress(string s)
@@ -129,7 +135,7 @@ public static class KernelVerifyCommand
             KernelVerifyResult? r = null;
             console.Status().Start("checking the text", ctx =>
             {
-                r = KernelTextVerifier.Verify(img, found, at, source, description, textOptions, new Progress<string>(s => ctx.Status(s)));
+                r = KernelTextVerifier.Verify(img, found, at, source, description, textOptions, new StepProgress(s => ctx.Status(Markup.Escape(s))));
             });
             result = r!;
         }

@@ -59,7 +59,7 @@ public static class KernelTextVerifier
         var prediction = Step("predict", () => predict(runtime));
         if (!ReferenceEquals(prediction.Image, runtime))
             throw new ArgumentException("the prediction must be made on the image it is given", nameof(predict));
-        var result = Step("compare", () => Compare(image, runtime, prediction, found, textAddress, source, fit));
+        var result = Step("compare", () => Compare(runtime, prediction, found, textAddress));
         return new KernelVerifyResult(image, runtime, prediction, source, textAddress, fit, result.TextLength, result.DynamicBytes,
             result.UnexplainedBytes, result.Unexplained, result.DynamicChanged, result.DynamicSites, steps.ToImmutable());
     }
@@ -137,12 +137,8 @@ public static class KernelTextVerifier
     private sealed record Comparison(int TextLength, long DynamicBytes, long UnexplainedBytes, ImmutableArray<KernelUnexplainedRange> Unexplained,
         ImmutableArray<KernelDynamicObservation> DynamicChanged, ImmutableArray<KernelDynamicSite> DynamicSites);
 
-    private static Comparison Compare(KernelImage image, KernelImage runtime, KernelPatchResult prediction, ReadOnlyMemory<byte> foundMemory,
-        ulong textAddress, string source, KernelTextFit fit)
+    private static Comparison Compare(KernelImage runtime, KernelPatchResult prediction, ReadOnlyMemory<byte> foundMemory, ulong textAddress)
     {
-        _ = image;
-        _ = source;
-        _ = fit;
         var text = KernelTextLocator.TextSection(runtime);
         if (text.Address != textAddress)
             throw new InvalidOperationException($"the runtime image's .text is at 0x{text.Address:x}, not 0x{textAddress:x}");
@@ -312,13 +308,7 @@ public static class KernelTextVerifier
             _base = textAddress;
             _symbols = symbols;
             _decoder = Decoder.Create(bitness, _reader, DecoderOptions.None);
-            var f = new IntelFormatter();
-            f.Options.FirstOperandCharIndex = 0;
-            f.Options.SpaceAfterOperandSeparator = true;
-            f.Options.HexPrefix = "0x";
-            f.Options.HexSuffix = "";
-            f.Options.UppercaseHex = false;
-            _formatter = f;
+            _formatter = Disassembler.CreateFormatter();
         }
 
         private static (byte[] Array, int Start) ArrayOf(ReadOnlyMemory<byte> m) =>

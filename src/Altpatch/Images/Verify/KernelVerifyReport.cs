@@ -1,5 +1,5 @@
 using System.Text.Json;
-using Altpatch.Cpu;
+using Altpatch.Images.Boot;
 
 namespace Altpatch.Images.Verify;
 
@@ -40,22 +40,7 @@ public static class KernelVerifyReport
         w.WriteEndObject();
 
         var s = p.State;
-        var cpu = s.Features;
-        w.WriteStartObject("cpu");
-        w.WriteString("vendor", cpu.Vendor.ToString());
-        w.WriteNumber("family", cpu.Family);
-        w.WriteNumber("model", cpu.Model);
-        w.WriteNumber("stepping", cpu.Stepping);
-        w.WriteString("modelName", cpu.ModelName);
-        w.WriteNumber("cpus", s.Cpus);
-        w.WriteString("hypervisor", s.Hypervisor.ToString().ToLowerInvariant());
-        w.WriteString("flags", cpu.CpuInfoFlags);
-        w.WriteString("bugs", cpu.CpuInfoBugs);
-        w.WriteStartArray("hidden");
-        foreach (var f in cpu.Features.Where(f => CpuFeatureInfo.CpuInfoName(f) is null))
-            w.WriteStringValue(CpuFeatureInfo.MacroName(f));
-        w.WriteEndArray();
-        w.WriteEndObject();
+        KernelReportJson.WriteCpu(w, s);
         w.WriteString("cmdline", commandLine);
         if (p.Preempt is { } mode)
             w.WriteString("preempt", mode.ToString().ToLowerInvariant());
