@@ -134,6 +134,39 @@ public sealed class VerifyCliTests : IDisposable
         Assert.True(doc.RootElement.GetProperty("dynamic").GetArrayLength() > 0);
     }
 
+    /// <summary>The command line reaches the prediction: a preempt=full boot verified without it shows the PREEMPT_DYNAMIC
+    /// static calls in another (legal) state than the default mode's; with it (--cmdline or --cmdline-file) they are as
+    /// predicted.</summary>
+    [SkippableFact]
+    public void The_command_line_is_predicted_not_just_tolerated()
+    {
+        const string image = "6.1.0-50-cloud-amd64", config = "Skylake-Client-smp2+preempt-full";
+        Skip.IfNot(System.IO.File.Exists(WholeTextTruth.FileOf(image, config)), $"no truth file of {image}/{config} in this checkout");
+        var (_, truth) = VerifyGroundTruthTests.Boot(image, config);
+        var text = truth.RebuildText(RealImages.CloudAmd64);
+        var dump = File("text.bin", text);
+        var cpuinfo = Path.Combine(WholeTextTruth.Dir, image, config, "cpuinfo");
+        string[] common = ["kernel", "verify", TestPaths.CloudAmd64, "--text", dump, "--base", Hex(truth.Text.Address + (ulong)truth.KaslrDelta), "--cpuinfo", cpuinfo, "--smp", "2", "--json"];
+        JsonElement Run(params string[] more)
+        {
+            var r = CliRunner.Run([.. common, .. more]);
+            Assert.True(r.Exit == 0, r.Err);
+            using var doc = JsonDocument.Parse(r.Out);
+            return doc.RootElement.Clone();
+        }
+        var without = Run();
+        var with = Run("--cmdline", truth.CommandLine);
+        var fromFile = Run("--cmdline-file", File("cmdline", System.Text.Encoding.UTF8.GetBytes(truth.CommandLine + "\n")));
+        Assert.Equal("voluntary", without.GetProperty("preempt").GetString());
+        Assert.Equal("full", with.GetProperty("preempt").GetString());
+        Assert.Equal(truth.CommandLine, with.GetProperty("cmdline").GetString());
+        int StaticCalls(JsonElement e) => e.GetProperty("dynamic").EnumerateArray().Count(d => d.GetProperty("kind").GetString() is "static_call" or "sct");
+        Assert.True(StaticCalls(without) > 100, $"{StaticCalls(without)} static calls in another state without the command line");
+        Assert.Equal(0, StaticCalls(with));
+        Assert.Equal(with.GetProperty("bytes").GetRawText(), fromFile.GetProperty("bytes").GetRawText());
+        Assert.True(without.GetProperty("bytes").GetProperty("dynamic").GetInt64() > with.GetProperty("bytes").GetProperty("dynamic").GetInt64());
+    }
+
     // ---------------------------------------------------------------- bad input: one error, nothing written
 
     [SkippableFact]
