@@ -152,13 +152,13 @@ public sealed class ElfFile
                 throw new ImageFormatException($"{name}: ELF header: e_shentsize {shentsize} is smaller than {want}");
             CheckTable(d.Length, shoff, 1, shentsize, name, "section header table");
             var first = d.Slice((int)shoff, shentsize);
-            long count = shnum;
-            if (count == 0)
-                count = (long)(is64 ? U64(first, 32) : U32(first, 20));
+            // Extended numbering takes the count from a 64-bit field: check it as unsigned before it becomes a size.
+            ulong extended = shnum != 0 ? (ulong)shnum : is64 ? U64(first, 32) : U32(first, 20);
             if (shstrndx == 0xffff)
                 shstrndx = (int)U32(first, is64 ? 40 : 24);
-            if (count > 65536 * 16)
-                throw new ImageFormatException($"{name}: ELF header: {count} sections is implausible");
+            if (extended > 65536 * 16)
+                throw new ImageFormatException($"{name}: ELF header: {extended} sections is implausible");
+            long count = (long)extended;
             long end = CheckTable(d.Length, shoff, count, shentsize, name, "section header table");
             elfEnd = Math.Max(elfEnd, end);
             var raw = new (uint nameOff, ElfSection s)[count];
