@@ -82,6 +82,9 @@ public sealed class KernelImage
     public static KernelImage Open(string path, KernelImageOptions options)
     {
         ArgumentNullException.ThrowIfNull(path);
+        long size = new FileInfo(path).Length;
+        if (size > ImageLimits.MaxFileSize)
+            throw new ImageFormatException(TooLarge(Path.GetFileName(path), size));
         return Load(File.ReadAllBytes(path), Path.GetFileName(path), options);
     }
 
@@ -103,6 +106,8 @@ public sealed class KernelImage
         ArgumentNullException.ThrowIfNull(options);
         if (file.Length == 0)
             throw new ImageFormatException($"{name}: empty file");
+        if (file.LongLength > ImageLimits.MaxFileSize)
+            throw new ImageFormatException(TooLarge(name, file.LongLength));
         BzImage? bz = null;
         BzImageIntegrity? integrity = null;
         byte[] elfBytes;
@@ -136,6 +141,9 @@ public sealed class KernelImage
             ?? (bz?.Header.KernelVersion is { } kv ? KernelVersion.TryParse(kv) : null);
         return new KernelImage(name, file.LongLength, bz, integrity, elf, arch, version);
     }
+
+    private static string TooLarge(string name, long size) =>
+        $"{name}: {size} bytes is more than the {ImageLimits.MaxFileSize} bytes (256 MiB) Altpatch reads as a kernel image; a vmlinux with debug information can be stripped of it first (objcopy --strip-debug)";
 
     /// <summary>The bytes at a link-time virtual address (a writable view of <see cref="ElfBytes"/>).</summary>
     /// <exception cref="ImageFormatException">The range is not inside one section with file bytes.</exception>

@@ -22,7 +22,7 @@ internal static class SyntheticBzImage
         return p;
     }
 
-    public static byte[] Build(byte[] payload, ushort protocol = 0x020f, bool crc = true)
+    public static byte[] Build(byte[] payload, ushort protocol = 0x020f, bool crc = true, uint? initSize = null)
     {
         int pmLength = (PayloadOffset + payload.Length + 4 + 15) / 16 * 16;
         var f = new byte[SetupSize + pmLength];
@@ -39,7 +39,7 @@ internal static class SyntheticBzImage
         BinaryPrimitives.WriteUInt32LittleEndian(d[0x214..], 0x100000);
         BinaryPrimitives.WriteUInt32LittleEndian(d[0x248..], PayloadOffset);
         BinaryPrimitives.WriteUInt32LittleEndian(d[0x24c..], (uint)payload.Length);
-        BinaryPrimitives.WriteUInt32LittleEndian(d[0x260..], (uint)(payload.Length * 4));
+        BinaryPrimitives.WriteUInt32LittleEndian(d[0x260..], initSize ?? DefaultInitSize(payload));
         Encoding.ASCII.GetBytes(Version).CopyTo(d[0x300..]);
         d.Slice(SetupSize, PayloadOffset).Fill(0xcc);
         payload.CopyTo(d[(SetupSize + PayloadOffset)..]);
@@ -47,6 +47,10 @@ internal static class SyntheticBzImage
             WriteCrc(f);
         return f;
     }
+
+    /// <summary>As the kernel's header.S makes it: room for the decompressed size the trailer says, and some (capped at 4 GiB).</summary>
+    private static uint DefaultInitSize(byte[] payload) =>
+        payload.Length < 4 ? 0x10000 : (uint)Math.Min(BinaryPrimitives.ReadUInt32LittleEndian(payload.AsSpan(payload.Length - 4)) + 0x10000L, uint.MaxValue);
 
     /// <summary>Stores the kernel's CRC-32 of everything before the last 4 bytes in them, as build.c does.</summary>
     public static byte[] WriteCrc(byte[] f)
