@@ -48,8 +48,9 @@ for t in "${targets[@]}"; do
   cp tests/data/fuzz/corpus/"$t"/* "$in"/ 2>/dev/null
   if [ -z "$(ls -A "$in")" ]; then echo "fuzz: $t has no seeds"; continue; fi
   mkdir -p "$out/out"
-  # -V: stop after SECONDS of fuzzing; -t: per-input timeout (the table targets load their frame on the first input).
-  nice -n 19 afl-fuzz -V "$seconds" -t 10000+ -m none -i "$in" -o "$out/out/$t" -- dotnet "$out/bin/Altpatch.Fuzz.dll" run "$t" \
+  # -V: stop after SECONDS of fuzzing; -t: a fixed per-input timeout (not "+", which lets afl-fuzz lower it: SharpFuzz runs
+  # every input in one process, so a timeout kills the whole session; the table targets load their frame on the first input).
+  nice -n 19 afl-fuzz -V "$seconds" -t 30000 -m none -i "$in" -o "$out/out/$t" -- dotnet "$out/bin/Altpatch.Fuzz.dll" run "$t" \
     >"$out/out/$t.log" 2>&1
   stats="$out/out/$t/default/fuzzer_stats"
   if [ ! -f "$stats" ]; then echo "fuzz: $t did not start (see $out/out/$t.log)"; crashed=1; continue; fi
