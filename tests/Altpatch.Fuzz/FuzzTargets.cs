@@ -34,6 +34,7 @@ public static class FuzzTargets
         new("pv-ops", "PvOpsTable.Find with the code at the paravirt sites rewritten by the input (records: u16 site, 6 bytes)", PvOps, Image, NeedsSharedImages: true),
         new("feature-numbering", "ImageFeatureNumbering: the x86_cap_flags pointer array rewritten by the input", FeatureNumbering, [typeof(ImageFormatException), typeof(KernelPatchException)], NeedsSharedImages: true),
         new("cpuinfo", "/proc/cpuinfo text: CpuFeatures.FromCpuInfo and KernelCpuDescription.FromCpuInfo", CpuInfo, [typeof(CpuFeatureException)]),
+        new("system-map", "System.map / /proc/kallsyms text for kernel patch --symbols: KvmGuest.ReadSymbols", SystemMap, Image),
     ];
 
     // Not PayloadDecompressor.Name: the registry must not run Altpatch code, which is instrumented and may only run
@@ -142,6 +143,8 @@ public static class FuzzTargets
             _ = m.HasFeature(CpuFeatures.Empty)(0);
         });
     }
+
+    private static void SystemMap(byte[] input) => _ = KvmGuest.ReadSymbols(Encoding.UTF8.GetString(input)).Count;
 
     private static void CpuInfo(byte[] input)
     {

@@ -100,6 +100,14 @@ public static class SeedCorpus
         if (File.Exists("/proc/cpuinfo"))
             Seed("cpuinfo", "this-machine", File.ReadAllBytes("/proc/cpuinfo"));
 
+        // System.map: the head of the 6.1 build's (tests/data) or a few lines in its format.
+        Seed("system-map", "lines", "ffffffff81000000 T _text\nffffffff81001000 T kvm_steal_clock\nffffffff82a39b40 D pv_ops\n0000000000000000 A __per_cpu_start\n"u8.ToArray());
+        foreach (var f in SystemMaps().Take(2))
+        {
+            var text = File.ReadAllBytes(f);
+            Seed("system-map", Path.GetFileName(Path.GetDirectoryName(f)!) + "-head", text.AsSpan(0, Math.Min(text.Length, 16384)).ToArray());
+        }
+
         Console.WriteLine($"{count} seeds in {dir}");
     }
 
@@ -258,6 +266,15 @@ public static class SeedCorpus
             return [];
         var dir = Path.Combine(root, "tests", "data", "groundtruth");
         return Directory.Exists(dir) ? Directory.GetFiles(dir, "*smp1.cpuinfo", SearchOption.AllDirectories).Order(StringComparer.Ordinal) : [];
+    }
+
+    private static IEnumerable<string> SystemMaps()
+    {
+        var root = RepoRoot();
+        var dir = root is null ? null : Path.Combine(root, "tests", "data");
+        return dir is not null && Directory.Exists(dir)
+            ? Directory.GetFiles(dir, "System.map*", SearchOption.AllDirectories).Order(StringComparer.Ordinal)
+            : [];
     }
 
     internal static string? RepoRoot()

@@ -55,8 +55,16 @@ for t in "${targets[@]}"; do
   mkdir -p "$out/out"
   # -V: stop after SECONDS of fuzzing; -t: a fixed per-input timeout (not "+", which lets afl-fuzz lower it: SharpFuzz runs
   # every input in one process, so a timeout kills the whole session; the table targets load their frame on the first input).
-  nice -n 19 afl-fuzz -V "$seconds" -t 30000 -m none -i "$in" -o "$out/out/$t" -- dotnet "$out/bin/Altpatch.Fuzz.dll" run "$t" \
-    >"$out/out/$t.log" 2>&1
+  # At nice 19 on a busy machine the first input (start-up, JIT, a frame) can starve past any timeout: a session that
+  # does not get going is tried again, up to 3 times, resuming what the previous one found.
+  rm -rf "$out/out/$t"
+  for attempt in 1 2 3; do
+    AFL_AUTORESUME=1 nice -n 19 afl-fuzz -V "$seconds" -t 30000 -m none -i "$in" -o "$out/out/$t" -- dotnet "$out/bin/Altpatch.Fuzz.dll" run "$t" \
+      >"$out/out/$t.log" 2>&1
+    grep -aq "No instrumentation detected\|Fork server handshake failed\|Timeout while initializing fork server" "$out/out/$t.log" || break
+    echo "fuzz: $t did not get going (attempt $attempt), trying again"
+    sleep 5
+  done
   stats="$out/out/$t/default/fuzzer_stats"
   if [ ! -f "$stats" ]; then echo "fuzz: $t did not start (see $out/out/$t.log)"; [ $smoke = 1 ] || crashed=1; continue; fi
   if grep -aq "PROGRAM ABORT" "$out/out/$t.log"; then

@@ -172,7 +172,7 @@ public static class KernelPatchCommand
                 throw new FileNotFoundException($"{file.FullName}: no such file");
             try
             {
-                d = KernelCpuDescription.FromCpuInfo(File.ReadAllText(file.FullName));
+                d = KernelCpuDescription.FromCpuInfo(Terminal.ReadInputText(file.FullName));
             }
             catch (CpuFeatureException e)
             {
@@ -191,7 +191,7 @@ public static class KernelPatchCommand
         {
             if (!sf.Exists)
                 throw new FileNotFoundException($"{sf.FullName}: no such file");
-            symbols = KvmGuest.ReadSymbols(File.ReadAllText(sf.FullName));
+            symbols = KvmGuest.ReadSymbols(Terminal.ReadInputText(sf.FullName));
         }
         return d with
         {

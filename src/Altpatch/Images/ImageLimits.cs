@@ -13,6 +13,10 @@ public static class ImageLimits
     /// a vmlinux with DWARF, ~560 MB, must be stripped of its debug sections first).</summary>
     public const long MaxFileSize = 256L << 20;
 
+    /// <summary>Largest text input read whole: a <c>/proc/cpuinfo</c>, a System.map or <c>/proc/kallsyms</c>: 64 MiB
+    /// (real: a 1,024-CPU cpuinfo ~1.5 MB, a System.map 3.6 MB).</summary>
+    public const long MaxTextFileSize = 64L << 20;
+
     /// <summary>Largest decompressed payload: 256 MiB (real: 16–66 MB). The setup header's <c>init_size</c>, when
     /// the boot protocol has it, bounds it further.</summary>
     public const int MaxDecompressedSize = 256 << 20;

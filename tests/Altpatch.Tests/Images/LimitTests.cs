@@ -135,6 +135,22 @@ public sealed class LimitTests : IDisposable
     }
 
     [Fact]
+    public void Text_inputs_above_64MiB_are_refused_without_reading_them()
+    {
+        string big = Path.Combine(dir, "big.txt"), img = Path.Combine(dir, "vmlinux");
+        using (var f = new FileStream(big, FileMode.CreateNew))
+            f.SetLength(ImageLimits.MaxTextFileSize + 1);
+        File.WriteAllBytes(img, SampleElf());
+        string expected = $"{big}: {ImageLimits.MaxTextFileSize + 1} bytes is more than the 67108864 bytes (64 MiB) read from a text input";
+        var r = Child("cpu", "--cpuinfo", big);
+        Assert.Equal(1, r.Exit);
+        Assert.Contains(expected, r.Err, StringComparison.Ordinal);
+        Assert.InRange(r.PeakKiB, 1, 256 << 10);
+        AssertRefused(Child("kernel", "patch", img, "--cpuinfo", big, "-o", Out), expected, maxKiB: 256 << 10);
+        AssertRefused(Child("kernel", "patch", img, "--flags", "fpu", "--hypervisor", "kvm", "--symbols", big, "-o", Out), expected, maxKiB: 256 << 10);
+    }
+
+    [Fact]
     public void Patching_a_bzImage_at_the_decompression_limit_stays_under_1_GiB()
     {
         // The worst a bzImage can ask for: a payload that decompresses to the limit, read, patched and written.
