@@ -3,8 +3,8 @@
 #
 #   tools/fuzz/run.sh [-t SECONDS] [-o DIR] [-s] [TARGET...]
 #
-# Publishes tests/Altpatch.Fuzz into DIR/bin (default artifacts/fuzz), instruments Altpatch.dll there with the
-# sharpfuzz tool, writes the seed corpus (DIR/seeds, from ../shared/linux) and adds tests/data/fuzz/corpus, then
+# Publishes tests/Altpatch.Fuzz into DIR/bin (default artifacts/fuzz), instruments Altpatch.dll and the decoder
+# libraries there with the sharpfuzz tool, writes the seed corpus (DIR/seeds, from ../shared/linux) and adds tests/data/fuzz/corpus, then
 # runs afl-fuzz on each TARGET (default: all) for SECONDS (default 60) at nice 19. Findings: DIR/out/TARGET;
 # a summary line per target; exit 1 when any target saved a crash (replay it with
 # `dotnet tests/Altpatch.Fuzz/bin/Release/net10.0/Altpatch.Fuzz.dll replay TARGET FILE`) or, without -s, when a
@@ -33,7 +33,10 @@ done
 mkdir -p "$out"
 rm -rf "$out/bin"
 dotnet publish tests/Altpatch.Fuzz -c Release -o "$out/bin" >"$out.publish.log" 2>&1 || { cat "$out.publish.log"; exit 2; }
-sharpfuzz "$out/bin/Altpatch.dll" >/dev/null || { echo "fuzz: sharpfuzz could not instrument Altpatch.dll"; exit 2; }
+# Altpatch, and the decoders its payload readers wrap (without them the payload targets see a few dozen edges).
+for dll in Altpatch SharpCompress ZstdSharp K4os.Compression.LZ4; do
+  sharpfuzz "$out/bin/$dll.dll" >/dev/null || { echo "fuzz: sharpfuzz could not instrument $dll.dll"; exit 2; }
+done
 # The seeds come from the uninstrumented build (instrumented code may only run under afl-fuzz).
 dotnet build tests/Altpatch.Fuzz -c Release >/dev/null 2>&1
 driver=tests/Altpatch.Fuzz/bin/Release/net10.0/Altpatch.Fuzz.dll
