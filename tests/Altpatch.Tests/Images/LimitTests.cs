@@ -4,6 +4,7 @@ using System.IO.Compression;
 using Altpatch.Images;
 using Altpatch.Images.Boot;
 using Altpatch.Tests.KernelPatch;
+using Xunit.Abstractions;
 
 namespace Altpatch.Tests.Images;
 
@@ -17,15 +18,27 @@ public sealed class LimitTests : IDisposable
 {
     private const long OneGiBInKiB = 1 << 20;
     private readonly string dir = Path.Combine(Path.GetTempPath(), $"altpatch-limits-{Guid.NewGuid():N}");
+    private readonly ITestOutputHelper log;
 
-    public LimitTests() => Directory.CreateDirectory(dir);
+    public LimitTests(ITestOutputHelper log)
+    {
+        this.log = log;
+        Directory.CreateDirectory(dir);
+    }
 
     public void Dispose() => Directory.Delete(dir, recursive: true);
 
     private string Out => Path.Combine(dir, "out");
 
     /// <summary>Runs the altpatch command line in a child process; its exit code, output, error and peak RSS (KiB).</summary>
-    private static (int Exit, string Out, string Err, long PeakKiB) Child(params string[] args)
+    private (int Exit, string Out, string Err, long PeakKiB) Child(params string[] args)
+    {
+        var r = RunChild(args);
+        log.WriteLine($"altpatch {string.Join(' ', args.Select(a => a.StartsWith(dir, StringComparison.Ordinal) ? Path.GetFileName(a) : a))}: exit {r.Exit}, peak RSS {r.PeakKiB / 1024} MiB");
+        return r;
+    }
+
+    private static (int Exit, string Out, string Err, long PeakKiB) RunChild(string[] args)
     {
         string peak = Path.Combine(Path.GetTempPath(), $"altpatch-peak-{Guid.NewGuid():N}");
         var psi = new ProcessStartInfo(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") is { Length: > 0 } h && File.Exists(h) ? h : "dotnet")
