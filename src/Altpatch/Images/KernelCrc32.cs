@@ -50,7 +50,7 @@ public static class KernelCrc32
     }
 
     /// <summary><c>build.c</c>'s <c>partial_crc32</c> exactly: one table lookup per byte. The reference for
-    /// <see cref="Append"/>; about 20 times slower.</summary>
+    /// <see cref="Append"/>; about 35 times slower (docs/benchmarks.md).</summary>
     /// <param name="crc">The register so far.</param>
     /// <param name="data">The next bytes.</param>
     public static uint AppendBytewise(uint crc, ReadOnlySpan<byte> data)
