@@ -71,6 +71,9 @@ public static class FuzzTargets
 
     private static void Payload(PayloadCompression compression, byte[] input)
     {
+        // Run some Altpatch code whatever the input: afl-fuzz refuses a target whose first input leaves the coverage
+        // map empty ("No instrumentation detected"), which an input too short to decode would.
+        _ = PayloadDecompressor.TryDetect(input, out _);
         if (input.Length < 4)
             return;
         uint size = BinaryPrimitives.ReadUInt32LittleEndian(input.AsSpan(input.Length - 4));
