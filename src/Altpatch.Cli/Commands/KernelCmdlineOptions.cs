@@ -36,7 +36,7 @@ internal sealed class KernelCmdlineOptions
         {
             if (!f.Exists)
                 throw new FileNotFoundException($"{f.FullName}: no such file");
-            return KernelCommandLine.Parse(File.ReadAllText(f.FullName).Trim());
+            return KernelCommandLine.Parse(Terminal.ReadInputText(f.FullName).Trim());
         }
         return KernelCommandLine.Parse(parse.GetValue(Cmdline) ?? fallback ?? "");
     }

@@ -81,7 +81,7 @@ internal sealed class KernelCpuOptions
         {
             if (!file.Exists)
                 throw new FileNotFoundException($"{file.FullName}: no such file");
-            d = FromCpuInfo(File.ReadAllText(file.FullName), file.FullName);
+            d = FromCpuInfo(Terminal.ReadInputText(file.FullName), file.FullName);
         }
         else if (flags.Length > 0)
         {
@@ -100,7 +100,7 @@ internal sealed class KernelCpuOptions
         {
             if (!sf.Exists)
                 throw new FileNotFoundException($"{sf.FullName}: no such file");
-            symbols = KvmGuest.ReadSymbols(File.ReadAllText(sf.FullName));
+            symbols = KvmGuest.ReadSymbols(Terminal.ReadInputText(sf.FullName));
         }
         var kvm = parse.GetValue(KvmFeatures) ?? [];
         var archCap = parse.GetValue(ArchCapabilities);

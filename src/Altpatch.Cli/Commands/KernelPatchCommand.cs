@@ -24,6 +24,7 @@ public static class KernelPatchCommand
         var cpu = new KernelCpuOptions();
         var output = new Option<FileInfo>("--output", "-o") { Description = "Where to write the patched vmlinux ELF file (written to a temporary file next to it and renamed on success).", Required = true };
         var noSymtab = new Option<bool>("--no-symtab") { Description = "Write OUT without the .symtab/.strtab built from the image's kallsyms (then OUT is exactly the decompressed payload, patched)." };
+        var ignoreCrc = KernelCommand.IgnoreCrcOption();
         var report = new Option<FileInfo?>("--report") { Description = "Write a JSON report: the CPU as derived, the decisions, the thunks, each pass, and every site's bytes before and after with the passes that wrote them." };
 
         var cmd = new Command("patch",
@@ -33,18 +34,19 @@ public static class KernelPatchCommand
         cmd.Options.Add(output);
         cmd.Options.Add(report);
         cmd.Options.Add(noSymtab);
+        cmd.Options.Add(ignoreCrc);
         cmd.SetAction(parse =>
         {
             // Parse the description first: a bad name fails before the image is even read.
             var description = cpu.Describe(parse);
-            return Run(parse, new Options(parse.GetValue(image)!, description, parse.GetValue(output)!, parse.GetValue(report), parse.GetValue(noSymtab)));
+            return Run(parse, new Options(parse.GetValue(image)!, description, parse.GetValue(output)!, parse.GetValue(report), parse.GetValue(noSymtab)), ignoreCrc);
         });
         return cmd;
     }
 
     private sealed record Options(FileInfo Image, KernelCpuDescription Description, FileInfo Output, FileInfo? Report, bool NoSymtab = false);
 
-    private static int Run(ParseResult parse, Options o)
+    private static int Run(ParseResult parse, Options o, Option<bool> ignoreCrc)
     {
         var writer = Terminal.Out(parse);
         var console = Terminal.Console(writer);
@@ -64,7 +66,7 @@ public static class KernelPatchCommand
         var written = new List<(string Temporary, FileInfo Target)>();
         var steps = new List<(string Name, Action Body)>
         {
-            ("open + decompress", () => img = KernelCommand.Open(o.Image)),
+            ("open + decompress", () => img = KernelCommand.Open(o.Image, parse, ignoreCrc)),
             ("read tables", () => _ = img!.Tables),
             ("patch", () => result = KernelBootPatcher.Patch(img!, description)),
             ("write output", () => written.Add((WriteTemporary(o.Output, s => wrote = ElfSymtabWriter.WriteVmlinux(s, img!, result!.Patched, !o.NoSymtab)), o.Output))),

@@ -38,6 +38,7 @@ public static class KernelVerifyCommand
         var cpu = new KernelCpuOptions();
         var cmdline = new KernelCmdlineOptions();
         var json = KernelCommand.JsonOption("the classification, the dynamic sites seen in other states and every unexplained range");
+        var ignoreCrc = KernelCommand.IgnoreCrcOption();
         var all = new Option<bool>("--all") { Description = $"List every unexplained range and changed dynamic site (text output lists the first {Shown} of each)." };
 
         var cmd = new Command("verify",
@@ -51,6 +52,7 @@ public static class KernelVerifyCommand
         cmdline.AddTo(cmd);
         cmd.Options.Add(json);
         cmd.Options.Add(all);
+        cmd.Options.Add(ignoreCrc);
         cmd.Validators.Add(r =>
         {
             int sources = (r.GetValue(text) is not null ? 1 : 0) + (r.GetValue(memory) is not null ? 1 : 0) + (r.GetValue(live) ? 1 : 0);
@@ -66,7 +68,7 @@ public static class KernelVerifyCommand
                 r.AddError("give the kernel IMAGE (only --live finds it by itself)");
         });
         cmd.SetAction(parse => Run(parse, new Options(parse.GetValue(image), parse.GetValue(text), parse.GetValue(textBase) is { } b ? ParseAddress(b) : null,
-            parse.GetValue(memory), parse.GetValue(live), parse.GetValue(json), parse.GetValue(all)), cpu, cmdline));
+            parse.GetValue(memory), parse.GetValue(live), parse.GetValue(json), parse.GetValue(all)), cpu, cmdline, ignoreCrc));
         return cmd;
     }
 
@@ -86,7 +88,7 @@ public static class KernelVerifyCommand
         return t.Length > 0 && ulong.TryParse(t, NumberStyles.HexNumber, CultureInfo.InvariantCulture, out ulong v) ? v : null;
     }
 
-    private static int Run(ParseResult parse, Options o, KernelCpuOptions cpuOptions, KernelCmdlineOptions cmdlineOptions)
+    private static int Run(ParseResult parse, Options o, KernelCpuOptions cpuOptions, KernelCmdlineOptions cmdlineOptions, Option<bool> ignoreCrc)
     {
         var writer = Terminal.Out(parse);
         var console = Terminal.Console(writer);
@@ -124,7 +126,7 @@ public static class KernelVerifyCommand
         if (o.Memory is { Exists: false } mf)
             throw new FileNotFoundException($"{mf.FullName}: no such file");
 
-        var img = Step("open + decompress", () => KernelCommand.Open(imageFile));
+        var img = Step("open + decompress", () => KernelCommand.Open(imageFile, parse, ignoreCrc));
         sys?.CheckImage(img);
         var (found, at, source, kind) = Step("read text", () => ReadText(img, o, sys));
 

@@ -15,10 +15,10 @@ public sealed class ElfCore : IDisposable
     /// <summary>ET_CORE.</summary>
     public const ushort TypeCore = 4;
 
-    private readonly SafeFileHandle _file;
+    private readonly ISource _file;
     private readonly ElfSegment[] _loads;   // PT_LOADs with file bytes, by virtual address
 
-    private ElfCore(string name, SafeFileHandle file, bool is64, ushort machine, ElfSegment[] loads, long length)
+    private ElfCore(string name, ISource file, bool is64, ushort machine, ElfSegment[] loads, long length)
     {
         Name = name;
         _file = file;
@@ -51,7 +51,7 @@ public sealed class ElfCore : IDisposable
     public static ElfCore Open(string path)
     {
         ArgumentNullException.ThrowIfNull(path);
-        var file = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite);
+        var file = new FileSource(File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite));
         try
         {
             return Read(file, path);
@@ -63,11 +63,21 @@ public sealed class ElfCore : IDisposable
         }
     }
 
-    private static ElfCore Read(SafeFileHandle file, string name)
+    /// <summary>A core file already in memory (a test's, a fuzzer's).</summary>
+    /// <param name="bytes">The file's bytes (not copied).</param>
+    /// <param name="name">Name for messages.</param>
+    /// <exception cref="ImageFormatException">As for <see cref="Open"/>.</exception>
+    public static ElfCore FromBytes(ReadOnlyMemory<byte> bytes, string name)
     {
-        long length = RandomAccess.GetLength(file);
+        ArgumentNullException.ThrowIfNull(name);
+        return Read(new MemorySource(bytes), name);
+    }
+
+    private static ElfCore Read(ISource file, string name)
+    {
+        long length = file.Length;
         Span<byte> eh = stackalloc byte[64];
-        int got = RandomAccess.Read(file, eh, 0);
+        int got = file.Read(eh, 0);
         if (got < 52 || !ElfFile.HasElfMagic(eh))
             throw new ImageFormatException($"{name}: not an ELF core file (no 7f 45 4c 46 magic{(got < 52 ? $", {got} bytes" : "")})");
         bool is64 = eh[4] switch
@@ -94,7 +104,7 @@ public sealed class ElfCore : IDisposable
         if (phentsize < want)
             throw new ImageFormatException($"{name}: ELF header: e_phentsize {phentsize} is smaller than {want}");
         var ph = new byte[phnum * phentsize];
-        if (RandomAccess.Read(file, ph, (long)phoff) != ph.Length)
+        if (phoff > long.MaxValue || file.Read(ph, (long)phoff) != ph.Length)
             throw new ImageFormatException($"{name}: program header table at offset 0x{phoff:x} ({phnum} x {phentsize} bytes) runs past the end of the file");
         var loads = new List<ElfSegment>();
         for (int i = 0; i < phnum; i++)
@@ -154,7 +164,7 @@ public sealed class ElfCore : IDisposable
             var chunk = left[..n];
             while (!chunk.IsEmpty)
             {
-                int r = RandomAccess.Read(_file, chunk, off);
+                int r = _file.Read(chunk, off);
                 if (r <= 0)
                     throw new IOException($"{Name}: cannot read 0x{chunk.Length:x} bytes at offset 0x{off:x} (vaddr 0x{a:x}): end of file");
                 chunk = chunk[r..];
@@ -206,6 +216,42 @@ public sealed class ElfCore : IDisposable
 
     /// <inheritdoc />
     public void Dispose() => _file.Dispose();
+
+    /// <summary>Where the file's bytes come from: positioned reads of a file, or a buffer.</summary>
+    private interface ISource : IDisposable
+    {
+        long Length { get; }
+
+        /// <summary>Reads up to destination.Length bytes at offset; 0 at or past the end.</summary>
+        int Read(Span<byte> destination, long offset);
+    }
+
+    private sealed class FileSource(SafeFileHandle handle) : ISource
+    {
+        public long Length => RandomAccess.GetLength(handle);
+
+        public int Read(Span<byte> destination, long offset) => RandomAccess.Read(handle, destination, offset);
+
+        public void Dispose() => handle.Dispose();
+    }
+
+    private sealed class MemorySource(ReadOnlyMemory<byte> bytes) : ISource
+    {
+        public long Length => bytes.Length;
+
+        public int Read(Span<byte> destination, long offset)
+        {
+            if (offset < 0 || offset >= bytes.Length)
+                return 0;
+            int n = (int)Math.Min(destination.Length, bytes.Length - offset);
+            bytes.Span.Slice((int)offset, n).CopyTo(destination);
+            return n;
+        }
+
+        public void Dispose()
+        {
+        }
+    }
 
     private static uint U32(ReadOnlySpan<byte> d, int o) => BinaryPrimitives.ReadUInt32LittleEndian(d[o..]);
     private static ulong U64(ReadOnlySpan<byte> d, int o) => BinaryPrimitives.ReadUInt64LittleEndian(d[o..]);

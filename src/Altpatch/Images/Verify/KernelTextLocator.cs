@@ -110,25 +110,26 @@ public static class KernelTextLocator
         ArgumentNullException.ThrowIfNull(image);
         ArgumentNullException.ThrowIfNull(core);
         var text = TextSection(image);
-        var linkText = image.Elf.SectionBytes(text).Span;
-        var mask = InvariantMask(image, text);
-        var anchors = Anchors(linkText, mask, 4, 16);
-        var samples = Samples(mask, 4096);
-
         ulong kernelMap = KernelMap(image, text);
         ulong windowStart = Math.Max(text.Address, kernelMap);
         ulong windowEnd = image.Elf.Is64 ? kernelMap + (1UL << 30) : 1UL << 32;
         ulong size = text.Size;
+        // The runs of the core inside the window that can hold the whole of .text; none: nothing to sample.
+        var runs = core.Ranges()
+            .Select(r => (Lo: Math.Max(r.Start, windowStart), Hi: Math.Min(r.Start + r.Length, windowEnd)))
+            .Where(r => r.Hi > r.Lo && r.Hi - r.Lo >= size)
+            .ToList();
+        var linkText = image.Elf.SectionBytes(text).Span;
+        var mask = runs.Count > 0 ? InvariantMask(image, text) : [];
+        var anchors = runs.Count > 0 ? Anchors(linkText, mask, 4, 16) : [];
+        var samples = runs.Count > 0 ? Samples(mask, 4096) : [];
         var buf = new byte[16];
         var sampleBuf = new byte[1];
         ulong bestBase = 0;
         double bestScore = -1;
         int candidates = 0;
-        foreach (var (start, length) in core.Ranges())
+        foreach (var (lo, hi) in runs)
         {
-            ulong lo = Math.Max(start, windowStart), hi = Math.Min(start + length, windowEnd);
-            if (hi <= lo || hi - lo < size)
-                continue;
             for (ulong b = (lo + 4095) & ~4095UL; b + size <= hi; b += 4096)
             {
                 if (((b - text.Address) & 4095) != 0)
@@ -150,7 +151,7 @@ public static class KernelTextLocator
                     if (core.TryRead(b + (ulong)s, sampleBuf) && sampleBuf[0] == linkText[s])
                         same++;
                 }
-                double score = (double)same / samples.Count;
+                double score = samples.Count == 0 ? 0 : (double)same / samples.Count;
                 if (score > bestScore)
                 {
                     bestScore = score;
