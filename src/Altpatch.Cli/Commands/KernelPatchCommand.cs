@@ -39,12 +39,13 @@ public static class KernelPatchCommand
         var exact = new Option<bool>("--exact") { Description = "Take the given features as the kernel's final capability words (no derivation of hidden bits or mitigations)." };
         var output = new Option<FileInfo>("--output", "-o") { Description = "Where to write the patched vmlinux ELF file (written to a temporary file next to it and renamed on success).", Required = true };
         var noSymtab = new Option<bool>("--no-symtab") { Description = "Write OUT without the .symtab/.strtab built from the image's kallsyms (then OUT is exactly the decompressed payload, patched)." };
+        var ignoreCrc = KernelCommand.IgnoreCrcOption();
         var report = new Option<FileInfo?>("--report") { Description = "Write a JSON report: the CPU as derived, the decisions, the thunks, each pass, and every site's bytes before and after with the passes that wrote them." };
 
         var cmd = new Command("patch",
             "Do the kernel's own boot-time patching (apply_paravirt, apply_retpolines, apply_returns, apply_alternatives, SMP locks to UP) on a kernel image for a described CPU, and write the patched vmlinux.");
         cmd.Arguments.Add(image);
-        foreach (var o in new Option[] { cpuinfo, flags, bugs, vendor, family, model, stepping, set, clear, smp, hypervisor, symbols, kvmFeatures, archCap, exact, output, report, noSymtab })
+        foreach (var o in new Option[] { cpuinfo, flags, bugs, vendor, family, model, stepping, set, clear, smp, hypervisor, symbols, kvmFeatures, archCap, exact, output, report, noSymtab, ignoreCrc })
             cmd.Options.Add(o);
         // The validators read the int options' tokens or presence, never GetValue: on "--smp abc" GetValue throws
         // (a crash with a stack trace) instead of leaving the parser's "Cannot parse argument 'abc'" error.
@@ -76,7 +77,7 @@ public static class KernelPatchCommand
                 parse.GetValue(hypervisor) == "kvm" ? KernelHypervisor.Kvm : KernelHypervisor.None,
                 parse.GetValue(symbols), parse.GetValue(kvmFeatures) ?? [], parse.GetValue(archCap),
                 parse.GetValue(exact), parse.GetValue(output)!, parse.GetValue(report), parse.GetValue(noSymtab));
-            return Run(parse, options);
+            return Run(parse, options, ignoreCrc);
         });
         return cmd;
     }
@@ -86,7 +87,7 @@ public static class KernelPatchCommand
         string[] Set, string[] Clear, int? Smp, KernelHypervisor Hypervisor, FileInfo? Symbols, string[] KvmFeatures, string? ArchCapabilities,
         bool Exact, FileInfo Output, FileInfo? Report, bool NoSymtab = false);
 
-    private static int Run(ParseResult parse, Options o)
+    private static int Run(ParseResult parse, Options o, Option<bool> ignoreCrc)
     {
         var writer = Terminal.Out(parse);
         var console = Terminal.Console(writer);
@@ -107,7 +108,7 @@ public static class KernelPatchCommand
         var written = new List<(string Temporary, FileInfo Target)>();
         var steps = new List<(string Name, Action Body)>
         {
-            ("open + decompress", () => img = KernelCommand.Open(o.Image)),
+            ("open + decompress", () => img = KernelCommand.Open(o.Image, parse, ignoreCrc)),
             ("read tables", () => _ = img!.Tables),
             ("patch", () => result = KernelBootPatcher.Patch(img!, description)),
             ("write output", () => written.Add((WriteTemporary(o.Output, s => wrote = ElfSymtabWriter.WriteVmlinux(s, img!, result!.Patched, !o.NoSymtab)), o.Output))),
@@ -173,7 +174,7 @@ public static class KernelPatchCommand
                 throw new FileNotFoundException($"{file.FullName}: no such file");
             try
             {
-                d = KernelCpuDescription.FromCpuInfo(File.ReadAllText(file.FullName));
+                d = KernelCpuDescription.FromCpuInfo(Terminal.ReadInputText(file.FullName));
             }
             catch (CpuFeatureException e)
             {
@@ -192,7 +193,7 @@ public static class KernelPatchCommand
         {
             if (!sf.Exists)
                 throw new FileNotFoundException($"{sf.FullName}: no such file");
-            symbols = KvmGuest.ReadSymbols(File.ReadAllText(sf.FullName));
+            symbols = KvmGuest.ReadSymbols(Terminal.ReadInputText(sf.FullName));
         }
         return d with
         {

@@ -31,6 +31,7 @@ public static class KernelSymbolsCommand
         {
             Description = "Write to this file instead of standard output (written to a temporary file next to it and renamed when complete).",
         };
+        var ignoreCrc = KernelCommand.IgnoreCrcOption();
         var cmd = new Command("symbols",
             "Print a kernel image's symbols, decoded from its own kallsyms tables (a stripped bzImage or vmlinux is enough), in System.map format: \"ffffffff81000000 T _stext\", sorted by address, then name. kallsyms lacks what the kernel leaves out of it (see docs/formats.md).");
         cmd.Arguments.Add(image);
@@ -38,6 +39,7 @@ public static class KernelSymbolsCommand
         cmd.Options.Add(addresses);
         cmd.Options.Add(json);
         cmd.Options.Add(output);
+        cmd.Options.Add(ignoreCrc);
         cmd.Validators.Add(r =>
         {
             foreach (var a in r.GetValue(addresses) ?? [])
@@ -53,7 +55,7 @@ public static class KernelSymbolsCommand
             var o = parse.GetValue(output);
             if (o is not null)
                 CheckTarget(o);
-            var img = KernelCommand.Open(parse.GetValue(image)!);
+            var img = KernelCommand.Open(parse.GetValue(image)!, parse, ignoreCrc);
             var sw = Stopwatch.StartNew();
             var symbols = img.Symbols;
             var decodeTime = sw.Elapsed;
