@@ -92,7 +92,16 @@ public static class SeedCorpus
                 records.AddRange(i % 2 == 0 ? frame.Image.ReadBytes(para[i + 1].Address, 6).ToArray() : new byte[] { 0x0f, 0x1f, 0x44, 0x00, 0x00, 0x90 });
             }
             Seed("pv-ops", frame.Name, [.. records]);
+            foreach (var (kind, which) in new[] { (KernelSiteKind.JumpLabel, (byte)0), (KernelSiteKind.StaticCall, (byte)1), (KernelSiteKind.Mcount, (byte)2) })
+            {
+                if (frame.TextTables.Tables.FirstOrDefault(t => t.Kind == kind) is { Size: > 0 } info)
+                    Seed("text-tables", $"{frame.Name}-{kind}", [sel, which, .. frame.Image.ReadBytes(info.Address, (int)Math.Min(info.Size, 2048UL))]);
+            }
         }
+
+        // Command lines: the ground-truth boots' and some with every option this version reads.
+        Seed("command-line", "default", "console=ttyS0 nokaslr panic=0"u8.ToArray());
+        Seed("command-line", "options", "mitigations=auto,nosmt spectre_v2=retpoline,lfence nopti pti=on retbleed=unret,nosmt spec_rstack_overflow=ibpb clearcpuid=514,avx2 noreplace-smp maxcpus=1 preempt=full ftrace=function ftrace_filter=\"vfs_* do_*\" -- init=/bin/sh"u8.ToArray());
 
         // cpuinfo: recorded QEMU CPUs and this machine's.
         foreach (var f in GroundTruthCpuInfos().Take(6))

@@ -112,9 +112,9 @@ public sealed class KernelTextTables
     /// <summary>Reads the tables of a kernel ELF file.</summary>
     /// <param name="elf">The vmlinux.</param>
     /// <param name="nops">The kernel's <c>x86_nops[]</c> (what the NOP state of a jump label is).</param>
-    /// <param name="symbols">Symbol addresses by name (kallsyms or System.map of the same build), or null.</param>
+    /// <param name="symbols">The image's symbols (its kallsyms, or a System.map of the same build), or null.</param>
     /// <exception cref="ImageFormatException">A table bound is inconsistent or an entry fails its checks.</exception>
-    public static KernelTextTables Read(ElfFile elf, NopTable nops, IReadOnlyDictionary<string, ulong>? symbols)
+    public static KernelTextTables Read(ElfFile elf, NopTable nops, KernelSymbols? symbols)
     {
         ArgumentNullException.ThrowIfNull(elf);
         ArgumentNullException.ThrowIfNull(nops);
@@ -149,7 +149,7 @@ public sealed class KernelTextTables
         _ => 0,
     };
 
-    private sealed class Reader(ElfFile elf, NopTable nops, IReadOnlyDictionary<string, ulong>? symbols)
+    private sealed class Reader(ElfFile elf, NopTable nops, KernelSymbols? symbols)
     {
         private readonly int ptr = elf.PointerSize;
         private readonly ElfSection[] code = [.. elf.Sections.Where(s => s.IsAllocated && s.IsExecutable && ElfFile.HasBytesInFile(s) && s.Size > 0)];
@@ -191,7 +191,7 @@ public sealed class KernelTextTables
             return ok;
         }
 
-        private ulong? Symbol(string name) => symbols is not null && symbols.TryGetValue(name, out var a) ? a : null;
+        private ulong? Symbol(string name) => symbols is not null && symbols.TryGetAddress(name, out var a) ? a : null;
 
         /// <summary>[start, stop) of a table bounded by two symbols, checked to lie in one section with file bytes.</summary>
         private (ulong Start, int Size)? Bounds(string table, string start, string stop, int entrySize)
@@ -216,12 +216,12 @@ public sealed class KernelTextTables
             string how;
             if (symbols is not null)
             {
-                foreach (var (name, addr) in symbols)
+                var seen = new HashSet<ulong>();
+                foreach (var sym in symbols.All)              // sorted by address
                 {
-                    if (name.StartsWith(TrampolinePrefix, StringComparison.Ordinal))
-                        list.Add((addr, name[TrampolinePrefix.Length..]));
+                    if (sym.Name.StartsWith(TrampolinePrefix, StringComparison.Ordinal) && sym.IsText && seen.Add(sym.Address))
+                        list.Add((sym.Address, sym.Name[TrampolinePrefix.Length..]));
                 }
-                list.Sort((x, y) => x.Address.CompareTo(y.Address));
             }
             if (list.Count > 0)
                 how = "__SCT__* symbols";
@@ -380,7 +380,7 @@ public sealed class KernelTextTables
                 (start, size) = b;
                 how = "__start_static_call_sites..__stop_static_call_sites";
             }
-            else if (symbols is not null && symbols.ContainsKey("__start___jump_table"))
+            else if (Symbol("__start___jump_table") is not null)
                 return [];   // the symbols name the other tables but not this one: a kernel without HAVE_STATIC_CALL_INLINE
             else if (tramps.Count > 0 && ScanRun(es, (at, e) => IsCode(elf.AddressPlus(at, I32(e, 0)), 5) && IsData(elf.AddressPlus(at + 4, I32(e, 4)) & ~3UL),
                          at => StaticCallSite(at, 0, out var s) is null && tramps.Contains(s.Trampoline)) is { } run)

@@ -9,14 +9,14 @@ namespace Altpatch.Tests.Images;
 /// symbols and by the scans a stripped image needs, with the same result.</summary>
 public class TextTableTests
 {
-    private static readonly ConcurrentDictionary<string, IReadOnlyDictionary<string, ulong>> Maps = new();
+    private static readonly ConcurrentDictionary<string, KernelSymbols> Maps = new();
 
     /// <summary>The -dbg System.map of an image (skips without it).</summary>
-    internal static IReadOnlyDictionary<string, ulong> SystemMap(string release)
+    internal static KernelSymbols SystemMap(string release)
     {
         string path = TestPaths.DebugSystemMap(release);
         Skip.IfNot(File.Exists(path), TestPaths.NoDebugSystemMap);
-        return Maps.GetOrAdd(release, _ => KvmGuest.ReadSymbols(File.ReadAllText(path)));
+        return Maps.GetOrAdd(release, _ => KernelSymbols.FromSystemMap(File.ReadAllText(path), Path.GetFileName(path)));
     }
 
     private static (KernelImage Image, string Release) Get(string which) =>
@@ -36,9 +36,9 @@ public class TextTableTests
         Assert.Equal(calls, t.StaticCalls.Length);
         Assert.Equal(mcount, t.Mcount.Length);
         Assert.Equal(trampolines, t.Trampolines.Length);
-        Assert.Equal(map["__fentry__"], t.Fentry);
-        Assert.Equal(map["__start___jump_table"], t.Tables.Single(i => i.Kind == KernelSiteKind.JumpLabel).Address);
-        Assert.Equal(map["__start_mcount_loc"], t.Tables.Single(i => i.Kind == KernelSiteKind.Mcount).Address);
+        Assert.Equal(map.AddressOf("__fentry__"), t.Fentry);
+        Assert.Equal(map.AddressOf("__start___jump_table"), t.Tables.Single(i => i.Kind == KernelSiteKind.JumpLabel).Address);
+        Assert.Equal(map.AddressOf("__start_mcount_loc"), t.Tables.Single(i => i.Kind == KernelSiteKind.Mcount).Address);
         Assert.All(t.Trampolines, x => Assert.NotNull(x.Name));
         // every static call site calls one of the trampolines
         var tramps = t.Trampolines.Select(x => x.Address).ToHashSet();
@@ -49,6 +49,23 @@ public class TextTableTests
             bool enabled = img.Elf.TryReadBytes(j.Key, 4, out var k) && BitConverter.ToInt32(k) > 0;
             Assert.True(j.IsJump == (enabled ^ j.Branch), $"jump entry {j.Index} at 0x{j.Code:x}");
         }
+    }
+
+    [SkippableTheory]
+    [InlineData("amd64")]
+    [InlineData("i386")]
+    public void The_images_own_kallsyms_find_the_same_tables(string which)
+    {
+        var (img, release) = Get(which);
+        var named = KernelTextTables.Read(img.Elf, Nops(img), SystemMap(release));
+        var own = KernelTextTables.Read(img.Elf, Nops(img), img.Symbols);
+        Assert.Equal(named.JumpEntries.AsEnumerable(), own.JumpEntries);
+        Assert.Equal(named.StaticCalls.AsEnumerable(), own.StaticCalls);
+        Assert.Equal(named.Mcount.AsEnumerable(), own.Mcount);
+        Assert.Equal(named.Trampolines.AsEnumerable(), own.Trampolines);
+        Assert.Equal(named.FtraceCalls.AsEnumerable(), own.FtraceCalls);
+        // 686: no data symbols in its kallsyms, so the jump table and the mcount records were found by scanning
+        Assert.Equal(which == "i386", own.Tables.Single(t => t.Kind == KernelSiteKind.Mcount).Format.Contains("scan", StringComparison.Ordinal));
     }
 
     [SkippableTheory]

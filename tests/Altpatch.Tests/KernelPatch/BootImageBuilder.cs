@@ -144,7 +144,14 @@ internal sealed class BootImageBuilder
 
     /// <summary>Symbols naming the text tables' bounds (what kallsyms of a KALLSYMS_ALL kernel gives), merged into
     /// <see cref="Symbols"/>.</summary>
-    public Dictionary<string, ulong> TableSymbols()
+    public KernelSymbols TableSymbols()
+    {
+        var d = TableSymbolMap();
+        var text = string.Join("\n", d.OrderBy(kv => kv.Value).Select(kv => $"{kv.Value:x} {(kv.Key.StartsWith("__start_", StringComparison.Ordinal) || kv.Key.StartsWith("__stop_", StringComparison.Ordinal) ? 'D' : 'T')} {kv.Key}"));
+        return KernelSymbols.FromSystemMap(text, "synthetic System.map");
+    }
+
+    private Dictionary<string, ulong> TableSymbolMap()
     {
         var d = Symbols is null ? new Dictionary<string, ulong>() : new Dictionary<string, ulong>(Symbols);
         int es = Is64 ? 16 : 12;

@@ -61,28 +61,24 @@ public class WholeTextTests(ITestOutputHelper output)
     private static readonly Lock LastLock = new();
 
     /// <summary>Patches the truth's configuration: its cpuinfo, -smp and command line, with the image's symbols.</summary>
-    private static (KernelPatchResult Result, WholeTextTruth Truth, IReadOnlyDictionary<string, ulong> Symbols) Patch(string image, string config, string boot)
+    private static (KernelPatchResult Result, WholeTextTruth Truth, KernelSymbols Symbols) Patch(string image, string config, string boot)
     {
         Skip.If(image == "none", "no whole-text truth files (tests/data/groundtruth/<image>/<cfg>/{run,panic}.wtext.gz)");
         var truth = WholeTextTruth.Read(Path.Combine(Dir, image, config, boot + ".wtext.gz"));
         lock (LastLock)
         {
             if (last is { } l && l.Key == image + "/" + config)
-                return (l.Result, truth, TextTableTests.SystemMap(image));
+                return (l.Result, truth, ImageOf(image).Symbols);
         }
         var img = ImageOf(image);
-        var symbols = TextTableTests.SystemMap(image);
+        var symbols = img.Symbols;                  // the image's own kallsyms, as kernel patch uses them
         var cmdline = KernelCommandLine.Parse(truth.CommandLine);
         string? pending = PendingOption(cmdline);
         Skip.If(pending is not null, $"the command line option '{pending}' is not applied by the derivation yet");
-        var description = KernelCpuDescription.FromCpuInfo(File.ReadAllText(Path.Combine(Dir, image, config, "cpuinfo"))) with
-        {
-            Cpus = truth.Smp,
-            Symbols = symbols,
-        };
+        var description = KernelCpuDescription.FromCpuInfo(File.ReadAllText(Path.Combine(Dir, image, config, "cpuinfo"))) with { Cpus = truth.Smp };
         var thunks = KernelThunks.Find(img);
         var state = KernelBootCpu.Derive(description, KernelBuildInfo.Infer(img, thunks), KvmPvOps.None);
-        var result = KernelBootPatcher.Patch(img, state, thunks, new KernelTextOptions { Symbols = symbols, CommandLine = cmdline });
+        var result = KernelBootPatcher.Patch(img, state, thunks, new KernelTextOptions { CommandLine = cmdline });
         lock (LastLock)
             last = (image + "/" + config, result);
         return (result, truth, symbols);
@@ -92,7 +88,7 @@ public class WholeTextTests(ITestOutputHelper output)
     private static string? PendingOption(KernelCommandLine c) =>
         c.Arguments.Select(a => a.Name).FirstOrDefault(n => n is not ("console" or "nokaslr" or "panic" or "preempt"));
 
-    private static IReadOnlySet<ulong> FunctionStarts(IReadOnlyDictionary<string, ulong> symbols) => symbols.Values.ToHashSet();
+    private static IReadOnlySet<ulong> FunctionStarts(KernelSymbols symbols) => symbols.All.Where(s => s.IsText).Select(s => s.Address).ToHashSet();
 
     [SkippableTheory]
     [MemberData(nameof(Cases))]
@@ -114,7 +110,7 @@ public class WholeTextTests(ITestOutputHelper output)
     // ---------------------------------------------------------------- perturbations: the comparison can fail
 
     /// <summary>A default-command-line, no-KASLR configuration of cloud-amd64.</summary>
-    private (KernelPatchResult Result, WholeTextTruth.Section Text, IReadOnlyDictionary<string, ulong> Symbols) Baseline()
+    private (KernelPatchResult Result, WholeTextTruth.Section Text, KernelSymbols Symbols) Baseline()
     {
         var c = Cases().Select(x => ((string)x[0], (string)x[1], (string)x[2]))
             .FirstOrDefault(x => x.Item1 == "6.1.0-50-cloud-amd64" && !x.Item2.Contains('+', StringComparison.Ordinal));

@@ -61,7 +61,7 @@ public static class KernelBootPatcher
             ? KvmGuest.Plan(image, description.KvmFeatures, description.Cpus, description.Symbols)
             : KvmPvOps.None;
         var state = KernelBootCpu.Derive(description, KernelBuildInfo.Infer(image, thunks), pvOps);
-        return Patch(image, state, thunks, new KernelTextOptions { Symbols = description.Symbols }, progress);
+        return Patch(image, state, thunks, KernelTextOptions.Default, progress);
     }
 
     /// <summary>
@@ -133,7 +133,8 @@ public static class KernelBootPatcher
         {
             if (text.Enabled)
             {
-                tctx = new TextPassContext(KernelTextTables.Read(image.Elf, ctx.Nops, text.Symbols), text.Symbols, KernelTextRules.Linux61, text.CommandLine);
+                var symbols = text.Symbols ?? (image.TryGetSymbols(out var kallsyms) ? kallsyms : null);
+                tctx = new TextPassContext(KernelTextTables.Read(image.Elf, ctx.Nops, symbols), symbols, KernelTextRules.Linux61, text.CommandLine);
                 RunTextPasses(tctx, Run);
             }
             Run(BootPass.Paravirt, tables.Paravirt.Length, Linux61Passes.Paravirt);

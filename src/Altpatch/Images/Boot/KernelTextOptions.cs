@@ -9,10 +9,10 @@ public sealed record KernelTextOptions
     /// <summary>No symbols, the build's defaults.</summary>
     public static KernelTextOptions Default { get; } = new();
 
-    /// <summary>Symbol addresses by name (kallsyms of the image, or a System.map of the same build), or null. Without
-    /// them the tables are found by scanning, <c>static_call_init()</c> and the preempt mode cannot be done (they
-    /// need <c>__static_call_return0</c> and the PREEMPT_DYNAMIC functions), and the result says so.</summary>
-    public IReadOnlyDictionary<string, ulong>? Symbols { get; init; }
+    /// <summary>The symbols of the image's build (a System.map); null: the image's own kallsyms. Without any (a kernel
+    /// built without kallsyms) the tables are found by scanning, and <c>static_call_init()</c> and the preempt mode
+    /// cannot be done (they need <c>__static_call_return0</c> and the PREEMPT_DYNAMIC functions): the result says so.</summary>
+    public KernelSymbols? Symbols { get; init; }
 
     /// <summary>The kernel command line: <c>preempt=</c> (else the build's default mode), <c>ftrace=</c> and its filters.</summary>
     public KernelCommandLine CommandLine { get; init; } = KernelCommandLine.Empty;

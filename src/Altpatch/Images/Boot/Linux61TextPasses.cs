@@ -7,13 +7,13 @@ namespace Altpatch.Images.Boot;
 
 /// <summary>What the text passes need besides the <see cref="BootContext"/>: their tables, the symbols, the rules and
 /// the boot options that steer them; and where they leave their decisions.</summary>
-internal sealed class TextPassContext(KernelTextTables tables, IReadOnlyDictionary<string, ulong>? symbols, KernelTextRules rules, KernelCommandLine commandLine)
+internal sealed class TextPassContext(KernelTextTables tables, KernelSymbols? symbols, KernelTextRules rules, KernelCommandLine commandLine)
 {
     /// <summary>The tables of the text writers.</summary>
     public KernelTextTables Tables { get; } = tables;
 
     /// <summary>Symbols of the image's build, or null.</summary>
-    public IReadOnlyDictionary<string, ulong>? Symbols { get; } = symbols;
+    public KernelSymbols? Symbols { get; } = symbols;
 
     /// <summary>The version's facts.</summary>
     public KernelTextRules Rules { get; } = rules;
@@ -34,11 +34,11 @@ internal sealed class TextPassContext(KernelTextTables tables, IReadOnlyDictiona
     public bool FtraceDisabled { get; set; }
 
     /// <summary>A symbol's address, or null.</summary>
-    public ulong? Symbol(string name) => Symbols is not null && Symbols.TryGetValue(name, out var a) ? a : null;
+    public ulong? Symbol(string name) => Symbols is not null && Symbols.TryGetAddress(name, out var a) ? a : null;
 
     /// <summary>A symbol the pass cannot go on without.</summary>
     public ulong Need(string name, string why) => Symbol(name)
-        ?? throw new KernelPatchException($"{why} needs the address of {name}, which the image's symbols do not give (a kernel without kallsyms: give its System.map with --symbols)");
+        ?? throw new KernelPatchException($"{why} needs the address of {name}, which {Symbols?.Origin ?? "no symbols"} does not give");
 }
 
 /// <summary>
@@ -418,9 +418,11 @@ internal static class Linux61TextPasses
         var (callerName, updateName) = t.Rules.PreemptDefault;
         ulong caller = t.Need(callerName, "the default preempt= mode");
         ulong update = t.Need(updateName, "the default preempt= mode");
-        ulong end = t.Symbols!.Values.Where(a => a > caller).DefaultIfEmpty(caller + 0x4000).Min();
+        ulong end = t.Symbols!.TryFind(caller, out _, out ulong at, out ulong size) && at == 0 && size > 0 ? caller + size : caller + 0x4000;
         var elf = ctx.Image.Elf;
         int len = (int)Math.Min(end - caller, 0x4000);
+        if (elf.SectionContaining(caller) is { } sec)
+            len = (int)Math.Min((ulong)len, sec.EndAddress - caller);   // not past the end of its section
         if (!elf.TryReadBytes(caller, len, out var code))
             throw new KernelPatchException($"the default preempt= mode: {callerName} at 0x{caller:x} has no bytes in the image");
         var decoder = Iced.Intel.Decoder.Create(ctx.Bitness, new Iced.Intel.ByteArrayCodeReader(code.ToArray()));

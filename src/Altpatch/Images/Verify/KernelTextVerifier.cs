@@ -89,9 +89,9 @@ public static class KernelTextVerifier
 
     /// <summary>
     /// The kernel's boot-time patching of an image at its runtime address (<see cref="KernelImage.Relocate"/>) for a CPU:
-    /// <see cref="KernelBootPatcher.Patch(KernelImage, KernelBootState, KernelThunks, KernelTextOptions, IProgress{BootPass}?)"/>
-    /// with the text passes' symbols taken from the image's own kallsyms (runtime addresses) unless given, and a KVM
-    /// guest's System.map (link addresses) moved to the runtime address.
+    /// <see cref="KernelBootPatcher.Patch(KernelImage, KernelBootState, KernelThunks, KernelTextOptions, IProgress{BootPass}?)"/>;
+    /// the text passes take the image's own kallsyms (runtime addresses) unless <paramref name="text"/> gives symbols
+    /// (which must then be the runtime ones), and a KVM guest's System.map (link addresses) is moved to the runtime address.
     /// </summary>
     /// <param name="runtime">The image where the kernel runs.</param>
     /// <param name="cpu">The machine.</param>
@@ -110,18 +110,8 @@ public static class KernelTextVerifier
             ? KvmGuest.Plan(runtime, cpu.KvmFeatures, cpu.Cpus, kvmSymbols)
             : KvmPvOps.None;
         var state = KernelBootCpu.Derive(cpu, KernelBuildInfo.Infer(runtime, thunks), pvOps);
-        var symbols = text.Symbols ?? kvmSymbols ?? (runtime.TryGetSymbols(out var k) ? AddressMap(k) : null);
-        return KernelBootPatcher.Patch(runtime, state, thunks, text with { Symbols = symbols });
-    }
-
-    /// <summary>Name → address (the lowest of a repeated name) of a symbol table, as the text passes take symbols.</summary>
-    public static IReadOnlyDictionary<string, ulong> AddressMap(KernelSymbols symbols)
-    {
-        ArgumentNullException.ThrowIfNull(symbols);
-        var d = new Dictionary<string, ulong>(symbols.Count, StringComparer.Ordinal);
-        foreach (var s in symbols.All)
-            d.TryAdd(s.Name, s.Address);
-        return d;
+        // The text passes take the image's own kallsyms (runtime addresses on a moved image) unless given symbols.
+        return KernelBootPatcher.Patch(runtime, state, thunks, text);
     }
 
     /// <summary>Link-time symbol addresses inside the kernel's image moved to where <paramref name="runtime"/> is.</summary>
