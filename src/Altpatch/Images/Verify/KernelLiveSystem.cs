@@ -127,11 +127,22 @@ public sealed class KernelLiveSystem(string procRoot, string bootDirectory, bool
         CheckAccess();
         ulong at = TextAddress();
         var size = KernelTextLocator.TextSection(image).Size;
-        using var core = ElfCore.Open(KcorePath);
-        var text = new byte[size];
-        if (!core.TryRead(at, text))
-            throw new KernelVerifyException($"--live: {KcorePath} has no segment holding .text at 0x{at:x} (+0x{size:x} bytes)");
-        return (text, at);
+        ElfCore core;
+        try
+        {
+            core = ElfCore.Open(KcorePath);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new KernelVerifyException($"--live: cannot open {KcorePath}: {e.Message} (kernel lockdown in confidentiality mode blocks it; integrity mode does not)");
+        }
+        using (core)
+        {
+            var text = new byte[size];
+            if (!core.TryRead(at, text))
+                throw new KernelVerifyException($"--live: {KcorePath} has no segment holding .text at 0x{at:x} (+0x{size:x} bytes)");
+            return (text, at);
+        }
     }
 
     private string ReadProc(string name)
