@@ -148,6 +148,60 @@ public class InjectionTests
         Assert.Equal(b.Clean.DynamicBytes, r.DynamicBytes);
     }
 
+    /// <summary>What the kernel's own run-time patching does is dynamic, named: ftrace turning a function's site into a
+    /// call of ftrace_regs_caller or of a trampoline it allocated; static_call_update() pointing a call at another
+    /// function. Pointing it into the middle of a function is no legal state.</summary>
+    [SkippableTheory]
+    [MemberData(nameof(Boots))]
+    public void Tracing_and_static_call_updates_are_dynamic_and_named(string image, string config)
+    {
+        var b = Load(image, config);
+        var text = (byte[])b.Text.Clone();
+        var textSection = KernelTextLocator.TextSection(b.Clean.Runtime);
+        var already = b.Clean.DynamicChanged.Select(o => o.Site.Address).ToHashSet();
+        void Call(ulong at, ulong target)
+        {
+            text[b.Off(at)] = 0xe8;
+            BinaryPrimitives.WriteInt32LittleEndian(text.AsSpan(b.Off(at) + 1), (int)(long)(target - (at + 5)));
+        }
+        var mcount = b.Prediction.TextSites.Where(s => s.Kind == KernelSiteKind.Mcount && textSection.Contains(s.Address) && !already.Contains(s.Address)).ToList();
+        var traced = mcount[1000];
+        var trampolined = mcount[2000];
+        ulong regsCaller = b.Symbols.AddressOf("ftrace_regs_caller");
+        // an ftrace_ops trampoline: module space on x86-64, vmalloc space on i386 (outside the image either way)
+        ulong trampoline = b.Image.Bitness == 64 ? 0xffffffffc0a01000UL : 0xf8a01000UL;
+        Call(traced.Address, regsCaller);
+        Call(trampolined.Address, trampoline);
+        var expected = new List<(ulong Address, string State)>
+        {
+            (traced.Address, "call ftrace_regs_caller"),
+            (trampolined.Address, $"call ftrace trampoline at 0x{trampoline:x}"),
+        };
+        if (b.Image.Bitness == 64)
+        {
+            // a non-tail static call site, pointed at another function (its state: "call NAME")
+            var sc = b.Prediction.TextSites.First(s => s.Kind == KernelSiteKind.StaticCall && s.Dynamic && s.Length == 5 && textSection.Contains(s.Address)
+                && s.After.Span[0] == 0xe8 && !already.Contains(s.Address) && !s.Detail.Contains("tail", StringComparison.Ordinal));
+            Call(sc.Address, b.Symbols.AddressOf("vfs_read"));
+            expected.Add((sc.Address, "call vfs_read"));
+        }
+        var r = b.Verify(text);
+        Assert.True(r.Clean, string.Join("; ", r.Unexplained.Select(u => $"{u.Symbol} [{string.Join(",", u.Sites)}]")));
+        foreach (var (address, state) in expected)
+        {
+            var seen = r.DynamicChanged.SingleOrDefault(o => o.Site.Address == address);
+            Assert.True(seen is not null, $"0x{address:x} not seen as dynamic");
+            Assert.Equal(state, seen.State);
+        }
+
+        // into the middle of a function: not what ftrace or static_call_update() ever write
+        Call(traced.Address, b.Symbols.AddressOf("vfs_read") + 3);
+        var bad = b.Verify(text);
+        var u = Assert.Single(bad.Unexplained);
+        Assert.Equal(traced.Address, u.Address);
+        Assert.Contains(u.Sites, s => s.StartsWith($"mcount #{traced.Index} in no legal state", StringComparison.Ordinal));
+    }
+
     [SkippableTheory]
     [MemberData(nameof(Boots))]
     public void A_jump_label_flipped_to_its_other_state_is_dynamic(string image, string config)
