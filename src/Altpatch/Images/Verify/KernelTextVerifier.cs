@@ -37,6 +37,7 @@ public static class KernelTextVerifier
     /// <exception cref="ImageFormatException">The image or its relocation table is malformed.</exception>
     /// <exception cref="Altpatch.Text.PatchException">A site cannot be patched (as for <c>kernel patch</c>).</exception>
     /// <exception cref="KernelPatchException">The image cannot be patched as asked (as for <c>kernel patch</c>).</exception>
+    /// <exception cref="ArgumentException"><paramref name="predict"/> returned a prediction of another image than the one it was given.</exception>
     public static KernelVerifyResult Verify(KernelImage image, ReadOnlyMemory<byte> found, ulong textAddress, string source,
         Func<KernelImage, KernelPatchResult> predict, IProgress<string>? progress = null)
     {
