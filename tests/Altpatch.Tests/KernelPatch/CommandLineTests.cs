@@ -145,4 +145,22 @@ public class CommandLineTests
         Assert.Equal(2047, c.Text.Length);
         Assert.Equal(PtiCommand.Auto, c.Pti);
     }
+
+    [Theory]
+    [InlineData(1, "", true, false)]
+    [InlineData(2, "", false, false)]
+    [InlineData(2, "noreplace-smp", false, false)]
+    [InlineData(1, "noreplace-smp", false, false)]
+    [InlineData(2, "nosmp", true, false)]              // setup_max_cpus 0: possible capped to 1
+    [InlineData(2, "maxcpus=0", true, false)]
+    [InlineData(2, "maxcpus=1", true, true)]           // HOTPLUG_CPU: 2 possible, the switch is undone when cpu1 comes up
+    [InlineData(2, "nr_cpus=1", true, false)]
+    [InlineData(4, "maxcpus=2", false, false)]
+    [InlineData(1, "possible_cpus=4", true, true)]
+    public void The_smp_lock_switch_follows_alternative_instructions(int processors, string line, bool up, bool dynamic)
+    {
+        var d = KernelSmpSwitch.Decide(processors, P(line));
+        Assert.Equal(up, d.Up);
+        Assert.Equal(dynamic, d.Dynamic);
+    }
 }
