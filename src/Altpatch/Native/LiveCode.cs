@@ -401,7 +401,7 @@ internal sealed unsafe class LiveCode
         a.cmp(rax, rcx);
         a.je(inFlight);                                   // a site of the batch in flight
         a.Label(ref checkByte);
-        a.cmp(__byte_ptr[r8], 0xCC);
+        a.cmp(__byte_ptr[r8], X86.Int3);
         a.jne(ours);                                      // our int3 is gone: run what is there now
         a.cmp(rax, __qword_ptr[r11 + Ctl.Inflight]);
         a.jne(retry);                                     // a batch started or ended meanwhile
@@ -727,7 +727,7 @@ internal sealed unsafe class LiveCode
         a.cmp(__byte_ptr[rsi + Desc.Single], 0);
         a.jne(step2Next);
         a.mov(rdi, __qword_ptr[rsi + Desc.Rw]);
-        a.mov(__byte_ptr[rdi], 0xCC);
+        a.mov(__byte_ptr[rdi], X86.Int3);
         a.Label(ref step2Next);
         a.add(rsi, Desc.EntrySize);
         a.dec(rcx);
@@ -784,7 +784,7 @@ internal sealed unsafe class LiveCode
         a.mov(al, __byte_ptr[rsi + Desc.NewFirst]);
         a.cmp(__byte_ptr[rsi + Desc.Single], 0);
         a.jne(step4Write);
-        a.cmp(al, 0xCC);
+        a.cmp(al, X86.Int3);
         a.je(step4Next);                                  // the new first byte is our int3 already
         a.Label(ref step4Write);
         a.mov(rdi, __qword_ptr[rsi + Desc.Rw]);

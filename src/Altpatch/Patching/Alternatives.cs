@@ -10,7 +10,7 @@ namespace Altpatch.Patching;
 /// The alternatives patcher (the kernel's <c>apply_alternatives()</c>), as a pure function from sites
 /// and CPU features to a <see cref="PatchPlan"/>. For each site address, the last alternative whose
 /// condition holds wins; its replacement is assembled in a buffer of at most
-/// <see cref="PatchPlan.MaxPatchLength"/> bytes, re-encoded for the site's final address
+/// <see cref="X86.MaxPatchLength"/> bytes, re-encoded for the site's final address
 /// (<see cref="Relocator"/>), and padded with the CPU's best NOPs. A site where no condition holds
 /// gets its original bytes back. Sites whose memory already holds the wanted bytes produce no poke,
 /// so applying the same features twice gives an empty second plan.
@@ -36,8 +36,8 @@ public static class Alternatives
 
         int[] order = SiteTable.OrderByAddress(sites);
         var builder = new PlanBuilder(sites.Count);
-        Span<byte> wanted = stackalloc byte[PatchPlan.MaxPatchLength];
-        Span<byte> current = stackalloc byte[PatchPlan.MaxPatchLength];
+        Span<byte> wanted = stackalloc byte[X86.MaxPatchLength];
+        Span<byte> current = stackalloc byte[X86.MaxPatchLength];
         var overlaps = new SiteTable.Overlaps();
 
         for (int g = 0; g < order.Length;)
@@ -120,7 +120,7 @@ public static class Alternatives
     {
         var head = sites[order[g]];
         if (cur.SequenceEqual(head.Original.Span)) return true;
-        Span<byte> candidate = stackalloc byte[PatchPlan.MaxPatchLength];
+        Span<byte> candidate = stackalloc byte[X86.MaxPatchLength];
         for (int k = g; k < groupEnd; k++)
         {
             int idx = order[k];

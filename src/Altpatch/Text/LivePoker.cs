@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using Altpatch.Code;
 using Altpatch.Native;
 using static Altpatch.Native.LiveCode;
 
@@ -184,7 +185,7 @@ public sealed unsafe class LivePoker : ITextPoker
         {
             if (p.Length == 1) continue;
             ReadOnlySpan<byte> oldBytes = p.Old.Span, newBytes = p.New.Span;
-            (newBytes[0] == 0xCC ? untrappable : trappable).Add(p.Address);
+            (newBytes[0] == X86.Int3 ? untrappable : trappable).Add(p.Address);
             if (!oldBytes.SequenceEqual(lastOld) || !newBytes.SequenceEqual(lastNew))
             {
                 offsets = InteriorPoints.Offsets(p.Old, p.New);

@@ -1,3 +1,4 @@
+using Altpatch.Code;
 using Altpatch.Native;
 using Altpatch.Patching;
 using Altpatch.Sites;
@@ -80,7 +81,7 @@ public class SmpLockBadInputTests
         Assert.Single(reg.Modules);
         reg.SwitchToUp();
         Assert.Equal(0x3E, f.LockByte(0));
-        Assert.Equal(Locks.LockPrefix, g.LockByte(0)); // never registered: untouched
+        Assert.Equal(X86.LockPrefix, g.LockByte(0)); // never registered: untouched
         reg.SwitchToSmp();
     }
 
