@@ -1,6 +1,7 @@
 using Altpatch.Cpu;
 using Altpatch.Native;
 using Altpatch.Patching;
+using Altpatch.Pokers;
 using Altpatch.Sites;
 using Altpatch.Text;
 using BenchmarkDotNet.Attributes;

@@ -2,6 +2,7 @@ using System.Runtime.InteropServices;
 using Altpatch.Emit;
 using Altpatch.Native;
 using Altpatch.Patching;
+using Altpatch.Pokers;
 using Altpatch.Sites;
 using Altpatch.Text;
 using BenchmarkDotNet.Attributes;

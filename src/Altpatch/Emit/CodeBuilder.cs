@@ -21,7 +21,7 @@ namespace Altpatch.Emit;
 /// <see cref="OpsTable"/> slot of an op, recorded in <see cref="ParavirtSites"/>; <see cref="Lock"/> is
 /// <c>LOCK_PREFIX</c>: a lock-prefixed instruction whose prefix is recorded in <see cref="LockSites"/>.
 /// </summary>
-public sealed class CodeBuilder : IDisposable
+public sealed class CodeBuilder : ICodeSpace, IDisposable
 {
     private readonly List<AlternativeSite> alternatives = [];
     private readonly List<ParavirtSite> paravirt = [];

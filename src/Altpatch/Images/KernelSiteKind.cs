@@ -1,3 +1,5 @@
+using Altpatch.Sites;
+
 namespace Altpatch.Images;
 
 /// <summary>The kinds of patch site tables a kernel image carries.</summary>
@@ -13,4 +15,18 @@ public enum KernelSiteKind
     Retpoline,
     /// <summary><c>.return_sites</c>: jumps to the return thunk (objtool, 5.19+).</summary>
     Return,
+}
+
+/// <summary>
+/// The <see cref="SiteKind"/>s of the kernel tables that only images have (the others are
+/// <see cref="SiteKind.Alternative"/>, <see cref="SiteKind.Paravirt"/> and <see cref="SiteKind.Lock"/>): what a
+/// boot-time pass names its sites with in messages and plans.
+/// </summary>
+public static class KernelSiteKinds
+{
+    /// <summary>A retpoline thunk call or jump (<c>.retpoline_sites</c>).</summary>
+    public static SiteKind Retpoline { get; } = new("retpoline");
+
+    /// <summary>A return (<c>.return_sites</c>).</summary>
+    public static SiteKind Return { get; } = new("return");
 }

@@ -17,7 +17,7 @@ namespace Altpatch.Native;
 /// like the kernel, treats a trap as <c>SIG_DFL</c>.
 /// </para>
 /// <para>
-/// <see cref="Altpatch.Text.LivePoker"/> installs the handlers on first use. <see cref="Uninstall"/> restores the
+/// <see cref="Altpatch.Pokers.LivePoker"/> installs the handlers on first use. <see cref="Uninstall"/> restores the
 /// previous dispositions after a grace period (every thread has answered a probe, so no trap on an
 /// earlier <c>int3</c> is still waiting to be delivered); it refuses while a batch is in flight.
 /// </para>

@@ -1,3 +1,4 @@
+using Altpatch.Pokers;
 using Altpatch.Text;
 using Altpatch.TortureChild;
 

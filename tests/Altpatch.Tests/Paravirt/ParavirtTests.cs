@@ -1,11 +1,12 @@
 using System.Numerics;
 using Altpatch.Native;
 using Altpatch.Patching;
+using Altpatch.Pokers;
 using Altpatch.Sites;
 using Altpatch.Text;
-using Pv = Altpatch.Patching.Paravirt;
 using Iced.Intel;
 using static Iced.Intel.AssemblerRegisters;
+using Pv = Altpatch.Patching.Paravirt;
 
 namespace Altpatch.Tests.Paravirt;
 

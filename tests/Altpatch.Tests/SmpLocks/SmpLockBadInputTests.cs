@@ -1,6 +1,7 @@
 using Altpatch.Code;
 using Altpatch.Native;
 using Altpatch.Patching;
+using Altpatch.Pokers;
 using Altpatch.Sites;
 using Altpatch.Text;
 using Locks = Altpatch.Patching.SmpLocks;

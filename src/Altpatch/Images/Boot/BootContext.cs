@@ -1,4 +1,5 @@
 using Altpatch.Code;
+using Altpatch.Sites;
 using Altpatch.Text;
 
 namespace Altpatch.Images.Boot;

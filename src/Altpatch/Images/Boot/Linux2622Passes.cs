@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using Altpatch.Code;
+using Altpatch.Sites;
 using Altpatch.Text;
 
 namespace Altpatch.Images.Boot;

@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using Altpatch.Code;
 using Altpatch.Cpu;
+using Altpatch.Sites;
 using Altpatch.Text;
 
 namespace Altpatch.Images.Boot;
@@ -78,7 +79,7 @@ internal static class Linux61Passes
         Span<byte> bytes = stackalloc byte[16];
         foreach (var s in sites)
         {
-            var site = new SiteRef(SiteKind.Retpoline, s.Index, KernelPatchTables.RetpolineSites);
+            var site = new SiteRef(KernelSiteKinds.Retpoline, s.Index, KernelPatchTables.RetpolineSites);
             var code = ReadWindow(text, s.Address, window, site);
             var insn = KernelInsn.Decode(code, s.Address, ctx.Bitness);
             if (!insn.IsValid)
@@ -183,7 +184,7 @@ internal static class Linux61Passes
         ulong? thunk = ctx.Thunks.ReturnThunk;
         foreach (var s in sites)
         {
-            var site = new SiteRef(SiteKind.Return, s.Index, KernelPatchTables.ReturnSites);
+            var site = new SiteRef(KernelSiteKinds.Return, s.Index, KernelPatchTables.ReturnSites);
             var code = ReadWindow(text, s.Address, window, site);
             var insn = KernelInsn.Decode(code, s.Address, ctx.Bitness);
             if (!insn.IsValid)

@@ -1,9 +1,10 @@
 using System.Runtime.InteropServices;
 using Altpatch.Code;
 using Altpatch.Native;
+using Altpatch.Text;
 using static Altpatch.Native.LiveCode;
 
-namespace Altpatch.Text;
+namespace Altpatch.Pokers;
 
 /// <summary>What the live poker does with sites in memory Altpatch did not allocate.</summary>
 public enum ForeignCodeMode
