@@ -16,7 +16,7 @@ namespace Altpatch.Cli.Commands;
 /// </summary>
 public static class KernelSitesCommand
 {
-    private static readonly string[] Kinds = ["alt", "para", "lock", "retpoline", "return"];
+    private static readonly string[] Kinds = [.. KernelSiteKinds.All.Select(k => k.ShortName())];
 
     /// <summary>Builds the command.</summary>
     public static Command Create()
@@ -78,7 +78,7 @@ public static class KernelSitesCommand
 
     private static List<Row> Collect(KernelImage img, KernelPatchTables tables, string? only, Formatter formatter)
     {
-        bool Want(KernelSiteKind k) => only is null || only == KernelCommand.KindName(k);
+        bool Want(KernelSiteKind k) => only is null || only == k.ShortName();
         var rows = new List<Row>();
         int bitness = img.Bitness;
         if (Want(KernelSiteKind.Alternative))
@@ -161,7 +161,7 @@ public static class KernelSitesCommand
                 KernelSiteKind.Paravirt => string.Create(inv, $"type {r.Para!.Value.Type} clobbers 0x{r.Para.Value.Clobbers:x}"),
                 _ => "",
             };
-            sb.Append(inv, $"{KernelCommand.KindName(r.Kind),-9} {r.Index,6} 0x{r.Address:x} len {r.Length,3}  {info,-22} {HexBytes(r.Original),-30}  {string.Join("; ", r.OriginalAsm)}");
+            sb.Append(inv, $"{r.Kind.ShortName(),-9} {r.Index,6} 0x{r.Address:x} len {r.Length,3}  {info,-22} {HexBytes(r.Original),-30}  {string.Join("; ", r.OriginalAsm)}");
             if (r.SlotAddress is { } slot)
                 sb.Append(inv, $"  [pv_ops slot 0x{slot:x}{(r.SlotTarget is { } t ? $" -> 0x{t:x}" : "")}]");
             sb.Append('\n');
@@ -184,7 +184,7 @@ public static class KernelSitesCommand
             foreach (var r in rows)
             {
                 w.WriteStartObject();
-                w.WriteString("kind", KernelCommand.KindName(r.Kind));
+                w.WriteString("kind", r.Kind.ShortName());
                 w.WriteNumber("index", r.Index);
                 w.WriteString("address", Terminal.Addr(r.Address));
                 w.WriteNumber("length", r.Length);

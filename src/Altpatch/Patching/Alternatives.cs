@@ -25,9 +25,11 @@ public static class Alternatives
     /// than 254 bytes or of length 0, original bytes not of the site's length, a replacement longer than
     /// its site, alternatives of one address with different lengths or originals, overlapping sites,
     /// a site that cannot be read, memory that holds neither the original nor a replacement, and a
-    /// replacement that cannot be re-encoded to fit at the site.
+    /// replacement that cannot be re-encoded to fit at the site. When <paramref name="decisions"/> is given,
+    /// each site address's outcome is appended to it (in address order).
     /// </summary>
-    public static PatchPlan Plan(IReadOnlyList<AlternativeSite> sites, CpuFeatures cpu, ICodeReader code, AlternativeOptions? options = null)
+    public static PatchPlan Plan(IReadOnlyList<AlternativeSite> sites, CpuFeatures cpu, ICodeReader code, AlternativeOptions? options = null,
+                                 ICollection<AlternativeDecision>? decisions = null)
     {
         ArgumentNullException.ThrowIfNull(sites);
         ArgumentNullException.ThrowIfNull(cpu);
@@ -75,17 +77,19 @@ public static class Alternatives
             if (!code.TryRead(head.Address, cur, out var problem))
                 throw Error(first, head, options, problem);
 
-            if (!cur.SequenceEqual(want))
+            int siteIndex = chosen >= 0 ? chosen : first;
+            bool changed = !cur.SequenceEqual(want);
+            decisions?.Add(new AlternativeDecision(first, head.Address, len, chosen, changed, Reason(sites[siteIndex], chosen >= 0)));
+            if (changed)
             {
                 if (!IsKnownState(sites, order, g, groupEnd, cur, chosen, options))
                     throw Error(first, head, options, SiteTable.UnknownState(cur, head.Original.Span, "any of its replacements"));
-                int siteIndex = chosen >= 0 ? chosen : first;
                 builder.Add(head.Address, cur, want, Site(siteIndex, options), Reason(sites[siteIndex], chosen >= 0));
                 options.Log?.WriteLine($"alternatives: {Ref(siteIndex, options)} 0x{head.Address:x} len {len} {(chosen >= 0 ? "apply " + sites[chosen].Condition : "original")}: {Convert.ToHexString(cur)} -> {Convert.ToHexString(want)}");
             }
             else
             {
-                options.Log?.WriteLine($"alternatives: {Ref(chosen >= 0 ? chosen : first, options)} 0x{head.Address:x} len {len} unchanged: {Convert.ToHexString(cur)}");
+                options.Log?.WriteLine($"alternatives: {Ref(siteIndex, options)} 0x{head.Address:x} len {len} unchanged: {Convert.ToHexString(cur)}");
             }
 
             overlaps.Add(Site(first, options), head.Address, len);

@@ -83,7 +83,7 @@ public static class Paravirt
                 throw Error(i, s, options, problem);
 
             ParavirtDecision decision = backend is null
-                ? new ParavirtDecision(i, s.Address, s.Type, ParavirtStrategy.Indirect, len, "original indirect call")
+                ? new ParavirtDecision(i, s.Address, s.Type, ParavirtStrategy.Indirect, len, "original indirect call", ParavirtReason.Restored)
                 : Describe(s, i, backend, want, used);
             decisions?.Add(decision);
 
@@ -214,7 +214,10 @@ public static class Paravirt
         if (used == X86.Ud2.Length && bytes[..used].SequenceEqual(X86.Ud2))
             return new(index, s.Address, s.Type, ParavirtStrategy.Ud2, used, "no implementation: ud2");
         if (used == s.Length && bytes.SequenceEqual(s.Original.Span))
-            return new(index, s.Address, s.Type, ParavirtStrategy.Indirect, used, "indirect call kept: " + WhyIndirect(s, op));
+        {
+            var (reason, why) = WhyIndirect(s, op);
+            return new(index, s.Address, s.Type, ParavirtStrategy.Indirect, used, "indirect call kept: " + why, reason, why);
+        }
         if (used == X86.CallSize && bytes[0] is X86.Call or X86.Jmp32)
         {
             ulong target = X86.Rel32Target(s.Address, X86.CallSize, bytes[1..]);
@@ -225,13 +228,13 @@ public static class Paravirt
         return new(index, s.Address, s.Type, ParavirtStrategy.Inline, used, $"inline {used} byte(s)");
     }
 
-    private static string WhyIndirect(in ParavirtSite s, in OpImplementation op)
+    private static (ParavirtReason, string) WhyIndirect(in ParavirtSite s, in OpImplementation op)
     {
         if (op.Kind == OpKind.Call && !op.Clobbers.FitsIn(s.Clobbers))
-            return $"target clobbers {op.Clobbers.ToRegisterList()}, the site allows {s.Clobbers.ToRegisterList()}";
+            return (ParavirtReason.ClobbersNotAllowed, $"target clobbers {op.Clobbers.ToRegisterList()}, the site allows {s.Clobbers.ToRegisterList()}");
         if (op.Kind is OpKind.Call or OpKind.Jump && !X86.TryRel32(op.Target, s.Address + X86.CallSize, out _))
-            return $"target 0x{op.Target:x} is beyond rel32 reach of the site";
-        return "the backend's choice";
+            return (ParavirtReason.OutOfReach, $"target 0x{op.Target:x} is beyond rel32 reach of the site");
+        return (ParavirtReason.BackendChoice, "the backend's choice");
     }
 
     // ---- Checks ----

@@ -49,6 +49,32 @@ public sealed class KernelThunks
     /// <summary><c>_etext</c>: the end of <c>.text</c>.</summary>
     public ulong TextEnd { get; private init; }
 
+    /// <summary>The address of the return thunk <paramref name="kind"/> (<see cref="ReturnThunkKinds.Symbol"/>), or null when the image has none.</summary>
+    public ulong? Address(ReturnThunkKind kind) => kind switch
+    {
+        ReturnThunkKind.Its => ItsReturnThunk,
+        ReturnThunkKind.Retbleed => RetbleedReturnThunk,
+        ReturnThunkKind.Srso => SrsoReturnThunk,
+        ReturnThunkKind.SrsoAlias => SrsoAliasReturnThunk,
+        _ => ReturnThunk,
+    };
+
+    /// <summary>
+    /// Every thunk and range boundary this class finds, by its kernel symbol, in a fixed order: the return thunks
+    /// (the default one, then ITS, RETBleed, SRSO, SRSO alias), the two thunk arrays, <c>_paravirt_nop</c>,
+    /// <c>_text</c> and <c>_etext</c>.
+    /// </summary>
+    public IReadOnlyList<(string Symbol, ulong? Address)> Symbols =>
+    [
+        .. ((ReturnThunkKind[])[ReturnThunkKind.Default, ReturnThunkKind.Its, ReturnThunkKind.Retbleed, ReturnThunkKind.Srso, ReturnThunkKind.SrsoAlias])
+            .Select(k => (k.Symbol(), Address(k))),
+        ("__x86_indirect_thunk_array", RetpolineThunkArray),
+        ("__x86_indirect_its_thunk_array", ItsThunkArray),
+        ("_paravirt_nop", ParavirtNop),
+        ("_text", (ulong?)TextStart),
+        ("_etext", (ulong?)TextEnd),
+    ];
+
     /// <summary>RETPOLINE_THUNK_SIZE (6.1 <c>nospec-branch.h</c>): 32.</summary>
     public const int RetpolineThunkSize = 32;
 

@@ -215,16 +215,8 @@ internal static class Linux61Passes
     /// <summary>The address of <c>x86_return_thunk</c>.</summary>
     private static ulong ReturnThunkAddress(BootContext ctx, ulong at, SiteRef site)
     {
-        var t = ctx.Thunks;
-        var (address, name) = ctx.State.ReturnThunk switch
-        {
-            ReturnThunkKind.Its => (t.ItsReturnThunk, "its_return_thunk"),
-            ReturnThunkKind.Retbleed => (t.RetbleedReturnThunk, "retbleed_return_thunk"),
-            ReturnThunkKind.Srso => (t.SrsoReturnThunk, "srso_return_thunk"),
-            ReturnThunkKind.SrsoAlias => (t.SrsoAliasReturnThunk, "srso_alias_return_thunk"),
-            _ => (t.ReturnThunk, "__x86_return_thunk"),
-        };
-        return address ?? throw new PatchException(site, at, $"the chosen return thunk {name} could not be located in the image");
+        var kind = ctx.State.ReturnThunk;
+        return ctx.Thunks.Address(kind) ?? throw new PatchException(site, at, $"the chosen return thunk {kind.Symbol()} could not be located in the image");
     }
 
     private static readonly string[] JmpThunkWhy =
