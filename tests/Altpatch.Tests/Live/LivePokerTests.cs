@@ -199,5 +199,27 @@ public class LivePokerTests
     }
 
     [Fact]
-    public void The_empty_plan_writes_nothing_and_needs_nothing() => new LivePoker().Apply(PatchPlan.Empty);
+    public void The_empty_plan_writes_nothing_and_needs_nothing()
+    {
+        // Needs nothing: not core-serialising membarrier (the seam says it is missing and is never asked), not the
+        // SIGTRAP handler (not installed by it). Writes nothing: no batch runs, no thread is probed or trapped.
+        int asked = 0;
+        var poker = new LivePoker { SyncCoreCheck = () => { asked++; return "membarrier is missing (test)"; } };
+        bool installed = TrapHandler.IsInstalled;
+        long probes = TrapHandler.ProbesSent, traps = TrapHandler.TrapsHandled;
+        foreach (var empty in new[] { PatchPlan.Empty, new PatchPlan([]) })
+            poker.Apply(empty);
+        Assert.Equal(0, asked);
+        Assert.Equal(installed, TrapHandler.IsInstalled);
+        Assert.Equal(default, poker.LastBatch);
+        Assert.Equal(probes, TrapHandler.ProbesSent);
+        Assert.Equal(traps, TrapHandler.TrapsHandled);
+        // The same seam makes a non-empty plan fail: the check above is real.
+        using var mem = ExecutableMemory.Allocate(4096, "empty-plan");
+        ulong fn = Emit.Bytes(mem, 0, [0xB8, 1, 0, 0, 0, 0xC3]);
+        var plan = new PatchPlan([new Poke(fn, new byte[] { 0xB8, 1, 0, 0, 0 }, new byte[] { 0xB8, 2, 0, 0, 0 }, new SiteRef(SiteKind.Raw, 0), "test")]);
+        Assert.Throws<PatchException>(() => poker.Apply(plan));
+        Assert.Equal(1, asked);
+        Assert.Equal(1, Run.Call(fn));
+    }
 }
