@@ -4,10 +4,8 @@ using Altpatch.Native;
 using Altpatch.Patching;
 using Altpatch.Pokers;
 using Altpatch.Sites;
-using Altpatch.Text;
 using BenchmarkDotNet.Attributes;
 using BenchmarkDotNet.Configs;
-using Iced.Intel;
 using static Iced.Intel.AssemblerRegisters;
 
 namespace Altpatch.Bench;

@@ -4,7 +4,6 @@ using Altpatch.Native;
 using Altpatch.Patching;
 using Altpatch.Pokers;
 using Altpatch.Sites;
-using Altpatch.Text;
 using BenchmarkDotNet.Attributes;
 using static Iced.Intel.AssemblerRegisters;
 

@@ -1,6 +1,5 @@
 using System.CommandLine;
 using Altpatch.Images;
-using Spectre.Console;
 
 namespace Altpatch.Cli.Commands;
 

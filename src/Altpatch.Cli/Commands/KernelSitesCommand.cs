@@ -2,7 +2,6 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
-using Altpatch.Cpu;
 using Altpatch.Images;
 using Altpatch.Images.Boot;
 using Iced.Intel;

@@ -3,7 +3,6 @@ using Altpatch.Cpu;
 using Altpatch.Native;
 using Altpatch.Patching;
 using Altpatch.Sites;
-using Altpatch.Text;
 using Iced.Intel;
 
 namespace Altpatch.Emit;

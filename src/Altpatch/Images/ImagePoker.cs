@@ -1,4 +1,3 @@
-using Altpatch.Images;
 using Altpatch.Sites;
 using Altpatch.Text;
 

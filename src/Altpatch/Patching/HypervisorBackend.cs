@@ -1,6 +1,5 @@
 using System.Runtime.InteropServices;
 using Altpatch.Code;
-using Iced.Intel;
 using static Iced.Intel.AssemblerRegisters;
 
 namespace Altpatch.Patching;

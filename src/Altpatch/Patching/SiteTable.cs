@@ -1,6 +1,5 @@
 using Altpatch.Code;
 using Altpatch.Sites;
-using Altpatch.Text;
 
 namespace Altpatch.Patching;
 

@@ -1,7 +1,6 @@
 using Altpatch.Code;
 using Altpatch.Sites;
 using Altpatch.Text;
-using Iced.Intel;
 
 namespace Altpatch.Patching;
 

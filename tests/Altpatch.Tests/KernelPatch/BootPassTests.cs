@@ -1,5 +1,4 @@
 using Altpatch.Cpu;
-using Altpatch.Images;
 using Altpatch.Images.Boot;
 using Altpatch.Tests.Images;
 using Altpatch.Text;

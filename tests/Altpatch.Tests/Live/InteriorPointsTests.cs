@@ -1,5 +1,4 @@
 using Altpatch.Pokers;
-using Altpatch.Text;
 using Altpatch.TortureChild;
 
 namespace Altpatch.Tests.Live;

@@ -1,6 +1,5 @@
 using Altpatch.Native;
 using Altpatch.Pokers;
-using Altpatch.Text;
 
 namespace Altpatch.Tests.Live;
 

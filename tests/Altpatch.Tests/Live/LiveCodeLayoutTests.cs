@@ -1,4 +1,3 @@
-using Altpatch.Native;
 using static Altpatch.Native.LiveCode;
 
 namespace Altpatch.Tests.Live;

@@ -4,7 +4,6 @@ using Altpatch.Pokers;
 using Altpatch.Sites;
 using Altpatch.Tests.Paravirt;
 using Altpatch.Tests.SmpLocks;
-using Altpatch.Text;
 
 namespace Altpatch.Tests.Live;
 

@@ -13,7 +13,7 @@ namespace Altpatch.Tests.Live;
 [Collection(LiveCollection.Name)]
 public class LivePokerTests
 {
-    /// <summary>Calls <paramref name="fn"/> in a loop on another thread until disposed; counts results.</summary>
+    /// <summary>Calls a function in a loop on another thread until disposed; counts results.</summary>
     private sealed unsafe class Caller : IDisposable
     {
         private readonly Thread thread;
@@ -145,7 +145,10 @@ public class LivePokerTests
             Assert.Equal(11, Run.Call(fn));
         }
         var seen = caller.Stop();
-        Assert.True(seen.Keys.All(k => k is 11 or 22), "results seen: " + string.Join(", ", seen.Keys));
+        // Each site switches whole, but not both at once: a thread that ran the first site just before a batch's int3s
+        // (or after its first byte was written) meets the second one in the other state, so 1 + 20 and 2 + 10 are
+        // valid too (seen about once in ten runs). A torn site gives none of these, or crashes.
+        Assert.True(seen.Keys.All(k => k is 11 or 12 or 21 or 22), "results seen: " + string.Join(", ", seen.Keys));
         Assert.Equal(text, Run.Text(cb));
     }
 

@@ -1,7 +1,6 @@
 using System.Globalization;
 using Altpatch.Native;
 using Altpatch.Pokers;
-using Altpatch.Text;
 using Altpatch.TortureChild;
 using Xunit.Abstractions;
 

@@ -1,6 +1,5 @@
 using Altpatch.Native;
 using Altpatch.Pokers;
-using Altpatch.Text;
 using Altpatch.TortureChild;
 using Xunit.Abstractions;
 

@@ -1,7 +1,6 @@
 using Altpatch.Code;
 using Altpatch.Patching;
 using Altpatch.Pokers;
-using Altpatch.Text;
 using Locks = Altpatch.Patching.SmpLocks;
 
 namespace Altpatch.Tests.SmpLocks;
