@@ -64,6 +64,18 @@ public static class Program
             error.WriteLine($"altpatch: error: {e.Message.ReplaceLineEndings(" ")}");
             return 1;
         }
+        catch (OutOfMemoryException)
+        {
+            // The readers' limits (docs/bad-input.md) keep any input under 1 GiB; this is a machine with less.
+            error.WriteLine("altpatch: error: out of memory");
+            return 1;
+        }
+        catch (Exception e)
+        {
+            // A bug, not a user error: still one line and no stack trace, but named as such.
+            error.WriteLine($"altpatch: internal error: {e.GetType().Name}: {e.Message.ReplaceLineEndings(" ")} (a bug in altpatch: please report it with the input)");
+            return 1;
+        }
     }
 
     /// <summary>A parser message on one line ("Must be one of:\n\t'alt'\n\t'para'…" becomes "Must be one of: 'alt' 'para'…").</summary>

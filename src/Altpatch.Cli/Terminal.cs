@@ -51,6 +51,17 @@ internal static class Terminal
     /// <summary>One "Key           value" line of a summary (the key column is 14 wide), as plain text.</summary>
     public static void Field(IAnsiConsole console, string key, string value) => console.WriteLine($"{key,-14} {value}");
 
+    /// <summary>Reads a text input (a cpuinfo, a System.map) whole, refusing one above
+    /// <see cref="Altpatch.Images.ImageLimits.MaxTextFileSize"/> before reading it.</summary>
+    /// <exception cref="IOException">The file is too large or cannot be read.</exception>
+    public static string ReadInputText(string path)
+    {
+        long size = new FileInfo(path).Length;
+        if (size > Altpatch.Images.ImageLimits.MaxTextFileSize)
+            throw new IOException($"{path}: {size} bytes is more than the {Altpatch.Images.ImageLimits.MaxTextFileSize} bytes (64 MiB) read from a text input");
+        return File.ReadAllText(path);
+    }
+
     /// <summary>Hex of a byte span, lower case, no separators.</summary>
     public static string Hex(ReadOnlySpan<byte> bytes) => Convert.ToHexStringLower(bytes);
 

@@ -34,6 +34,16 @@ internal static class TestPaths
     /// <summary>The Debian 6.1 i386 686 kernel (XZ payload).</summary>
     public static string I386 => Path.Combine(SharedLinux, "vmlinuz-6.1.0-50-686");
 
+    /// <summary>The Secure Boot-signed twin of <see cref="CloudAmd64"/> (Debian's signed package), fetched by
+    /// <c>tools/signed-image/fetch.sh</c> into &lt;repo&gt;/artifacts/signed; <c>ALTPATCH_SIGNED_IMAGE</c> overrides.</summary>
+    public static string SignedCloudAmd64 =>
+        Environment.GetEnvironmentVariable("ALTPATCH_SIGNED_IMAGE") is { Length: > 0 } p
+            ? p
+            : Path.Combine(RepoRoot ?? AppContext.BaseDirectory, "artifacts", "signed", "boot", "vmlinuz-6.1.0-50-cloud-amd64");
+
+    /// <summary>The reason given when the signed image is absent.</summary>
+    public const string NoSignedImage = "the signed image is not present (run tools/signed-image/fetch.sh; it needs apt-get)";
+
     /// <summary>Whether both shared images are present.</summary>
     public static bool HaveSharedImages => File.Exists(CloudAmd64) && File.Exists(I386);
 }

@@ -13,6 +13,10 @@ namespace Altpatch.TortureChild;
 ///     naive: byte-by-byte copy; kernel: the int3 protocol without the probe for threads inside sites;
 ///     live: the live poker. Exit 0: every call returned a valid result; 3: some did not; killed by a
 ///     signal: crashed
+/// Altpatch.TortureChild cli PEAKFILE ARGS…
+///     runs the altpatch command line ARGS in this process (Altpatch.Cli's Program.Run, its real output and
+///     error), then writes this process's peak resident set (VmHWM of /proc/self/status, in KiB) to PEAKFILE:
+///     the limit tests' measure of what a command needs for a given input. Exit: the command's
 /// Altpatch.TortureChild trap-default
 ///     SIGTRAP set to SIG_DFL, Altpatch's handler installed over it, an unrelated int3 executed:
 ///     the process must die of SIGTRAP (exit 0 would mean it survived: 4)
@@ -41,6 +45,14 @@ public static unsafe partial class Program
                                     int.Parse(args[3], System.Globalization.CultureInfo.InvariantCulture), stopOnWrong: true);
                 Console.WriteLine(r);
                 return r.Wrong == 0 ? 0 : 3;
+            }
+            case "cli" when args.Length >= 2:
+            {
+                int exit = Altpatch.Cli.Program.Run(args[2..], Console.Out, Console.Error);
+                Console.Out.Flush();
+                var hwm = File.ReadAllLines("/proc/self/status").First(l => l.StartsWith("VmHWM:", StringComparison.Ordinal));
+                File.WriteAllText(args[1], hwm.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]);
+                return exit;
             }
             case "trap-default":
             {

@@ -69,7 +69,7 @@ public static class CpuCommand
     {
         try
         {
-            return File.ReadAllText(path);
+            return Terminal.ReadInputText(path);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {

@@ -18,6 +18,7 @@ public static class KernelCommand
         kernel.Subcommands.Add(KernelInfoCommand.Create());
         kernel.Subcommands.Add(KernelSitesCommand.Create());
         kernel.Subcommands.Add(KernelPatchCommand.Create());
+        kernel.Subcommands.Add(KernelSymbolsCommand.Create());
         return kernel;
     }
 
@@ -30,12 +31,23 @@ public static class KernelCommand
     /// <summary>The --json option shared by the subcommands.</summary>
     internal static Option<bool> JsonOption(string what) => new("--json") { Description = $"Write {what} as JSON (addresses as \"0x…\" strings) instead of text." };
 
-    /// <summary>Opens the image named by the argument.</summary>
-    internal static KernelImage Open(FileInfo file)
+    /// <summary>The --ignore-crc option every command that reads an image has.</summary>
+    internal static Option<bool> IgnoreCrcOption() => new("--ignore-crc")
+    {
+        Description = "Read a bzImage whose build CRC-32 does not match (a corrupt or modified file) anyway, with a warning. Default: refuse it.",
+    };
+
+    /// <summary>Opens the image named by the argument; the CRC check is overridden by --ignore-crc (when the command
+    /// has it), with a one-line warning on the error writer.</summary>
+    internal static KernelImage Open(FileInfo file, ParseResult? parse = null, Option<bool>? ignoreCrc = null)
     {
         if (!file.Exists)
             throw new FileNotFoundException($"{file.FullName}: no such file");
-        return KernelImage.Open(file.FullName);
+        bool ignore = parse is not null && ignoreCrc is not null && parse.GetValue(ignoreCrc);
+        var img = KernelImage.Open(file.FullName, new KernelImageOptions { IgnoreCrc = ignore });
+        if (img.Integrity is { CrcMatches: false } bad && parse is not null)
+            parse.InvocationConfiguration.Error.WriteLine($"altpatch: warning: {bad.FailureMessage(img.Name).Replace(" (--ignore-crc reads it anyway)", "", StringComparison.Ordinal)}; reading it anyway (--ignore-crc)");
+        return img;
     }
 
     /// <summary>The architecture as the text output names it: "x86-64" or "i386".</summary>

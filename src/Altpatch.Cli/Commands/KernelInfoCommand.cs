@@ -19,11 +19,13 @@ public static class KernelInfoCommand
             "Show a kernel image's version, architecture, payload compression and sizes, the patch table formats found and the number of sites of each kind.");
         cmd.Arguments.Add(image);
         cmd.Options.Add(json);
+        var ignoreCrc = KernelCommand.IgnoreCrcOption();
+        cmd.Options.Add(ignoreCrc);
         cmd.SetAction(parseResult =>
         {
             var output = Terminal.Out(parseResult);
             var sw = Stopwatch.StartNew();
-            var img = KernelCommand.Open(parseResult.GetValue(image)!);
+            var img = KernelCommand.Open(parseResult.GetValue(image)!, parseResult, ignoreCrc);
             var openTime = sw.Elapsed;
             var tables = img.Tables;
             var tableTime = sw.Elapsed - openTime;
@@ -49,6 +51,17 @@ public static class KernelInfoCommand
                 $"{PayloadDecompressor.Name(bz.Compression)} at file offset 0x{bz.PayloadFileOffset:x}: {bz.PayloadLength:N0} bytes -> {bz.DecompressedSize:N0} bytes (x{(double)bz.DecompressedSize / bz.PayloadLength:F2})"));
             if (h.KernelVersion is { } kv)
                 Row("Setup version", kv);
+            if (img.Integrity is { } integrity)
+            {
+                Row("CRC32", integrity.Status);
+                if (integrity.Signature is { } sig)
+                {
+                    Row("Signed", string.Join("; ", sig.Certificates.Select(c => c.Description)) + $" (certificate table at 0x{sig.Offset:x}, {sig.Size} bytes)");
+                    Row("PE checksum", sig.PeChecksumMatches ? $"0x{sig.PeChecksum:x} matches" : $"0x{sig.PeChecksum:x} does not match the file's 0x{sig.ComputedPeChecksum:x} (the signature was changed)");
+                }
+                else
+                    Row("Signed", "no (no PE certificate table)");
+            }
         }
         else
             Row("Container", "ELF file (no bzImage wrapper, not compressed)");
@@ -81,6 +94,45 @@ public static class KernelInfoCommand
         }
     }
 
+    private static void WriteIntegrity(System.Text.Json.Utf8JsonWriter w, BzImageIntegrity integrity)
+    {
+        w.WriteStartObject("crc");
+        w.WriteString("status", integrity.Problem is not null ? "unchecked" : integrity.CrcMatches ? "match" : "mismatch");
+        w.WriteString("stored", $"0x{integrity.StoredCrc:x8}");
+        w.WriteString("computed", $"0x{integrity.ComputedCrc:x8}");
+        w.WriteNumber("offset", integrity.CrcOffset);
+        w.WriteNumber("builtLength", integrity.BuiltLength);
+        w.WriteString("problem", integrity.Problem);
+        w.WriteEndObject();
+        if (integrity.Signature is not { } sig)
+        {
+            w.WriteNull("signature");
+            return;
+        }
+        w.WriteStartObject("signature");
+        w.WriteNumber("offset", sig.Offset);
+        w.WriteNumber("size", sig.Size);
+        w.WriteString("peChecksum", $"0x{sig.PeChecksum:x}");
+        w.WriteBoolean("peChecksumMatches", sig.PeChecksumMatches);
+        w.WriteStartArray("certificates");
+        foreach (var c in sig.Certificates)
+        {
+            w.WriteStartObject();
+            w.WriteNumber("offset", c.Offset);
+            w.WriteNumber("length", c.Length);
+            w.WriteString("revision", $"0x{c.Revision:x4}");
+            w.WriteNumber("type", c.Type);
+            w.WriteString("format", c.Type == WinCertificate.TypePkcsSignedData ? "authenticode-pkcs7" : "other");
+            w.WriteString("digest", c.DigestAlgorithm);
+            w.WriteString("signer", c.Signer);
+            w.WriteString("issuer", c.Issuer);
+            w.WriteString("problem", c.Problem);
+            w.WriteEndObject();
+        }
+        w.WriteEndArray();
+        w.WriteEndObject();
+    }
+
     private static void WriteJson(TextWriter output, KernelImage img, KernelPatchTables tables)
     {
         Terminal.WriteJson(output, w =>
@@ -105,6 +157,8 @@ public static class KernelInfoCommand
                 w.WriteNumber("compressedSize", bz.PayloadLength);
                 w.WriteNumber("decompressedSize", bz.DecompressedSize);
                 w.WriteEndObject();
+                if (img.Integrity is { } integrity)
+                    WriteIntegrity(w, integrity);
             }
             else
                 w.WriteString("payload", "none");

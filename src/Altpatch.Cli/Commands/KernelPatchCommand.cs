@@ -38,12 +38,14 @@ public static class KernelPatchCommand
         var archCap = new Option<string?>("--arch-capabilities") { Description = "The target's MSR_IA32_ARCH_CAPABILITIES (0x10a) value in hex (rdmsr 0x10a); /proc/cpuinfo does not show it. Default: 0, as under QEMU TCG." };
         var exact = new Option<bool>("--exact") { Description = "Take the given features as the kernel's final capability words (no derivation of hidden bits or mitigations)." };
         var output = new Option<FileInfo>("--output", "-o") { Description = "Where to write the patched vmlinux ELF file (written to a temporary file next to it and renamed on success).", Required = true };
+        var noSymtab = new Option<bool>("--no-symtab") { Description = "Write OUT without the .symtab/.strtab built from the image's kallsyms (then OUT is exactly the decompressed payload, patched)." };
+        var ignoreCrc = KernelCommand.IgnoreCrcOption();
         var report = new Option<FileInfo?>("--report") { Description = "Write a JSON report: the CPU as derived, the decisions, the thunks, each pass, and every site's bytes before and after with the passes that wrote them." };
 
         var cmd = new Command("patch",
             "Do the kernel's own boot-time patching (apply_paravirt, apply_retpolines, apply_returns, apply_alternatives, SMP locks to UP) on a kernel image for a described CPU, and write the patched vmlinux.");
         cmd.Arguments.Add(image);
-        foreach (var o in new Option[] { cpuinfo, flags, bugs, vendor, family, model, stepping, set, clear, smp, hypervisor, symbols, kvmFeatures, archCap, exact, output, report })
+        foreach (var o in new Option[] { cpuinfo, flags, bugs, vendor, family, model, stepping, set, clear, smp, hypervisor, symbols, kvmFeatures, archCap, exact, output, report, noSymtab, ignoreCrc })
             cmd.Options.Add(o);
         // The validators read the int options' tokens or presence, never GetValue: on "--smp abc" GetValue throws
         // (a crash with a stack trace) instead of leaving the parser's "Cannot parse argument 'abc'" error.
@@ -74,8 +76,8 @@ public static class KernelPatchCommand
                 parse.GetValue(set) ?? [], parse.GetValue(clear) ?? [], parse.GetValue(smp),
                 parse.GetValue(hypervisor) == "kvm" ? KernelHypervisor.Kvm : KernelHypervisor.None,
                 parse.GetValue(symbols), parse.GetValue(kvmFeatures) ?? [], parse.GetValue(archCap),
-                parse.GetValue(exact), parse.GetValue(output)!, parse.GetValue(report));
-            return Run(parse, options);
+                parse.GetValue(exact), parse.GetValue(output)!, parse.GetValue(report), parse.GetValue(noSymtab));
+            return Run(parse, options, ignoreCrc);
         });
         return cmd;
     }
@@ -83,9 +85,9 @@ public static class KernelPatchCommand
     private sealed record Options(
         FileInfo Image, FileInfo? CpuInfo, string[] Flags, string[] Bugs, string? Vendor, int? Family, int? Model, int? Stepping,
         string[] Set, string[] Clear, int? Smp, KernelHypervisor Hypervisor, FileInfo? Symbols, string[] KvmFeatures, string? ArchCapabilities,
-        bool Exact, FileInfo Output, FileInfo? Report);
+        bool Exact, FileInfo Output, FileInfo? Report, bool NoSymtab = false);
 
-    private static int Run(ParseResult parse, Options o)
+    private static int Run(ParseResult parse, Options o, Option<bool> ignoreCrc)
     {
         var writer = Terminal.Out(parse);
         var console = Terminal.Console(writer);
@@ -100,18 +102,19 @@ public static class KernelPatchCommand
 
         KernelImage? img = null;
         KernelPatchResult? result = null;
+        ElfSymtabResult wrote = default;
         // OUT and the report are written to temporary files and renamed over their targets only when every step has
         // worked: a failure (a bad image, a report that cannot be written) leaves both as they were.
         var written = new List<(string Temporary, FileInfo Target)>();
         var steps = new List<(string Name, Action Body)>
         {
-            ("open + decompress", () => img = KernelCommand.Open(o.Image)),
+            ("open + decompress", () => img = KernelCommand.Open(o.Image, parse, ignoreCrc)),
             ("read tables", () => _ = img!.Tables),
             ("patch", () => result = KernelBootPatcher.Patch(img!, description)),
-            ("write output", () => written.Add((WriteTemporary(o.Output, s => s.Write(result!.Patched.Bytes.Span)), o.Output))),
+            ("write output", () => written.Add((WriteTemporary(o.Output, s => wrote = ElfSymtabWriter.WriteVmlinux(s, img!, result!.Patched, !o.NoSymtab)), o.Output))),
         };
         if (o.Report is { } rep)
-            steps.Add(("write report", () => written.Add((WriteTemporary(rep, s => WriteReport(s, result!, o)), rep))));
+            steps.Add(("write report", () => written.Add((WriteTemporary(rep, s => WriteReport(s, result!, o, wrote)), rep))));
         try
         {
             var times = RunSteps(console, interactive, steps);
@@ -119,7 +122,7 @@ public static class KernelPatchCommand
             for (int i = written.Count - 1; i >= 0; i--)
                 File.Move(written[i].Temporary, written[i].Target.FullName, overwrite: true);
             written.Clear();
-            WriteSummary(console, result!, o, times, total.Elapsed);
+            WriteSummary(console, result!, o, wrote, times, total.Elapsed);
             return 0;
         }
         finally
@@ -171,7 +174,7 @@ public static class KernelPatchCommand
                 throw new FileNotFoundException($"{file.FullName}: no such file");
             try
             {
-                d = KernelCpuDescription.FromCpuInfo(File.ReadAllText(file.FullName));
+                d = KernelCpuDescription.FromCpuInfo(Terminal.ReadInputText(file.FullName));
             }
             catch (CpuFeatureException e)
             {
@@ -190,7 +193,7 @@ public static class KernelPatchCommand
         {
             if (!sf.Exists)
                 throw new FileNotFoundException($"{sf.FullName}: no such file");
-            symbols = KvmGuest.ReadSymbols(File.ReadAllText(sf.FullName));
+            symbols = KvmGuest.ReadSymbols(Terminal.ReadInputText(sf.FullName));
         }
         return d with
         {
@@ -267,7 +270,7 @@ public static class KernelPatchCommand
         try { File.Delete(path); } catch (IOException) { } catch (UnauthorizedAccessException) { }
     }
 
-    private static void WriteSummary(IAnsiConsole console, KernelPatchResult r, Options o, List<(string Name, TimeSpan Time)> times, TimeSpan total)
+    private static void WriteSummary(IAnsiConsole console, KernelPatchResult r, Options o, ElfSymtabResult wrote, List<(string Name, TimeSpan Time)> times, TimeSpan total)
     {
         var inv = CultureInfo.InvariantCulture;
         var s = r.State;
@@ -284,13 +287,13 @@ public static class KernelPatchCommand
         foreach (var p in r.Passes)
             t.AddRow(p.Pass.ShortName(), p.Pass.KernelFunction(), p.Sites.ToString("N0", inv), p.Pokes.ToString("N0", inv), p.Bytes.ToString("N0", inv));
         console.Write(t);
-        Terminal.Field(console, "Wrote", string.Create(inv, $"{o.Output.FullName} ({r.Patched.Bytes.Length:N0} bytes){(o.Report is { } rep ? $", report {rep.FullName}" : "")}"));
+        Terminal.Field(console, "Wrote", string.Create(inv, $"{o.Output.FullName} ({wrote.Length:N0} bytes{(wrote.Symbols > 0 ? $", .symtab of {wrote.Symbols:N0} symbols" : "")}){(o.Report is { } rep ? $", report {rep.FullName}" : "")}"));
         Terminal.Field(console, "Time", string.Join(", ", times.Select(x => string.Create(inv, $"{x.Name} {x.Time.TotalMilliseconds:F0} ms"))) + string.Create(inv, $"; total {total.TotalMilliseconds:F0} ms"));
     }
 
-    private static void WriteReport(Stream stream, KernelPatchResult r, Options o)
+    private static void WriteReport(Stream stream, KernelPatchResult r, Options o, ElfSymtabResult wrote)
     {
         using var w = new Utf8JsonWriter(stream, Terminal.JsonOptions);
-        KernelPatchReport.Write(w, r, o.Output.FullName);
+        KernelPatchReport.Write(w, r, o.Output.FullName, wrote.Length, wrote.Symbols);
     }
 }

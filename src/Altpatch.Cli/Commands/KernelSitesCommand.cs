@@ -40,10 +40,12 @@ public static class KernelSitesCommand
         cmd.Options.Add(kind);
         cmd.Options.Add(json);
         cmd.Options.Add(syntax);
+        var ignoreCrc = KernelCommand.IgnoreCrcOption();
+        cmd.Options.Add(ignoreCrc);
         cmd.SetAction(parseResult =>
         {
             var output = Terminal.Out(parseResult);
-            var img = KernelCommand.Open(parseResult.GetValue(image)!);
+            var img = KernelCommand.Open(parseResult.GetValue(image)!, parseResult, ignoreCrc);
             var tables = img.Tables;
             string? only = parseResult.GetValue(kind);
             Formatter formatter = parseResult.GetValue(syntax) == "intel" ? new IntelFormatter() : new GasFormatter();

@@ -86,6 +86,15 @@ public sealed class BzImage
     }
 
     /// <summary>Decompresses the payload into a new buffer (the <c>vmlinux</c> ELF file, possibly followed by relocations).</summary>
-    /// <exception cref="ImageFormatException">The payload is truncated or corrupt, or its size does not match its trailer.</exception>
-    public byte[] Decompress() => PayloadDecompressor.DecompressPayload(Payload, Name).Data;
+    /// <exception cref="ImageFormatException">The payload is truncated or corrupt, its size does not match its trailer, or the
+    /// trailer is above init_size or <see cref="ImageLimits.MaxDecompressedSize"/>.</exception>
+    public byte[] Decompress()
+    {
+        // The kernel decompresses into init_size bytes (header.S: INIT_SIZE >= the output mkpiggy measured): a larger
+        // size trailer is no kernel's, and the decoders are not even started for it.
+        if (Header.ProtocolVersion >= 0x020a && Header.InitSize != 0 && DecompressedSize > Header.InitSize)
+            throw new ImageFormatException(
+                $"{Name}: payload size trailer says {DecompressedSize} decompressed bytes, more than init_size (0x260) {Header.InitSize}, the memory the kernel decompresses into; corrupt");
+        return PayloadDecompressor.DecompressPayload(Payload, Name).Data;
+    }
 }

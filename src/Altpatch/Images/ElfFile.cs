@@ -1,5 +1,4 @@
 using System.Buffers.Binary;
-using System.Text;
 
 namespace Altpatch.Images;
 
@@ -152,13 +151,13 @@ public sealed class ElfFile
                 throw new ImageFormatException($"{name}: ELF header: e_shentsize {shentsize} is smaller than {want}");
             CheckTable(d.Length, shoff, 1, shentsize, name, "section header table");
             var first = d.Slice((int)shoff, shentsize);
-            long count = shnum;
-            if (count == 0)
-                count = (long)(is64 ? U64(first, 32) : U32(first, 20));
+            // Extended numbering takes the count from a 64-bit field: check it as unsigned before it becomes a size.
+            ulong extended = shnum != 0 ? (ulong)shnum : is64 ? U64(first, 32) : U32(first, 20);
             if (shstrndx == 0xffff)
                 shstrndx = (int)U32(first, is64 ? 40 : 24);
-            if (count > 65536 * 16)
-                throw new ImageFormatException($"{name}: ELF header: {count} sections is implausible");
+            if (extended > 65536 * 16)
+                throw new ImageFormatException($"{name}: ELF header: {extended} sections is implausible");
+            long count = (long)extended;
             long end = CheckTable(d.Length, shoff, count, shentsize, name, "section header table");
             elfEnd = Math.Max(elfEnd, end);
             var raw = new (uint nameOff, ElfSection s)[count];
@@ -184,8 +183,9 @@ public sealed class ElfFile
                 strtab = d.Slice((int)st.FileOffset, (int)st.Size);
             }
             sections = new ElfSection[count];
+            var names = new ElfStringTable(name, "section names");
             for (int i = 0; i < count; i++)
-                sections[i] = raw[i].s with { Name = CString(strtab, raw[i].nameOff) };
+                sections[i] = raw[i].s with { Name = names.Get(strtab, raw[i].nameOff) };
         }
 
         foreach (var seg in segments)
@@ -349,13 +349,16 @@ public sealed class ElfFile
         var str = SectionBytes(strSec).Span;
         var tab = SectionBytes(symtab).Span;
         int n = tab.Length / entSize;
+        if (n > ImageLimits.MaxSymbols)
+            throw new ImageFormatException($"{Name}: section [{symtab.Index}] {symtab.Name}: {n} symbols is implausible (at most {ImageLimits.MaxSymbols})");
+        var names = new ElfStringTable(Name, $"section [{strSec.Index}] {strSec.Name}");
         var result = new ElfSymbol[n];
         for (int i = 0; i < n; i++)
         {
             var e = tab.Slice(i * entSize, entSize);
             result[i] = Is64
-                ? new ElfSymbol(CString(str, U32(e, 0)), U64(e, 8), U64(e, 16), e[4], e[5], U16(e, 6))
-                : new ElfSymbol(CString(str, U32(e, 0)), U32(e, 4), U32(e, 8), e[12], e[13], U16(e, 14));
+                ? new ElfSymbol(names.Get(str, U32(e, 0)), U64(e, 8), U64(e, 16), e[4], e[5], U16(e, 6))
+                : new ElfSymbol(names.Get(str, U32(e, 0)), U32(e, 4), U32(e, 8), e[12], e[13], U16(e, 14));
         }
         return result;
     }
@@ -367,15 +370,6 @@ public sealed class ElfFile
             throw new ImageFormatException(
                 $"{name}: {what} at offset 0x{offset:x} ({count} x {entrySize} bytes) runs past the end of the file (0x{fileLength:x} bytes); truncated?");
         return (long)end;
-    }
-
-    private static string CString(ReadOnlySpan<byte> table, uint offset)
-    {
-        if (offset >= (uint)table.Length)
-            return "";
-        var s = table[(int)offset..];
-        int z = s.IndexOf((byte)0);
-        return Encoding.UTF8.GetString(z < 0 ? s : s[..z]);
     }
 
     private static ushort U16(ReadOnlySpan<byte> d, int o) => BinaryPrimitives.ReadUInt16LittleEndian(d[o..]);

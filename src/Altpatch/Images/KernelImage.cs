@@ -9,15 +9,16 @@ namespace Altpatch.Images;
 /// <remarks>Opening reads the file, decompresses the payload and parses the ELF headers; the patch tables
 /// are read and checked on first use of <see cref="Tables"/> (an <see cref="ImageFormatException"/> from a bad
 /// table is thrown there, and again on every later use).</remarks>
-public sealed class KernelImage
+public sealed partial class KernelImage
 {
     private readonly Lazy<KernelPatchTables> tables;
 
-    private KernelImage(string name, long fileSize, BzImage? bzImage, ElfFile elf, KernelArchitecture arch, KernelVersion? version)
+    private KernelImage(string name, long fileSize, BzImage? bzImage, BzImageIntegrity? integrity, ElfFile elf, KernelArchitecture arch, KernelVersion? version)
     {
         Name = name;
         FileSize = fileSize;
         BzImage = bzImage;
+        Integrity = integrity;
         Elf = elf;
         Architecture = arch;
         Version = version;
@@ -32,6 +33,10 @@ public sealed class KernelImage
 
     /// <summary>The bzImage container, or null when a raw ELF file was opened.</summary>
     public BzImage? BzImage { get; }
+
+    /// <summary>The bzImage's build CRC-32 and Secure Boot signature, checked on opening; null for a raw ELF file.
+    /// Without <see cref="KernelImageOptions.IgnoreCrc"/> an image is only opened when it matches.</summary>
+    public BzImageIntegrity? Integrity { get; }
 
     /// <summary>The payload compression (<see cref="PayloadCompression.None"/> for a raw ELF file).</summary>
     public PayloadCompression Compression => BzImage?.Compression ?? PayloadCompression.None;
@@ -67,29 +72,53 @@ public sealed class KernelImage
     /// <param name="path">The file.</param>
     /// <exception cref="ImageFormatException">The file is empty, truncated, corrupt, of an unknown format or compression, or not an x86 kernel.</exception>
     /// <exception cref="IOException">The file cannot be read.</exception>
-    public static KernelImage Open(string path)
+    public static KernelImage Open(string path) => Open(path, KernelImageOptions.Default);
+
+    /// <summary>Opens a bzImage or vmlinux ELF file with options (e.g. reading an image whose CRC does not match).</summary>
+    /// <param name="path">The file.</param>
+    /// <param name="options">The options.</param>
+    /// <exception cref="ImageFormatException">As for <see cref="Open(string)"/>.</exception>
+    /// <exception cref="IOException">The file cannot be read.</exception>
+    public static KernelImage Open(string path, KernelImageOptions options)
     {
         ArgumentNullException.ThrowIfNull(path);
-        return Load(File.ReadAllBytes(path), Path.GetFileName(path));
+        long size = new FileInfo(path).Length;
+        if (size > ImageLimits.MaxFileSize)
+            throw new ImageFormatException(TooLarge(Path.GetFileName(path), size));
+        return Load(File.ReadAllBytes(path), Path.GetFileName(path), options);
     }
 
     /// <summary>Opens a bzImage or vmlinux ELF file already in memory. A raw ELF buffer is used in place (not copied).</summary>
     /// <param name="file">The file's bytes.</param>
     /// <param name="name">Name for messages.</param>
-    /// <exception cref="ImageFormatException">As for <see cref="Open"/>.</exception>
-    public static KernelImage Load(byte[] file, string name)
+    /// <exception cref="ImageFormatException">As for <see cref="Open(string)"/>.</exception>
+    public static KernelImage Load(byte[] file, string name) => Load(file, name, KernelImageOptions.Default);
+
+    /// <summary>Opens a bzImage or vmlinux ELF file already in memory, with options.</summary>
+    /// <param name="file">The file's bytes.</param>
+    /// <param name="name">Name for messages.</param>
+    /// <param name="options">The options.</param>
+    /// <exception cref="ImageFormatException">As for <see cref="Open(string)"/>.</exception>
+    public static KernelImage Load(byte[] file, string name, KernelImageOptions options)
     {
         ArgumentNullException.ThrowIfNull(file);
         ArgumentNullException.ThrowIfNull(name);
+        ArgumentNullException.ThrowIfNull(options);
         if (file.Length == 0)
             throw new ImageFormatException($"{name}: empty file");
+        if (file.LongLength > ImageLimits.MaxFileSize)
+            throw new ImageFormatException(TooLarge(name, file.LongLength));
         BzImage? bz = null;
+        BzImageIntegrity? integrity = null;
         byte[] elfBytes;
         if (ElfFile.HasElfMagic(file))
             elfBytes = file;
         else if (BzImage.IsBzImage(file))
         {
             bz = BzImage.Parse(file, name);
+            integrity = BzImageIntegrity.Check(bz);
+            if (!integrity.CrcMatches && !options.IgnoreCrc)
+                throw new ImageFormatException(integrity.FailureMessage(name));
             elfBytes = bz.Decompress();
             if (!ElfFile.HasElfMagic(elfBytes))
                 throw new ImageFormatException(
@@ -110,8 +139,11 @@ public sealed class KernelImage
         };
         var version = KernelVersion.FindBanner(elf)
             ?? (bz?.Header.KernelVersion is { } kv ? KernelVersion.TryParse(kv) : null);
-        return new KernelImage(name, file.LongLength, bz, elf, arch, version);
+        return new KernelImage(name, file.LongLength, bz, integrity, elf, arch, version);
     }
+
+    private static string TooLarge(string name, long size) =>
+        $"{name}: {size} bytes is more than the {ImageLimits.MaxFileSize} bytes (256 MiB) Altpatch reads as a kernel image; a vmlinux with debug information can be stripped of it first (objcopy --strip-debug)";
 
     /// <summary>The bytes at a link-time virtual address (a writable view of <see cref="ElfBytes"/>).</summary>
     /// <exception cref="ImageFormatException">The range is not inside one section with file bytes.</exception>

@@ -362,6 +362,8 @@ public sealed class KernelPatchTables
                 return null;
             throw new ImageFormatException($"{elf.Name}: {name}: section of {sec.Size} bytes has no bytes in the file (sh_type {sec.Type})");
         }
+        if (sec.Size > ImageLimits.MaxTableSize)
+            throw new ImageFormatException($"{elf.Name}: {name}: section of {sec.Size} bytes is implausibly large for a patch table (at most {ImageLimits.MaxTableSize})");
         return sec;
     }
 

@@ -25,8 +25,9 @@ namespace Altpatch.Images;
 /// </remarks>
 public static class PayloadDecompressor
 {
-    /// <summary>Largest decompressed payload accepted (1 GiB); protects against corrupt size fields.</summary>
-    public const int MaxDecompressedSize = 1 << 30;
+    /// <summary>Largest decompressed payload accepted (<see cref="ImageLimits.MaxDecompressedSize"/>, 256 MiB); protects
+    /// against corrupt size fields and decompression bombs.</summary>
+    public const int MaxDecompressedSize = ImageLimits.MaxDecompressedSize;
 
     /// <summary>Detects the compression of a stream by its magic number.</summary>
     /// <param name="data">The start of the stream (at least 9 bytes for a certain answer).</param>

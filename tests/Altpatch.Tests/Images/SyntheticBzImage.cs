@@ -4,7 +4,8 @@ using System.Text;
 namespace Altpatch.Tests.Images;
 
 /// <summary>Wraps a payload in a bzImage-shaped file: a 4-sector setup with a boot protocol header, a
-/// little stand-in decompressor, then the payload at payload_offset.</summary>
+/// little stand-in decompressor, then the payload at payload_offset, and the build's CRC-32 in the last 4 bytes
+/// (<c>arch/x86/boot/tools/build.c</c>).</summary>
 internal static class SyntheticBzImage
 {
     public const int SetupSects = 3;
@@ -21,9 +22,9 @@ internal static class SyntheticBzImage
         return p;
     }
 
-    public static byte[] Build(byte[] payload, ushort protocol = 0x020f)
+    public static byte[] Build(byte[] payload, ushort protocol = 0x020f, bool crc = true, uint? initSize = null)
     {
-        int pmLength = (PayloadOffset + payload.Length + 15) / 16 * 16;
+        int pmLength = (PayloadOffset + payload.Length + 4 + 15) / 16 * 16;
         var f = new byte[SetupSize + pmLength];
         var d = f.AsSpan();
         d[0x1f1] = SetupSects;
@@ -38,10 +39,23 @@ internal static class SyntheticBzImage
         BinaryPrimitives.WriteUInt32LittleEndian(d[0x214..], 0x100000);
         BinaryPrimitives.WriteUInt32LittleEndian(d[0x248..], PayloadOffset);
         BinaryPrimitives.WriteUInt32LittleEndian(d[0x24c..], (uint)payload.Length);
-        BinaryPrimitives.WriteUInt32LittleEndian(d[0x260..], (uint)(payload.Length * 4));
+        BinaryPrimitives.WriteUInt32LittleEndian(d[0x260..], initSize ?? DefaultInitSize(payload));
         Encoding.ASCII.GetBytes(Version).CopyTo(d[0x300..]);
         d.Slice(SetupSize, PayloadOffset).Fill(0xcc);
         payload.CopyTo(d[(SetupSize + PayloadOffset)..]);
+        if (crc)
+            WriteCrc(f);
+        return f;
+    }
+
+    /// <summary>As the kernel's header.S makes it: room for the decompressed size the trailer says, and some (capped at 4 GiB).</summary>
+    private static uint DefaultInitSize(byte[] payload) =>
+        payload.Length < 4 ? 0x10000 : (uint)Math.Min(BinaryPrimitives.ReadUInt32LittleEndian(payload.AsSpan(payload.Length - 4)) + 0x10000L, uint.MaxValue);
+
+    /// <summary>Stores the kernel's CRC-32 of everything before the last 4 bytes in them, as build.c does.</summary>
+    public static byte[] WriteCrc(byte[] f)
+    {
+        BinaryPrimitives.WriteUInt32LittleEndian(f.AsSpan(f.Length - 4), Altpatch.Images.KernelCrc32.AppendBytewise(0xffffffff, f.AsSpan(0, f.Length - 4)));
         return f;
     }
 }

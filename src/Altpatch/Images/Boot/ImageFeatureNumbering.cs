@@ -232,6 +232,9 @@ public sealed class ImageFeatureNumbering
         return (null, []);
     }
 
+    /// <summary>Most places of one name string considered (a bound for hostile files).</summary>
+    private const int MaxCandidates = 1 << 16;
+
     private static HashSet<ulong> StringAddresses(ElfFile elf, List<ElfSection> sections, string s)
     {
         var result = new HashSet<ulong>();
@@ -248,6 +251,8 @@ public sealed class ImageFeatureNumbering
                     break;
                 result.Add(sec.Address + (ulong)(from + i));
                 from += i + 1;
+                if (result.Count >= MaxCandidates)
+                    return result;   // a real image has a handful; a file of nothing else would cost 24 bytes per 4
             }
         }
         return result;

@@ -17,7 +17,9 @@ public static class KernelPatchReport
     /// <param name="w">Where to write (the caller chooses indentation and escaping).</param>
     /// <param name="result">The patch.</param>
     /// <param name="outputPath">Where the patched vmlinux was written (recorded as <c>output</c>).</param>
-    public static void Write(Utf8JsonWriter w, KernelPatchResult result, string outputPath)
+    /// <param name="outputSize">The size of the file written (<c>outputSize</c>): the payload, and a <c>.symtab</c> when one was added.</param>
+    /// <param name="outputSymbols">How many symbols its <c>.symtab</c> holds (<c>outputSymbols</c>; 0 without one).</param>
+    public static void Write(Utf8JsonWriter w, KernelPatchResult result, string outputPath, long outputSize, int outputSymbols)
     {
         ArgumentNullException.ThrowIfNull(w);
         ArgumentNullException.ThrowIfNull(result);
@@ -31,7 +33,8 @@ public static class KernelPatchReport
         w.WriteString("rules", r.Rules);
         w.WriteString("numbering", r.Numbering.Description);
         w.WriteString("output", outputPath);
-        w.WriteNumber("outputSize", r.Patched.Bytes.Length);
+        w.WriteNumber("outputSize", outputSize);
+        w.WriteNumber("outputSymbols", outputSymbols);
         w.WriteStartObject("cpu");
         w.WriteString("vendor", cpu.Vendor.ToString());
         w.WriteNumber("family", cpu.Family);

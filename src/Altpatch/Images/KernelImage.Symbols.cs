@@ -1,0 +1,26 @@
+using System.Diagnostics.CodeAnalysis;
+
+namespace Altpatch.Images;
+
+public sealed partial class KernelImage
+{
+    private Lazy<KernelSymbols?>? _kallsyms;
+
+    private Lazy<KernelSymbols?> Kallsyms =>
+        LazyInitializer.EnsureInitialized(ref _kallsyms, () => new Lazy<KernelSymbols?>(() => KernelSymbols.DecodeKallsyms(Elf)));
+
+    /// <summary>The image's symbols, decoded from its own kallsyms tables on first use (once per image; a stripped image
+    /// needs no symbol table).</summary>
+    /// <exception cref="ImageFormatException">The image has no kallsyms tables, or they are corrupt (thrown on every
+    /// use).</exception>
+    public KernelSymbols Symbols => Kallsyms.Value ?? throw new ImageFormatException(KernelSymbols.NoKallsymsMessage(Elf));
+
+    /// <summary>The image's symbols as <see cref="Symbols"/>; false when the image has no kallsyms tables at all
+    /// (<c>CONFIG_KALLSYMS=n</c>).</summary>
+    /// <exception cref="ImageFormatException">Kallsyms tables were found but are corrupt or truncated.</exception>
+    public bool TryGetSymbols([NotNullWhen(true)] out KernelSymbols? symbols)
+    {
+        symbols = Kallsyms.Value;
+        return symbols is not null;
+    }
+}
