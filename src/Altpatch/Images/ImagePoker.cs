@@ -1,6 +1,7 @@
-using Altpatch.Images;
+using Altpatch.Sites;
+using Altpatch.Text;
 
-namespace Altpatch.Text;
+namespace Altpatch.Images;
 
 /// <summary>
 /// The text poker for kernel images on disk: writes plans into the bytes of an ELF file (a <c>vmlinux</c>,

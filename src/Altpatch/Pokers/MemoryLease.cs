@@ -1,6 +1,7 @@
 using Altpatch.Native;
+using Altpatch.Text;
 
-namespace Altpatch.Text;
+namespace Altpatch.Pokers;
 
 /// <summary>
 /// Keeps every <see cref="ExecutableMemory"/> that a plan writes into alive while a poker works on it:

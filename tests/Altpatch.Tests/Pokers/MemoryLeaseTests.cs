@@ -1,7 +1,9 @@
 using Altpatch.Native;
+using Altpatch.Pokers;
+using Altpatch.Sites;
 using Altpatch.Text;
 
-namespace Altpatch.Tests.Text;
+namespace Altpatch.Tests.Pokers;
 
 /// <summary>Pokers hold the executable memory they write into: a Dispose meanwhile waits for them.</summary>
 public class MemoryLeaseTests

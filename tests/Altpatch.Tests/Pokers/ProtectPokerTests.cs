@@ -1,6 +1,8 @@
+using Altpatch.Pokers;
+using Altpatch.Sites;
 using Altpatch.Text;
 
-namespace Altpatch.Tests.Text;
+namespace Altpatch.Tests.Pokers;
 
 public class ProtectPokerTests
 {

@@ -1,6 +1,6 @@
 using Altpatch.Code;
 
-namespace Altpatch.Text;
+namespace Altpatch.Pokers;
 
 /// <summary>
 /// Where a thread may be stopped inside a site's old code such that rewriting the site under it would

@@ -1,8 +1,10 @@
 using System.Runtime.InteropServices;
+using Altpatch.Code;
 using Altpatch.Native;
+using Altpatch.Text;
 using static Altpatch.Native.LiveCode;
 
-namespace Altpatch.Text;
+namespace Altpatch.Pokers;
 
 /// <summary>What the live poker does with sites in memory Altpatch did not allocate.</summary>
 public enum ForeignCodeMode
@@ -47,7 +49,7 @@ public readonly record struct LiveBatchReport(int Sites, int InteriorPoints, int
 
 /// <summary>
 /// Writes a plan into code that other threads may be running, with the Linux kernel's
-/// <c>text_poke_bp</c> batch protocol: after validating the whole plan,
+/// <c>text_poke_bp</c> batch protocol: after validating the whole plan, the steps of <c>docs/live.md</c>,
 /// <list type="number">
 /// <item>an <c>int3</c> over the first byte of every site, then every core serialised
 /// (<c>membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE)</c>); a thread reaching a site traps, and
@@ -59,7 +61,7 @@ public readonly record struct LiveBatchReport(int Sites, int InteriorPoints, int
 /// <item>bytes 1..n-1 of every site, serialise;</item>
 /// <item>every first byte, serialise.</item>
 /// </list>
-/// One-byte sites are written once (an aligned byte store is atomic) before the last serialisation.
+/// One-byte sites get no <c>int3</c>: they are written once in step 4 (an aligned byte store is atomic).
 /// The write runs in native code Altpatch emitted, with this thread's signals blocked, calling no libc
 /// and no managed code: nothing it runs can be a site of the plan. Sites in <see cref="ExecutableMemory"/>
 /// are written through its RW alias, so no page is ever writable and executable. The poker refuses
@@ -136,7 +138,7 @@ public sealed unsafe class LivePoker : ITextPoker
         [
             (live.Code.Address, live.Code.Address + (ulong)live.Code.Size, "SIGTRAP and probe handlers and batch routine"),
             ((ulong)live.Code.WritableAddress, (ulong)live.Code.WritableAddress + (ulong)live.Code.Size, "code (its writable alias)"),
-            ((ulong)live.Data, (ulong)live.Data + (ulong)LiveCode.DataLength, "site tables"),
+            ((ulong)live.Data, (ulong)live.Data + (ulong)DataLayout.Size, "site tables"),
             ((ulong)buffer, (ulong)buffer + bufferSize, "batch buffer"),
         ];
         foreach (var p in plan.AsSpan())
@@ -184,41 +186,39 @@ public sealed unsafe class LivePoker : ITextPoker
         {
             if (p.Length == 1) continue;
             ReadOnlySpan<byte> oldBytes = p.Old.Span, newBytes = p.New.Span;
-            (newBytes[0] == 0xCC ? untrappable : trappable).Add(p.Address);
+            (newBytes[0] == X86.Int3 ? untrappable : trappable).Add(p.Address);
             if (!oldBytes.SequenceEqual(lastOld) || !newBytes.SequenceEqual(lastNew))
             {
                 offsets = InteriorPoints.Offsets(p.Old, p.New);
                 lastOld = oldBytes;
                 lastNew = newBytes;
             }
-            if (hazardCount + offsets.Length > LiveCode.HazardCapacity)
-                throw new PatchException(p.Site, p.Address, $"the batch has more than {LiveCode.HazardCapacity} interior points; split the plan");
+            if (hazardCount + offsets.Length > DataLayout.HazardCapacity)
+                throw new PatchException(p.Site, p.Address, $"the batch has more than {DataLayout.HazardCapacity} interior points; split the plan");
             foreach (ulong offset in offsets) hazards[hazardCount++] = p.Address + offset;
             tailBytes += p.Length - 1;
         }
         ulong gen = live.NextGeneration();
         if (!live.PrepareBatch(CollectionsMarshal.AsSpan(trappable), CollectionsMarshal.AsSpan(untrappable), gen))
-            throw new PatchException(pokes[0].Site, pokes[0].Address, $"the live poker already tracks {LiveCode.KnownCapacity} distinct sites; nothing written");
+            throw new PatchException(pokes[0].Site, pokes[0].Address, $"the live poker already tracks {DataLayout.KnownCapacity} distinct sites; nothing written");
         live.PublishHazards(hazardCount);
 
-        byte* desc = Buffer((nuint)(Desc.Size + pokes.Length * Desc.EntrySize + tailBytes));
-        byte* entries = desc + Desc.Size;
-        byte* tails = entries + pokes.Length * Desc.EntrySize;
+        // One buffer: the descriptor, the entries (the kernel's text_poke_loc vector), then the new tails.
+        var desc = (BatchDescriptor*)Buffer((nuint)(sizeof(BatchDescriptor) + pokes.Length * sizeof(BatchEntry) + tailBytes));
+        var entries = (BatchEntry*)(desc + 1);
+        byte* tails = (byte*)(entries + pokes.Length);
         for (int i = 0; i < pokes.Length; i++)
         {
             var p = pokes[i];
-            byte* e = entries + i * Desc.EntrySize;
-            new Span<byte>(e, Desc.EntrySize).Clear();
-            *(nint*)(e + Desc.Rw) = aliases[i];
-            e[Desc.NewFirst] = p.New.Span[0];
-            e[Desc.OldFirst] = p.Old.Span[0];
-            if (p.Length == 1) { e[Desc.Single] = 1; continue; }
+            BatchEntry* e = entries + i;
+            *e = new BatchEntry { Rw = (byte*)aliases[i], NewFirst = p.New.Span[0], OldFirst = p.Old.Span[0] };
+            if (p.Length == 1) { e->Single = 1; continue; }
             var newTail = p.New.Span[1..];
             if (!newTail.SequenceEqual(p.Old.Span[1..]))
             {
                 newTail.CopyTo(new Span<byte>(tails, newTail.Length));
-                *(byte**)(e + Desc.Tail) = tails;
-                *(long*)(e + Desc.TailLength) = newTail.Length;
+                e->Tail = tails;
+                e->TailLength = newTail.Length;
                 tails += newTail.Length;
             }
         }
@@ -226,18 +226,18 @@ public sealed unsafe class LivePoker : ITextPoker
         LiveCode.InitDescriptor(desc, pokes.Length, entries, probe, Options.QuiescenceTimeout);
 
         long probesBefore = TrapHandler.ProbesSent;
-        Volatile.Write(ref *live.Field(Ctl.Inflight), gen);
+        Volatile.Write(ref live.Control->Inflight, gen);
         BatchResult result;
         try { result = live.RunBatch(desc); }
-        finally { Volatile.Write(ref *live.Field(Ctl.Inflight), 0UL); }
-        LastBatch = new LiveBatchReport(pokes.Length, hazardCount, probe ? (int)*(long*)(desc + Desc.OutThreads) : 0, TrapHandler.ProbesSent - probesBefore);
+        finally { Volatile.Write(ref live.Control->Inflight, 0UL); }
+        LastBatch = new LiveBatchReport(pokes.Length, hazardCount, probe ? (int)desc->OutThreads : 0, TrapHandler.ProbesSent - probesBefore);
         if (result != BatchResult.Done) throw Failure(plan, result, desc);
     }
 
-    private PatchException Failure(PatchPlan plan, BatchResult result, byte* desc)
+    private PatchException Failure(PatchPlan plan, BatchResult result, BatchDescriptor* desc)
     {
         var first = plan[0];
-        long errno = *(long*)(desc + Desc.OutErrno);
+        long errno = desc->OutErrno;
         switch (result)
         {
             case BatchResult.SyncFailed:
@@ -245,14 +245,14 @@ public sealed unsafe class LivePoker : ITextPoker
             case BatchResult.ThreadsUnlisted:
                 return new PatchException(first.Site, first.Address, $"cannot list this process's threads (/proc/self/task): {Libc.ErrorText((int)errno)}; nothing written");
             case BatchResult.TooManyThreads:
-                return new PatchException(first.Site, first.Address, $"more than {LiveCode.SlotCapacity} threads to probe; nothing written");
+                return new PatchException(first.Site, first.Address, $"more than {DataLayout.SlotCapacity} threads to probe; nothing written");
             case BatchResult.LateSyncFailed:
                 return new PatchException(first.Site, first.Address, $"the plan was written but membarrier(SYNC_CORE) failed: {Libc.ErrorText((int)errno)}; other cores may still run the old bytes");
         }
-        long tid = *(long*)(desc + Desc.OutTid);
+        long tid = desc->OutTid;
         string thread = ThreadName(tid);
-        ulong detail = *(ulong*)(desc + Desc.OutDetail);
-        var status = (ProbeStatus)(*(long*)(desc + Desc.OutStatus));
+        ulong detail = desc->OutDetail;
+        var status = (ProbeStatus)desc->OutStatus;
         var site = first;
         foreach (var p in plan.AsSpan())
             if (detail >= p.Address && detail < p.End) site = p;

@@ -1,7 +1,9 @@
 using System.Runtime.InteropServices;
 using Altpatch.Native;
+using Altpatch.Sites;
+using Altpatch.Text;
 
-namespace Altpatch.Text;
+namespace Altpatch.Pokers;
 
 /// <summary>
 /// Opening the pages a plan writes for writing, and giving them their protection back, for the pokers that

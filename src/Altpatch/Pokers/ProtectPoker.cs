@@ -1,6 +1,7 @@
 using Altpatch.Native;
+using Altpatch.Text;
 
-namespace Altpatch.Text;
+namespace Altpatch.Pokers;
 
 /// <summary>How <see cref="ProtectPoker"/> opens pages for writing.</summary>
 public enum ProtectPokerMode

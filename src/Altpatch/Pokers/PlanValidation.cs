@@ -1,6 +1,7 @@
 using Altpatch.Native;
+using Altpatch.Text;
 
-namespace Altpatch.Text;
+namespace Altpatch.Pokers;
 
 /// <summary>
 /// Checks every poker makes before its first write, shared so that they are the same everywhere: a
