@@ -174,10 +174,18 @@ class Kernel:
         return a, self.image[o:o + (b - a)]
 
     def insn_len(self, vaddr):
-        b = self.orig(vaddr, 2)
+        """Length of the call/jmp/jcc rel32 at a retpoline/return site; with
+        -mindirect-branch-cs-prefix the compiler puts a CS prefix (2e) on the branch to a
+        retpoline thunk: 'cs jmp __x86_indirect_thunk_r10' is 6 bytes."""
+        b = self.orig(vaddr, 3)
+        pre = 0
+        while b[pre:pre + 1] == b"\x2e":
+            pre += 1
+            b = self.orig(vaddr, pre + 2)
+        b = b[pre:]
         if len(b) == 2 and b[0] == 0x0F and 0x80 <= b[1] <= 0x8F:
-            return 6
-        return 5
+            return pre + 6
+        return pre + 5
 
     # ------------------------------------------------------------------ tables
     def alt_entry_size(self):

@@ -22,6 +22,10 @@ only. Format (docs/groundtruth.md, "Whole-text truth files"):
            section (the first run: after the section start). Its bytes replace the reference's.
 
 Usage:
+  gtwtext.py all [--cache DIR] [--data-dir DIR] [--commit-panic REGEX]
+                                          for every dump in the cache: CACHE/<image>/<cfg>/<tag>.wtext.gz;
+                                          copies every run.wtext.gz and the panic.wtext.gz of the
+                                          configurations matching REGEX into DATA_DIR/<image>/<cfg>/
   gtwtext.py write VMLINUX DUMP OUT [--sections .text,...]   (DUMP: <tag>.phys.zst with <tag>.json)
   gtwtext.py check FILE VMLINUX [DUMP]    rebuild each section from FILE and the vmlinux; compare
                                           with the header's sha256s (and with DUMP if given)
@@ -242,7 +246,37 @@ def main():
     c.add_argument("dump", nargs="?")
     i = sub.add_parser("info")
     i.add_argument("file")
+    al = sub.add_parser("all")
+    al.add_argument("--cache", default=os.environ.get("GT_CACHE", "/work/gt-cache"))
+    al.add_argument("--data-dir", default=os.path.join(os.path.dirname(os.path.dirname(HERE)), "tests", "data", "groundtruth"))
+    al.add_argument("--commit-panic", default="^$")
+    al.add_argument("--force", action="store_true")
     args = ap.parse_args()
+    if args.cmd == "all":
+        import re
+        import shutil
+        for image in sorted(os.listdir(args.cache)):
+            vml = os.path.join(args.cache, image, "vmlinux")
+            if not os.path.exists(vml):
+                continue
+            rel = None
+            for cfg in sorted(os.listdir(os.path.join(args.cache, image))):
+                for tag in ("run", "panic"):
+                    dp = os.path.join(args.cache, image, cfg, f"{tag}.phys.zst")
+                    if not os.path.exists(dp):
+                        continue
+                    out = os.path.join(args.cache, image, cfg, f"{tag}.wtext.gz")
+                    if args.force or not os.path.exists(out) or os.path.getmtime(out) < os.path.getmtime(dp):
+                        rel = rel or Relocs(Elf(vml))
+                        s = write(vml, dp, out, rel=rel)
+                        print(f"{image} {cfg} {tag}: " + ", ".join(f"{k} {v['runs']} runs {v['bytes']} B"
+                                                              for k, v in s.items() if k != "file_bytes")
+                              + f"; {s['file_bytes']} bytes")
+                    if tag == "run" or re.search(args.commit_panic, cfg):
+                        dd = os.path.join(args.data_dir, image, cfg)
+                        os.makedirs(dd, exist_ok=True)
+                        shutil.copyfile(out, os.path.join(dd, f"{tag}.wtext.gz"))
+        return 0
     if args.cmd == "write":
         s = write(args.vmlinux, args.dump, args.out, args.sections.split(",") if args.sections else None)
         print(json.dumps(s))
