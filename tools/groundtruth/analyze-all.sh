@@ -39,3 +39,9 @@ done
 "$PY" "$HERE/gtcheck.py" --cache "$CACHE_DIR" --write-truth --truth-dir "$DATA_DIR" || true
 "$PY" "$HERE/gtwtext.py" all --cache "$CACHE_DIR" --data-dir "$DATA_DIR" --commit-panic "$COMMIT_PANIC"
 "$PY" "$HERE/gtreport.py" --cache "$CACHE_DIR" --out "$CACHE_DIR/report.md" --json "$CACHE_DIR/report.json"
+# keep git small: drop what not-committed.txt lists (their text.sha256 stays)
+while read -r pat; do
+	case $pat in '' | '#'*) continue ;; esac
+	# shellcheck disable=SC2086
+	rm -f "$DATA_DIR"/$pat
+done <"$HERE/not-committed.txt"

@@ -51,7 +51,7 @@ Outputs (<image> = file name without "vmlinuz-", <cfg> = configuration name):
                                       command and warnings, vulnerabilities, timings (both boots)
   DATA_DIR/<image>/<cfg>/cpuinfo      the guest's /proc/cpuinfo (run boot), verbatim
   DATA_DIR/<image>/<cfg>/dmesg        kernel log of the run boot (syslog READ_ALL at /init)
-  DATA_DIR/<image>/<cfg>/panic.dmesg  serial log of the panic boot, up to the panic
+  DATA_DIR/<image>/<cfg>/panic.dmesg.gz  serial log of the panic boot, up to the panic (gzip)
   CACHE_DIR/<image>/vmlinux           extracted vmlinux (+ the relocs table at its end)
   CACHE_DIR/<image>/<cfg>/run.phys.zst, run.json       runtime dump + sidecar
   CACHE_DIR/<image>/<cfg>/run.core.zst                 ELF core (--core)
@@ -212,8 +212,53 @@ def image_geometry(vml):
     e = Elf(vml)
     start, end, vstart = e.load_range()
     text = next(s for s in e.sections if s["name"] == ".text")
+    # the banner's offset in the memory image (p_paddr layout from the lowest PT_LOAD)
+    banner = None
+    for seg in e.loads():
+        data = e.data[seg["offset"]:seg["offset"] + seg["filesz"]]
+        i = data.find(b"Linux version ")
+        if i >= 0:
+            j = data.index(b"\n", i)
+            banner = (seg["paddr"] - start + i, data[i:j + 1])
+            break
     return e, {"elf_class": "elf64" if e.cls == 2 else "elf32", "link_phys_base": start,
-               "size": end - start, "link_virt_base": vstart, "link_text": text["addr"]}
+               "size": end - start, "link_virt_base": vstart, "link_text": text["addr"], "banner": banner}
+
+
+def banner_ok(raw, geo):
+    """The dump holds the image: its "Linux version ..." banner (in .rodata, never relocated) is at
+    the same offset as in the vmlinux."""
+    off, banner = geo["banner"]
+    with open(raw, "rb") as f:
+        f.seek(off)
+        return f.read(len(banner)) == banner
+
+
+def mem_bytes(mem):
+    m = re.fullmatch(r"(\d+)([KMGT]?)", mem.upper().rstrip("B"))
+    return int(m.group(1)) << {"": 20, "K": 10, "M": 20, "G": 30, "T": 40}[m.group(2)]
+
+
+def find_image(q, work, geo, cfg, mem):
+    """Physical address of the image's first byte: search guest RAM for the banner."""
+    off, banner = geo["banner"]
+    ram = os.path.join(work, "ram")
+    size = min(mem_bytes(mem), 3 << 30)
+    q.cmd("pmemsave", {"val": 0, "size": size, "filename": ram})
+    with open(ram, "rb") as f:
+        data = f.read()
+    os.unlink(ram)
+    cands = []
+    i = data.find(banner)
+    while i >= 0:
+        base = i - off
+        if base >= 0 and base % 0x200000 == 0:
+            cands.append(base)
+        i = data.find(banner, i + 1)
+    log(cfg, f"banner search: image candidates at {[hex(c) for c in cands]}")
+    if len(cands) != 1:
+        raise RuntimeError(f"banner search found {len(cands)} 2 MiB-aligned candidates")
+    return cands[0]
 
 
 def kallsyms_addr(ks_text, name):
@@ -293,6 +338,8 @@ def run_boot(args, geo, work, cdir, ddir, cfg, initrd, arch, want_dump):
             q.cmd("pmemsave", {"val": phys_base, "size": geo["size"], "filename": raw})
             if os.path.getsize(raw) != geo["size"]:
                 raise RuntimeError("short pmemsave")
+            if not banner_ok(raw, geo):
+                raise RuntimeError("the kernel banner is not where the image should be in the dump")
             if args.core:
                 core = os.path.join(work, "run.core")
                 dargs = {"paging": True, "protocol": f"file:{core}"}
@@ -365,9 +412,23 @@ def panic_boot(args, geo, work, cdir, ddir, cfg):
         q.cmd("pmemsave", {"val": phys_base, "size": geo["size"], "filename": raw})
         if os.path.getsize(raw) != geo["size"]:
             raise RuntimeError("short pmemsave")
+        located = "Kernel Offset line + gva2gpa(_text)"
+        if not banner_ok(raw, geo):
+            # i386: the panic says "Kernel Offset: disabled" even when the decompressor moved the
+            # kernel, and 0xc1000000 is a valid lowmem address whatever the kernel's place, so
+            # gva2gpa proves nothing. Find the image in guest RAM by its banner instead.
+            phys_base = find_image(q, work, geo, cfg, args.mem)
+            delta = phys_base - geo["link_phys_base"] if geo["elf_class"] == "elf32" else delta
+            text_v = geo["link_text"] + delta
+            phys_text = phys_base + (geo["link_text"] - geo["link_virt_base"])
+            q.cmd("pmemsave", {"val": phys_base, "size": geo["size"], "filename": raw})
+            located = "banner search in guest RAM"
+            if not banner_ok(raw, geo):
+                raise RuntimeError("the kernel banner is not where the image should be")
         stop_qemu(proc, q)
         q = None
         info = {"boot": "panic", "kaslr_delta": delta, "runtime_text": text_v, "phys_base": phys_base,
+                "located_by": located,
                 "phys_text_gva2gpa": phys_text, "kernel_offset_line": m.group(0) if m else None,
                 "panic": pl.strip(), "seconds_to_panic": round(secs, 1), "dump_sha256": sha256(raw)}
         zstd(raw, os.path.join(cdir, "panic.phys.zst"))
@@ -378,8 +439,9 @@ def panic_boot(args, geo, work, cdir, ddir, cfg):
         info["qemu_stderr"] = open(errp, "rb").read().decode("utf-8", "replace")
         end = text.find("---[ end Kernel panic")
         end = text.find("\n", end) + 1 if end >= 0 else len(text)
-        with open(os.path.join(ddir, "panic.dmesg"), "w") as f:
-            f.write(text[:end])
+        import gzip
+        with gzip.GzipFile(os.path.join(ddir, "panic.dmesg.gz"), "wb", compresslevel=9, mtime=0) as f:
+            f.write(text[:end].encode())
         return info
     finally:
         if q is not None or proc.poll() is None:

@@ -31,7 +31,15 @@ ORDER = ["alt", "para", "retpoline", "return", "lock", "endbr", "runtime_const",
          "jump", "sct", "call", "callthunk", "other"]
 DEFAULT = {"console=ttyS0", "nokaslr", "panic=0"}
 # keys that come in families (one per LSM hook and slot, one per netfilter hook): one row each
-GROUPS = [re.compile(r"^(security_hook_active_)"), re.compile(r"^(__SCK__lsm_static_call_)")]
+GROUPS = [re.compile(r"^(security_hook_active_)"), re.compile(r"^(__SCK__lsm_static_call_)"),
+          re.compile(r"^(__SCK__tp_func_)")]
+
+
+def group_state(key, state):
+    """The state shown for a family member: the kind, and whether it goes through a callthunk."""
+    if group_key(key) == key:
+        return state
+    return state.split(" ")[0] + (" @callthunk" if "@callthunk" in state else "")
 
 
 def group_key(key):
@@ -219,9 +227,9 @@ def main():
             lst = r["jump"]["changed"] if what == "jump" else r["static_call"]["changed"]
             for x in lst:
                 key = group_key(x[2])
-                fin = x[4] if key == x[2] else x[4].split(" ")[0]
-                per[(key, x[3], fin)][0] += 1
-                per[(key, x[3], fin)][1].add(x[2])
+                ini, fin = group_state(x[2], x[3]), group_state(x[2], x[4])
+                per[(key, ini, fin)][0] += 1
+                per[(key, ini, fin)][1].add(x[2])
             for (key, ini, fin), (n, names) in per.items():
                 a = agg.setdefault((image, key, ini, fin), {"sites": n, "dumps": [], "keys": 0})
                 a["sites"] = max(a["sites"], n)
@@ -363,7 +371,7 @@ def _key_delta(a, b, what):
         text_end = int(r["meta"]["link_text"], 16) + r["sections"][".text"]["size"]
         for x in lst:
             if int(x[1], 16) < text_end:
-                d[x[2]][x[4]] += 1
+                d[group_key(x[2])][group_state(x[2], x[4])] += 1
         return d
     da, db = per_key(a), per_key(b)
     out = []

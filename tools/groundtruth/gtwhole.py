@@ -241,12 +241,20 @@ def sct_states(ctx, dump):
 
 
 def fname(ctx, a):
+    """A call/jump target by name; a target in a function's padding (6.12 call depth tracking
+    redirects calls to the accounting thunk written in the 16 bytes before the function, named
+    __pfx_<func> in kallsyms) is '<func>@callthunk'."""
     if a is None:
         return "NULL"
     if a == 0:
         return "NULL"
     n = ctx.k.syms.by_addr.get(a)
-    return n if n else ctx.k.syms.sym(a)
+    if n:
+        return n
+    s = ctx.k.syms.sym(a)
+    if s.startswith("__pfx_"):
+        return s[len("__pfx_"):].split("+")[0] + "@callthunk"
+    return s
 
 
 def keyname(ctx, key):

@@ -25,7 +25,9 @@ Usage:
   gtwtext.py all [--cache DIR] [--data-dir DIR] [--commit-panic REGEX]
                                           for every dump in the cache: CACHE/<image>/<cfg>/<tag>.wtext.gz;
                                           copies every run.wtext.gz and the panic.wtext.gz of the
-                                          configurations matching REGEX into DATA_DIR/<image>/<cfg>/
+                                          configurations matching REGEX into DATA_DIR/<image>/<cfg>/,
+                                          and writes DATA_DIR/<image>/<cfg>/text.sha256 (every dump's
+                                          section hashes, also for files not copied)
   gtwtext.py write VMLINUX DUMP OUT [--sections .text,...]   (DUMP: <tag>.phys.zst with <tag>.json)
   gtwtext.py check FILE VMLINUX [DUMP]    rebuild each section from FILE and the vmlinux; compare
                                           with the header's sha256s (and with DUMP if given)
@@ -261,6 +263,7 @@ def main():
                 continue
             rel = None
             for cfg in sorted(os.listdir(os.path.join(args.cache, image))):
+                sums = []
                 for tag in ("run", "panic"):
                     dp = os.path.join(args.cache, image, cfg, f"{tag}.phys.zst")
                     if not os.path.exists(dp):
@@ -272,10 +275,20 @@ def main():
                         print(f"{image} {cfg} {tag}: " + ", ".join(f"{k} {v['runs']} runs {v['bytes']} B"
                                                               for k, v in s.items() if k != "file_bytes")
                               + f"; {s['file_bytes']} bytes")
+                    hdr, secs = read(out)
+                    sums.extend(f"{tag} {x['name']} {x['addr']:x} {x['size']} {x['final_sha256']} {x['ref_sha256']} "
+                                f"{hdr['kaslr_delta']}" for x in secs)
                     if tag == "run" or re.search(args.commit_panic, cfg):
                         dd = os.path.join(args.data_dir, image, cfg)
                         os.makedirs(dd, exist_ok=True)
                         shutil.copyfile(out, os.path.join(dd, f"{tag}.wtext.gz"))
+                if sums:
+                    dd = os.path.join(args.data_dir, image, cfg)
+                    os.makedirs(dd, exist_ok=True)
+                    with open(os.path.join(dd, "text.sha256"), "w") as f:
+                        f.write("# dump section link-address size sha256(final bytes in the dump) "
+                                "sha256(vmlinux relocated for kaslr_delta) kaslr_delta\n")
+                        f.write("\n".join(sums) + "\n")
         return 0
     if args.cmd == "write":
         s = write(args.vmlinux, args.dump, args.out, args.sections.split(",") if args.sections else None)
