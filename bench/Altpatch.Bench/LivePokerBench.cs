@@ -1,11 +1,13 @@
 using Altpatch.Native;
+using Altpatch.Pokers;
+using Altpatch.Sites;
 using Altpatch.Text;
 using BenchmarkDotNet.Attributes;
 
 namespace Altpatch.Bench;
 
 /// <summary>
-/// Issue 4's benchmark: one batch of <see cref="Batch"/> sites switched per invocation (alternately
+/// The live poker's cost per batch: one batch of <see cref="Batch"/> sites switched per invocation (alternately
 /// forward and back) while two background threads call every function of the batch in a loop.
 /// <list type="bullet">
 /// <item><see cref="Protect"/> (baseline): ProtectPoker in read-write-execute mode on the same plan. It

@@ -2,17 +2,16 @@ using Altpatch.Cpu;
 using Altpatch.Emit;
 using Altpatch.Native;
 using Altpatch.Patching;
+using Altpatch.Pokers;
 using Altpatch.Sites;
-using Altpatch.Text;
 using BenchmarkDotNet.Attributes;
 using BenchmarkDotNet.Configs;
-using Iced.Intel;
 using static Iced.Intel.AssemblerRegisters;
 
 namespace Altpatch.Bench;
 
 /// <summary>
-/// Issue 3's paravirt benchmark: the cost of one op call (popcount, <c>rax = popcnt(rdi)</c>) in each form a
+/// Paravirt op call cost: the cost of one op call (popcount, <c>rax = popcnt(rdi)</c>) in each form a
 /// site can take, measured inside emitted code: every function is the same loop, 64-byte aligned,
 /// that runs its site <see cref="Calls"/> times (<c>mov rdi, rbx; SITE; add r12, rax; dec rbx; jnz</c>),
 /// so one managed call covers 10,000 op calls. Baselines are the same loop written by hand: a direct

@@ -2,15 +2,15 @@ using System.Runtime.InteropServices;
 using Altpatch.Emit;
 using Altpatch.Native;
 using Altpatch.Patching;
+using Altpatch.Pokers;
 using Altpatch.Sites;
-using Altpatch.Text;
 using BenchmarkDotNet.Attributes;
 using static Iced.Intel.AssemblerRegisters;
 
 namespace Altpatch.Bench;
 
 /// <summary>
-/// Issue 3's SMP lock benchmark, single thread: <c>lock xadd [rdi], rax</c> against its UP-patched forms
+/// The cost of a locked instruction and of its UP-patched forms, single thread: <c>lock xadd [rdi], rax</c> against its UP-patched forms
 /// (0x3E DS prefix, 0x90 NOP) and a hand-written plain <c>xadd</c>, each in the same 64-byte aligned
 /// loop run <see cref="Ops"/> times inside emitted code (<c>mov eax, 1; [lock] xadd [rdi], rax; dec rsi; jnz</c>).
 /// </summary>

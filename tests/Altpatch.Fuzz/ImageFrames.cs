@@ -12,9 +12,9 @@ namespace Altpatch.Fuzz;
 /// </summary>
 public sealed class ImageFrame
 {
-    private readonly byte[] _pristine;
-    private readonly Dictionary<string, (int NameField, int SizeField, uint Name, long FileOffset, ulong Size)> _tables = [];
-    private readonly int _sizeWidth;
+    private readonly byte[] pristineImage;
+    private readonly Dictionary<string, (int NameField, int SizeField, uint Name, long FileOffset, ulong Size)> tableFields = [];
+    private readonly int sizeFieldWidth;
 
     private ImageFrame(string name, KernelImage image)
     {
@@ -23,23 +23,23 @@ public sealed class ImageFrame
         if (!MemoryMarshal.TryGetArray((ReadOnlyMemory<byte>)image.ElfBytes, out ArraySegment<byte> seg) || seg.Offset != 0)
             throw new InvalidOperationException("the ELF buffer is not an array");
         Bytes = seg.Array!;
-        _pristine = (byte[])Bytes.Clone();
+        pristineImage = (byte[])Bytes.Clone();
         var elf = image.Elf;
         bool is64 = elf.Is64;
         ulong shoff = is64 ? BinaryPrimitives.ReadUInt64LittleEndian(Bytes.AsSpan(40)) : BinaryPrimitives.ReadUInt32LittleEndian(Bytes.AsSpan(32));
         int shentsize = BinaryPrimitives.ReadUInt16LittleEndian(Bytes.AsSpan(is64 ? 58 : 46));
-        _sizeWidth = is64 ? 8 : 4;
+        sizeFieldWidth = is64 ? 8 : 4;
         foreach (var s in elf.Sections)
         {
             if (s.Name is not (KernelPatchTables.AltInstructions or KernelPatchTables.ParaInstructions or KernelPatchTables.SmpLocksSection
                 or KernelPatchTables.RetpolineSites or KernelPatchTables.ReturnSites))
                 continue;
             int h = (int)shoff + s.Index * shentsize;
-            _tables[s.Name] = (h, h + (is64 ? 32 : 20), BinaryPrimitives.ReadUInt32LittleEndian(Bytes.AsSpan(h)), (long)s.FileOffset, s.Size);
+            tableFields[s.Name] = (h, h + (is64 ? 32 : 20), BinaryPrimitives.ReadUInt32LittleEndian(Bytes.AsSpan(h)), (long)s.FileOffset, s.Size);
         }
         Tables = image.Tables;
         (CapFlagsAddress, _) = ImageFeatureNumbering.FindNameArray(elf, "fpu", "vme");
-        _textTables = new(() => KernelTextTables.Read(Image.Elf, Image.Bitness == 64 ? Altpatch.Code.NopTable.X86_64Linux61 : Altpatch.Code.NopTable.X86_32, Symbols));
+        textTables = new(() => KernelTextTables.Read(Image.Elf, Image.Bitness == 64 ? Altpatch.Code.NopTable.X86_64Linux61 : Altpatch.Code.NopTable.X86_32, Symbols));
     }
 
     /// <summary>"amd64" or "i386".</summary>
@@ -58,15 +58,15 @@ public sealed class ImageFrame
     public KernelSymbols? Symbols => Image.TryGetSymbols(out var s) ? s : null;
 
     /// <summary>The pristine image's text-writer tables (jump labels, static calls, mcount), read once.</summary>
-    public KernelTextTables TextTables => _textTables.Value;
+    public KernelTextTables TextTables => textTables.Value;
 
-    private readonly Lazy<KernelTextTables> _textTables;
+    private readonly Lazy<KernelTextTables> textTables;
 
     /// <summary>Where <c>x86_cap_flags</c> is, if found.</summary>
     public ulong? CapFlagsAddress { get; }
 
     /// <summary>Capacity of a table section: how many input bytes it can take.</summary>
-    public int Capacity(string table) => _tables.TryGetValue(table, out var t) ? (int)t.Size : 0;
+    public int Capacity(string table) => tableFields.TryGetValue(table, out var t) ? (int)t.Size : 0;
 
     /// <summary>
     /// Writes <paramref name="content"/> as the only table <paramref name="table"/> (sh_size set to its length, cut
@@ -75,12 +75,12 @@ public sealed class ImageFrame
     /// </summary>
     public void WithTable(string table, ReadOnlySpan<byte> content, Action<ElfFile> read)
     {
-        if (!_tables.TryGetValue(table, out var target))
+        if (!tableFields.TryGetValue(table, out var target))
             return;
         int n = Math.Min(content.Length, (int)target.Size);
         try
         {
-            foreach (var (name, t) in _tables)
+            foreach (var (name, t) in tableFields)
             {
                 if (name != table)
                     BinaryPrimitives.WriteUInt32LittleEndian(Bytes.AsSpan(t.NameField), 0);   // "" : not found
@@ -91,7 +91,7 @@ public sealed class ImageFrame
         }
         finally
         {
-            foreach (var (_, t) in _tables)
+            foreach (var (_, t) in tableFields)
             {
                 BinaryPrimitives.WriteUInt32LittleEndian(Bytes.AsSpan(t.NameField), t.Name);
                 WriteSize(t.SizeField, t.Size);
@@ -122,11 +122,11 @@ public sealed class ImageFrame
         }
     }
 
-    private void Restore(long offset, int length) => _pristine.AsSpan((int)offset, length).CopyTo(Bytes.AsSpan((int)offset));
+    private void Restore(long offset, int length) => pristineImage.AsSpan((int)offset, length).CopyTo(Bytes.AsSpan((int)offset));
 
     private void WriteSize(int field, ulong size)
     {
-        if (_sizeWidth == 8)
+        if (sizeFieldWidth == 8)
             BinaryPrimitives.WriteUInt64LittleEndian(Bytes.AsSpan(field), size);
         else
             BinaryPrimitives.WriteUInt32LittleEndian(Bytes.AsSpan(field), (uint)size);

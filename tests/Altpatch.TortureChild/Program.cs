@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using Altpatch.Native;
+using Altpatch.Pokers;
 using Altpatch.Text;
 
 namespace Altpatch.TortureChild;

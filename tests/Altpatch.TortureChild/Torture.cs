@@ -1,5 +1,7 @@
 using System.Diagnostics;
 using Altpatch.Native;
+using Altpatch.Pokers;
+using Altpatch.Sites;
 using Altpatch.Text;
 
 namespace Altpatch.TortureChild;

@@ -17,7 +17,8 @@ Outputs (checked in, never edited by hand):
 
 Usage: python3 tools/gen-cpufeatures/gen.py [--linux61 DIR_OR_TARBALL] [--check]
   --linux61   a Linux 6.1 source tree or the Debian linux-source-6.1 tarball
-              (default: /work/ref/linux-source-6.1, then /usr/src/linux-source-6.1.tar.xz)
+              (default: the three inputs committed in tools/gen-cpufeatures/linux-6.1/, copied verbatim from
+              linux-source-6.1 6.1.176, with its version in VERSION)
   --check     do not write; exit 1 if the checked-in files differ from what would be generated
 """
 from __future__ import annotations
@@ -80,7 +81,10 @@ class Source:
         try:
             mk = self.read("Makefile")
         except (OSError, KeyError):
-            return "6.1"
+            try:
+                return self.read("VERSION").strip()   # the committed inputs carry their version here
+            except (OSError, KeyError):
+                return "6.1"
         v = {k: re.search(rf"^{k}\s*=\s*(\S*)", mk, re.M) for k in ("VERSION", "PATCHLEVEL", "SUBLEVEL")}
         return ".".join(m.group(1) for m in v.values() if m)
 
@@ -411,7 +415,7 @@ def main() -> int:
     args = ap.parse_args()
     src_path = args.linux61
     if src_path is None:
-        for cand in ("/work/ref/linux-source-6.1", "/usr/src/linux-source-6.1.tar.xz"):
+        for cand in (os.path.join(HERE, "linux-6.1"), "/work/ref/linux-source-6.1", "/usr/src/linux-source-6.1.tar.xz"):
             if os.path.exists(cand):
                 src_path = cand
                 break

@@ -20,9 +20,15 @@ Usage:
   --src       kernel source (default $GT_LINUX_SRC or /work/ref/linux-source-6.1)
   --out       write the report there (default stdout)
 
-Layout (6.1, CONFIG_X86_VMX_FEATURE_NAMES=y, NCAPINTS=22, NBUGINTS=2):
-  x86-64: x86_capability at +40, x86_vendor_id at +136, x86_model_id at +152
-  i386:   x86_capability at +36, x86_vendor_id at +132, x86_model_id at +148
+  --delta     KASLR offset of the boot that printed --kallsyms (default: the dump's sidecar's,
+              which is right when the kallsyms and the dump come from the same boot, i.e. a run
+              dump; for a panic dump pass the run boot's offset)
+
+Layout (CONFIG_X86_VMX_FEATURE_NAMES=y, NCAPINTS=22, NBUGINTS=2):
+  6.1   x86-64: x86_capability at +40, x86_vendor_id at +136, x86_model_id at +152
+        i386:   x86_capability at +36, x86_vendor_id at +132, x86_model_id at +148
+  6.12  x86-64: x86_capability at +48, x86_vendor_id at +144, x86_model_id at +160
+        (x86_vfm union first; checked with gdb "ptype /o struct cpuinfo_x86" on the -dbg vmlinux)
 """
 
 import argparse
@@ -33,14 +39,29 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gtlib import Elf  # noqa: E402
-from gtdiff import Kallsyms, read_maybe_zst, sidecar_for  # noqa: E402
+from gtsites import kernel_version, load_symbols, read_maybe_zst  # noqa: E402
 
 NCAPINTS, NBUGINTS = 22, 2
-LAYOUT = {2: dict(caps=40, vendor=136, model=152), 1: dict(caps=36, vendor=132, model=148)}
+LAYOUT = {(2, "6.1"): dict(caps=40, vendor=136, model=152), (1, "6.1"): dict(caps=36, vendor=132, model=148),
+          (2, "6.12"): dict(caps=48, vendor=144, model=160)}
 
 
-def parse_cpufeatures(path):
-    """bit -> (macro, shown_name or None), following arch/x86/kernel/cpu/mkcapflags.sh."""
+def sidecar_for(dump):
+    """<tag>.json beside <tag>.phys.zst (gtboot.py), or the first layout's X.phys.json."""
+    import json
+    d, b = os.path.dirname(dump), os.path.basename(dump)
+    for c in (os.path.join(d, b.split(".")[0] + ".json"), dump + ".json",
+              dump[:-4] + ".json" if dump.endswith(".zst") else None):
+        if c and os.path.exists(c):
+            return json.load(open(c))
+    return None
+
+
+def parse_cpufeatures(path, unquoted_shown=True):
+    """bit -> (macro, shown_name or None), following arch/x86/kernel/cpu/mkcapflags.sh: up to 6.x
+    a comment's quoted string names the flag ("" hides it) and a flag without one is shown as its
+    lower-cased macro suffix; from 6.11 on (unquoted_shown=False) only flags whose comment starts
+    with a quoted name are shown."""
     bits = {}
     for raw in open(path):
         line = raw.replace("\t", " ")
@@ -58,7 +79,7 @@ def parse_cpufeatures(path):
         if kind == "BUG" and bit < NCAPINTS * 32:
             continue
         cm = re.match(r'.*/\* *("[^"]*").*\*/', line)
-        value = cm.group(1).strip('"') if cm else name
+        value = cm.group(1).strip('"') if cm else (name if unquoted_shown else "")
         macro = f"X86_{kind}_{name}"
         if value == "":
             bits.setdefault(bit, (macro, None))  # hidden; a shown name elsewhere wins
@@ -91,27 +112,35 @@ def main():
     ap.add_argument("dump")
     ap.add_argument("--kallsyms")
     ap.add_argument("--cpuinfo")
-    ap.add_argument("--src", default=os.environ.get("GT_LINUX_SRC", "/work/ref/linux-source-6.1"))
+    ap.add_argument("--delta")
+    ap.add_argument("--src", default=os.environ.get("GT_LINUX_SRC"))
     ap.add_argument("--out")
     a = ap.parse_args()
 
     elf = Elf(a.vmlinux)
-    lay = LAYOUT[elf.cls]
+    ver = kernel_version(elf)
+    line = "6.12" if ver >= (6, 10, 0) else "6.1"
+    lay = LAYOUT[(elf.cls, line)]
+    src = a.src or f"/work/ref/linux-source-{line}"
     dump = read_maybe_zst(a.dump)
     side = sidecar_for(a.dump)
-    phys_base = int(side["phys_base"], 0) if side else elf.load_range()[0]
-    bits = parse_cpufeatures(os.path.join(a.src, "arch/x86/include/asm/cpufeatures.h"))
+    # byte 0 of the dump is the image's lowest link address (gtboot.py), the first layout's too
+    link_base = int(side["link_virt_base"], 16) if side and "link_virt_base" in side else \
+        elf.load_range()[2]
+    phys_base = elf.load_range()[0]
+    bits = parse_cpufeatures(os.path.join(src, "arch/x86/include/asm/cpufeatures.h"), line == "6.1")
     ci = cpuinfo_first(a.cpuinfo) if a.cpuinfo else None
 
     how = None
     base_off = None
     if a.kallsyms:
-        ks = Kallsyms(a.kallsyms)
+        delta = int(a.delta, 0) if a.delta else (int(side.get("kaslr_delta", "0x0"), 16) if side else 0)
+        size = elf.load_range()[1] - phys_base
+        ks = load_symbols(a.vmlinux, a.kallsyms, delta, None, size, link_base)
         va = ks.get("boot_cpu_data")
         if va:
-            pa = elf.virt_to_phys(va)
-            base_off = pa - phys_base
-            how = f"kallsyms boot_cpu_data = 0x{va:x}"
+            base_off = va - link_base
+            how = f"kallsyms boot_cpu_data = 0x{va:x} (link address)"
     if base_off is None:
         if not ci or not ci[2] or not ci[3]:
             sys.exit("need --kallsyms with boot_cpu_data, or --cpuinfo with vendor_id/model name")

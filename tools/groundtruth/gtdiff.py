@@ -33,6 +33,8 @@ Usage:
   --base-dump D  compare DUMP with another dump D instead of with the vmlinux file
 
 Each range is a maximal run of differing bytes, given by link-time virtual address.
+This compares with the vmlinux as it is, unrelocated: for KASLR dumps (and for the classification
+of whole-text differences of every dump) use gtwhole.py, which relocates first.
 Tables are read from VMLINUX (not from the dump: the kernel frees .smp_locks on UP and
 may poison freed memory).
 """
@@ -60,7 +62,8 @@ def read_maybe_zst(path):
 
 
 def sidecar_for(dump):
-    cands = [dump + ".json"]
+    """gtboot.py's <tag>.json beside <tag>.phys.zst, or the first layout's X.phys.json."""
+    cands = [os.path.join(os.path.dirname(dump), os.path.basename(dump).split(".")[0] + ".json"), dump + ".json"]
     if dump.endswith(".zst"):
         cands.append(dump[:-4] + ".json")
     for c in cands:
@@ -424,6 +427,22 @@ def load_sites(elf, ks, heuristics=True):
     return sites, counts
 
 
+def load_sites_gtsites(args, side):
+    from gtsites import Kernel, load_symbols
+    k = Kernel(args.vmlinux)
+    delta = int(side.get("kaslr_delta", "0x0"), 16) if side and side.get("boot") == "run" else 0
+    k.syms = load_symbols(args.vmlinux, args.kallsyms, delta, None, k.size, k.link_virt_base) \
+        if args.kallsyms else None
+    sites = Sites()
+    counts = {}
+    for cls, lst in k.tables().items():
+        for a, n, _ in lst:
+            sites.add(a, n, cls)
+        counts[cls] = len(lst)
+    sites.freeze()
+    return sites, counts
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("vmlinux")
@@ -448,7 +467,8 @@ def main():
     if args.phys_base:
         phys_base = int(args.phys_base, 0)
     elif side:
-        phys_base = int(side["phys_base"], 0)
+        # gtboot.py's dumps start at the image's first byte wherever KASLR put it physically
+        phys_base = int(side.get("link_phys_base", side["phys_base"]), 0)
     else:
         phys_base = elf.load_range()[0]
 
@@ -456,7 +476,11 @@ def main():
     if base_dump is not None and len(base_dump) != len(dump):
         sys.exit("--base-dump has a different size")
     ks = Kallsyms(args.kallsyms) if args.kallsyms else None
-    sites, site_counts = load_sites(elf, ks, heuristics=not args.no_scan)
+    if ks is not None and elf.cls == 2 or (side and "link_virt_base" in side):
+        # the tables of every line (6.1 and 6.12) as gtsites.py reads them
+        sites, site_counts = load_sites_gtsites(args, side)
+    else:
+        sites, site_counts = load_sites(elf, ks, heuristics=not args.no_scan)
 
     want = set(args.sections.split(",")) if args.sections else None
     secs = [s for s in elf.sections

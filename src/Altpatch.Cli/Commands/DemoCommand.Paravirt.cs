@@ -5,10 +5,9 @@ using System.Text.Json.Nodes;
 using Altpatch.Code;
 using Altpatch.Cpu;
 using Altpatch.Emit;
-using Altpatch.Native;
 using Altpatch.Patching;
+using Altpatch.Pokers;
 using Altpatch.Sites;
-using Altpatch.Text;
 using Iced.Intel;
 using Spectre.Console;
 using static Iced.Intel.AssemblerRegisters;
@@ -99,7 +98,7 @@ internal static partial class DemoCommand
             console.MarkupLine(RestoreExact ? "Restore: every site is its original indirect call again. [green]ok[/]" : "[red]Restore: text differs from the original![/]");
         }
 
-        private static string Why(ParavirtDecision d) => d.Strategy == ParavirtStrategy.Indirect ? ": " + d.Detail["indirect call kept: ".Length..] : "";
+        private static string Why(ParavirtDecision d) => d.Reason is ParavirtReason.Patched or ParavirtReason.Restored ? "" : ": " + d.Why;
     }
 
     private sealed record LockSiteRow(int Index, ulong Address, string Instruction, byte Smp, byte Up, byte Restored);

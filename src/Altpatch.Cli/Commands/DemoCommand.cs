@@ -5,6 +5,7 @@ using Altpatch.Cpu;
 using Altpatch.Emit;
 using Altpatch.Native;
 using Altpatch.Patching;
+using Altpatch.Pokers;
 using Altpatch.Sites;
 using Altpatch.Text;
 using Iced.Intel;
@@ -55,7 +56,8 @@ internal static partial class DemoCommand
         var textBefore = Text(cb);
         var before = functions.Select(f => f.Inputs.Select(f.Call).ToArray()).ToArray();
 
-        var plan = Alternatives.Plan(cb.AlternativeSites, cpu, ProcessMemory.Snapshot(), new AlternativeOptions { TableName = "demo" });
+        var decisions = new List<AlternativeDecision>();
+        var plan = Alternatives.Plan(cb.AlternativeSites, cpu, ProcessMemory.Snapshot(), new AlternativeOptions { TableName = "demo" }, decisions);
         var siteBytesBefore = cb.AlternativeSites.Select(s => s.Original.ToArray()).ToArray();
         var poker = new ProtectPoker();
         poker.Apply(plan);
@@ -70,10 +72,10 @@ internal static partial class DemoCommand
         for (int i = 0; i < functions.Count; i++)
             agree &= before[i].AsSpan().SequenceEqual(after[i]) && before[i].AsSpan().SequenceEqual(reverted[i]);
 
-        // which alternative of each address was applied: the one whose poke reason names it
+        // which alternative of each address the plan applied
         var applied = new bool[cb.AlternativeSites.Count];
-        foreach (var p in plan)
-            if (p.Why.EndsWith(": replacement", StringComparison.Ordinal)) applied[p.Site.Index] = true;
+        foreach (var d in decisions)
+            if (d.Applied && d.Changed) applied[d.Chosen] = true;
 
         var pv = RunParavirt(cpu);
         var locks = RunLocks();

@@ -1,5 +1,4 @@
 using System.CommandLine;
-using System.CommandLine.Parsing;
 using Altpatch.Images.Boot;
 
 namespace Altpatch.Cli.Commands;

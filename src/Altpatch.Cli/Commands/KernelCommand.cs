@@ -1,6 +1,5 @@
 using System.CommandLine;
 using Altpatch.Images;
-using Spectre.Console;
 
 namespace Altpatch.Cli.Commands;
 
@@ -55,10 +54,4 @@ public static class KernelCommand
 
     /// <summary>The architecture as the text output names it: "x86-64" or "i386".</summary>
     internal static string ArchitectureName(KernelImage img) => img.Architecture == KernelArchitecture.X86_64 ? "x86-64" : "i386";
-
-    /// <summary>The architecture as JSON output names it, like <c>uname -m</c>: "x86_64" or "i386".</summary>
-    internal static string ArchitectureJson(KernelImage img) => img.Architecture == KernelArchitecture.X86_64 ? "x86_64" : "i386";
-
-    /// <summary>The CLI's short name of a site kind (the --kind values).</summary>
-    internal static string KindName(KernelSiteKind kind) => kind.ShortName();
 }

@@ -109,7 +109,7 @@ internal sealed class KernelCpuOptions
             Cpus = parse.GetValue(Smp) ?? d.Cpus,
             Hypervisor = parse.GetValue(Hypervisor) == "kvm" ? KernelHypervisor.Kvm : KernelHypervisor.None,
             Symbols = symbols,
-            KvmFeatures = kvm.Length == 0 ? KvmGuest.QemuDefaults : ParseKvmFeatures(Split(kvm)),
+            KvmFeatures = kvm.Length == 0 ? KvmGuest.QemuDefaults : KvmGuest.ParseFeatures(Split(kvm)),
             Exact = parse.GetValue(Exact),
             ArchCapabilities = archCap is null ? 0 : ParseHex(archCap),
             Set = [.. ParseNames(Split(parse.GetValue(Set) ?? []))],
@@ -143,25 +143,6 @@ internal sealed class KernelCpuOptions
         return ulong.TryParse(t, NumberStyles.HexNumber, CultureInfo.InvariantCulture, out ulong v)
             ? v
             : throw new CpuFeatureException($"--arch-capabilities: '{s}' is not a hexadecimal number");
-    }
-
-    private static KvmFeatures ParseKvmFeatures(IEnumerable<string> names)
-    {
-        var f = Images.Boot.KvmFeatures.None;
-        foreach (var n in names)
-        {
-            f |= n.ToLowerInvariant() switch
-            {
-                "none" => Images.Boot.KvmFeatures.None,
-                "nopiodelay" or "nop_io_delay" => Images.Boot.KvmFeatures.NopIoDelay,
-                "steal_time" or "steal-time" => Images.Boot.KvmFeatures.StealTime,
-                "pv_unhalt" or "pv-unhalt" => Images.Boot.KvmFeatures.PvUnhalt,
-                "pv_tlb_flush" or "pv-tlb-flush" => Images.Boot.KvmFeatures.PvTlbFlush,
-                "realtime" => Images.Boot.KvmFeatures.HintsRealtime,
-                _ => throw new CpuFeatureException($"unknown KVM feature '{n}' (nopiodelay, steal_time, pv_unhalt, pv_tlb_flush, realtime, none)"),
-            };
-        }
-        return f;
     }
 
     private static CpuVendor ParseVendor(string s)

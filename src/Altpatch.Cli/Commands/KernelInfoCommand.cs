@@ -80,7 +80,7 @@ public static class KernelInfoCommand
             .AddColumn(new TableColumn("sites").RightAligned());
         foreach (var ti in tables.Tables)
         {
-            t.AddRow(Markup.Escape(KernelCommand.KindName(ti.Kind)), Markup.Escape(ti.Section), Terminal.Addr(ti.Address),
+            t.AddRow(Markup.Escape(ti.Kind.ShortName()), Markup.Escape(ti.Section), Terminal.Addr(ti.Address),
                 ti.Size.ToString("N0", inv), Markup.Escape(ti.Format), ti.EntrySize.ToString(inv), ti.Entries.ToString("N0", inv), ti.Sites.ToString("N0", inv));
         }
         if (tables.Tables.Count == 0)
@@ -174,7 +174,7 @@ public static class KernelInfoCommand
             }
             else
                 w.WriteNull("version");
-            w.WriteString("architecture", KernelCommand.ArchitectureJson(img));
+            w.WriteString("architecture", img.Architecture.MachineName());
             w.WriteNumber("bitness", img.Bitness);
             w.WriteStartObject("elf");
             w.WriteNumber("class", img.Elf.Is64 ? 64 : 32);
@@ -190,7 +190,7 @@ public static class KernelInfoCommand
             foreach (var ti in tables.Tables)
             {
                 w.WriteStartObject();
-                w.WriteString("kind", KernelCommand.KindName(ti.Kind));
+                w.WriteString("kind", ti.Kind.ShortName());
                 w.WriteString("section", ti.Section);
                 w.WriteString("address", Terminal.Addr(ti.Address));
                 w.WriteNumber("size", ti.Size);
@@ -203,7 +203,7 @@ public static class KernelInfoCommand
             w.WriteEndArray();
             w.WriteStartObject("counts");
             foreach (var kind in Enum.GetValues<KernelSiteKind>())
-                w.WriteNumber(KernelCommand.KindName(kind), tables.Count(kind));
+                w.WriteNumber(kind.ShortName(), tables.Count(kind));
             w.WriteEndObject();
             if (tables.PvOps is { } pv)
             {

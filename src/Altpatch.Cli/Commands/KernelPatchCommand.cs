@@ -168,7 +168,7 @@ public static class KernelPatchCommand
         var hidden = cpu.Features.Where(f => CpuFeatureInfo.CpuInfoName(f) is null)
             .Select(f => CpuFeatureInfo.MacroName(f).Replace("X86_FEATURE_", "", StringComparison.Ordinal));
         Terminal.Field(console, "Hidden bits", string.Join(' ', hidden));
-        Terminal.Field(console, "Return thunk", $"{ThunkName(s.ReturnThunk)}{(ThunkAddress(r) is { } ta ? $" at {Terminal.Addr(ta)}" : "")}");
+        Terminal.Field(console, "Return thunk", $"{s.ReturnThunk.Symbol()}{(r.Thunks.Address(s.ReturnThunk) is { } ta ? $" at {Terminal.Addr(ta)}" : "")}");
         var t = new Table().Border(TableBorder.Simple)
             .AddColumn("pass").AddColumn("kernel function").AddColumn(new TableColumn("sites").RightAligned())
             .AddColumn(new TableColumn("pokes").RightAligned()).AddColumn(new TableColumn("bytes").RightAligned());
@@ -179,97 +179,9 @@ public static class KernelPatchCommand
         Terminal.Field(console, "Time", string.Join(", ", times.Select(x => string.Create(inv, $"{x.Name} {x.Time.TotalMilliseconds:F0} ms"))) + string.Create(inv, $"; total {total.TotalMilliseconds:F0} ms"));
     }
 
-    internal static string ThunkName(ReturnThunkKind k) => k switch
-    {
-        ReturnThunkKind.Its => "its_return_thunk",
-        ReturnThunkKind.Retbleed => "retbleed_return_thunk",
-        ReturnThunkKind.Srso => "srso_return_thunk",
-        ReturnThunkKind.SrsoAlias => "srso_alias_return_thunk",
-        _ => "__x86_return_thunk",
-    };
-
-    internal static ulong? ThunkAddress(KernelPatchResult r) => r.State.ReturnThunk switch
-    {
-        ReturnThunkKind.Its => r.Thunks.ItsReturnThunk,
-        ReturnThunkKind.Retbleed => r.Thunks.RetbleedReturnThunk,
-        ReturnThunkKind.Srso => r.Thunks.SrsoReturnThunk,
-        ReturnThunkKind.SrsoAlias => r.Thunks.SrsoAliasReturnThunk,
-        _ => r.Thunks.ReturnThunk,
-    };
-
     private static void WriteReport(Stream stream, KernelPatchResult r, Options o, ElfSymtabResult wrote)
     {
         using var w = new Utf8JsonWriter(stream, Terminal.JsonOptions);
-        var s = r.State;
-        w.WriteStartObject();
-        w.WriteString("image", r.Image.Name);
-        w.WriteString("version", r.Image.Version?.Release);
-        w.WriteString("architecture", KernelCommand.ArchitectureJson(r.Image));
-        w.WriteString("rules", r.Rules);
-        w.WriteString("numbering", r.Numbering.Description);
-        w.WriteString("output", o.Output.FullName);
-        w.WriteNumber("outputSize", wrote.Length);
-        w.WriteNumber("outputSymbols", wrote.Symbols);
-        KernelReportJson.WriteCpu(w, s);
-        w.WriteStartArray("decisions");
-        foreach (var d in s.Decisions)
-            w.WriteStringValue(d);
-        w.WriteEndArray();
-        w.WriteStartObject("returnThunk");
-        w.WriteString("name", ThunkName(s.ReturnThunk));
-        if (ThunkAddress(r) is { } ta)
-            w.WriteString("address", Terminal.Addr(ta));
-        w.WriteEndObject();
-        w.WriteStartObject("thunks");
-        void Thunk(string name, ulong? a)
-        {
-            if (a is { } v)
-                w.WriteString(name, Terminal.Addr(v));
-            else
-                w.WriteNull(name);
-        }
-        var th = r.Thunks;
-        Thunk("__x86_return_thunk", th.ReturnThunk);
-        Thunk("its_return_thunk", th.ItsReturnThunk);
-        Thunk("retbleed_return_thunk", th.RetbleedReturnThunk);
-        Thunk("srso_return_thunk", th.SrsoReturnThunk);
-        Thunk("srso_alias_return_thunk", th.SrsoAliasReturnThunk);
-        Thunk("__x86_indirect_thunk_array", th.RetpolineThunkArray);
-        Thunk("__x86_indirect_its_thunk_array", th.ItsThunkArray);
-        Thunk("_paravirt_nop", th.ParavirtNop);
-        Thunk("_text", th.TextStart);
-        Thunk("_etext", th.TextEnd);
-        w.WriteEndObject();
-        w.WriteStartArray("passes");
-        foreach (var p in r.Passes)
-        {
-            w.WriteStartObject();
-            w.WriteString("pass", p.Pass.ShortName());
-            w.WriteString("function", p.Pass.KernelFunction());
-            w.WriteNumber("sites", p.Sites);
-            w.WriteNumber("pokes", p.Pokes);
-            w.WriteNumber("bytes", p.Bytes);
-            w.WriteEndObject();
-        }
-        w.WriteEndArray();
-        w.WriteStartArray("sites");
-        foreach (var site in r.Sites())
-        {
-            w.WriteStartObject();
-            w.WriteString("kind", KernelCommand.KindName(site.Kind));
-            w.WriteNumber("index", site.Index);
-            w.WriteString("address", Terminal.Addr(site.Address));
-            w.WriteNumber("length", site.Before.Length);
-            w.WriteString("before", Terminal.Hex(site.Before.Span));
-            w.WriteString("after", Terminal.Hex(site.After.Span));
-            w.WriteStartArray("writers");
-            foreach (var p in site.Writers)
-                w.WriteStringValue(p.ShortName());
-            w.WriteEndArray();
-            w.WriteEndObject();
-        }
-        w.WriteEndArray();
-        w.WriteEndObject();
-        w.Flush();
+        KernelPatchReport.Write(w, r, o.Output.FullName, wrote.Length, wrote.Symbols);
     }
 }

@@ -2,8 +2,8 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
-using Altpatch.Cpu;
 using Altpatch.Images;
+using Altpatch.Images.Boot;
 using Iced.Intel;
 using Decoder = Iced.Intel.Decoder;
 
@@ -16,7 +16,7 @@ namespace Altpatch.Cli.Commands;
 /// </summary>
 public static class KernelSitesCommand
 {
-    private static readonly string[] Kinds = ["alt", "para", "lock", "retpoline", "return"];
+    private static readonly string[] Kinds = [.. KernelSiteKinds.All.Select(k => k.ShortName())];
 
     /// <summary>Builds the command.</summary>
     public static Command Create()
@@ -64,11 +64,13 @@ public static class KernelSitesCommand
     }
 
     /// <summary>
-    /// The feature of an alternative site: its 6.1 name (X86_FEATURE_* / X86_BUG_*, with the "!" of an
-    /// inverted site) and the kernel's own "word*32+bit" spelling; the number alone when 6.1 has no name for it.
+    /// The feature of an alternative site in the image's own numbering (<see cref="ImageFeatureNumbering.Read"/>): its
+    /// 6.1 macro (X86_FEATURE_* / X86_BUG_*) when the image numbers features as 6.1.176 does, else the name the
+    /// image's own <c>x86_cap_flags</c> gives it, with the "!" of an inverted site and the kernel's own
+    /// "word*32+bit" spelling; the number alone when nothing names it.
     /// </summary>
-    internal static string DescribeFeature(KernelAltSite site) =>
-        FeatureNumbering.Linux61.NameOf(site.Cpuid) is { } name
+    internal static string DescribeFeature(KernelAltSite site, ImageFeatureNumbering numbering) =>
+        numbering.FeatureName(site.Cpuid) is { } name
             ? $"{(site.Not ? "!" : "")}{name} ({site.FeatureWord}*32+{site.FeatureBit})"
             : site.FeatureText;
 
@@ -76,21 +78,23 @@ public static class KernelSitesCommand
     private sealed record Row(
         KernelSiteKind Kind, int Index, ulong Address, int Length, byte[] Original, IReadOnlyList<string> OriginalAsm,
         KernelAltSite? Alt = null, byte[]? Replacement = null, IReadOnlyList<string>? ReplacementAsm = null,
-        KernelParavirtSite? Para = null, ulong? SlotAddress = null, ulong? SlotTarget = null);
+        KernelParavirtSite? Para = null, ulong? SlotAddress = null, ulong? SlotTarget = null, string? Feature = null);
 
     private static List<Row> Collect(KernelImage img, KernelPatchTables tables, string? only, Formatter formatter)
     {
-        bool Want(KernelSiteKind k) => only is null || only == KernelCommand.KindName(k);
+        bool Want(KernelSiteKind k) => only is null || only == k.ShortName();
         var rows = new List<Row>();
         int bitness = img.Bitness;
         if (Want(KernelSiteKind.Alternative))
         {
+            var numbering = ImageFeatureNumbering.Read(img);
             foreach (var a in tables.Alternatives)
             {
                 var orig = img.ReadBytes(a.Address, a.InstrLen).ToArray();
                 var repl = img.ReadBytes(a.ReplacementAddress, a.ReplacementLen).ToArray();
                 rows.Add(new Row(KernelSiteKind.Alternative, a.Index, a.Address, a.InstrLen, orig,
-                    Disassemble(orig, a.Address, bitness, formatter), a, repl, Disassemble(repl, a.ReplacementAddress, bitness, formatter)));
+                    Disassemble(orig, a.Address, bitness, formatter), a, repl, Disassemble(repl, a.ReplacementAddress, bitness, formatter),
+                    Feature: DescribeFeature(a, numbering)));
             }
         }
         if (Want(KernelSiteKind.Paravirt))
@@ -159,11 +163,11 @@ public static class KernelSitesCommand
         {
             string info = r.Kind switch
             {
-                KernelSiteKind.Alternative => $"feature {DescribeFeature(r.Alt!.Value)}",
+                KernelSiteKind.Alternative => $"feature {r.Feature}",
                 KernelSiteKind.Paravirt => string.Create(inv, $"type {r.Para!.Value.Type} clobbers 0x{r.Para.Value.Clobbers:x}"),
                 _ => "",
             };
-            sb.Append(inv, $"{KernelCommand.KindName(r.Kind),-9} {r.Index,6} 0x{r.Address:x} len {r.Length,3}  {info,-22} {HexBytes(r.Original),-30}  {string.Join("; ", r.OriginalAsm)}");
+            sb.Append(inv, $"{r.Kind.ShortName(),-9} {r.Index,6} 0x{r.Address:x} len {r.Length,3}  {info,-22} {HexBytes(r.Original),-30}  {string.Join("; ", r.OriginalAsm)}");
             if (r.SlotAddress is { } slot)
                 sb.Append(inv, $"  [pv_ops slot 0x{slot:x}{(r.SlotTarget is { } t ? $" -> 0x{t:x}" : "")}]");
             sb.Append('\n');
@@ -186,13 +190,13 @@ public static class KernelSitesCommand
             foreach (var r in rows)
             {
                 w.WriteStartObject();
-                w.WriteString("kind", KernelCommand.KindName(r.Kind));
+                w.WriteString("kind", r.Kind.ShortName());
                 w.WriteNumber("index", r.Index);
                 w.WriteString("address", Terminal.Addr(r.Address));
                 w.WriteNumber("length", r.Length);
                 if (r.Alt is { } a)
                 {
-                    w.WriteString("feature", DescribeFeature(a));
+                    w.WriteString("feature", r.Feature);
                     w.WriteNumber("cpuid", a.Cpuid);
                     w.WriteBoolean("not", a.Not);
                     w.WriteNumber("flags", a.Flags);

@@ -136,7 +136,7 @@ public static class KernelSymbolsCommand
             w.WriteStartObject();
             w.WriteString("file", img.Name);
             w.WriteString("version", img.Version?.Release);
-            w.WriteString("architecture", KernelCommand.ArchitectureJson(img));
+            w.WriteString("architecture", img.Architecture.MachineName());
             WriteTables(w, symbols.Kallsyms!);
             if (addresses.Count > 0)
             {

@@ -42,7 +42,7 @@ internal sealed class DecoderCache
 {
     [ThreadStatic] private static DecoderCache? current;
 
-    private readonly byte[] scratch = new byte[PatchPlanLimits.MaxBuffer];
+    private readonly byte[] scratch = new byte[X86.MaxPatchLength + X86.MaxInstructionLength]; // a site and the instruction after it
     private readonly ArrayCodeReader reader = new();
     private readonly Decoder decoder64;
     private readonly Decoder decoder32;
@@ -74,13 +74,6 @@ internal sealed class DecoderCache
         d.IP = ip;
         return d;
     }
-}
-
-/// <summary>Sizes shared by buffer users.</summary>
-internal static class PatchPlanLimits
-{
-    /// <summary>A buffer large enough for any site (MAX_PATCH_LEN rounded up).</summary>
-    public const int MaxBuffer = 256;
 }
 
 /// <summary>Helpers for code Altpatch assembles itself.</summary>

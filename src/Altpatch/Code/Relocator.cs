@@ -220,8 +220,7 @@ public static class Relocator
         {
             if (IsBranch(insn))
             {
-                long delta = (long)(insn.NearBranchTarget - (to + (insn.IP - from)));
-                if (delta is > int.MaxValue or < int.MinValue)
+                if (!X86.TryRel32(insn.NearBranchTarget, to + (insn.IP - from), out _))
                     return $"branch at +{insn.IP - from} to 0x{insn.NearBranchTarget:x} is out of rel32 reach from 0x{to:x}";
             }
         }

@@ -14,11 +14,11 @@ namespace Altpatch.Cpu;
 /// </remarks>
 public sealed class CpuFeatures : IEquatable<CpuFeatures>
 {
-    private readonly ulong[] _bits;
+    private readonly ulong[] bits;
 
     private CpuFeatures(ulong[] bits, CpuVendor vendor, int family, int model, int stepping, string? modelName)
     {
-        _bits = bits;
+        this.bits = bits;
         Vendor = vendor;
         Family = family;
         Model = model;
@@ -186,7 +186,7 @@ public sealed class CpuFeatures : IEquatable<CpuFeatures>
     public bool Has(CpuFeature f)
     {
         uint n = (uint)f;
-        return n < CpuFeatureTable.TotalBits && CpuFeatureTable.HasBit(_bits, (int)n);
+        return n < CpuFeatureTable.TotalBits && CpuFeatureTable.HasBit(bits, (int)n);
     }
 
     /// <summary>A copy with <paramref name="f"/> added.</summary>
@@ -194,7 +194,7 @@ public sealed class CpuFeatures : IEquatable<CpuFeatures>
     /// <exception cref="ArgumentOutOfRangeException">A value is not a defined number.</exception>
     public CpuFeatures With(params ReadOnlySpan<CpuFeature> f)
     {
-        var bits = (ulong[])_bits.Clone();
+        var bits = (ulong[])this.bits.Clone();
         foreach (var x in f)
         {
             CpuFeatureInfo.Entry(x);
@@ -207,7 +207,7 @@ public sealed class CpuFeatures : IEquatable<CpuFeatures>
     /// <param name="f">Features or bugs; values outside the table are ignored.</param>
     public CpuFeatures Without(params ReadOnlySpan<CpuFeature> f)
     {
-        var bits = (ulong[])_bits.Clone();
+        var bits = (ulong[])this.bits.Clone();
         foreach (var x in f)
         {
             uint n = (uint)x;
@@ -224,7 +224,7 @@ public sealed class CpuFeatures : IEquatable<CpuFeatures>
     /// <param name="stepping">The stepping.</param>
     /// <param name="modelName">The model name, or null.</param>
     public CpuFeatures WithIdentity(CpuVendor vendor, int family, int model, int stepping, string? modelName = null) =>
-        new((ulong[])_bits.Clone(), vendor, family, model, stepping, modelName);
+        new((ulong[])bits.Clone(), vendor, family, model, stepping, modelName);
 
     /// <summary>A copy with another vendor.</summary>
     /// <param name="vendor">The vendor.</param>
@@ -239,9 +239,9 @@ public sealed class CpuFeatures : IEquatable<CpuFeatures>
     {
         get
         {
-            for (int i = 0; i < _bits.Length; i++)
+            for (int i = 0; i < bits.Length; i++)
             {
-                ulong w = _bits[i];
+                ulong w = bits[i];
                 while (w != 0)
                 {
                     int b = System.Numerics.BitOperations.TrailingZeroCount(w);
@@ -258,7 +258,7 @@ public sealed class CpuFeatures : IEquatable<CpuFeatures>
         get
         {
             int n = 0;
-            foreach (var w in _bits)
+            foreach (var w in bits)
                 n += System.Numerics.BitOperations.PopCount(w);
             return n;
         }
@@ -270,7 +270,7 @@ public sealed class CpuFeatures : IEquatable<CpuFeatures>
     {
         ArgumentOutOfRangeException.ThrowIfNegative(word);
         ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(word, CpuFeatureTable.CapabilityWords + CpuFeatureTable.BugWords);
-        return (uint)(_bits[word >> 1] >> (32 * (word & 1)));
+        return (uint)(bits[word >> 1] >> (32 * (word & 1)));
     }
 
     /// <summary>The <c>flags</c> line /proc/cpuinfo would show: visible feature names, ascending, space-separated.</summary>
@@ -288,7 +288,7 @@ public sealed class CpuFeatures : IEquatable<CpuFeatures>
         && (ReferenceEquals(this, other)
             || (Vendor == other.Vendor && Family == other.Family && Model == other.Model && Stepping == other.Stepping
                 && string.Equals(ModelName, other.ModelName, StringComparison.Ordinal)
-                && _bits.AsSpan().SequenceEqual(other._bits)));
+                && bits.AsSpan().SequenceEqual(other.bits)));
 
     /// <inheritdoc/>
     public override bool Equals(object? obj) => Equals(obj as CpuFeatures);
@@ -297,7 +297,7 @@ public sealed class CpuFeatures : IEquatable<CpuFeatures>
     public override int GetHashCode()
     {
         var h = new HashCode();
-        foreach (var w in _bits)
+        foreach (var w in bits)
             h.Add(w);
         h.Add(Vendor);
         h.Add(Family);

@@ -11,11 +11,11 @@ namespace Altpatch.Cpu;
 /// </summary>
 public sealed partial class FeatureNumbering
 {
-    private readonly Entry[] _entries;
-    private readonly FrozenDictionary<int, Entry> _byNumber;
-    private readonly FrozenDictionary<string, int> _byCpuInfo;
-    private readonly FrozenDictionary<string, int> _byMacro;
-    private readonly FrozenDictionary<string, int> _byStem;
+    private readonly Entry[] entries;
+    private readonly FrozenDictionary<int, Entry> byNumber;
+    private readonly FrozenDictionary<string, int> byCpuInfo;
+    private readonly FrozenDictionary<string, int> byMacro;
+    private readonly FrozenDictionary<string, int> byStem;
 
     /// <summary>One macro of a numbering.</summary>
     private readonly record struct Entry(int Number, string Macro, string? CpuInfoName)
@@ -28,8 +28,8 @@ public sealed partial class FeatureNumbering
         Name = name;
         CapabilityWords = capabilityWords;
         BugWords = bugWords;
-        _entries = entries;
-        _byNumber = entries.GroupBy(e => e.Number).ToFrozenDictionary(g => g.Key, g => g.First());
+        this.entries = entries;
+        byNumber = entries.GroupBy(e => e.Number).ToFrozenDictionary(g => g.Key, g => g.First());
         var cpuInfo = new Dictionary<string, int>(StringComparer.OrdinalIgnoreCase);
         var macro = new Dictionary<string, int>(StringComparer.OrdinalIgnoreCase);
         var stem = new Dictionary<string, int>(StringComparer.OrdinalIgnoreCase);
@@ -41,9 +41,9 @@ public sealed partial class FeatureNumbering
             macro.TryAdd(e.Macro, e.Number);
             stem.TryAdd(e.Stem, e.Number);
         }
-        _byCpuInfo = cpuInfo.ToFrozenDictionary(StringComparer.OrdinalIgnoreCase);
-        _byMacro = macro.ToFrozenDictionary(StringComparer.OrdinalIgnoreCase);
-        _byStem = stem.ToFrozenDictionary(StringComparer.OrdinalIgnoreCase);
+        byCpuInfo = cpuInfo.ToFrozenDictionary(StringComparer.OrdinalIgnoreCase);
+        byMacro = macro.ToFrozenDictionary(StringComparer.OrdinalIgnoreCase);
+        byStem = stem.ToFrozenDictionary(StringComparer.OrdinalIgnoreCase);
     }
 
     /// <summary>A numbering from (number, macro, cpuinfo name or null) triples; for generated tables and tests.</summary>
@@ -65,7 +65,7 @@ public sealed partial class FeatureNumbering
     public int BugWords { get; }
 
     /// <summary>Every defined number, ascending.</summary>
-    public IReadOnlyList<int> Numbers => [.. _entries.Select(e => e.Number).Distinct().Order()];
+    public IReadOnlyList<int> Numbers => [.. entries.Select(e => e.Number).Distinct().Order()];
 
     /// <summary>
     /// The number of a feature given by cpuinfo name (<c>sse2</c>), macro name (<c>X86_FEATURE_XMM2</c>),
@@ -82,12 +82,12 @@ public sealed partial class FeatureNumbering
         var s = cpuInfoOrMacroName.Trim();
         if (CpuFeatureInfo.TryParseNumber(s, out int n))
         {
-            if (!_byNumber.ContainsKey(n))
+            if (!byNumber.ContainsKey(n))
                 return false;
             number = n;
             return true;
         }
-        if (_byCpuInfo.TryGetValue(s, out n) || _byMacro.TryGetValue(s, out n) || _byStem.TryGetValue(s, out n))
+        if (byCpuInfo.TryGetValue(s, out n) || byMacro.TryGetValue(s, out n) || byStem.TryGetValue(s, out n))
         {
             number = n;
             return true;
@@ -105,11 +105,11 @@ public sealed partial class FeatureNumbering
 
     /// <summary>The macro name of a number (<c>X86_FEATURE_XMM2</c>), or null when undefined.</summary>
     /// <param name="number">word*32+bit, e.g. an alternative entry's raw <c>cpuid</c> field.</param>
-    public string? NameOf(int number) => _byNumber.TryGetValue(number, out var e) ? e.Macro : null;
+    public string? NameOf(int number) => byNumber.TryGetValue(number, out var e) ? e.Macro : null;
 
     /// <summary>The <c>/proc/cpuinfo</c> name of a number, or null when undefined or not shown.</summary>
     /// <param name="number">word*32+bit.</param>
-    public string? CpuInfoNameOf(int number) => _byNumber.TryGetValue(number, out var e) ? e.CpuInfoName : null;
+    public string? CpuInfoNameOf(int number) => byNumber.TryGetValue(number, out var e) ? e.CpuInfoName : null;
 
     /// <summary>
     /// The same feature in another numbering: matched by cpuinfo name when both have one, else by macro name
@@ -123,18 +123,18 @@ public sealed partial class FeatureNumbering
     {
         ArgumentNullException.ThrowIfNull(other);
         otherNumber = -1;
-        if (!_byNumber.TryGetValue(number, out var e))
+        if (!byNumber.TryGetValue(number, out var e))
             return false;
         if (ReferenceEquals(other, this))
         {
             otherNumber = number;
             return true;
         }
-        if (e.CpuInfoName is { } n && other._byCpuInfo.TryGetValue(n, out otherNumber))
+        if (e.CpuInfoName is { } n && other.byCpuInfo.TryGetValue(n, out otherNumber))
             return true;
-        if (other._byMacro.TryGetValue(e.Macro, out otherNumber))
+        if (other.byMacro.TryGetValue(e.Macro, out otherNumber))
             return true;
-        if (other._byCpuInfo.TryGetValue(e.Stem, out otherNumber))
+        if (other.byCpuInfo.TryGetValue(e.Stem, out otherNumber))
             return true;
         otherNumber = -1;
         return false;

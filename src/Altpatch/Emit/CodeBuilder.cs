@@ -3,7 +3,6 @@ using Altpatch.Cpu;
 using Altpatch.Native;
 using Altpatch.Patching;
 using Altpatch.Sites;
-using Altpatch.Text;
 using Iced.Intel;
 
 namespace Altpatch.Emit;
@@ -21,7 +20,7 @@ namespace Altpatch.Emit;
 /// <see cref="OpsTable"/> slot of an op, recorded in <see cref="ParavirtSites"/>; <see cref="Lock"/> is
 /// <c>LOCK_PREFIX</c>: a lock-prefixed instruction whose prefix is recorded in <see cref="LockSites"/>.
 /// </summary>
-public sealed class CodeBuilder : IDisposable
+public sealed class CodeBuilder : ICodeSpace, IDisposable
 {
     private readonly List<AlternativeSite> alternatives = [];
     private readonly List<ParavirtSite> paravirt = [];
@@ -156,8 +155,8 @@ public sealed class CodeBuilder : IDisposable
             repl.Add((bytes, at, f, fl));
             length = Math.Max(length, bytes.Length);
         }
-        if (length > PatchPlan.MaxPatchLength)
-            throw new ArgumentException($"alternative at 0x{site:x} would be {length} bytes, more than MAX_PATCH_LEN ({PatchPlan.MaxPatchLength})");
+        if (length > X86.MaxPatchLength)
+            throw new ArgumentException($"alternative at 0x{site:x} would be {length} bytes, more than MAX_PATCH_LEN ({X86.MaxPatchLength})");
         if (length == 0)
             throw new ArgumentException($"alternative at 0x{site:x} is empty");
         var body = new byte[length];
@@ -199,26 +198,26 @@ public sealed class CodeBuilder : IDisposable
     /// in <see cref="ParavirtSites"/>. Arguments go in rdi, the result comes back in rax.
     /// </summary>
     public int ParavirtCall(int type, Clobbers clobbers, int length = ParavirtSite.IndirectCallLength) =>
-        EmitParavirt(0x15, type, clobbers, length);
+        EmitParavirt(X86.CallRipModRm, type, clobbers, length);
 
     /// <summary>
     /// A jump op's site (the kernel's <c>jmp *pv_ops.iret</c>): emits <c>jmp [rip+slot]</c> padded to
     /// <paramref name="length"/>, records it and returns its index. The op ends the function.
     /// </summary>
     public int ParavirtJump(int type, int length = ParavirtSite.IndirectCallLength) =>
-        EmitParavirt(0x25, type, Clobbers.Any, length);
+        EmitParavirt(X86.JmpRipModRm, type, Clobbers.Any, length);
 
     private int EmitParavirt(byte modrm, int type, Clobbers clobbers, int length)
     {
         if (ops is null) throw new InvalidOperationException("create an ops table first (CreateOpsTable) or set one (UseOpsTable)");
         ArgumentOutOfRangeException.ThrowIfLessThan(length, ParavirtSite.IndirectCallLength);
-        ArgumentOutOfRangeException.ThrowIfGreaterThan(length, PatchPlan.MaxPatchLength);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(length, X86.MaxPatchLength);
         ulong slot = ops.SlotAddress(type);
         ulong site = text;
-        if (!Paravirt.TryRel32(slot, site + ParavirtSite.IndirectCallLength, out int disp))
+        if (!X86.TryRel32(slot, site + ParavirtSite.IndirectCallLength, out int disp))
             throw new InvalidOperationException($"the ops table slot 0x{slot:x} is out of rip-relative reach of 0x{site:x}");
         var body = new byte[length];
-        body[0] = 0xFF;
+        body[0] = X86.IndirectBranch;
         body[1] = modrm; // call/jmp qword [rip+disp32]
         System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(body.AsSpan(2), disp);
         Nops.AddNops(body.AsSpan(ParavirtSite.IndirectCallLength));
@@ -239,7 +238,7 @@ public sealed class CodeBuilder : IDisposable
         ulong site = text;
         byte[] plain = Assemble(instruction, site + 1); // RIP-relative operands end where they will end
         var body = new byte[plain.Length + 1];
-        body[0] = SmpLocks.LockPrefix;
+        body[0] = X86.LockPrefix;
         plain.CopyTo(body, 1);
         var d = Decoder.Create(64, new ByteArrayCodeReader(body), site);
         d.Decode(out var insn);

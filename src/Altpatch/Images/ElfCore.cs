@@ -15,16 +15,16 @@ public sealed class ElfCore : IDisposable
     /// <summary>ET_CORE.</summary>
     public const ushort TypeCore = 4;
 
-    private readonly ISource _file;
-    private readonly ElfSegment[] _loads;   // PT_LOADs with file bytes, by virtual address
+    private readonly ISource source;
+    private readonly ElfSegment[] loadSegments;   // PT_LOADs with file bytes, by virtual address
 
     private ElfCore(string name, ISource file, bool is64, ushort machine, ElfSegment[] loads, long length)
     {
         Name = name;
-        _file = file;
+        source = file;
         Is64 = is64;
         Machine = machine;
-        _loads = loads;
+        loadSegments = loads;
         Length = length;
     }
 
@@ -41,7 +41,7 @@ public sealed class ElfCore : IDisposable
     public long Length { get; }
 
     /// <summary>The <c>PT_LOAD</c> segments with file bytes, by virtual address.</summary>
-    public IReadOnlyList<ElfSegment> Loads => _loads;
+    public IReadOnlyList<ElfSegment> Loads => loadSegments;
 
     /// <summary>Opens a core file and reads its headers.</summary>
     /// <param name="path">The file (e.g. <c>/proc/kcore</c>).</param>
@@ -138,7 +138,7 @@ public sealed class ElfCore : IDisposable
             int i = Find(a);
             if (i < 0)
                 return false;
-            var s = _loads[i];
+            var s = loadSegments[i];
             ulong n = Math.Min(left, s.VirtualAddress + s.FileSize - a);
             a += n;
             left -= n;
@@ -158,13 +158,13 @@ public sealed class ElfCore : IDisposable
             int i = Find(a);
             if (i < 0)
                 return false;
-            var s = _loads[i];
+            var s = loadSegments[i];
             int n = (int)Math.Min((ulong)left.Length, s.VirtualAddress + s.FileSize - a);
             long off = (long)(s.FileOffset + (a - s.VirtualAddress));
             var chunk = left[..n];
             while (!chunk.IsEmpty)
             {
-                int r = _file.Read(chunk, off);
+                int r = source.Read(chunk, off);
                 if (r <= 0)
                     throw new IOException($"{Name}: cannot read 0x{chunk.Length:x} bytes at offset 0x{off:x} (vaddr 0x{a:x}): end of file");
                 chunk = chunk[r..];
@@ -180,7 +180,7 @@ public sealed class ElfCore : IDisposable
     public IReadOnlyList<(ulong Start, ulong Length)> Ranges()
     {
         var r = new List<(ulong Start, ulong Length)>();
-        foreach (var s in _loads)
+        foreach (var s in loadSegments)
         {
             if (r.Count > 0 && r[^1].Start + r[^1].Length == s.VirtualAddress)
                 r[^1] = (r[^1].Start, r[^1].Length + s.FileSize);
@@ -198,16 +198,16 @@ public sealed class ElfCore : IDisposable
     private int Find(ulong address)
     {
         // The last segment starting at or below the address that holds it (segments may overlap: scan back a little).
-        int lo = 0, hi = _loads.Length - 1, found = -1;
+        int lo = 0, hi = loadSegments.Length - 1, found = -1;
         while (lo <= hi)
         {
             int mid = (lo + hi) >>> 1;
-            if (_loads[mid].VirtualAddress <= address) { found = mid; lo = mid + 1; }
+            if (loadSegments[mid].VirtualAddress <= address) { found = mid; lo = mid + 1; }
             else hi = mid - 1;
         }
         for (int i = found; i >= 0 && i > found - 8; i--)
         {
-            var s = _loads[i];
+            var s = loadSegments[i];
             if (address - s.VirtualAddress < s.FileSize)
                 return i;
         }
@@ -215,7 +215,7 @@ public sealed class ElfCore : IDisposable
     }
 
     /// <inheritdoc />
-    public void Dispose() => _file.Dispose();
+    public void Dispose() => source.Dispose();
 
     /// <summary>Where the file's bytes come from: positioned reads of a file, or a buffer.</summary>
     private interface ISource : IDisposable

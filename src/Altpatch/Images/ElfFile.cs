@@ -25,9 +25,9 @@ public sealed class ElfFile
     /// <summary>EM_X86_64.</summary>
     public const ushort MachineX86_64 = 62;
 
-    private readonly Range[] _map;
-    private readonly Dictionary<string, ElfSection> _byName;
-    private readonly Lazy<IReadOnlyList<ElfSymbol>> _symbols;
+    private readonly Range[] map;
+    private readonly Dictionary<string, ElfSection> byName;
+    private readonly Lazy<IReadOnlyList<ElfSymbol>> symbols;
 
     private readonly record struct Range(ulong Start, ulong End, long FileOffset, int SectionIndex);
 
@@ -43,11 +43,11 @@ public sealed class ElfFile
         Sections = sections;
         Segments = segments;
         ElfEnd = elfEnd;
-        _byName = new Dictionary<string, ElfSection>(StringComparer.Ordinal);
+        byName = new Dictionary<string, ElfSection>(StringComparer.Ordinal);
         foreach (var s in sections)
-            _byName.TryAdd(s.Name, s);
-        _map = BuildMap(sections, segments);
-        _symbols = new Lazy<IReadOnlyList<ElfSymbol>>(ReadSymbols);
+            byName.TryAdd(s.Name, s);
+        map = BuildMap(sections, segments);
+        symbols = new Lazy<IReadOnlyList<ElfSymbol>>(ReadSymbols);
     }
 
     /// <summary>The name used in error messages (usually the file name).</summary>
@@ -83,7 +83,7 @@ public sealed class ElfFile
     public long ElfEnd { get; }
 
     /// <summary>Symbols of the first <c>SHT_SYMTAB</c> section; empty when the file is stripped.</summary>
-    public IReadOnlyList<ElfSymbol> Symbols => _symbols.Value;
+    public IReadOnlyList<ElfSymbol> Symbols => symbols.Value;
 
     /// <summary>Whether a buffer starts with the ELF magic (7f 'E' 'L' 'F').</summary>
     public static bool HasElfMagic(ReadOnlySpan<byte> bytes) =>
@@ -199,15 +199,15 @@ public sealed class ElfFile
     }
 
     /// <summary>The first section called <paramref name="name"/>, or null.</summary>
-    public ElfSection? FindSection(string name) => _byName.TryGetValue(name, out var s) ? s : null;
+    public ElfSection? FindSection(string name) => byName.TryGetValue(name, out var s) ? s : null;
 
     /// <summary>The allocated section with file bytes that contains <paramref name="address"/>, or null.</summary>
     public ElfSection? SectionContaining(ulong address)
     {
         int i = Find(address, 1);
-        if (i < 0 || _map[i].SectionIndex < 0)
+        if (i < 0 || map[i].SectionIndex < 0)
             return null;
-        return Sections[_map[i].SectionIndex];
+        return Sections[map[i].SectionIndex];
     }
 
     /// <summary>The file bytes of a section (empty for <c>SHT_NOBITS</c>).</summary>
@@ -227,7 +227,7 @@ public sealed class ElfFile
             fileOffset = -1;
             return false;
         }
-        fileOffset = _map[i].FileOffset + (long)(address - _map[i].Start);
+        fileOffset = map[i].FileOffset + (long)(address - map[i].Start);
         return true;
     }
 
@@ -297,19 +297,19 @@ public sealed class ElfFile
     private int Find(ulong address, int length)
     {
         ulong len = (ulong)Math.Max(length, 0);
-        int lo = 0, hi = _map.Length - 1, found = -1;
+        int lo = 0, hi = map.Length - 1, found = -1;
         while (lo <= hi)
         {
             int mid = (lo + hi) >>> 1;
-            if (_map[mid].Start <= address) { found = mid; lo = mid + 1; }
+            if (map[mid].Start <= address) { found = mid; lo = mid + 1; }
             else hi = mid - 1;
         }
-        if (found >= 0 && Fits(_map[found], address, len))
+        if (found >= 0 && Fits(map[found], address, len))
             return found;
         // Overlapping ranges (unusual): fall back to a scan.
-        for (int i = 0; i < _map.Length; i++)
+        for (int i = 0; i < map.Length; i++)
         {
-            if (Fits(_map[i], address, len))
+            if (Fits(map[i], address, len))
                 return i;
         }
         return -1;

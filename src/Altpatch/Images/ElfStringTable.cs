@@ -9,8 +9,8 @@ namespace Altpatch.Images;
 /// </summary>
 internal sealed class ElfStringTable(string file, string table)
 {
-    private readonly Dictionary<uint, string> _names = [];
-    private long _characters;
+    private readonly Dictionary<uint, string> byOffset = [];
+    private long totalCharacters;
 
     /// <summary>The NUL-terminated name at <paramref name="offset"/> ("" past the end; an unterminated name runs to the end).</summary>
     /// <exception cref="ImageFormatException">The name is too long, or the names decoded so far exceed the budget.</exception>
@@ -18,18 +18,18 @@ internal sealed class ElfStringTable(string file, string table)
     {
         if (offset >= (uint)bytes.Length)
             return "";
-        if (_names.TryGetValue(offset, out var known))
+        if (byOffset.TryGetValue(offset, out var known))
             return known;
         var s = bytes[(int)offset..];
         int z = s.IndexOf((byte)0);
         int length = z < 0 ? s.Length : z;
         if (length > ImageLimits.MaxNameLength)
             throw new ImageFormatException($"{file}: {table}: the name at offset 0x{offset:x} is longer than {ImageLimits.MaxNameLength} bytes; corrupt");
-        _characters += length;
-        if (_characters > ImageLimits.MaxNameCharacters)
+        totalCharacters += length;
+        if (totalCharacters > ImageLimits.MaxNameCharacters)
             throw new ImageFormatException($"{file}: {table}: the names take more than {ImageLimits.MaxNameCharacters} characters; corrupt");
         var name = Encoding.UTF8.GetString(s[..length]);
-        _names[offset] = name;
+        byOffset[offset] = name;
         return name;
     }
 }

@@ -42,25 +42,25 @@ internal sealed class KallsymsDecoder
     /// <summary>kallsyms_seqs_of_names holds 24-bit indexes; no kernel has more symbols.</summary>
     private const int MaxSymbols = 1 << 24;
 
-    private readonly ElfFile _elf;
-    private readonly string _section;
-    private readonly ulong _base;
-    private readonly byte[] _array;
-    private readonly int _offset;
-    private readonly int _length;
-    private readonly int _align;
+    private readonly ElfFile elfFile;
+    private readonly string sectionName;
+    private readonly ulong baseAddress;
+    private readonly byte[] array;
+    private readonly int arrayOffset;
+    private readonly int arrayLength;
+    private readonly int pointerSize;
 
-    private ReadOnlySpan<byte> D => _array.AsSpan(_offset, _length);
+    private ReadOnlySpan<byte> D => array.AsSpan(arrayOffset, arrayLength);
 
     private KallsymsDecoder(ElfFile elf, string section, ulong address, ArraySegment<byte> bytes)
     {
-        _elf = elf;
-        _section = section;
-        _base = address;
-        _array = bytes.Array!;
-        _offset = bytes.Offset;
-        _length = bytes.Count;
-        _align = elf.PointerSize;
+        elfFile = elf;
+        sectionName = section;
+        baseAddress = address;
+        array = bytes.Array!;
+        arrayOffset = bytes.Offset;
+        arrayLength = bytes.Count;
+        pointerSize = elf.PointerSize;
     }
 
     /// <summary>A candidate position that turned out not to hold (valid) kallsyms tables. <see cref="Stage"/> says
@@ -127,15 +127,15 @@ internal sealed class KallsymsDecoder
         }
     }
 
-    private string Va(int position) => $"0x{_base + (ulong)position:x}";
-    private int Misalignment(int position) => (int)((_base + (ulong)position) % (ulong)_align);
+    private string Va(int position) => $"0x{baseAddress + (ulong)position:x}";
+    private int Misalignment(int position) => (int)((baseAddress + (ulong)position) % (ulong)pointerSize);
     private bool Aligned(int position) => Misalignment(position) == 0;
-    private int AlignUp(int position) => Misalignment(position) is var m && m == 0 ? position : position + _align - m;
+    private int AlignUp(int position) => Misalignment(position) is var m && m == 0 ? position : position + pointerSize - m;
     private int AlignDown(int position) => position - Misalignment(position);
     private uint U32(int position) => BinaryPrimitives.ReadUInt32LittleEndian(D[position..]);
     private ushort U16(int position) => BinaryPrimitives.ReadUInt16LittleEndian(D[position..]);
-    private ulong Pointer(int position) => ElfFile.ReadPointer(D[position..], _align);
-    private bool Fits(long position, long length) => position >= 0 && length >= 0 && position + length <= _length;
+    private ulong Pointer(int position) => ElfFile.ReadPointer(D[position..], pointerSize);
+    private bool Fits(long position, long length) => position >= 0 && length >= 0 && position + length <= arrayLength;
 
     private static RejectException Reject(int stage, string message) => new(stage, message);
 
@@ -147,12 +147,12 @@ internal sealed class KallsymsDecoder
         // kallsyms_markers (and kallsyms_seqs_of_names) before the token table: scan back for markers[0] == 0.
         RejectException? best = null;
         long maxBack = 772L * (MaxSymbols / 256) + 64;
-        for (int z = AlignDown(tokenTable - 4); z >= 0 && tokenTable - z <= maxBack; z -= _align)
+        for (int z = AlignDown(tokenTable - 4); z >= 0 && tokenTable - z <= maxBack; z -= pointerSize)
         {
             if (U32(z) != 0)
                 continue;
             // The markers end at the token table (up to 6.1, and 6.4+).
-            for (int pad = 0; pad < _align; pad += 4)
+            for (int pad = 0; pad < pointerSize; pad += 4)
             {
                 int end = tokenTable - pad;
                 if (end <= z || (end - z) % 4 != 0 || (pad > 0 && U32(tokenTable - 4) != 0))
@@ -184,7 +184,7 @@ internal sealed class KallsymsDecoder
                 if (!IsZero(end, seqs - end))
                     continue;
                 var counts = new List<int>();
-                for (int n = Math.Max(1, (tokenTable - seqs - _align + 1 + 2) / 3); 3L * n <= tokenTable - seqs; n++)
+                for (int n = Math.Max(1, (tokenTable - seqs - pointerSize + 1 + 2) / 3); 3L * n <= tokenTable - seqs; n++)
                 {
                     if (AlignUp(seqs + 3 * n) == tokenTable && (n + 255) / 256 == m)
                         counts.Add(n);
@@ -217,13 +217,13 @@ internal sealed class KallsymsDecoder
         {
             int z = d[p..].IndexOf((byte)0);
             if (z < 0)
-                throw Reject(0, $"kallsyms_token_table: token 0x{i:x2} after {Va(digits)} runs past the end of {_section}");
+                throw Reject(0, $"kallsyms_token_table: token 0x{i:x2} after {Va(digits)} runs past the end of {sectionName}");
             p += z + 1;
         }
         int end = p;
         index = AlignUp(end);
         if (!Fits(index, 512))
-            throw Reject(0, $"kallsyms_token_index at {Va(index)}: runs past the end of {_section}");
+            throw Reject(0, $"kallsyms_token_index at {Va(index)}: runs past the end of {sectionName}");
         table = digits - U16(index + 2 * 0x30);
         if (U16(index) != 0 || table < 0 || !Aligned(table) || table > digits)
             throw Reject(0, $"kallsyms_token_index at {Va(index)}: does not index a token table ending at {Va(end)}");
@@ -328,9 +328,9 @@ internal sealed class KallsymsDecoder
         if (names < 0)
             throw Reject(2, $"kallsyms_names: not found before kallsyms_markers at {Va(markers)} ({m} markers): no start from which the names of symbols {256 * Math.Max(0, m - 2)}… end where marker {m - 1} (0x{last:x}) says");
 
-        int numSyms = names - _align;
+        int numSyms = names - pointerSize;
         uint count = U32(numSyms);
-        if (_align == 8 && U32(numSyms + 4) != 0)
+        if (pointerSize == 8 && U32(numSyms + 4) != 0)
             throw Reject(3, $"kallsyms_num_syms at {Va(numSyms)}: the 4 bytes after it are 0x{U32(numSyms + 4):x}, not the zero padding before kallsyms_names");
         if (count == 0 || count > MaxSymbols || (count + 255) / 256 != m)
             throw Reject(3, $"kallsyms_num_syms at {Va(numSyms)}: {count} symbols, but kallsyms_markers at {Va(markers)} has {m} entries, one per 256 symbols ({256L * (m - 1) + 1}-{256L * m})");
@@ -358,22 +358,22 @@ internal sealed class KallsymsDecoder
             // 6.4+: after the token index; seqs after the relative base.
             offsets = AlignUp(tokenIndex + 512);
             relativeBase = AlignUp(offsets + 4 * n32);
-            string? after = Fits(relativeBase, _align)
+            string? after = Fits(relativeBase, pointerSize)
                 ? ReadOffsets(offsets, relativeBase, symbols, out absolute)
-                : $"kallsyms_offsets at {Va(offsets)}: {n32} entries run past the end of {_section}";
+                : $"kallsyms_offsets at {Va(offsets)}: {n32} entries run past the end of {sectionName}";
             if (after is null)
             {
                 layout = KallsymsLayout.NamesFirst;
-                seqs = AlignUp(relativeBase + _align);
+                seqs = AlignUp(relativeBase + pointerSize);
                 if (!Fits(seqs, 3L * n32))
-                    throw Reject(4, $"kallsyms_seqs_of_names at {Va(seqs)}: {n32} entries of 3 bytes run past the end of {_section}");
+                    throw Reject(4, $"kallsyms_seqs_of_names at {Va(seqs)}: {n32} entries of 3 bytes run past the end of {sectionName}");
             }
             else
             {
                 layout = KallsymsLayout.OffsetsFirst;
                 (offsets, relativeBase) = OffsetsBefore(numSyms, n32);
                 string? before = offsets < 0
-                    ? $"{n32} entries would start before {_section}"
+                    ? $"{n32} entries would start before {sectionName}"
                     : ReadOffsets(offsets, relativeBase, symbols, out absolute);
                 if (before is not null)
                     throw Reject(4, $"kallsyms_offsets: neither after kallsyms_token_index ({after}) nor before kallsyms_num_syms ({before})");
@@ -383,10 +383,10 @@ internal sealed class KallsymsDecoder
         if (seqs >= 0)
             CheckSeqs(seqs, symbols);
 
-        var info = new KallsymsTables(layout, _section, n32, absolute, Pointer(relativeBase),
-            _base + (ulong)numSyms, _base + (ulong)names, namesEnd - names, _base + (ulong)markers, m,
-            _base + (ulong)tokenTable, _base + (ulong)tokenIndex, _base + (ulong)offsets, _base + (ulong)relativeBase,
-            seqs >= 0 ? _base + (ulong)seqs : null);
+        var info = new KallsymsTables(layout, sectionName, n32, absolute, Pointer(relativeBase),
+            baseAddress + (ulong)numSyms, baseAddress + (ulong)names, namesEnd - names, baseAddress + (ulong)markers, m,
+            baseAddress + (ulong)tokenTable, baseAddress + (ulong)tokenIndex, baseAddress + (ulong)offsets, baseAddress + (ulong)relativeBase,
+            seqs >= 0 ? baseAddress + (ulong)seqs : null);
         return (info, symbols);
     }
 
@@ -400,10 +400,10 @@ internal sealed class KallsymsDecoder
     private int FindNames(int markers, int m, List<int>? seqsCounts, bool strict)
     {
         uint last = U32(markers + 4 * (m - 1));
-        long lowest = markers - (long)last - 256L * (2 + 0x3fff) - _align;
+        long lowest = markers - (long)last - 256L * (2 + 0x3fff) - pointerSize;
         int first = AlignDown(markers - (int)Math.Min(last + 2, (uint)markers));
         int blocks = Math.Min(m - 1, 16);
-        for (int s = first; s >= _align && s >= lowest; s -= _align)
+        for (int s = first; s >= pointerSize && s >= lowest; s -= pointerSize)
         {
             bool ok = true;
             for (int k = m - 2; k >= m - 1 - blocks && ok; k--)
@@ -415,12 +415,12 @@ internal sealed class KallsymsDecoder
                 continue;
             if (!strict)
                 return s;
-            uint n = U32(s - _align);
-            if (n == 0 || n > MaxSymbols || (n + 255) / 256 != m || (_align == 8 && U32(s - 4) != 0)
+            uint n = U32(s - pointerSize);
+            if (n == 0 || n > MaxSymbols || (n + 255) / 256 != m || (pointerSize == 8 && U32(s - 4) != 0)
                 || (seqsCounts is not null && !seqsCounts.Contains((int)n)))
                 continue;
             int end = Walk(s + (int)last, (int)(n - 256 * (uint)(m - 1)), markers);
-            if (end > markers - _align && IsZero(end, markers - end))
+            if (end > markers - pointerSize && IsZero(end, markers - end))
                 return s;
         }
         return -1;
@@ -429,7 +429,7 @@ internal sealed class KallsymsDecoder
     /// <summary>Up to 6.3: kallsyms_offsets, kallsyms_relative_base, kallsyms_num_syms, each aligned.</summary>
     private (int Offsets, int RelativeBase) OffsetsBefore(int numSyms, int n)
     {
-        int relativeBase = numSyms - _align;
+        int relativeBase = numSyms - pointerSize;
         int offsets = relativeBase - 4 * n;
         if (offsets >= 0 && !Aligned(offsets))
             offsets = AlignDown(offsets);
@@ -497,7 +497,7 @@ internal sealed class KallsymsDecoder
                 throw Reject(3, $"kallsyms_names at {Va(names)}: symbol {i} has type 0x{type:x2}, not a letter");
             symbols[i] = new KernelSymbol(utf8.GetString(buf[1..o]), 0, (char)type);
         }
-        if (pos <= markers - _align || !IsZero(pos, markers - pos))
+        if (pos <= markers - pointerSize || !IsZero(pos, markers - pos))
             throw Reject(3, $"kallsyms_names at {Va(names)}: the {n} symbols end at +0x{pos - names:x}, not just before kallsyms_markers at {Va(markers)}");
         return pos;
     }
@@ -509,14 +509,14 @@ internal sealed class KallsymsDecoder
     {
         absolute = false;
         int n = symbols.Length;
-        if (!Fits(offsets, 4L * n) || !Fits(relativeBase, _align))
-            return $"kallsyms_offsets at {Va(offsets)}: {n} entries run past {_section}";
+        if (!Fits(offsets, 4L * n) || !Fits(relativeBase, pointerSize))
+            return $"kallsyms_offsets at {Va(offsets)}: {n} entries run past {sectionName}";
         if (!IsZero(offsets + 4 * n, relativeBase - (offsets + 4 * n)))
             return $"kallsyms_offsets at {Va(offsets)}: the padding before kallsyms_relative_base at {Va(relativeBase)} is not zero";
         ulong rb = Pointer(relativeBase);
-        if (_elf.SectionContaining(rb) is null && !_elf.Sections.Any(s => s.IsAllocated && s.Contains(rb)))
+        if (elfFile.SectionContaining(rb) is null && !elfFile.Sections.Any(s => s.IsAllocated && s.Contains(rb)))
             return $"kallsyms_relative_base at {Va(relativeBase)} is 0x{rb:x}, not an address in the image";
-        ulong mask = _align == 8 ? ulong.MaxValue : 0xffff_ffffUL;
+        ulong mask = pointerSize == 8 ? ulong.MaxValue : 0xffff_ffffUL;
         var table = D.Slice(offsets, 4 * n);
 
         // Without --absolute-percpu: unsigned offsets above the base; the first symbol is the base.

@@ -8,3 +8,11 @@ public enum KernelArchitecture
     /// <summary>x86-64: ELF64, <c>EM_X86_64</c>, 8-byte pointers; decoded with bitness 64.</summary>
     X86_64,
 }
+
+/// <summary>Names of the architectures.</summary>
+public static class KernelArchitectures
+{
+    /// <summary>The name <c>uname -m</c> gives, which reports use: <c>x86_64</c> or <c>i386</c>.</summary>
+    public static string MachineName(this KernelArchitecture architecture) =>
+        architecture == KernelArchitecture.X86_64 ? "x86_64" : "i386";
+}

@@ -4,14 +4,14 @@ namespace Altpatch.Images;
 
 public sealed partial class KernelImage
 {
-    private Lazy<KernelRelocations?>? _relocations;
-    private KernelImage? _lastRelocated;   // the last Relocate() result: verifying dumps of one boot moves the image once
+    private Lazy<KernelRelocations?>? relocations;
+    private KernelImage? lastRelocated;   // the last Relocate() result: verifying dumps of one boot moves the image once
 
     /// <summary>The image's relocation table (<c>vmlinux.relocs</c> after the ELF file in a bzImage payload), read and
     /// checked on first use; null when nothing follows the ELF file (a plain <c>vmlinux</c>).</summary>
     /// <exception cref="ImageFormatException">Bytes follow the ELF file but are not a valid table (thrown on every use).</exception>
     public KernelRelocations? Relocations =>
-        LazyInitializer.EnsureInitialized(ref _relocations, () => new Lazy<KernelRelocations?>(() => KernelRelocations.Read(Elf))).Value;
+        LazyInitializer.EnsureInitialized(ref relocations, () => new Lazy<KernelRelocations?>(() => KernelRelocations.Read(Elf))).Value;
 
     /// <summary>How far this image was moved from its link addresses by <see cref="Relocate"/>; 0 for an image as
     /// opened.</summary>
@@ -32,7 +32,7 @@ public sealed partial class KernelImage
     {
         if (delta == 0)
             return this;
-        if (Volatile.Read(ref _lastRelocated) is { } last && last.RelocationDelta == delta)
+        if (Volatile.Read(ref lastRelocated) is { } last && last.RelocationDelta == delta)
             return last;
         if (delta < 0 || delta % 4096 != 0)
             throw new ArgumentOutOfRangeException(nameof(delta), $"0x{delta:x}: a kernel moves up from its link address by a multiple of 4 KiB");
@@ -49,7 +49,7 @@ public sealed partial class KernelImage
         Rebase(copy, Elf, (ulong)delta);
         var moved = Load(copy, Name);
         moved.RelocationDelta = delta;
-        Volatile.Write(ref _lastRelocated, moved);
+        Volatile.Write(ref lastRelocated, moved);
         return moved;
     }
 

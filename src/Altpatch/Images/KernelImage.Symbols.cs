@@ -4,10 +4,10 @@ namespace Altpatch.Images;
 
 public sealed partial class KernelImage
 {
-    private Lazy<KernelSymbols?>? _kallsyms;
+    private Lazy<KernelSymbols?>? kallsymsTable;
 
     private Lazy<KernelSymbols?> Kallsyms =>
-        LazyInitializer.EnsureInitialized(ref _kallsyms, () => new Lazy<KernelSymbols?>(() => KernelSymbols.DecodeKallsyms(Elf)));
+        LazyInitializer.EnsureInitialized(ref kallsymsTable, () => new Lazy<KernelSymbols?>(() => KernelSymbols.DecodeKallsyms(Elf)));
 
     /// <summary>The image's symbols, decoded from its own kallsyms tables on first use (once per image; a stripped image
     /// needs no symbol table).</summary>

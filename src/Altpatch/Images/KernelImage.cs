@@ -11,7 +11,7 @@ namespace Altpatch.Images;
 /// table is thrown there, and again on every later use).</remarks>
 public sealed partial class KernelImage
 {
-    private readonly Lazy<KernelPatchTables> _tables;
+    private readonly Lazy<KernelPatchTables> tables;
 
     private KernelImage(string name, long fileSize, BzImage? bzImage, BzImageIntegrity? integrity, ElfFile elf, KernelArchitecture arch, KernelVersion? version)
     {
@@ -22,7 +22,7 @@ public sealed partial class KernelImage
         Elf = elf;
         Architecture = arch;
         Version = version;
-        _tables = new Lazy<KernelPatchTables>(() => KernelPatchTables.Read(Elf, Version));
+        tables = new Lazy<KernelPatchTables>(() => KernelPatchTables.Read(Elf, Version));
     }
 
     /// <summary>The name used in messages (the file name).</summary>
@@ -66,7 +66,7 @@ public sealed partial class KernelImage
 
     /// <summary>The patch site tables, read and checked on first use.</summary>
     /// <exception cref="ImageFormatException">A table is malformed or an entry points outside the code.</exception>
-    public KernelPatchTables Tables => _tables.Value;
+    public KernelPatchTables Tables => tables.Value;
 
     /// <summary>Opens a bzImage or vmlinux ELF file.</summary>
     /// <param name="path">The file.</param>

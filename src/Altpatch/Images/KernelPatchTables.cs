@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Collections.Immutable;
 using System.Runtime.CompilerServices;
+using Altpatch.Code;
 
 namespace Altpatch.Images;
 
@@ -26,9 +27,6 @@ namespace Altpatch.Images;
 /// </remarks>
 public sealed class KernelPatchTables
 {
-    /// <summary>The kernel's <c>MAX_PATCH_LEN</c> (255 − 1): no site may be longer.</summary>
-    public const int MaxPatchLength = 254;
-
     /// <summary>Feature numbers must be below this (32 words of 32 bits; Linux 6.1 uses 24 words).</summary>
     public const int MaxFeature = 1024;
 
@@ -254,7 +252,7 @@ public sealed class KernelPatchTables
             }
             string? problem =
                 !padOk ? "padding bytes are not zero"
-                : il > MaxPatchLength ? $"instrlen {il} exceeds MAX_PATCH_LEN {MaxPatchLength}"
+                : il > X86.MaxPatchLength ? $"instrlen {il} exceeds MAX_PATCH_LEN {X86.MaxPatchLength}"
                 : rl > il ? $"replacementlen {rl} is larger than instrlen {il}"
                 : pad > il ? $"padlen {pad} is larger than instrlen {il}"
                 : cpuid >= MaxFeature ? $"feature {cpuid} ({cpuid >> 5}*32+{cpuid & 31}) is implausible (must be below {MaxFeature})"
@@ -299,7 +297,7 @@ public sealed class KernelPatchTables
             ulong instr = ElfFile.ReadPointer(e, ptr);
             byte type = e[ptr], len = e[ptr + 1];
             ushort clobbers = U16(e, ptr + 2);
-            string? problem = len > MaxPatchLength ? $"len {len} exceeds MAX_PATCH_LEN {MaxPatchLength}"
+            string? problem = len > X86.MaxPatchLength ? $"len {len} exceeds MAX_PATCH_LEN {X86.MaxPatchLength}"
                 : len == 0 ? "len is 0"
                 : ctx.CheckCode("site", instr, len);
             if (problem is not null)

@@ -33,7 +33,7 @@ public enum KernelRelocationKind
 /// </remarks>
 public sealed class KernelRelocations
 {
-    private readonly int[] _offsets32, _offsetsInverse, _offsets64;
+    private readonly int[] offsets32, offsetsInverse, offsets64;
 
     private KernelRelocations(string name, long tableOffset, int tableLength, ulong textStart, ulong bssStart, ulong kernelMap,
         ImmutableArray<ulong> r32, ImmutableArray<ulong> inverse, ImmutableArray<ulong> r64, int[] o32, int[] oInv, int[] o64, bool is64)
@@ -47,9 +47,9 @@ public sealed class KernelRelocations
         Absolute32 = r32;
         Inverse32 = inverse;
         Absolute64 = r64;
-        _offsets32 = o32;
-        _offsetsInverse = oInv;
-        _offsets64 = o64;
+        offsets32 = o32;
+        offsetsInverse = oInv;
+        offsets64 = o64;
         Is64 = is64;
     }
 
@@ -224,17 +224,17 @@ public sealed class KernelRelocations
         if (delta == 0)
             return;
         uint d32 = unchecked((uint)delta);
-        foreach (int o in _offsets32)
+        foreach (int o in offsets32)
         {
             var f = elfBytes.Slice(o, 4);
             BinaryPrimitives.WriteUInt32LittleEndian(f, unchecked(BinaryPrimitives.ReadUInt32LittleEndian(f) + d32));
         }
-        foreach (int o in _offsetsInverse)
+        foreach (int o in offsetsInverse)
         {
             var f = elfBytes.Slice(o, 4);
             BinaryPrimitives.WriteUInt32LittleEndian(f, unchecked(BinaryPrimitives.ReadUInt32LittleEndian(f) - d32));
         }
-        foreach (int o in _offsets64)
+        foreach (int o in offsets64)
         {
             var f = elfBytes.Slice(o, 8);
             BinaryPrimitives.WriteUInt64LittleEndian(f, unchecked(BinaryPrimitives.ReadUInt64LittleEndian(f) + (ulong)delta));

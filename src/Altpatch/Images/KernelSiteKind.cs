@@ -1,3 +1,5 @@
+using Altpatch.Sites;
+
 namespace Altpatch.Images;
 
 /// <summary>The kinds of patch site tables a kernel image carries.</summary>
@@ -24,4 +26,39 @@ public enum KernelSiteKind
     /// <summary>ftrace's own call sites in <c>ftrace_caller</c>/<c>ftrace_regs_caller</c> (<c>ftrace_call</c>, <c>ftrace_regs_call</c>:
     /// <c>ftrace_update_ftrace_func()</c>) and <c>ftrace_graph_call</c> (i386: <c>ftrace_enable_ftrace_graph_caller()</c>).</summary>
     FtraceCall,
+}
+
+/// <summary>
+/// The kernel's site tables: their short names, and the <see cref="SiteKind"/>s of the tables only images have
+/// (the others are <see cref="SiteKind.Alternative"/>, <see cref="SiteKind.Paravirt"/> and <see cref="SiteKind.Lock"/>),
+/// which a boot-time pass names its sites with in messages and plans.
+/// </summary>
+public static class KernelSiteKinds
+{
+    /// <summary>Every kind, in the order of the image's tables.</summary>
+    public static IReadOnlyList<KernelSiteKind> All { get; } =
+        [KernelSiteKind.Alternative, KernelSiteKind.Paravirt, KernelSiteKind.SmpLock, KernelSiteKind.Retpoline, KernelSiteKind.Return];
+
+    /// <summary>The short name of a table: alt, para, lock, retpoline, return, mcount, jump, static_call, sct, ftrace_call
+    /// (the <c>--kind</c> values of <c>kernel sites</c>, and the names in reports).</summary>
+    public static string ShortName(this KernelSiteKind kind) => kind switch
+    {
+        KernelSiteKind.Alternative => "alt",
+        KernelSiteKind.Paravirt => "para",
+        KernelSiteKind.SmpLock => "lock",
+        KernelSiteKind.Retpoline => "retpoline",
+        KernelSiteKind.Return => "return",
+        KernelSiteKind.Mcount => "mcount",
+        KernelSiteKind.JumpLabel => "jump",
+        KernelSiteKind.StaticCall => "static_call",
+        KernelSiteKind.StaticCallTrampoline => "sct",
+        KernelSiteKind.FtraceCall => "ftrace_call",
+        _ => kind.ToString(),
+    };
+
+    /// <summary>A retpoline thunk call or jump (<c>.retpoline_sites</c>).</summary>
+    public static SiteKind Retpoline { get; } = new("retpoline");
+
+    /// <summary>A return (<c>.return_sites</c>).</summary>
+    public static SiteKind Return { get; } = new("return");
 }

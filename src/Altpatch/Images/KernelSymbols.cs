@@ -1,4 +1,3 @@
-using System.Collections.ObjectModel;
 using System.Globalization;
 
 namespace Altpatch.Images;
@@ -18,25 +17,25 @@ namespace Altpatch.Images;
 /// </remarks>
 public sealed class KernelSymbols
 {
-    private readonly KernelSymbol[] _symbols;
-    private readonly Lazy<Dictionary<string, int>> _byName;
-    private readonly (ulong Start, ulong End)[] _ranges;
-    private readonly ulong _initStart, _initEnd, _end;
+    private readonly KernelSymbol[] bySortedAddress;
+    private readonly Lazy<Dictionary<string, int>> byName;
+    private readonly (ulong Start, ulong End)[] textRanges;
+    private readonly ulong initStart, initSectionEnd, imageEnd;
 
     private KernelSymbols(string origin, KernelSymbol[] sortedSymbols, KallsymsTables? kallsyms)
     {
         Origin = origin;
         Kallsyms = kallsyms;
-        _symbols = sortedSymbols;
-        All = Array.AsReadOnly(_symbols);
-        _byName = new Lazy<Dictionary<string, int>>(() =>
+        bySortedAddress = sortedSymbols;
+        All = Array.AsReadOnly(bySortedAddress);
+        byName = new Lazy<Dictionary<string, int>>(() =>
         {
-            var d = new Dictionary<string, int>(_symbols.Length, StringComparer.Ordinal);
-            for (int i = 0; i < _symbols.Length; i++)
-                d.TryAdd(_symbols[i].Name, i);
+            var d = new Dictionary<string, int>(bySortedAddress.Length, StringComparer.Ordinal);
+            for (int i = 0; i < bySortedAddress.Length; i++)
+                d.TryAdd(bySortedAddress[i].Name, i);
             return d;
         });
-        (_ranges, _initStart, _initEnd, _end) = KernelRanges();
+        (textRanges, initStart, initSectionEnd, imageEnd) = KernelRanges();
     }
 
     /// <summary>Where the symbols came from, for messages: "kallsyms of vmlinuz-6.1.0-50-cloud-amd64" or a file name.</summary>
@@ -50,7 +49,7 @@ public sealed class KernelSymbols
     public IReadOnlyList<KernelSymbol> All { get; }
 
     /// <summary>Number of symbols.</summary>
-    public int Count => _symbols.Length;
+    public int Count => bySortedAddress.Length;
 
     /// <summary>
     /// Whether the symbols cover data as well as code (<c>CONFIG_KALLSYMS_ALL</c>, and always for a System.map). The
@@ -143,9 +142,9 @@ public sealed class KernelSymbols
     public bool TryGetSymbol(string name, out KernelSymbol symbol)
     {
         ArgumentNullException.ThrowIfNull(name);
-        if (_byName.Value.TryGetValue(name, out int i))
+        if (byName.Value.TryGetValue(name, out int i))
         {
-            symbol = _symbols[i];
+            symbol = bySortedAddress[i];
             return true;
         }
         symbol = default;
@@ -161,13 +160,13 @@ public sealed class KernelSymbols
     public IReadOnlyList<KernelSymbol> Named(string name)
     {
         ArgumentNullException.ThrowIfNull(name);
-        if (!_byName.Value.TryGetValue(name, out int first))
+        if (!byName.Value.TryGetValue(name, out int first))
             return [];
         var list = new List<KernelSymbol>();
-        for (int i = first; i < _symbols.Length; i++)
+        for (int i = first; i < bySortedAddress.Length; i++)
         {
-            if (string.Equals(_symbols[i].Name, name, StringComparison.Ordinal))
-                list.Add(_symbols[i]);
+            if (string.Equals(bySortedAddress[i].Name, name, StringComparison.Ordinal))
+                list.Add(bySortedAddress[i]);
         }
         return list;
     }
@@ -195,20 +194,20 @@ public sealed class KernelSymbols
         int i = LastAtOrBelow(address);
         if (i < 0)
             return false;
-        while (i > 0 && _symbols[i - 1].Address == _symbols[i].Address)
+        while (i > 0 && bySortedAddress[i - 1].Address == bySortedAddress[i].Address)
             i--;
-        ulong start = _symbols[i].Address;
+        ulong start = bySortedAddress[i].Address;
         ulong end = 0;
         int j = i + 1;
-        while (j < _symbols.Length && _symbols[j].Address == start)
+        while (j < bySortedAddress.Length && bySortedAddress[j].Address == start)
             j++;
-        if (j < _symbols.Length)
-            end = _symbols[j].Address;
-        else if (address >= _initStart && address < _initEnd)
-            end = _initEnd;
+        if (j < bySortedAddress.Length)
+            end = bySortedAddress[j].Address;
+        else if (address >= initStart && address < initSectionEnd)
+            end = initSectionEnd;
         else
-            end = _end;
-        symbol = _symbols[i];
+            end = imageEnd;
+        symbol = bySortedAddress[i];
         offset = address - start;
         size = end > start ? end - start : 0;
         return true;
@@ -224,11 +223,11 @@ public sealed class KernelSymbols
     /// <summary>The index in <see cref="All"/> of the last symbol whose address is at or below <paramref name="address"/>; -1 when none.</summary>
     public int LastAtOrBelow(ulong address)
     {
-        int lo = 0, hi = _symbols.Length - 1, found = -1;
+        int lo = 0, hi = bySortedAddress.Length - 1, found = -1;
         while (lo <= hi)
         {
             int mid = (lo + hi) >>> 1;
-            if (_symbols[mid].Address <= address)
+            if (bySortedAddress[mid].Address <= address)
             {
                 found = mid;
                 lo = mid + 1;
@@ -242,7 +241,7 @@ public sealed class KernelSymbols
     /// <summary>is_ksym_addr(): whether the kernel would look <paramref name="address"/> up at all.</summary>
     private bool InKernel(ulong address)
     {
-        foreach (var (start, end) in _ranges)
+        foreach (var (start, end) in textRanges)
         {
             if (address >= start && address < end)
                 return true;
@@ -256,7 +255,7 @@ public sealed class KernelSymbols
     {
         // One pass for the first of each bounding symbol (a switch on the name, not seven scans).
         ulong stext = 0, etext = 0, sinit = 0, einit = 0, end = 0, initBegin = 0, initEnd = 0;
-        foreach (var s in _symbols)
+        foreach (var s in bySortedAddress)
         {
             if (s.Name.Length < 4 || s.Name[0] != '_')
                 continue;
@@ -275,7 +274,7 @@ public sealed class KernelSymbols
         {
             CoversData = true;
             ulong lo = ulong.MaxValue, hi = 0;
-            foreach (var s in _symbols)
+            foreach (var s in bySortedAddress)
             {
                 if (!s.IsAbsolute)
                 {
@@ -286,7 +285,7 @@ public sealed class KernelSymbols
             return lo > hi ? ([], 0, 0, 0) : ([(lo, hi + 1)], 0, 0, hi);
         }
         bool InText(ulong a) => (a >= stext && a <= etext) || (einit > sinit && a >= sinit && a <= einit);
-        CoversData = _symbols.Any(s => !s.IsAbsolute && !InText(s.Address)
+        CoversData = bySortedAddress.Any(s => !s.IsAbsolute && !InText(s.Address)
             && !s.Name.StartsWith("__start_", StringComparison.Ordinal) && !s.Name.StartsWith("__stop_", StringComparison.Ordinal));
         var ranges = new List<(ulong, ulong)>();
         if (CoversData && end > stext)

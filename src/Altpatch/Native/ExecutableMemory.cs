@@ -1,4 +1,5 @@
 using System.Runtime.InteropServices;
+using Altpatch.Code;
 
 namespace Altpatch.Native;
 
@@ -94,7 +95,7 @@ public sealed unsafe class ExecutableMemory : SafeHandle
         }
         Libc.Close(fd); // the two mappings keep the memory alive
         var mem = new ExecutableMemory(rx, rwView, (int)rounded, name);
-        mem.Writable.Fill(0xCC);
+        mem.Writable.Fill(X86.Int3);
         lock (RegistryLock)
         {
             var list = new List<ExecutableMemory>(registry) { mem };

@@ -17,7 +17,7 @@ namespace Altpatch.Native;
 /// like the kernel, treats a trap as <c>SIG_DFL</c>.
 /// </para>
 /// <para>
-/// <see cref="Altpatch.Text.LivePoker"/> installs the handlers on first use. <see cref="Uninstall"/> restores the
+/// <see cref="Altpatch.Pokers.LivePoker"/> installs the handlers on first use. <see cref="Uninstall"/> restores the
 /// previous dispositions after a grace period (every thread has answered a probe, so no trap on an
 /// earlier <c>int3</c> is still waiting to be delivered); it refuses while a batch is in flight.
 /// </para>
@@ -40,31 +40,25 @@ public static unsafe class TrapHandler
     public static int ProbeSignal => installed ? Volatile.Read(ref probeSignal) : 0;
 
     /// <summary>Traps on the live poker's <c>int3</c>s that the handler sent back to their site.</summary>
-    public static long TrapsHandled => Counter(Ctl.OurTraps);
+    public static long TrapsHandled => code is { } c ? Volatile.Read(ref c.Control->OurTraps) : 0;
 
     /// <summary>SIGTRAPs that were not the live poker's and went to the previous handler.</summary>
-    public static long TrapsChained => Counter(Ctl.ChainedTraps);
+    public static long TrapsChained => code is { } c ? Volatile.Read(ref c.Control->ChainedTraps) : 0;
 
     /// <summary>Probe signals sent to threads by live batches and grace periods.</summary>
-    public static long ProbesSent => Counter(Ctl.ProbesSent);
+    public static long ProbesSent => code is { } c ? Volatile.Read(ref c.Control->ProbesSent) : 0;
 
     /// <summary>Probe signals threads answered (stale ones not counted).</summary>
-    public static long ProbesAnswered => Counter(Ctl.ProbesAnswered);
+    public static long ProbesAnswered => code is { } c ? Volatile.Read(ref c.Control->ProbesAnswered) : 0;
 
     /// <summary>Probe answers "stopped inside a site" (by RIP or a stack word): each held a batch until the thread left.</summary>
-    public static long ProbesInside => Counter(Ctl.InsideAnswers);
+    public static long ProbesInside => code is { } c ? Volatile.Read(ref c.Control->InsideAnswers) : 0;
 
     /// <summary>The code and tables of the handlers (first use allocates them).</summary>
     internal static LiveCode? Code => code;
 
     /// <summary>The address range of the handlers' code (RX view), or an empty range before first use.</summary>
     public static (ulong Start, ulong End) CodeRange => code is null ? (0, 0) : (code.Code.Address, code.Code.Address + (ulong)code.Code.Size);
-
-    private static long Counter(int offset)
-    {
-        var c = code;
-        return c is null ? 0 : (long)Volatile.Read(ref *c.Field(offset));
-    }
 
     /// <summary>
     /// Installs the SIGTRAP handler (chained to the current one) and the probe handler. Does nothing when
@@ -88,7 +82,6 @@ public static unsafe class TrapHandler
             throw new TrapHandlerException($"probe signal {signal} is not a real-time signal (32..{sigrtmax})");
 
         var c = code ??= LiveCode.Create();
-        ulong* ctl = c.Field(0);
         FillProcessFields(c, signal);
 
         SigAction oldTrap, oldProbe;
@@ -100,8 +93,8 @@ public static unsafe class TrapHandler
             throw new TrapHandlerException("SIGTRAP already runs Altpatch's handler although it is not installed (was it installed by hand?)");
 
         // The handler reads the previous disposition: publish it before the handler can run.
-        Volatile.Write(ref ctl[Ctl.PrevFlags / 8], (ulong)(uint)oldTrap.Flags);
-        Volatile.Write(ref ctl[Ctl.PrevHandler / 8], (ulong)oldTrap.Handler);
+        Volatile.Write(ref c.Control->PrevFlags, (ulong)(uint)oldTrap.Flags);
+        Volatile.Write(ref c.Control->PrevHandler, oldTrap.Handler);
 
         var probe = new SigAction { Handler = c.Probe, Flags = Signals.SaSigInfo | Signals.SaRestart };
         if (Libc.Sigaction(signal, &probe, null) != 0) throw NativeException.Last($"sigaction({signal}) install");
@@ -123,11 +116,11 @@ public static unsafe class TrapHandler
 
     private static void FillProcessFields(LiveCode c, int signal)
     {
-        ulong* ctl = c.Field(0);
+        var ctl = c.Control;
         int pid = Libc.Getpid();
-        ctl[Ctl.Pid / 8] = (ulong)pid;
-        ctl[Ctl.ProbeSignal / 8] = (ulong)signal;
-        byte* info = (byte*)(c.Data + Ctl.SigInfo);
+        ctl->Pid = pid;
+        ctl->ProbeSignal = signal;
+        byte* info = ctl->SigInfo;
         new Span<byte>(info, 128).Clear();
         *(int*)info = signal;
         *(int*)(info + Signals.SiCodeOffset) = Signals.SiQueue;
@@ -141,9 +134,9 @@ public static unsafe class TrapHandler
             if (r.Path == "[stack]") top = r.End;
         ulong* limits = stackalloc ulong[2];
         ulong max = Libc.Getrlimit(Libc.RlimitStack, limits) == 0 ? limits[0] : 8UL << 20;
-        ctl[Ctl.MainTop / 8] = top;
-        ctl[Ctl.MainMax / 8] = Math.Min(max, 1UL << 30);
-        ctl[Ctl.MaxScan / 8] = 256UL << 20;
+        ctl->MainTop = top;
+        ctl->MainMax = Math.Min(max, 1UL << 30);
+        ctl->MaxScan = 256UL << 20;
     }
 
     /// <summary>
@@ -162,7 +155,7 @@ public static unsafe class TrapHandler
         {
             if (!installed) return;
             var c = code!;
-            if (Volatile.Read(ref *c.Field(Ctl.Inflight)) != 0)
+            if (Volatile.Read(ref c.Control->Inflight) != 0)
                 throw new TrapHandlerException("cannot uninstall the SIGTRAP handler while a live batch is in flight");
             SigAction current;
             if (Libc.Sigaction(Signals.SigTrap, null, &current) != 0) throw NativeException.Last("sigaction(SIGTRAP) query");
@@ -183,18 +176,18 @@ public static unsafe class TrapHandler
     /// <summary>An empty batch with a probe: returns when every other thread has answered.</summary>
     private static void GracePeriod(LiveCode c, TimeSpan timeout)
     {
-        byte* desc = stackalloc byte[Desc.Size];
-        LiveCode.InitDescriptor(desc, 0, null, probe: true, timeout);
+        BatchDescriptor desc;
+        LiveCode.InitDescriptor(&desc, 0, null, probe: true, timeout);
         c.PublishHazards(0);
-        var r = c.RunBatch(desc);
+        var r = c.RunBatch(&desc);
         if (r == BatchResult.Done) return;
-        string errno = Libc.ErrorText((int)*(long*)(desc + Desc.OutErrno));
+        string errno = Libc.ErrorText((int)desc.OutErrno);
         string why = r switch
         {
             BatchResult.ThreadsUnlisted => $"cannot list this process's threads (/proc/self/task): {errno}",
-            BatchResult.TooManyThreads => $"more than {LiveCode.SlotCapacity} threads to probe",
+            BatchResult.TooManyThreads => $"more than {DataLayout.SlotCapacity} threads to probe",
             BatchResult.SyncFailed or BatchResult.LateSyncFailed => $"membarrier(SYNC_CORE) failed: {errno}",
-            _ => $"thread {*(long*)(desc + Desc.OutTid)} did not answer probe signal {probeSignal} within {timeout.TotalSeconds:0.###} s",
+            _ => $"thread {desc.OutTid} did not answer probe signal {probeSignal} within {timeout.TotalSeconds:0.###} s",
         };
         throw new TrapHandlerException($"grace period failed ({r}): {why}; the handlers stay installed");
     }

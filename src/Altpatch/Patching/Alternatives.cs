@@ -10,7 +10,7 @@ namespace Altpatch.Patching;
 /// The alternatives patcher (the kernel's <c>apply_alternatives()</c>), as a pure function from sites
 /// and CPU features to a <see cref="PatchPlan"/>. For each site address, the last alternative whose
 /// condition holds wins; its replacement is assembled in a buffer of at most
-/// <see cref="PatchPlan.MaxPatchLength"/> bytes, re-encoded for the site's final address
+/// <see cref="X86.MaxPatchLength"/> bytes, re-encoded for the site's final address
 /// (<see cref="Relocator"/>), and padded with the CPU's best NOPs. A site where no condition holds
 /// gets its original bytes back. Sites whose memory already holds the wanted bytes produce no poke,
 /// so applying the same features twice gives an empty second plan.
@@ -25,9 +25,11 @@ public static class Alternatives
     /// than 254 bytes or of length 0, original bytes not of the site's length, a replacement longer than
     /// its site, alternatives of one address with different lengths or originals, overlapping sites,
     /// a site that cannot be read, memory that holds neither the original nor a replacement, and a
-    /// replacement that cannot be re-encoded to fit at the site.
+    /// replacement that cannot be re-encoded to fit at the site. When <paramref name="decisions"/> is given,
+    /// each site address's outcome is appended to it (in address order).
     /// </summary>
-    public static PatchPlan Plan(IReadOnlyList<AlternativeSite> sites, CpuFeatures cpu, ICodeReader code, AlternativeOptions? options = null)
+    public static PatchPlan Plan(IReadOnlyList<AlternativeSite> sites, CpuFeatures cpu, ICodeReader code, AlternativeOptions? options = null,
+                                 ICollection<AlternativeDecision>? decisions = null)
     {
         ArgumentNullException.ThrowIfNull(sites);
         ArgumentNullException.ThrowIfNull(cpu);
@@ -36,8 +38,8 @@ public static class Alternatives
 
         int[] order = SiteTable.OrderByAddress(sites);
         var builder = new PlanBuilder(sites.Count);
-        Span<byte> wanted = stackalloc byte[PatchPlan.MaxPatchLength];
-        Span<byte> current = stackalloc byte[PatchPlan.MaxPatchLength];
+        Span<byte> wanted = stackalloc byte[X86.MaxPatchLength];
+        Span<byte> current = stackalloc byte[X86.MaxPatchLength];
         var overlaps = new SiteTable.Overlaps();
 
         for (int g = 0; g < order.Length;)
@@ -75,17 +77,19 @@ public static class Alternatives
             if (!code.TryRead(head.Address, cur, out var problem))
                 throw Error(first, head, options, problem);
 
-            if (!cur.SequenceEqual(want))
+            int siteIndex = chosen >= 0 ? chosen : first;
+            bool changed = !cur.SequenceEqual(want);
+            decisions?.Add(new AlternativeDecision(first, head.Address, len, chosen, changed, Reason(sites[siteIndex], chosen >= 0)));
+            if (changed)
             {
                 if (!IsKnownState(sites, order, g, groupEnd, cur, chosen, options))
                     throw Error(first, head, options, SiteTable.UnknownState(cur, head.Original.Span, "any of its replacements"));
-                int siteIndex = chosen >= 0 ? chosen : first;
                 builder.Add(head.Address, cur, want, Site(siteIndex, options), Reason(sites[siteIndex], chosen >= 0));
                 options.Log?.WriteLine($"alternatives: {Ref(siteIndex, options)} 0x{head.Address:x} len {len} {(chosen >= 0 ? "apply " + sites[chosen].Condition : "original")}: {Convert.ToHexString(cur)} -> {Convert.ToHexString(want)}");
             }
             else
             {
-                options.Log?.WriteLine($"alternatives: {Ref(chosen >= 0 ? chosen : first, options)} 0x{head.Address:x} len {len} unchanged: {Convert.ToHexString(cur)}");
+                options.Log?.WriteLine($"alternatives: {Ref(siteIndex, options)} 0x{head.Address:x} len {len} unchanged: {Convert.ToHexString(cur)}");
             }
 
             overlaps.Add(Site(first, options), head.Address, len);
@@ -120,7 +124,7 @@ public static class Alternatives
     {
         var head = sites[order[g]];
         if (cur.SequenceEqual(head.Original.Span)) return true;
-        Span<byte> candidate = stackalloc byte[PatchPlan.MaxPatchLength];
+        Span<byte> candidate = stackalloc byte[X86.MaxPatchLength];
         for (int k = g; k < groupEnd; k++)
         {
             int idx = order[k];

@@ -1,6 +1,5 @@
 using System.Runtime.InteropServices;
-using Altpatch.Emit;
-using Iced.Intel;
+using Altpatch.Code;
 using static Iced.Intel.AssemblerRegisters;
 
 namespace Altpatch.Patching;
@@ -26,12 +25,12 @@ public sealed unsafe class HypervisorBackend : ParavirtBackend, IDisposable
     }
 
     /// <summary>
-    /// Emits a counting shim for every implemented op of <paramref name="inner"/> into <paramref name="cb"/>
-    /// and returns the backend. Call <see cref="CodeBuilder.Publish"/> before running the code.
+    /// Emits a counting shim for every implemented op of <paramref name="inner"/> into <paramref name="code"/>
+    /// and returns the backend. Make the code visible (<c>CodeBuilder.Publish</c>) before running it.
     /// </summary>
-    public static HypervisorBackend Emit(CodeBuilder cb, ParavirtBackend inner, string name = "hypervisor")
+    public static HypervisorBackend Emit(ICodeSpace code, ParavirtBackend inner, string name = "hypervisor")
     {
-        ArgumentNullException.ThrowIfNull(cb);
+        ArgumentNullException.ThrowIfNull(code);
         ArgumentNullException.ThrowIfNull(inner);
         int n = inner.OpCount;
         var mem = (long*)NativeMemory.AlignedAlloc((nuint)Math.Max(n * 8, 64), 64);
@@ -49,14 +48,14 @@ public sealed unsafe class HypervisorBackend : ParavirtBackend, IDisposable
                         ops[i] = op;
                         break;
                     case OpKind.Nop:
-                        ops[i] = OpImplementation.Call(Shim(cb, counter, op.Slot), Sites.Clobbers.None);
+                        ops[i] = OpImplementation.Call(Shim(code, counter, op.Slot), Sites.Clobbers.None);
                         break;
                     case OpKind.Jump:
-                        ops[i] = OpImplementation.Jump(Shim(cb, counter, op.Target));
+                        ops[i] = OpImplementation.Jump(Shim(code, counter, op.Target));
                         break;
                     default:
-                        ulong target = Shim(cb, counter, op.Target);
-                        ulong slot = op.Slot == op.Target ? target : Shim(cb, counter, op.Slot);
+                        ulong target = Shim(code, counter, op.Target);
+                        ulong slot = op.Slot == op.Target ? target : Shim(code, counter, op.Slot);
                         ops[i] = OpImplementation.Call(target, op.Clobbers, slot);
                         break;
                 }
@@ -74,10 +73,10 @@ public sealed unsafe class HypervisorBackend : ParavirtBackend, IDisposable
     /// <c>pushfq; push rax; mov rax, counter; lock inc qword [rax]; pop rax; popfq; jmp target</c>:
     /// counts the call and goes on to <paramref name="target"/> with every register and flag as it was.
     /// </summary>
-    private static ulong Shim(CodeBuilder cb, ulong counter, ulong target)
+    private static ulong Shim(ICodeSpace code, ulong counter, ulong target)
     {
-        cb.Align(16);
-        return cb.Code(a =>
+        code.Align(16);
+        return code.Code(a =>
         {
             a.pushfq();
             a.push(rax);

@@ -1,4 +1,4 @@
-using System.Buffers.Binary;
+using Altpatch.Code;
 using Altpatch.Sites;
 using Altpatch.Text;
 
@@ -8,7 +8,7 @@ namespace Altpatch.Patching;
 /// The paravirt patcher (the kernel's <c>apply_paravirt()</c>) as a pure function from sites and a
 /// backend to a <see cref="PatchPlan"/>, and the seed's patch helpers (<c>paravirt_patch_default</c>,
 /// <c>_call</c>, <c>_jmp</c>, <c>_insns</c>). For each site, a buffer of
-/// <see cref="PatchPlan.MaxPatchLength"/> bytes is prepared with the site's original bytes, the
+/// <see cref="X86.MaxPatchLength"/> bytes is prepared with the site's original bytes, the
 /// backend's <see cref="ParavirtBackend.Patch"/> writes its code there and says how many bytes it
 /// used, the rest is padded with NOPs, and the whole site becomes one poke. Every site is planned
 /// from its original bytes, whatever memory holds now, so switching backends and back gives back
@@ -16,11 +16,6 @@ namespace Altpatch.Patching;
 /// </summary>
 public static class Paravirt
 {
-    /// <summary><c>ud2</c>: what a site of an op without implementation becomes (the kernel's BUG).</summary>
-    public static ReadOnlySpan<byte> Ud2 => [0x0F, 0x0B];
-
-    private const int CallLength = 5;
-
     /// <summary>
     /// Plans <paramref name="sites"/> for <paramref name="backend"/>, reading each site's current bytes
     /// through <paramref name="code"/>. Memory may hold the original bytes, the bytes this backend
@@ -61,9 +56,9 @@ public static class Paravirt
 
         int[] order = SiteTable.OrderByAddress(sites);
         var builder = new PlanBuilder(sites.Count);
-        Span<byte> wanted = stackalloc byte[PatchPlan.MaxPatchLength];
-        Span<byte> current = stackalloc byte[PatchPlan.MaxPatchLength];
-        Span<byte> other = stackalloc byte[PatchPlan.MaxPatchLength];
+        Span<byte> wanted = stackalloc byte[X86.MaxPatchLength];
+        Span<byte> current = stackalloc byte[X86.MaxPatchLength];
+        Span<byte> other = stackalloc byte[X86.MaxPatchLength];
         var overlaps = new SiteTable.Overlaps();
 
         foreach (int i in order)
@@ -88,7 +83,7 @@ public static class Paravirt
                 throw Error(i, s, options, problem);
 
             ParavirtDecision decision = backend is null
-                ? new ParavirtDecision(i, s.Address, s.Type, ParavirtStrategy.Indirect, len, "original indirect call")
+                ? new ParavirtDecision(i, s.Address, s.Type, ParavirtStrategy.Indirect, len, "original indirect call", ParavirtReason.Restored)
                 : Describe(s, i, backend, want, used);
             decisions?.Add(decision);
 
@@ -118,7 +113,7 @@ public static class Paravirt
 
     /// <summary>
     /// Assembles one site's new bytes for <paramref name="backend"/> in <paramref name="buffer"/> (at
-    /// least <see cref="PatchPlan.MaxPatchLength"/> bytes; the site's bytes are its first
+    /// least <see cref="X86.MaxPatchLength"/> bytes; the site's bytes are its first
     /// <see cref="ParavirtSite.Length"/>): original bytes, the backend's code, NOP padding. Pure: touches
     /// no code. Returns the bytes of backend code before the padding. Throws <see cref="PatchException"/>
     /// for the same site errors as <see cref="Plan"/>.
@@ -127,8 +122,8 @@ public static class Paravirt
     {
         ArgumentNullException.ThrowIfNull(backend);
         options ??= ParavirtOptions.Default;
-        if (buffer.Length < PatchPlan.MaxPatchLength)
-            throw new ArgumentException($"buffer of {buffer.Length} bytes is shorter than MAX_PATCH_LEN ({PatchPlan.MaxPatchLength})", nameof(buffer));
+        if (buffer.Length < X86.MaxPatchLength)
+            throw new ArgumentException($"buffer of {buffer.Length} bytes is shorter than MAX_PATCH_LEN ({X86.MaxPatchLength})", nameof(buffer));
         CheckShape(site, 0, backend, options);
         return AssembleInto(site, 0, backend, buffer, options);
     }
@@ -137,7 +132,7 @@ public static class Paravirt
     {
         // Prepare the buffer with the original instructions (as 6.1's apply_paravirt does; the seed left it
         // uninitialised, so a backend that kept the site wrote garbage), then let the backend write.
-        var full = buffer[..PatchPlan.MaxPatchLength];
+        var full = buffer[..X86.MaxPatchLength];
         full.Clear();
         s.Original.Span.CopyTo(full);
         int used;
@@ -168,7 +163,7 @@ public static class Paravirt
         var op = backend.Implementation(type);
         return op.Kind switch
         {
-            OpKind.Missing => PatchInsns(buffer, length, Ud2),
+            OpKind.Missing => PatchInsns(buffer, length, X86.Ud2),
             OpKind.Nop => 0,
             OpKind.Jump => PatchJump(op.Target, buffer, address, length),
             _ => PatchCall(buffer, op.Target, op.Clobbers, address, clobbers, length),
@@ -184,7 +179,7 @@ public static class Paravirt
     public static int PatchCall(Span<byte> buffer, ulong target, Clobbers targetClobbers, ulong address, Clobbers siteClobbers, int length)
     {
         if (!targetClobbers.FitsIn(siteClobbers)) return length; // target would clobber too much for this site
-        return Branch(0xE8, target, buffer, address, length);
+        return Branch(X86.Call, target, buffer, address, length);
     }
 
     /// <summary>
@@ -192,16 +187,10 @@ public static class Paravirt
     /// against <paramref name="address"/> and returns 5, or returns <paramref name="length"/> when the site
     /// is too short or the target out of rel32 reach.
     /// </summary>
-    public static int PatchJump(ulong target, Span<byte> buffer, ulong address, int length) => Branch(0xE9, target, buffer, address, length);
+    public static int PatchJump(ulong target, Span<byte> buffer, ulong address, int length) => Branch(X86.Jmp32, target, buffer, address, length);
 
-    private static int Branch(byte opcode, ulong target, Span<byte> buffer, ulong address, int length)
-    {
-        if (length < CallLength) return length;
-        if (!TryRel32(target, address + CallLength, out int rel)) return length;
-        buffer[0] = opcode;
-        BinaryPrimitives.WriteInt32LittleEndian(buffer[1..], rel);
-        return CallLength;
-    }
+    private static int Branch(byte opcode, ulong target, Span<byte> buffer, ulong address, int length) =>
+        length >= X86.CallSize && X86.TryWriteBranch(buffer, opcode, address, target) ? X86.CallSize : length;
 
     /// <summary>
     /// The seed's <c>paravirt_patch_insns</c>: copies <paramref name="insns"/> (position-independent
@@ -215,14 +204,6 @@ public static class Paravirt
         return insns.Length;
     }
 
-    /// <summary>True when <paramref name="target"/> is within rel32 reach of an instruction ending at <paramref name="next"/>.</summary>
-    public static bool TryRel32(ulong target, ulong next, out int rel)
-    {
-        long delta = (long)(target - next);
-        rel = (int)delta;
-        return delta is >= int.MinValue and <= int.MaxValue;
-    }
-
     // ---- Reports ----
 
     private static ParavirtDecision Describe(in ParavirtSite s, int index, ParavirtBackend backend, ReadOnlySpan<byte> bytes, int used)
@@ -230,27 +211,30 @@ public static class Paravirt
         var op = backend.Implementation(s.Type);
         if (used == 0)
             return new(index, s.Address, s.Type, ParavirtStrategy.Nop, 0, "no-op: NOPs");
-        if (used == Ud2.Length && bytes[..used].SequenceEqual(Ud2))
+        if (used == X86.Ud2.Length && bytes[..used].SequenceEqual(X86.Ud2))
             return new(index, s.Address, s.Type, ParavirtStrategy.Ud2, used, "no implementation: ud2");
         if (used == s.Length && bytes.SequenceEqual(s.Original.Span))
-            return new(index, s.Address, s.Type, ParavirtStrategy.Indirect, used, "indirect call kept: " + WhyIndirect(s, op));
-        if (used == CallLength && bytes[0] is 0xE8 or 0xE9)
         {
-            ulong target = s.Address + CallLength + (ulong)(long)BinaryPrimitives.ReadInt32LittleEndian(bytes[1..]);
-            return bytes[0] == 0xE8
+            var (reason, why) = WhyIndirect(s, op);
+            return new(index, s.Address, s.Type, ParavirtStrategy.Indirect, used, "indirect call kept: " + why, reason, why);
+        }
+        if (used == X86.CallSize && bytes[0] is X86.Call or X86.Jmp32)
+        {
+            ulong target = X86.Rel32Target(s.Address, X86.CallSize, bytes[1..]);
+            return bytes[0] == X86.Call
                 ? new(index, s.Address, s.Type, ParavirtStrategy.DirectCall, used, $"direct call to 0x{target:x}")
                 : new(index, s.Address, s.Type, ParavirtStrategy.Jump, used, $"jump to 0x{target:x}");
         }
         return new(index, s.Address, s.Type, ParavirtStrategy.Inline, used, $"inline {used} byte(s)");
     }
 
-    private static string WhyIndirect(in ParavirtSite s, in OpImplementation op)
+    private static (ParavirtReason, string) WhyIndirect(in ParavirtSite s, in OpImplementation op)
     {
         if (op.Kind == OpKind.Call && !op.Clobbers.FitsIn(s.Clobbers))
-            return $"target clobbers {op.Clobbers.ToRegisterList()}, the site allows {s.Clobbers.ToRegisterList()}";
-        if (op.Kind is OpKind.Call or OpKind.Jump && !TryRel32(op.Target, s.Address + CallLength, out _))
-            return $"target 0x{op.Target:x} is beyond rel32 reach of the site";
-        return "the backend's choice";
+            return (ParavirtReason.ClobbersNotAllowed, $"target clobbers {op.Clobbers.ToRegisterList()}, the site allows {s.Clobbers.ToRegisterList()}");
+        if (op.Kind is OpKind.Call or OpKind.Jump && !X86.TryRel32(op.Target, s.Address + X86.CallSize, out _))
+            return (ParavirtReason.OutOfReach, $"target 0x{op.Target:x} is beyond rel32 reach of the site");
+        return (ParavirtReason.BackendChoice, "the backend's choice");
     }
 
     // ---- Checks ----

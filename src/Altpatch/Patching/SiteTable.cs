@@ -1,5 +1,5 @@
+using Altpatch.Code;
 using Altpatch.Sites;
-using Altpatch.Text;
 
 namespace Altpatch.Patching;
 
@@ -34,8 +34,8 @@ internal static class SiteTable
     /// </summary>
     public static string? BufferProblem<T>(in T s) where T : IPatchSite
     {
-        if (s.Length > PatchPlan.MaxPatchLength)
-            return $"length {s.Length} exceeds MAX_PATCH_LEN ({PatchPlan.MaxPatchLength})";
+        if (s.Length > X86.MaxPatchLength)
+            return $"length {s.Length} exceeds MAX_PATCH_LEN ({X86.MaxPatchLength})";
         if (s.Original.Length != s.Length)
             return $"{s.Original.Length} original bytes recorded for a {s.Length}-byte site";
         return null;

@@ -1,12 +1,14 @@
+using Altpatch.Code;
+
 namespace Altpatch.Patching;
 
 /// <summary>The byte a <c>lock</c> prefix becomes on a uniprocessor.</summary>
 public enum UpLockByte : byte
 {
     /// <summary>0x3E, the DS segment-override prefix: a prefix that does nothing in 64-bit code, so the instruction keeps its length and form (what x86-64 Linux writes today).</summary>
-    DsPrefix = 0x3E,
+    DsPrefix = X86.DsPrefix,
     /// <summary>0x90, <c>nop</c>: the prefix becomes an instruction of its own before the unlocked instruction (what the seed's <c>add_nops(insn, 1)</c> wrote).</summary>
-    Nop = 0x90,
+    Nop = X86.Nop,
 }
 
 /// <summary>Options of the SMP lock patcher.</summary>

@@ -1,7 +1,6 @@
 using Altpatch.Code;
 using Altpatch.Sites;
 using Altpatch.Text;
-using Iced.Intel;
 
 namespace Altpatch.Patching;
 
@@ -25,11 +24,6 @@ public enum SmpMode
 /// </summary>
 public static class SmpLocks
 {
-    /// <summary>The <c>lock</c> prefix.</summary>
-    public const byte LockPrefix = 0xF0;
-
-    private const int MaxInstruction = 15;
-
     /// <summary>Plans every site of every module for <paramref name="mode"/>; empty with <see cref="SmpLockOptions.NoReplace"/>.</summary>
     public static PatchPlan Plan(IEnumerable<SmpLockModule> modules, SmpMode mode, ICodeReader code, SmpLockOptions? options = null)
     {
@@ -54,16 +48,16 @@ public static class SmpLocks
     {
         ArgumentNullException.ThrowIfNull(m);
         byte up = (byte)options.UpByte;
-        byte want = mode == SmpMode.Smp ? LockPrefix : up;
+        byte want = mode == SmpMode.Smp ? X86.LockPrefix : up;
         string why = mode == SmpMode.Smp ? "SMP: lock prefix" : $"UP: lock prefix -> {(options.UpByte == UpLockByte.Nop ? "nop" : "ds prefix")}";
-        Span<byte> bytes = stackalloc byte[MaxInstruction];
+        Span<byte> bytes = stackalloc byte[X86.MaxInstructionLength];
         Span<byte> wanted = [want];
         for (int k = 0; k < m.Locks.Count; k++)
         {
             ulong at = m.Locks[k];
             if (at < m.TextStart || at >= m.TextEnd)
                 throw Error(m, k, at, $"is outside the module's text 0x{m.TextStart:x}-0x{m.TextEnd:x}");
-            int n = (int)Math.Min((ulong)MaxInstruction, m.TextEnd - at);
+            int n = (int)Math.Min((ulong)X86.MaxInstructionLength, m.TextEnd - at);
             var buf = bytes[..n];
             if (!code.TryRead(at, buf, out _))
             {
@@ -71,7 +65,7 @@ public static class SmpLocks
                 if (!code.TryRead(at, buf, out var problem)) throw Error(m, k, at, problem);
             }
             byte b = buf[0];
-            if (b != LockPrefix && b != up)
+            if (b != X86.LockPrefix && b != up)
                 throw Error(m, k, at, $"holds 0x{b:X2}, neither a lock prefix (F0) nor the UP byte ({up:X2})");
             CheckInstruction(m, k, at, buf, options.UpByte);
             if (b == want)
@@ -94,7 +88,7 @@ public static class SmpLocks
         if (buf.Length < 2)
             throw Error(m, k, at, "cannot read the instruction the prefix belongs to");
         byte saved = buf[0];
-        buf[0] = LockPrefix;
+        buf[0] = X86.LockPrefix;
         var d = DecoderCache.Current.Start(buf, at, 64);
         d.Decode(out var locked);
         buf[0] = saved;

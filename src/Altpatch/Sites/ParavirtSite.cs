@@ -1,3 +1,5 @@
+using Altpatch.Code;
+
 namespace Altpatch.Sites;
 
 /// <summary>
@@ -16,5 +18,5 @@ namespace Altpatch.Sites;
 public readonly record struct ParavirtSite(ulong Address, int Type, Clobbers Clobbers, int Length, ReadOnlyMemory<byte> Original) : IPatchSite
 {
     /// <summary>Length of <c>call [rip+disp32]</c> / <c>jmp [rip+disp32]</c>: the shortest paravirt site.</summary>
-    public const int IndirectCallLength = 6;
+    public const int IndirectCallLength = X86.IndirectRipSize;
 }

@@ -1,6 +1,7 @@
 using System.Collections;
 using System.Globalization;
 using System.Text;
+using Altpatch.Code;
 
 namespace Altpatch.Text;
 
@@ -8,13 +9,10 @@ namespace Altpatch.Text;
 /// An immutable, validated list of pokes sorted by address: the only thing a text poker executes.
 /// A plan is pure data; it can be printed, compared, tested and inverted without running anything.
 /// Construction checks what can be checked without memory: each poke's old and new bytes have the
-/// same length, between 1 and <see cref="MaxPatchLength"/>, and no two pokes overlap.
+/// same length, between 1 and <see cref="X86.MaxPatchLength"/>, and no two pokes overlap.
 /// </summary>
 public sealed class PatchPlan : IReadOnlyList<Poke>
 {
-    /// <summary>The kernel's MAX_PATCH_LEN (255-1): the longest site a plan may write in one poke.</summary>
-    public const int MaxPatchLength = 254;
-
     private readonly Poke[] pokes;
 
     /// <summary>The empty plan.</summary>
@@ -52,8 +50,8 @@ public sealed class PatchPlan : IReadOnlyList<Poke>
                 throw new PatchException(p.Site, p.Address, $"old bytes ({p.Old.Length}) and new bytes ({p.New.Length}) differ in length");
             if (p.New.Length == 0)
                 throw new PatchException(p.Site, p.Address, "empty poke");
-            if (p.New.Length > MaxPatchLength)
-                throw new PatchException(p.Site, p.Address, $"{p.New.Length} bytes is longer than MAX_PATCH_LEN ({MaxPatchLength})");
+            if (p.New.Length > X86.MaxPatchLength)
+                throw new PatchException(p.Site, p.Address, $"{p.New.Length} bytes is longer than MAX_PATCH_LEN ({X86.MaxPatchLength})");
             if (p.Address + (ulong)p.Length < p.Address)
                 throw new PatchException(p.Site, p.Address, "range wraps around the address space");
             if (i > 0 && array[i - 1].End > p.Address)

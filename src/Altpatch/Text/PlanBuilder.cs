@@ -1,3 +1,5 @@
+using Altpatch.Sites;
+
 namespace Altpatch.Text;
 
 /// <summary>
@@ -12,6 +14,7 @@ public sealed class PlanBuilder
     private int count;
     private byte[] chunk = [];
     private int used;
+    private bool built;
 
     /// <summary>Creates a builder; <paramref name="capacity"/> is the expected number of pokes.</summary>
     public PlanBuilder(int capacity = 16) => pokes = new Poke[Math.Max(capacity, 1)];
@@ -20,8 +23,10 @@ public sealed class PlanBuilder
     public int Count => count;
 
     /// <summary>Adds a poke, copying both byte spans.</summary>
+    /// <exception cref="InvalidOperationException"><see cref="Build"/> was called: the builder's pokes belong to that plan.</exception>
     public void Add(ulong address, ReadOnlySpan<byte> oldBytes, ReadOnlySpan<byte> newBytes, SiteRef site, string why)
     {
+        ThrowIfBuilt();
         if (count == pokes.Length) Array.Resize(ref pokes, pokes.Length * 2);
         pokes[count++] = new Poke(address, Store(oldBytes), Store(newBytes), site, why);
     }
@@ -40,16 +45,25 @@ public sealed class PlanBuilder
     }
 
     /// <summary>
-    /// Builds the plan (sorted and validated: throws <see cref="PatchException"/> on overlaps). The
-    /// builder must not be used afterwards.
+    /// Builds the plan (sorted and validated: throws <see cref="PatchException"/> on overlaps). A builder makes one
+    /// plan: the plan takes its array, so <see cref="Add"/> and <see cref="Build"/> throw
+    /// <see cref="InvalidOperationException"/> afterwards.
     /// </summary>
     public PatchPlan Build()
     {
+        ThrowIfBuilt();
+        built = true;
         if (count == 0) return PatchPlan.Empty;
         if (count != pokes.Length) Array.Resize(ref pokes, count);
         var plan = PatchPlan.Adopt(pokes);
         pokes = [];
         count = 0;
         return plan;
+    }
+
+    private void ThrowIfBuilt()
+    {
+        if (built)
+            throw new InvalidOperationException("this PlanBuilder has already built its plan (Build takes the pokes); use a new builder");
     }
 }

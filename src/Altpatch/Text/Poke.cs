@@ -1,3 +1,5 @@
+using Altpatch.Sites;
+
 namespace Altpatch.Text;
 
 /// <summary>

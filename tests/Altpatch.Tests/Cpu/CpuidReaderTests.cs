@@ -9,7 +9,7 @@ public sealed class CpuidReaderTests
     /// <summary>A fake processor: leaf/subleaf -> registers; unknown leaves answer zeros, as reserved leaves do.</summary>
     private sealed class FakeCpu
     {
-        private readonly Dictionary<(uint, uint), CpuidResult> _leaves = [];
+        private readonly Dictionary<(uint, uint), CpuidResult> leaves = [];
 
         public FakeCpu(string vendor, uint maxLeaf, uint maxExtLeaf)
         {
@@ -20,8 +20,8 @@ public sealed class CpuidReaderTests
 
         public CpuidResult this[uint leaf, uint subleaf = 0]
         {
-            get => _leaves.TryGetValue((leaf, subleaf), out var r) ? r : default;
-            set => _leaves[(leaf, subleaf)] = value;
+            get => leaves.TryGetValue((leaf, subleaf), out var r) ? r : default;
+            set => leaves[(leaf, subleaf)] = value;
         }
 
         public List<(uint Leaf, uint Subleaf)> Asked { get; } = [];

@@ -14,27 +14,27 @@ internal sealed class SyntheticElf(bool is64, ushort machine, ulong baseAddress)
     public const int DataOffset = 0x1000;
     public const ulong Alloc = 2, Exec = 4, Write = 1;
 
-    private readonly List<(string Name, uint Type, ulong Flags, ulong Address, byte[] Data, ulong EntSize)> _sections = [];
-    private readonly List<(string Name, ulong Value, ulong Size, byte Info, ushort Shndx)> _symbols = [];
+    private readonly List<(string Name, uint Type, ulong Flags, ulong Address, byte[] Data, ulong EntSize)> sections = [];
+    private readonly List<(string Name, ulong Value, ulong Size, byte Info, ushort Shndx)> symbols = [];
 
     public bool Is64 { get; } = is64;
     public ulong BaseAddress { get; } = baseAddress;
 
     public SyntheticElf Section(string name, ulong address, byte[] data, ulong flags = Alloc, uint type = 1)
     {
-        _sections.Add((name, type, flags, address, data, 0));
+        sections.Add((name, type, flags, address, data, 0));
         return this;
     }
 
     public SyntheticElf Symbol(string name, ulong value, ulong size, byte info = 0x12, ushort shndx = 1)
     {
-        _symbols.Add((name, value, size, info, shndx));
+        symbols.Add((name, value, size, info, shndx));
         return this;
     }
 
     public byte[] Build()
     {
-        var secs = _sections.ToList();
+        var secs = sections.ToList();
         ulong dataEnd = secs.Count == 0 ? DataOffset : secs.Max(s => DataOffset + (s.Address - BaseAddress) + (ulong)s.Data.Length);
         var ms = new MemoryStream();
         ms.SetLength((long)dataEnd);
@@ -47,14 +47,14 @@ internal sealed class SyntheticElf(bool is64, ushort machine, ulong baseAddress)
         fileSections.Add(("", 0, 0, 0, 0, 0, 0, 0));
         foreach (var s in secs)
             fileSections.Add((s.Name, s.Type, s.Flags, s.Address, DataOffset + (s.Address - BaseAddress), (ulong)s.Data.Length, 0, 0));
-        if (_symbols.Count > 0)
+        if (symbols.Count > 0)
         {
             var str = new MemoryStream();
             str.WriteByte(0);
             var sym = new MemoryStream();
             int es = Is64 ? 24 : 16;
             sym.Write(new byte[es]);
-            foreach (var y in _symbols)
+            foreach (var y in symbols)
             {
                 uint nameOff = (uint)str.Length;
                 str.Write(Encoding.UTF8.GetBytes(y.Name));

@@ -1,7 +1,6 @@
 using System.Collections.Concurrent;
 using Altpatch.Code;
 using Altpatch.Images;
-using Altpatch.Images.Boot;
 
 namespace Altpatch.Tests.Images;
 

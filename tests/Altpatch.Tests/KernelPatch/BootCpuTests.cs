@@ -1,7 +1,6 @@
 using System.Globalization;
 using System.Text.RegularExpressions;
 using Altpatch.Cpu;
-using Altpatch.Images;
 using Altpatch.Images.Boot;
 
 namespace Altpatch.Tests.KernelPatch;

@@ -228,7 +228,7 @@ internal sealed class BootImageBuilder
         Returns.Add(at);
     }
 
-    /// <summary>A retpoline site: call/jmp (5 bytes) or jcc (<paramref name="jcc"/> = 0x80..0x8f, 6 bytes) to the register's thunk.</summary>
+    /// <summary>A retpoline site: call/jmp (5 bytes) or jcc (<paramref name="opcode"/> = 0x80..0x8f: jcc, 6 bytes) to the register's thunk.</summary>
     public void AddRetpoline(ulong at, int reg, byte opcode = 0xe8)
     {
         var b = opcode is >= 0x80 and <= 0x8f ? Branch(opcode, at, RetpolineThunk(reg), 6) : Branch(opcode, at, RetpolineThunk(reg));

@@ -1,8 +1,7 @@
 using Altpatch.Cpu;
-using Altpatch.Images;
 using Altpatch.Images.Boot;
-using Altpatch.Text;
 using Altpatch.Tests.Images;
+using Altpatch.Text;
 using static Altpatch.Tests.KernelPatch.BootImageBuilder;
 using F = Altpatch.Cpu.CpuFeature;
 
@@ -395,6 +394,18 @@ public class BootPassTests
         Assert.Equal(b.ItsArray, t.ItsThunkArray);
         Assert.Equal(b.Text, t.TextStart);
         Assert.Equal(b.Text + 0x4000, t.TextEnd);
+
+        // Each return thunk kind names its symbol and finds its address, and the report's list has every thunk once.
+        Assert.Equal(b.ReturnThunk, t.Address(ReturnThunkKind.Default));
+        Assert.Equal(b.ItsReturnThunk, t.Address(ReturnThunkKind.Its));
+        Assert.Equal(b.RetbleedReturnThunk, t.Address(ReturnThunkKind.Retbleed));
+        Assert.Equal(b.SrsoReturnThunk, t.Address(ReturnThunkKind.Srso));
+        Assert.Equal(b.SrsoAliasReturnThunk, t.Address(ReturnThunkKind.SrsoAlias));
+        Assert.Equal(
+            ["__x86_return_thunk", "its_return_thunk", "retbleed_return_thunk", "srso_return_thunk", "srso_alias_return_thunk"],
+            t.Symbols.Take(5).Select(x => x.Symbol));
+        Assert.All(Enum.GetValues<ReturnThunkKind>(), k => Assert.Contains(t.Symbols, x => x.Symbol == k.Symbol() && x.Address == t.Address(k)));
+        Assert.Equal(t.Symbols.Count, t.Symbols.Select(x => x.Symbol).Distinct().Count());
     }
 
     [Fact]

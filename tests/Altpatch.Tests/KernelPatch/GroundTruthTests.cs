@@ -70,7 +70,7 @@ public class GroundTruthTests
     }
 
     [SkippableFact]
-    public void Skipping_optimize_nops_on_unpatched_sites_fails_the_comparison()
+    public void Clearing_X86_FEATURE_ALWAYS_leaves_hundreds_of_alternatives_unlike_the_kernel()
     {
         // With X86_FEATURE_ALWAYS cleared, 579 ALTERNATIVE "", "jmp", X86_FEATURE_ALWAYS sites keep their original bytes
         // (their 0x90 padding still optimised) instead of the kernel's jumps.
@@ -80,5 +80,47 @@ public class GroundTruthTests
         var cmp = GroundTruth.Compare(KernelBootPatcher.Patch(img, d), GroundTruth.Read(image, config));
         Assert.False(cmp.AllMatch);
         Assert.True(cmp.ByKind[KernelSiteKind.Alternative].Total - cmp.ByKind[KernelSiteKind.Alternative].Matched > 100, cmp.ToString());
+    }
+
+    [SkippableFact]
+    public void Skipping_optimize_nops_on_unpatched_sites_fails_the_comparison()
+    {
+        // apply_alternatives() runs optimize_nops() on every site, also on those whose feature is absent: their 0x90
+        // padding becomes the table's long NOPs. Undo exactly that (the 0x90 bytes of the unpatched sites, put back)
+        // and only those alternatives stop matching.
+        const string image = "6.1.0-50-cloud-amd64", config = "qemu64-smp2";
+        var img = GroundTruth.Image(image);
+        var result = KernelBootPatcher.Patch(img, GroundTruth.Description(image, config));
+        var truth = GroundTruth.Read(image, config);
+        Assert.True(GroundTruth.Compare(result, truth).AllMatch);
+
+        var hasFeature = result.Numbering.HasFeature(result.State.Features);
+        var alts = img.Tables.Alternatives;
+        // Addresses where some entry's replacement was written: their padding is the replacement's, not optimize_nops'.
+        var patched = alts.Where(a => hasFeature(a.Cpuid) != a.Not).Select(a => a.Address).ToHashSet();
+        var copy = result.Patched.Bytes.ToArray();
+        var reset = new HashSet<ulong>();
+        foreach (var a in alts.Where(a => !patched.Contains(a.Address)))
+        {
+            var original = img.ReadBytes(a.Address, a.InstrLen);
+            Assert.True(result.Patched.TryGetFileOffset(a.Address, a.InstrLen, out long at));
+            for (int i = 0; i < a.InstrLen; i++)
+            {
+                if (original[i] == 0x90 && copy[at + i] != 0x90)
+                {
+                    copy[at + i] = 0x90;
+                    reset.Add(a.Address);
+                }
+            }
+        }
+        int entriesReset = alts.Count(a => reset.Contains(a.Address));
+        var withoutOptimizeNops = new KernelPatchResult(img, ElfFile.Parse(copy, img.Elf.Name), result.State, result.Thunks,
+            result.Passes, result.Rules, result.Numbering);
+        var cmp = GroundTruth.Compare(withoutOptimizeNops, truth);
+        Assert.False(cmp.AllMatch);
+        var alt = cmp.ByKind[KernelSiteKind.Alternative];
+        Assert.True(reset.Count > 100, $"{reset.Count} unpatched sites had optimised padding");
+        Assert.Equal(entriesReset, alt.Total - alt.Matched);       // exactly the entries at those addresses
+        Assert.All(cmp.ByKind.Where(kv => kv.Key != KernelSiteKind.Alternative), kv => Assert.Equal(kv.Value.Total, kv.Value.Matched));
     }
 }

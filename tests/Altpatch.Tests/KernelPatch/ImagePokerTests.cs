@@ -1,4 +1,5 @@
 using Altpatch.Images;
+using Altpatch.Sites;
 using Altpatch.Text;
 
 namespace Altpatch.Tests.KernelPatch;

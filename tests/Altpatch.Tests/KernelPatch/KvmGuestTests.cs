@@ -109,4 +109,18 @@ public class KvmGuestTests
             Directory.Delete(dir, recursive: true);
         }
     }
+
+    [Fact]
+    public void Kvm_feature_names_are_data_with_aliases_and_an_error_that_lists_them()
+    {
+        Assert.Equal(KvmFeatures.NopIoDelay | KvmFeatures.StealTime, KvmGuest.ParseFeatures(["nopiodelay", "Steal-Time"]));
+        Assert.Equal(KvmFeatures.PvUnhalt | KvmFeatures.PvTlbFlush | KvmFeatures.HintsRealtime,
+            KvmGuest.ParseFeatures(["pv_unhalt", "pv-tlb-flush", "realtime", "none"]));
+        Assert.Equal(KvmFeatures.None, KvmGuest.ParseFeatures(["none"]));
+        var e = Assert.Throws<CpuFeatureException>(() => KvmGuest.ParseFeatures(["nopiodelay", "turbo"]));
+        Assert.Equal("unknown KVM feature 'turbo' (nopiodelay, steal_time, pv_unhalt, pv_tlb_flush, realtime, none)", e.Message);
+        // every flag has a name
+        foreach (var f in Enum.GetValues<KvmFeatures>())
+            Assert.Contains(KvmGuest.FeatureNames, n => n.Feature == f);
+    }
 }

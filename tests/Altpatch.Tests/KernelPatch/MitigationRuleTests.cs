@@ -18,12 +18,22 @@ public class MitigationRuleTests
 
     private static readonly KernelBuildInfo Debian686 = new() { X86_64 = false };
 
-    private static KernelBootState Derive(CpuVendor v, int family, int model, string flags, string bugs, KernelBuildInfo? build = null, int cpus = 4) =>
+    private static KernelBootState Derive(CpuVendor v, int family, int model, string flags, string bugs, KernelBuildInfo? build = null, int cpus = 4,
+                                          KernelMitigationCommands? commands = null) =>
         KernelBootCpu.Derive(new KernelCpuDescription
         {
             Cpu = CpuFeatures.FromNames(flags.Split(' ', StringSplitOptions.RemoveEmptyEntries).Concat(bugs.Split(' ', StringSplitOptions.RemoveEmptyEntries)), v, family, model, 1),
             Cpus = cpus,
+            Mitigations = commands ?? KernelMitigationCommands.Default,
         }, build ?? Debian64);
+
+    private static KernelMitigationCommands SpectreV2(SpectreV2Command c) => new() { SpectreV2 = c };
+
+    private static KernelMitigationCommands Srso(SrsoCommand c) => new() { Srso = c };
+
+    // Ice Lake server on bare metal (eIBRS, the ITS and PBRSB bugs) and Zen 2 (RETBleed, SRSO; no eIBRS).
+    private const string IceLakeFlags = "fpu sse2 xsave ibrs ibpb stibp ssbd ibrs_enhanced fsgsbase smap", IceLakeBugs = "spectre_v1 spectre_v2 spec_store_bypass swapgs its eibrs_pbrsb";
+    private const string Zen2Flags = "fpu sse2 xsave ibpb ibrs stibp ssbd", Zen2Bugs = "spectre_v1 spectre_v2 spec_store_bypass retbleed srso vmscape";
 
     [Fact]
     public void Intel_with_eibrs_and_its_uses_its_branch_and_return_thunks()
@@ -215,5 +225,139 @@ public class MitigationRuleTests
         var exact = KernelBootCpu.Derive(d with { Exact = true, Set = [F.Rethunk, F.Srso] }, Debian64);
         Assert.False(exact.Has(F.Always));
         Assert.Equal(ReturnThunkKind.Srso, exact.ReturnThunk);
+    }
+
+    // ---------------------------------------------------------------- command-line choices (spectre_v2=, spec_rstack_overflow=)
+
+    [Fact]
+    public void The_default_commands_are_the_default_command_line()
+    {
+        var implicitDefault = Derive(CpuVendor.Amd, 0x17, 0x31, Zen2Flags, Zen2Bugs);
+        var explicitAuto = Derive(CpuVendor.Amd, 0x17, 0x31, Zen2Flags, Zen2Bugs, commands: new() { SpectreV2 = SpectreV2Command.Auto, Srso = SrsoCommand.SafeRet });
+        Assert.Equal(implicitDefault.Features, explicitAuto.Features);
+        Assert.Equal(implicitDefault.ReturnThunk, explicitAuto.ReturnThunk);
+        Assert.Equal(implicitDefault.Decisions.ToArray(), explicitAuto.Decisions.ToArray());
+    }
+
+    [Fact]
+    public void Spectre_v2_eibrs_lfence_fences_indirect_branches_and_turns_its_off()
+    {
+        var s = Derive(CpuVendor.Intel, 6, 106, IceLakeFlags, IceLakeBugs, commands: SpectreV2(SpectreV2Command.EibrsLfence));
+        Assert.True(s.Has(F.RetpolineLfence));         // SPECTRE_V2_EIBRS_LFENCE: lfence; jmp *%reg at every retpoline site
+        Assert.True(s.Has(F.Retpoline));
+        Assert.True(s.Has(F.RsbVmexitLite));            // an eIBRS mode with PBRSB
+        Assert.False(s.Has(F.RsbCtxsw));
+        Assert.False(s.Has(F.IndirectThunkIts));        // "ITS mitigation is not compatible with lfence mitigation"
+        Assert.False(s.Has(F.Rethunk));
+        Assert.Equal(ReturnThunkKind.Default, s.ReturnThunk);
+        Assert.Contains("Spectre V2 : EibrsLfence", s.Decisions);
+        Assert.Contains("ITS: not compatible with lfence mitigation", s.Decisions);
+    }
+
+    [Fact]
+    public void Spectre_v2_eibrs_retpoline_keeps_retpolines_so_its_takes_only_the_returns()
+    {
+        var s = Derive(CpuVendor.Intel, 6, 106, IceLakeFlags, IceLakeBugs, commands: SpectreV2(SpectreV2Command.EibrsRetpoline));
+        Assert.True(s.Has(F.Retpoline));
+        Assert.False(s.Has(F.RetpolineLfence));
+        Assert.True(s.Has(F.RsbVmexitLite));
+        Assert.False(s.Has(F.IndirectThunkIts));        // RETPOLINE set: ITS leaves the indirect branches to them
+        Assert.True(s.Has(F.Rethunk));
+        Assert.Equal(ReturnThunkKind.Its, s.ReturnThunk);
+        Assert.Contains("Spectre V2 : EibrsRetpoline", s.Decisions);
+    }
+
+    [Fact]
+    public void Spectre_v2_retpoline_lfence_on_zen2_fills_the_rsb_and_fences()
+    {
+        var s = Derive(CpuVendor.Amd, 0x17, 0x31, Zen2Flags, Zen2Bugs, commands: SpectreV2(SpectreV2Command.RetpolineLfence));
+        Assert.True(s.Has(F.LfenceRdtsc));              // the serializing LFENCE the option needs (init_amd(), SSE2)
+        Assert.True(s.Has(F.RetpolineLfence));
+        Assert.True(s.Has(F.Retpoline));
+        Assert.True(s.Has(F.RsbCtxsw));                 // SPECTRE_V2_LFENCE fills the RSB like retpolines
+        Assert.True(s.Has(F.RsbVmexit));
+        Assert.Contains("Spectre V2 : Lfence", s.Decisions);
+    }
+
+    [Fact]
+    public void A_spectre_v2_mode_the_cpu_cannot_do_falls_back_to_auto_as_the_kernel_logs()
+    {
+        // Zen 2 has no eIBRS: spectre_v2=eibrs,lfence is refused and AUTO picks retpolines.
+        var s = Derive(CpuVendor.Amd, 0x17, 0x31, Zen2Flags, Zen2Bugs, commands: SpectreV2(SpectreV2Command.EibrsLfence));
+        var auto = Derive(CpuVendor.Amd, 0x17, 0x31, Zen2Flags, Zen2Bugs);
+        Assert.Contains("Spectre V2 : spectre_v2=eibrs,lfence selected but CPU doesn't have Enhanced or Automatic IBRS. Switching to AUTO select", s.Decisions);
+        Assert.Equal(auto.Features, s.Features);
+        // spectre_v2=ibrs is Intel-only; retpoline modes need CONFIG_RETPOLINE.
+        var ibrs = Derive(CpuVendor.Amd, 0x17, 0x31, Zen2Flags, Zen2Bugs, commands: SpectreV2(SpectreV2Command.Ibrs));
+        Assert.Contains("Spectre V2 : spectre_v2=ibrs selected but not Intel CPU. Switching to AUTO select", ibrs.Decisions);
+        Assert.False(ibrs.Has(F.KernelIbrs));
+        var noRetpoline = Derive(CpuVendor.Intel, 6, 106, IceLakeFlags, IceLakeBugs, Debian64 with { Retpoline = false },
+            commands: SpectreV2(SpectreV2Command.EibrsRetpoline));
+        Assert.Contains("Spectre V2 : spectre_v2=eibrs,retpoline selected but not compiled in. Switching to AUTO select", noRetpoline.Decisions);
+        Assert.False(noRetpoline.Has(F.Retpoline));
+    }
+
+    [Fact]
+    public void Spectre_v2_off_leaves_the_cmd_none_so_no_user_ibpb_and_forced_retpoline_on_an_unaffected_cpu()
+    {
+        var off = Derive(CpuVendor.Amd, 0x17, 0x31, Zen2Flags, Zen2Bugs, commands: SpectreV2(SpectreV2Command.Off));
+        Assert.False(off.Has(F.Retpoline));
+        Assert.False(off.Has(F.UseIbpb));               // spectre_v2_cmd NONE → spectre_v2_user NONE
+        Assert.True(Derive(CpuVendor.Amd, 0x17, 0x31, Zen2Flags, Zen2Bugs).Has(F.UseIbpb));
+        // A CPU without the Spectre v2 bug still gets what the command asks for (only AUTO and NONE return early).
+        var forced = Derive(CpuVendor.Intel, 6, 183, "fpu sse2 ibpb ibrs", "", commands: SpectreV2(SpectreV2Command.RetpolineGeneric));
+        Assert.True(forced.Has(F.Retpoline));
+        Assert.True(forced.Has(F.UseIbpb));
+        Assert.False(Derive(CpuVendor.Intel, 6, 183, "fpu sse2 ibpb ibrs", "").Has(F.Retpoline));
+    }
+
+    [Fact]
+    public void Srso_ibpb_vmexit_keeps_the_return_thunks_away_and_vmscape_relies_on_it()
+    {
+        // Zen 3 (family 0x19) with the microcode (SBPB): safe RET would take srso_alias_return_thunk.
+        const string zen3 = "fpu sse2 ibpb ibrs stibp", bugs = "spectre_v2 srso vmscape";
+        var safeRet = Derive(CpuVendor.Amd, 0x19, 0x01, zen3, bugs);
+        Assert.Equal(ReturnThunkKind.SrsoAlias, safeRet.ReturnThunk);
+        Assert.True(safeRet.Has(F.IbpbExitToUser));
+
+        var s = Derive(CpuVendor.Amd, 0x19, 0x01, zen3, bugs, commands: Srso(SrsoCommand.IbpbOnVmexit));
+        Assert.True(s.Has(F.IbpbOnVmexit));
+        Assert.False(s.Has(F.EntryIbpb));
+        Assert.False(s.Has(F.SrsoAlias));
+        Assert.False(s.Has(F.Rethunk));
+        Assert.False(s.Has(F.RsbVmexit));               // cleared: the IBPB invalidates the RSB too
+        Assert.Equal(ReturnThunkKind.Default, s.ReturnThunk);
+        Assert.False(s.Has(F.IbpbExitToUser));          // VMSCAPE: IBPB on VM exit already (SRSO_MITIGATION_IBPB_ON_VMEXIT)
+        Assert.Contains("Speculative Return Stack Overflow: IbpbOnVmexit", s.Decisions);
+    }
+
+    [Fact]
+    public void Srso_ibpb_on_zen2_clears_retbleeds_untraining()
+    {
+        var s = Derive(CpuVendor.Amd, 0x17, 0x31, Zen2Flags, Zen2Bugs, commands: Srso(SrsoCommand.Ibpb));
+        Assert.True(s.Has(F.EntryIbpb));
+        Assert.True(s.Has(F.IbpbOnVmexit));
+        Assert.False(s.Has(F.Unret));                   // set by RETBleed's UNRET, cleared: IBPB on entry needs no untraining
+        Assert.False(s.Has(F.Rethunk));
+        Assert.False(s.Has(F.Srso));
+        Assert.Equal(ReturnThunkKind.Retbleed, s.ReturnThunk);   // x86_return_thunk stays, but no site jumps to it without RETHUNK
+        Assert.Contains("Speculative Return Stack Overflow: Ibpb", s.Decisions);
+        // Without CONFIG_CPU_IBPB_ENTRY the kernel refuses and keeps RETBleed's choice.
+        var r = Derive(CpuVendor.Amd, 0x17, 0x31, Zen2Flags, Zen2Bugs, Debian64 with { CpuIbpbEntry = false }, commands: Srso(SrsoCommand.Ibpb));
+        Assert.True(r.Has(F.Rethunk));
+        Assert.False(r.Has(F.EntryIbpb));
+    }
+
+    [Fact]
+    public void Srso_microcode_and_off_take_no_return_thunk_of_their_own()
+    {
+        var micro = Derive(CpuVendor.Amd, 0x17, 0x31, Zen2Flags, Zen2Bugs, commands: Srso(SrsoCommand.Microcode));
+        Assert.False(micro.Has(F.Srso));
+        Assert.Equal(ReturnThunkKind.Retbleed, micro.ReturnThunk);  // RETBleed's UNRET stays
+        Assert.Contains("Speculative Return Stack Overflow: Microcode", micro.Decisions);
+        var off = Derive(CpuVendor.Amd, 0x17, 0x31, Zen2Flags, Zen2Bugs, commands: Srso(SrsoCommand.Off));
+        Assert.False(off.Has(F.Srso));
+        Assert.True(off.Has(F.IbpbBrtype));             // the microcode is still found and flagged
+        Assert.Contains("Speculative Return Stack Overflow: spec_rstack_overflow=off", off.Decisions);
     }
 }

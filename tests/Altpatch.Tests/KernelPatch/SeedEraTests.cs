@@ -135,4 +135,51 @@ public class SeedEraTests
         Assert.Contains("Linux 6.6.0-synthetic", e.Message, StringComparison.Ordinal);
         Assert.Contains("6.1", e.Message, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public void Kernel_sites_names_a_seed_era_images_features_by_its_own_numbering()
+    {
+        // 2.6.22 i386's 3*32+6 is rep_good; Linux 6.1.176's 3*32+6 is another feature (X86_FEATURE_P3, hidden).
+        Assert.Equal("X86_FEATURE_P3", FeatureNumbering.Linux61.NameOf(3 * 32 + 6));
+        var b = Builder();
+        b.AddAlt(b.Text + 0x100, Hex("90 90 90"), Hex("f3 a4"), 3 * 32 + 6);   // rep_good
+        b.AddAlt(b.Text + 0x120, Hex("90 90 90"), Hex("0f ae e8"), 26);       // sse2: the same number and name as 6.1
+        b.AddAlt(b.Text + 0x140, Hex("90 90 90"), Hex("0f ae f0"), 3 * 32 + 1); // a bit the image names nothing
+        var n = ImageFeatureNumbering.Read(b.Open());
+        Assert.False(n.IsLinux61);
+        Assert.Equal("rep_good", n.FeatureName(3 * 32 + 6));
+        Assert.Equal("X86_FEATURE_XMM2", n.FeatureName(26));
+        Assert.Null(n.FeatureName(3 * 32 + 1));
+
+        string dir = Directory.CreateTempSubdirectory("altpatch-seed-sites").FullName;
+        try
+        {
+            string img = Path.Combine(dir, "vmlinux-2.6.22");
+            File.WriteAllBytes(img, b.Build());
+            var (rc, output, err) = Cli.CliRunner.Run("kernel", "sites", img, "--kind", "alt", "--json");
+            Assert.True(rc == 0, err);
+            using var doc = System.Text.Json.JsonDocument.Parse(output);
+            var features = doc.RootElement.GetProperty("sites").EnumerateArray().Select(e => e.GetProperty("feature").GetString()).ToList();
+            Assert.Equal(["rep_good (3*32+6)", "X86_FEATURE_XMM2 (0*32+26)", "3*32+1"], features);
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [Fact]
+    public void A_6_x_image_whose_names_differ_keeps_6_1_names_only_where_they_agree()
+    {
+        var names = CpuFeatureInfo.All.Where(f => !CpuFeatureInfo.IsBug(f) && CpuFeatureInfo.CpuInfoName(f) is not null)
+            .ToDictionary(f => (int)f, f => CpuFeatureInfo.CpuInfoName(f)!);
+        names.Remove((int)CpuFeature.Popcnt);
+        names[(int)CpuFeature.Popcnt + 1] = "popcnt";                        // moved, as a later kernel could
+        var n = ImageFeatureNumbering.Read(new BootImageBuilder { CapFlags = names }.Open());
+        Assert.False(n.IsLinux61);
+        Assert.Equal("X86_FEATURE_XMM2", n.FeatureName((int)CpuFeature.Xmm2));   // same name, same number
+        Assert.Equal("popcnt", n.FeatureName((int)CpuFeature.Popcnt + 1));        // the image's own name
+        Assert.Null(n.FeatureName((int)CpuFeature.Popcnt));                      // 6.1's popcnt is not there
+        Assert.Equal("X86_FEATURE_ALWAYS", n.FeatureName((int)CpuFeature.Always)); // hidden in both: 6.1's hidden bit
+    }
 }

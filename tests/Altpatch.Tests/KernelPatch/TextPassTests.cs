@@ -1,7 +1,6 @@
 using Altpatch.Cpu;
 using Altpatch.Images;
 using Altpatch.Images.Boot;
-using Altpatch.Text;
 using static Altpatch.Tests.Images.SyntheticTables;
 using static Altpatch.Tests.KernelPatch.BootImageBuilder;
 using F = Altpatch.Cpu.CpuFeature;

@@ -1,7 +1,6 @@
 using System.Collections.Concurrent;
 using Altpatch.Images;
 using Altpatch.Images.Boot;
-using Altpatch.Tests.Images;
 using Xunit.Abstractions;
 
 namespace Altpatch.Tests.KernelPatch;

@@ -129,8 +129,8 @@ internal sealed class WholeTextComparison
     public double Percent => 100.0 * Differing / Size;
 
     /// <summary>Compares <paramref name="patched"/>'s section with the truth. Positions compared: every byte of a run (the
-    /// kernel changed it) and every byte Altpatch changed; elsewhere both left the (relocated) vmlinux alone.</summary>
-    /// <param name="functionStarts">Addresses a static call may go to (text symbols); null: any target.</param>
+    /// kernel changed it) and every byte Altpatch changed; elsewhere both left the (relocated) vmlinux alone.
+    /// <paramref name="functionStarts"/>: addresses a static call may go to (text symbols); null: any target.</summary>
     public static WholeTextComparison Compare(KernelPatchResult result, ElfFile patched, WholeTextTruth.Section truth, IReadOnlySet<ulong>? functionStarts)
     {
         var img = result.Image;

@@ -1,4 +1,4 @@
-using Altpatch.Text;
+using Altpatch.Pokers;
 using Altpatch.TortureChild;
 
 namespace Altpatch.Tests.Live;

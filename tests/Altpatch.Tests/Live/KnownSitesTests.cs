@@ -1,5 +1,5 @@
 using Altpatch.Native;
-using Altpatch.Text;
+using Altpatch.Pokers;
 
 namespace Altpatch.Tests.Live;
 
@@ -9,9 +9,9 @@ public unsafe class KnownSitesTests
 {
     private static (ulong[] Addresses, ulong[] Gens) Table(LiveCode live)
     {
-        ulong* t = (ulong*)*live.Field(LiveCode.Ctl.Known);
-        long n = (long)t[0];
-        return (new ReadOnlySpan<ulong>(t + 2, (int)n).ToArray(), new ReadOnlySpan<ulong>(t + 2 + n, (int)n).ToArray());
+        LiveCode.KnownTable* t = live.Control->Known;
+        int n = (int)t->Count;
+        return (new ReadOnlySpan<ulong>(LiveCode.KnownTable.Addresses(t), n).ToArray(), new ReadOnlySpan<ulong>(LiveCode.KnownTable.Generations(t), n).ToArray());
     }
 
     [Fact]
@@ -38,10 +38,10 @@ public unsafe class KnownSitesTests
             Assert.Equal(g2, gens2[Array.IndexOf(a2, Base + 0x20)]);
 
             // The same sites again: no rebuild, only generations change.
-            ulong* before = (ulong*)*live.Field(LiveCode.Ctl.Known);
+            LiveCode.KnownTable* before = live.Control->Known;
             ulong g3 = live.NextGeneration();
             Assert.True(live.PrepareBatch([Base + 0x10, Base + 0x20], [], g3));
-            Assert.Equal((ulong)before, *live.Field(LiveCode.Ctl.Known));
+            Assert.True(before == live.Control->Known, "the same table");
             var (a3, gens3) = Table(live);
             Assert.Equal(g3, gens3[Array.IndexOf(a3, Base + 0x10)]);
             Assert.Equal(g3, gens3[Array.IndexOf(a3, Base + 0x20)]);

@@ -1,4 +1,6 @@
 using Altpatch.Native;
+using Altpatch.Pokers;
+using Altpatch.Sites;
 using Altpatch.Text;
 
 namespace Altpatch.Tests.Live;

@@ -1,9 +1,9 @@
 using System.Numerics;
 using Altpatch.Patching;
+using Altpatch.Pokers;
 using Altpatch.Sites;
 using Altpatch.Tests.Paravirt;
 using Altpatch.Tests.SmpLocks;
-using Altpatch.Text;
 
 namespace Altpatch.Tests.Live;
 

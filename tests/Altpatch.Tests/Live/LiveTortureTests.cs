@@ -1,6 +1,6 @@
 using System.Globalization;
 using Altpatch.Native;
-using Altpatch.Text;
+using Altpatch.Pokers;
 using Altpatch.TortureChild;
 using Xunit.Abstractions;
 

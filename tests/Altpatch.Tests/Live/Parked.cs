@@ -1,4 +1,5 @@
 using Altpatch.Native;
+using Altpatch.Sites;
 using Altpatch.Text;
 using Iced.Intel;
 using static Iced.Intel.AssemblerRegisters;

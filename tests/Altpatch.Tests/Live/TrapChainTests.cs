@@ -1,5 +1,7 @@
 using System.Runtime.InteropServices;
 using Altpatch.Native;
+using Altpatch.Pokers;
+using Altpatch.Sites;
 using Altpatch.Text;
 using static Iced.Intel.AssemblerRegisters;
 

@@ -1,5 +1,5 @@
 using Altpatch.Native;
-using Altpatch.Text;
+using Altpatch.Pokers;
 using Altpatch.TortureChild;
 using Xunit.Abstractions;
 

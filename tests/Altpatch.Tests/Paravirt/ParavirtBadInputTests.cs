@@ -1,9 +1,10 @@
 using Altpatch.Native;
 using Altpatch.Patching;
+using Altpatch.Pokers;
 using Altpatch.Sites;
 using Altpatch.Text;
-using Pv = Altpatch.Patching.Paravirt;
 using static Iced.Intel.AssemblerRegisters;
+using Pv = Altpatch.Patching.Paravirt;
 
 namespace Altpatch.Tests.Paravirt;
 

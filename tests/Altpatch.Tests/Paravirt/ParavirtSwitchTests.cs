@@ -1,5 +1,6 @@
 using System.Numerics;
 using Altpatch.Patching;
+using Altpatch.Pokers;
 using Altpatch.Sites;
 using Altpatch.Text;
 using static Iced.Intel.AssemblerRegisters;

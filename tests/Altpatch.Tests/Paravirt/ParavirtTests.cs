@@ -1,11 +1,12 @@
 using System.Numerics;
 using Altpatch.Native;
 using Altpatch.Patching;
+using Altpatch.Pokers;
 using Altpatch.Sites;
 using Altpatch.Text;
-using Pv = Altpatch.Patching.Paravirt;
 using Iced.Intel;
 using static Iced.Intel.AssemblerRegisters;
+using Pv = Altpatch.Patching.Paravirt;
 
 namespace Altpatch.Tests.Paravirt;
 
@@ -181,7 +182,12 @@ public class ParavirtTests
         Assert.DoesNotContain(plan, p => p.Site.Index == s0 || p.Site.Index == s1);
         Assert.Equal(ParavirtStrategy.Indirect, decisions[s0].Strategy);
         Assert.Contains("target clobbers rax|rcx|rdx, the site allows rax", decisions[s0].Detail);
+        Assert.Equal(ParavirtReason.ClobbersNotAllowed, decisions[s0].Reason);
+        Assert.Equal("target clobbers rax|rcx|rdx, the site allows rax", decisions[s0].Why);
         Assert.Equal(ParavirtStrategy.Indirect, decisions[s1].Strategy);
+        Assert.Equal(ParavirtReason.ClobbersNotAllowed, decisions[s1].Reason);
+        Assert.Equal(ParavirtReason.Patched, decisions[s2].Reason);
+        Assert.Equal("", decisions[s2].Why);
         Assert.Equal(ParavirtStrategy.DirectCall, decisions[s2].Strategy);
         Assert.Equal(ParavirtStrategy.DirectCall, decisions[s3].Strategy);
         var tscPoke = plan.Single(p => p.Site.Index == s3).New.ToArray();
@@ -216,6 +222,8 @@ public class ParavirtTests
         Assert.True(plan.IsEmpty);
         Assert.Equal(ParavirtStrategy.Indirect, decisions[0].Strategy);
         Assert.Contains("beyond rel32 reach", decisions[0].Detail);
+        Assert.Equal(ParavirtReason.OutOfReach, decisions[0].Reason);
+        Assert.Equal($"target 0x{site.Address + (3UL << 30):x} is beyond rel32 reach of the site", decisions[0].Why);
         Assert.Equal(site.Original.ToArray(), f.SiteBytes(s));
         Assert.Equal(ParavirtOps.Mix64Reference(99), Run.Call64(fn, 99)); // through the slot
     }

@@ -2,6 +2,7 @@ using Altpatch.Cpu;
 using Altpatch.Emit;
 using Altpatch.Native;
 using Altpatch.Patching;
+using Altpatch.Pokers;
 using Altpatch.Sites;
 using Altpatch.Text;
 using static Iced.Intel.AssemblerRegisters;
@@ -42,7 +43,7 @@ public class AlternativesBadInputTests
     public void Replacement_longer_than_its_site()
     {
         var (cb, _) = Module();
-        using var _cb = cb;
+        using var owned = cb;
         var sites = cb.AlternativeSites.ToList();
         sites[1] = sites[1] with { Replacement = new byte[] { 0xB8, 1, 2, 3, 4, 0x90 } };
         var e = Fails(cb, sites, "replacement (6 bytes) is longer than the site (5 bytes)");
@@ -54,7 +55,7 @@ public class AlternativesBadInputTests
     public void Site_longer_than_max_patch_len()
     {
         var (cb, _) = Module();
-        using var _cb = cb;
+        using var owned = cb;
         var sites = cb.AlternativeSites.ToList();
         sites[0] = sites[0] with { Length = 300, Original = new byte[300] };
         Fails(cb, sites, "length 300 exceeds MAX_PATCH_LEN (254)");
@@ -64,7 +65,7 @@ public class AlternativesBadInputTests
     public void Site_in_unmapped_memory()
     {
         var (cb, _) = Module();
-        using var _cb = cb;
+        using var owned = cb;
         ulong hole = Run.NeverMapped;
         var sites = cb.AlternativeSites.ToList();
         sites.Add(sites[0] with { Address = hole + 16 });
@@ -75,7 +76,7 @@ public class AlternativesBadInputTests
     public void Site_in_non_executable_memory()
     {
         var (cb, _) = Module();
-        using var _cb = cb;
+        using var owned = cb;
         ulong page = Run.Map(4096, Libc.ProtRead | Libc.ProtWrite);
         try
         {
@@ -92,7 +93,7 @@ public class AlternativesBadInputTests
     public void Overlapping_sites()
     {
         var (cb, _) = Module();
-        using var _cb = cb;
+        using var owned = cb;
         var sites = cb.AlternativeSites.ToList();
         sites.Add(sites[0] with { Address = sites[0].Address + 2, Original = Run.Read(sites[0].Address + 2, 5) });
         Fails(cb, sites, "overlaps alternative site #0");
@@ -102,7 +103,7 @@ public class AlternativesBadInputTests
     public void Old_bytes_not_as_recorded()
     {
         var (cb, fn) = Module();
-        using var _cb = cb;
+        using var owned = cb;
         var site = cb.AlternativeSites[1];
         // someone else changed the code behind our back (through the RW alias)
         cb.Memory.Writable[(int)(site.Address - cb.Memory.Address)] = 0xBA; // mov edx, imm32
@@ -129,7 +130,7 @@ public class AlternativesBadInputTests
     public void Alternatives_of_one_address_with_different_lengths()
     {
         var (cb, _) = Module();
-        using var _cb = cb;
+        using var owned = cb;
         var sites = cb.AlternativeSites.ToList();
         sites.Add(sites[0] with { Length = 4, Original = sites[0].Original[..4], Replacement = new byte[] { 0x90 } });
         Fails(cb, sites, "differs from alternative site #0");
@@ -139,7 +140,7 @@ public class AlternativesBadInputTests
     public void A_stale_plan_is_refused_by_the_poker_and_nothing_is_written()
     {
         var (cb, fn) = Module();
-        using var _cb = cb;
+        using var owned = cb;
         var plan = Alternatives.Plan(cb.AlternativeSites, Cpu, ProcessMemory.Snapshot());
         Assert.Equal(2, plan.Count);
         var site = cb.AlternativeSites[1];

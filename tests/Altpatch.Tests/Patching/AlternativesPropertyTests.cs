@@ -2,6 +2,7 @@ using Altpatch.Cpu;
 using Altpatch.Emit;
 using Altpatch.Native;
 using Altpatch.Patching;
+using Altpatch.Pokers;
 using Altpatch.Sites;
 using Altpatch.Text;
 using CsCheck;

@@ -2,6 +2,7 @@ using Altpatch.Cpu;
 using Altpatch.Emit;
 using Altpatch.Native;
 using Altpatch.Patching;
+using Altpatch.Pokers;
 using Altpatch.Sites;
 using Altpatch.Text;
 using Iced.Intel;
@@ -60,6 +61,35 @@ public class AlternativesTests
         using var cb = new CodeBuilder();
         cb.Function("f", b => { b.Alternative(a => a.mov(eax, 1), a => a.mov(eax, 2), F1); b.Code(a => a.ret()); });
         Assert.True(Plan(cb, None).IsEmpty);
+    }
+
+    [Fact]
+    public void Decisions_name_the_alternative_each_site_gets_and_whether_the_plan_writes_it()
+    {
+        using var cb = new CodeBuilder();
+        cb.Function("f", b =>
+        {
+            b.Alternative2(a => a.mov(eax, 1), a => a.mov(eax, 2), F1, a => a.mov(eax, 3), F2); // sites 0 and 1
+            b.Alternative(a => a.mov(ecx, 1), a => a.mov(ecx, 2), F2);                          // site 2
+            b.Code(a => a.ret());
+        });
+        cb.Publish();
+        var decisions = new List<AlternativeDecision>();
+        var plan = Alternatives.Plan(cb.AlternativeSites, None.With(F1), ProcessMemory.Snapshot(), null, decisions);
+        Assert.Equal(2, decisions.Count);                                  // one per address
+        Assert.Equal((0, 0, true, true), (decisions[0].Index, decisions[0].Chosen, decisions[0].Applied, decisions[0].Changed));
+        Assert.Equal("X86_FEATURE_POPCNT present: replacement", decisions[0].Reason);
+        Assert.Equal(plan[0].Why, decisions[0].Reason);
+        Assert.Equal((2, -1, false, false), (decisions[1].Index, decisions[1].Chosen, decisions[1].Applied, decisions[1].Changed));
+        Assert.Equal("X86_FEATURE_AVX2 absent: original", decisions[1].Reason);
+
+        Poker.Apply(plan);
+        decisions.Clear();
+        var again = Alternatives.Plan(cb.AlternativeSites, Both, ProcessMemory.Snapshot(), null, decisions);
+        Assert.Equal(1, decisions[0].Chosen);                               // both hold: ALTERNATIVE_2's second wins
+        Assert.True(decisions[0].Changed && decisions[1].Changed && decisions[1].Chosen == 2);
+        Assert.Equal(2, again.Count);
+        Poker.Revert(plan);
     }
 
     [Fact]

@@ -1,5 +1,7 @@
+using Altpatch.Code;
 using Altpatch.Native;
 using Altpatch.Patching;
+using Altpatch.Pokers;
 using Altpatch.Sites;
 using Altpatch.Text;
 using Locks = Altpatch.Patching.SmpLocks;
@@ -80,7 +82,7 @@ public class SmpLockBadInputTests
         Assert.Single(reg.Modules);
         reg.SwitchToUp();
         Assert.Equal(0x3E, f.LockByte(0));
-        Assert.Equal(Locks.LockPrefix, g.LockByte(0)); // never registered: untouched
+        Assert.Equal(X86.LockPrefix, g.LockByte(0)); // never registered: untouched
         reg.SwitchToSmp();
     }
 

@@ -1,5 +1,6 @@
+using Altpatch.Code;
 using Altpatch.Patching;
-using Altpatch.Text;
+using Altpatch.Pokers;
 using Locks = Altpatch.Patching.SmpLocks;
 
 namespace Altpatch.Tests.SmpLocks;
@@ -46,7 +47,7 @@ public class SmpLockTests
         reg.Add(f.Cb.LockModule("m"));
         reg.SwitchToUp();
         reg.SwitchToSmp();
-        Assert.All(Enumerable.Range(0, 4), i => Assert.Equal(Locks.LockPrefix, f.LockByte(i)));
+        Assert.All(Enumerable.Range(0, 4), i => Assert.Equal(X86.LockPrefix, f.LockByte(i)));
 
         f.Reset();
         const int Threads = 4;
@@ -76,7 +77,7 @@ public class SmpLockTests
         Assert.False(reg.Remove("b"));
         var toSmp = reg.SwitchToSmp();
         Assert.Equal(4, toSmp.Count); // only module a's sites
-        Assert.Equal(Locks.LockPrefix, a.LockByte(0));
+        Assert.Equal(X86.LockPrefix, a.LockByte(0));
         Assert.Equal(0x3E, b.LockByte(0)); // b was forgotten while UP: left as it was
         b.Reset();
         b.Run(10);
@@ -118,7 +119,7 @@ public class SmpLockTests
         foreach (ulong site in f.Cb.LockSites)
         {
             var bytes = Run.Read(site, 8);
-            Assert.Equal(Locks.LockPrefix, bytes[0]);
+            Assert.Equal(X86.LockPrefix, bytes[0]);
             var d = Iced.Intel.Decoder.Create(64, new Iced.Intel.ByteArrayCodeReader(bytes), site);
             d.Decode(out var insn);
             Assert.True(insn.HasLockPrefix);

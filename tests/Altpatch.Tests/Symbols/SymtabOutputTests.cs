@@ -1,4 +1,3 @@
-using System.Buffers.Binary;
 using System.Diagnostics;
 using Altpatch.Images;
 using Altpatch.Tests.Cli;
@@ -11,25 +10,25 @@ namespace Altpatch.Tests.Symbols;
 #pragma warning disable CA1515
 public sealed class PatchedOutputs : IDisposable
 {
-    private readonly string _dir = Directory.CreateTempSubdirectory("altpatch-symtab-").FullName;
-    private readonly Dictionary<string, (string With, string Without, string Summary)> _done = [];
-    private readonly Lock _lock = new();
+    private readonly string tempDir = Directory.CreateTempSubdirectory("altpatch-symtab-").FullName;
+    private readonly Dictionary<string, (string With, string Without, string Summary)> outputsByImage = [];
+    private readonly Lock gate = new();
 
     internal (string With, string Without, string Summary) Get(SymbolImage image)
     {
         image.Open();
-        lock (_lock)
+        lock (gate)
         {
-            if (_done.TryGetValue(image.Id, out var r))
+            if (outputsByImage.TryGetValue(image.Id, out var r))
                 return r;
-            string with = Path.Combine(_dir, image.Id + ".vmlinux"), without = with + ".nosymtab";
+            string with = Path.Combine(tempDir, image.Id + ".vmlinux"), without = with + ".nosymtab";
             if (!image.Linux612)
             {
                 var a = CliRunner.Run("kernel", "patch", image.ImagePath, "--flags", "fpu cx8 cmov", "-o", with);
                 Assert.True(a.Exit == 0, a.Err);
                 var b = CliRunner.Run("kernel", "patch", image.ImagePath, "--flags", "fpu cx8 cmov", "-o", without, "--no-symtab");
                 Assert.True(b.Exit == 0, b.Err);
-                return _done[image.Id] = (with, without, a.Out);
+                return outputsByImage[image.Id] = (with, without, a.Out);
             }
             // kernel patch does not do 6.12's rules (yet): its vmlinux as the same writer writes it.
             var img = image.Open();
@@ -38,11 +37,11 @@ public sealed class PatchedOutputs : IDisposable
                 written = ElfSymtabWriter.WriteVmlinux(s, img, img.Elf, symtab: true);
             using (var s = File.Create(without))
                 ElfSymtabWriter.WriteVmlinux(s, img, img.Elf, symtab: false);
-            return _done[image.Id] = (with, without, $".symtab of {written.Symbols:N0} symbols");
+            return outputsByImage[image.Id] = (with, without, $".symtab of {written.Symbols:N0} symbols");
         }
     }
 
-    public void Dispose() => Directory.Delete(_dir, recursive: true);
+    public void Dispose() => Directory.Delete(tempDir, recursive: true);
 }
 
 /// <summary>

@@ -8,11 +8,11 @@ namespace Altpatch.Tests.Verify;
 /// dump-guest-memory -p) and finding the kernel's .text in them, KASLR or not.</summary>
 public sealed class CoreTests : IDisposable
 {
-    private readonly List<string> _files = [];
+    private readonly List<string> files = [];
 
     public void Dispose()
     {
-        foreach (var f in _files)
+        foreach (var f in files)
             File.Delete(f);
     }
 
@@ -20,7 +20,7 @@ public sealed class CoreTests : IDisposable
     {
         var path = Path.Combine(Path.GetTempPath(), $"altpatch-core-test-{Environment.ProcessId}-{Guid.NewGuid():N}");
         File.WriteAllBytes(path, bytes);
-        _files.Add(path);
+        files.Add(path);
         return path;
     }
 
@@ -113,7 +113,7 @@ public sealed class CoreTests : IDisposable
         GroundTruthDumps.SkipUnless(image, config, "run.core.zst");
         var img = GroundTruthDumps.Image(image);
         var path = GroundTruthDumps.CoreFile(image, config);
-        _files.Add(path);
+        files.Add(path);
         using var core = ElfCore.Open(path);
         ulong want = GroundTruthDumps.Hex(GroundTruthDumps.Meta(image, config), "runtime_text");
         Assert.Equal(want, KernelTextLocator.Find(img, core));

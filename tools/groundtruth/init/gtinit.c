@@ -7,12 +7,21 @@
  *
  * What it does, in order:
  *   1. lowers the console log level (so kernel messages do not interleave),
- *   2. mounts proc on /proc,
- *   3. prints /proc/cpuinfo, /proc/version, /proc/cmdline and /proc/kallsyms
- *      to its stdout (the kernel's /dev/console = ttyS0), each between marker
- *      lines "@@GT-BEGIN <name>@@" / "@@GT-END <name>@@",
- *   4. waits for the tty to drain (TCSBRK) and powers the machine off with
- *      reboot(RB_POWER_OFF).
+ *   2. mounts proc on /proc and sysfs on /sys,
+ *   3. prints, to its stdout (the kernel's /dev/console = ttyS0), each between
+ *      marker lines "@@GT-BEGIN <name>@@" / "@@GT-END <name>@@":
+ *        version   /proc/version
+ *        cmdline   /proc/cmdline
+ *        cpuinfo   /proc/cpuinfo
+ *        iomem     /proc/iomem (we are root: real addresses, e.g. "Kernel code")
+ *        vulns     /sys/devices/system/cpu/vulnerabilities/<x>, one "x: text" per line
+ *        dmesg     the whole kernel log buffer (syslog(SYSLOG_ACTION_READ_ALL))
+ *        kallsyms  /proc/kallsyms (root: real, possibly KASLR-randomized, addresses)
+ *   4. waits for the tty to drain (TCSBRK), prints "@@GT-READY@@" and waits
+ *      forever: the host stops the VM over QMP and dumps the running kernel
+ *      (boot-and-dump.sh --mode run), or just quits QEMU.
+ *      With "gt.poweroff" on the kernel command line it powers the machine off
+ *      instead (reboot(RB_POWER_OFF)), as the first version of this init did.
  */
 
 #if defined(__x86_64__)
@@ -28,6 +37,7 @@
 #define SYS_sync 162
 #define SYS_mount 165
 #define SYS_reboot 169
+#define SYS_getdents64 217
 static long sys6(long n, long a, long b, long c, long d, long e)
 {
 	long ret;
@@ -52,6 +62,7 @@ static long sys6(long n, long a, long b, long c, long d, long e)
 #define SYS_reboot 88
 #define SYS_syslog 103
 #define SYS_nanosleep 162
+#define SYS_getdents64 220
 static long sys6(long n, long a, long b, long c, long d, long e)
 {
 	long ret;
@@ -134,17 +145,126 @@ static void msleep(long ms)
 	sys3(SYS_nanosleep, ts, 0, 0);
 }
 
+static void begin(const char *name)
+{
+	puts_("\n@@GT-BEGIN ");
+	puts_(name);
+	puts_("@@\n");
+}
+
+static void end(const char *name)
+{
+	puts_("@@GT-END ");
+	puts_(name);
+	puts_("@@\n");
+}
+
+/* Appends the contents of path (at most sizeof(buf) bytes) to stdout; returns its length. */
+static long cat_small(const char *path)
+{
+	long fd = sys3(SYS_open, path, 0, 0), n, tot = 0;
+	if (fd < 0)
+		return fd;
+	while ((n = sys3(SYS_read, fd, buf + tot, sizeof(buf) - 1 - (unsigned long)tot)) > 0)
+		tot += n;
+	sys3(SYS_close, fd, 0, 0);
+	out(buf, (unsigned long)tot);
+	if (tot == 0 || buf[tot - 1] != '\n')
+		puts_("\n");
+	return tot;
+}
+
+static char dents[16384];
+static char path[512];
+
+/* Every regular entry of dir, as "name: contents" lines (one-line sysfs attributes). */
+static void dump_dir(const char *dir, const char *name)
+{
+	long fd, n;
+	begin(name);
+	fd = sys3(SYS_open, dir, 0x10000 /* O_DIRECTORY */, 0);
+	if (fd >= 0) {
+		while ((n = sys3(SYS_getdents64, fd, dents, sizeof(dents))) > 0) {
+			long off = 0;
+			while (off < n) {
+				/* struct linux_dirent64 { u64 ino; s64 off; u16 reclen; u8 type; char name[]; } */
+				unsigned short reclen = *(unsigned short *)(dents + off + 16);
+				const char *d = dents + off + 19;
+				if (d[0] != '.') {
+					unsigned long dl = slen(dir), nl = slen(d);
+					if (dl + nl + 2 < sizeof(path)) {
+						for (unsigned long i = 0; i < dl; i++)
+							path[i] = dir[i];
+						path[dl] = '/';
+						for (unsigned long i = 0; i <= nl; i++)
+							path[dl + 1 + i] = d[i];
+						puts_(d);
+						puts_(": ");
+						cat_small(path);
+					}
+				}
+				off += reclen;
+			}
+		}
+		sys3(SYS_close, fd, 0, 0);
+	}
+	end(name);
+}
+
+static char logbuf[1 << 20];
+
+static void dump_dmesg(void)
+{
+	/* SYSLOG_ACTION_READ_ALL = 3: the whole ring buffer, non-destructively. */
+	long n = sys3(SYS_syslog, 3, logbuf, sizeof(logbuf));
+	begin("dmesg");
+	if (n > 0) {
+		out(logbuf, (unsigned long)n);
+		if (logbuf[n - 1] != '\n')
+			puts_("\n");
+	}
+	end("dmesg");
+}
+
+static int cmdline_has(const char *word)
+{
+	long fd = sys3(SYS_open, "/proc/cmdline", 0, 0), n;
+	unsigned long wl = slen(word);
+	if (fd < 0)
+		return 0;
+	n = sys3(SYS_read, fd, buf, sizeof(buf) - 1);
+	sys3(SYS_close, fd, 0, 0);
+	if (n <= 0)
+		return 0;
+	buf[n] = 0;
+	for (long i = 0; i + (long)wl <= n; i++) {
+		unsigned long k = 0;
+		if (i > 0 && buf[i - 1] != ' ')
+			continue;
+		while (k < wl && buf[i + k] == word[k])
+			k++;
+		if (k == wl && (buf[i + k] == ' ' || buf[i + k] == '\n' || buf[i + k] == 0))
+			return 1;
+	}
+	return 0;
+}
+
 void __attribute__((noreturn, used)) gt_main(void)
 {
 	/* SYSLOG_ACTION_CONSOLE_LEVEL = 8: only KERN_EMERG reaches the console. */
 	sys3(SYS_syslog, 8, 0, 1);
 	sys3(SYS_mkdir, "/proc", 0555, 0);
 	sys6(SYS_mount, (long)"proc", (long)"/proc", (long)"proc", 0, 0);
+	sys3(SYS_mkdir, "/sys", 0555, 0);
+	sys6(SYS_mount, (long)"sysfs", (long)"/sys", (long)"sysfs", 0, 0);
 
 	puts_("\n@@GT-INIT-START@@\n");
 	dump_file("/proc/version", "version");
 	dump_file("/proc/cmdline", "cmdline");
 	dump_file("/proc/cpuinfo", "cpuinfo");
+	dump_file("/proc/iomem", "iomem");
+	dump_dir("/sys/devices/system/cpu/vulnerabilities", "vulns");
+	dump_dmesg();
 	dump_file("/proc/kallsyms", "kallsyms");
 	puts_("@@GT-INIT-DONE@@\n");
 
@@ -152,10 +272,14 @@ void __attribute__((noreturn, used)) gt_main(void)
 	sys3(SYS_ioctl, 1, 0x5409, 1);
 	msleep(200);
 	sys3(SYS_sync, 0, 0, 0);
-	/* reboot(LINUX_REBOOT_MAGIC1, LINUX_REBOOT_MAGIC2, LINUX_REBOOT_CMD_POWER_OFF) */
-	sys6(SYS_reboot, (long)0xfee1dead, 672274793L, (long)0x4321fedc, 0, 0);
+	if (cmdline_has("gt.poweroff")) {
+		/* reboot(LINUX_REBOOT_MAGIC1, LINUX_REBOOT_MAGIC2, LINUX_REBOOT_CMD_POWER_OFF) */
+		sys6(SYS_reboot, (long)0xfee1dead, 672274793L, (long)0x4321fedc, 0, 0);
+	}
+	puts_("@@GT-READY@@\n");
+	sys3(SYS_ioctl, 1, 0x5409, 1);
 	for (;;)
-		sys3(SYS_exit, 0, 0, 0);
+		msleep(3600 * 1000);
 }
 
 /* Entry point: align the stack and call gt_main. */

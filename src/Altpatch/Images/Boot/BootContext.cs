@@ -1,4 +1,5 @@
 using Altpatch.Code;
+using Altpatch.Sites;
 using Altpatch.Text;
 
 namespace Altpatch.Images.Boot;
@@ -54,11 +55,11 @@ internal sealed class BootContext(KernelImage image, ImagePoker poker, KernelBoo
     /// <paramref name="target"/> (the kernel's <c>__text_gen_insn()</c>), or a <see cref="PatchException"/> when it does not reach.</summary>
     public int Rel32(ulong at, int size, ulong target, SiteRef site)
     {
-        long delta = unchecked((long)(target - (at + (ulong)size)));
+        ulong next = at + (ulong)size;
         if (Bitness == 32)
-            return unchecked((int)(uint)delta);
-        if (delta is < int.MinValue or > int.MaxValue)
-            throw new PatchException(site, at, $"branch target 0x{target:x} is out of rel32 range");
-        return (int)delta;
+            return X86.Rel32Wrapped(target, next);
+        return X86.TryRel32(target, next, out int rel)
+            ? rel
+            : throw new PatchException(site, at, $"branch target 0x{target:x} is out of rel32 range");
     }
 }

@@ -15,10 +15,15 @@ namespace Altpatch.Images.Boot;
 public sealed class ImageFeatureNumbering
 {
     private readonly string?[] capNames;   // image feature number → cpuinfo name (null = hidden/unknown)
+    private readonly string?[] bugNames;   // image bug number - caps → cpuinfo name (x86_bug_flags), for naming only
+    private readonly bool hiddenAt61;      // a 6.x image: bits it leaves unnamed are taken at 6.1.176's numbers
     private readonly bool identity;
 
-    private ImageFeatureNumbering(string description, string?[] capNames, bool identity, int featureLimit, ulong? capFlagsAddress)
+    private ImageFeatureNumbering(string description, string?[] capNames, bool identity, int featureLimit, ulong? capFlagsAddress,
+        string?[]? bugNames = null, bool hiddenAt61 = false)
     {
+        this.bugNames = bugNames ?? [];
+        this.hiddenAt61 = hiddenAt61;
         Description = description;
         this.capNames = capNames;
         this.identity = identity;
@@ -53,6 +58,48 @@ public sealed class ImageFeatureNumbering
     /// <summary>The cpuinfo name the image gives feature number <paramref name="n"/>, or null.</summary>
     public string? NameOf(int n) => n >= 0 && n < capNames.Length ? capNames[n] : null;
 
+    /// <summary>
+    /// How to call feature number <paramref name="n"/> of this image: with Linux 6.1.176's numbering its macro
+    /// (<c>X86_FEATURE_XMM2</c>, <c>X86_BUG_…</c>, named or hidden). Otherwise what the image's own
+    /// <c>x86_cap_flags</c> call it: the 6.1 macro when 6.1.176 gives the same cpuinfo name the same number, else the
+    /// image's name (<c>rep_good</c>). A bit the image leaves unnamed (hidden) is 6.1.176's hidden bit of that number in
+    /// a 6.x image (as the 6.1 rules assume), and nameless in a 2.6-era one, whose numbering is another: then null.
+    /// </summary>
+    public string? FeatureName(int n)
+    {
+        if (identity)
+            return FeatureNumbering.Linux61.NameOf(n);
+        string? name = n >= 0 && n < capNames.Length ? capNames[n]
+            : n >= capNames.Length && n - capNames.Length < bugNames.Length ? bugNames[n - capNames.Length] : null;
+        string? name61 = FeatureNumbering.Linux61.CpuInfoNameOf(n);
+        if (name is not null)
+            return name61 == name ? FeatureNumbering.Linux61.NameOf(n) : name;
+        return hiddenAt61 && name61 is null ? FeatureNumbering.Linux61.NameOf(n) : null;
+    }
+
+    /// <summary>
+    /// The numbering of <paramref name="image"/> for reading it (<c>altpatch kernel sites</c>), whatever its version:
+    /// Linux 6.1.176's when the image's <c>x86_cap_flags</c> agree with it (or, for a 6.x table layout, when the
+    /// image has no such array), else the image's own names. Never throws for the numbering itself.
+    /// </summary>
+    /// <exception cref="ImageFormatException">The image's tables are malformed (<see cref="KernelImage.Tables"/>).</exception>
+    public static ImageFeatureNumbering Read(KernelImage image)
+    {
+        ArgumentNullException.ThrowIfNull(image);
+        bool seedEra = image.Tables.AltFormat is AltInstrFormat.AbsoluteByteCpuid or AltInstrFormat.AbsoluteWordCpuid;
+        var (capAddr, caps) = FindNameArray(image.Elf, "fpu", "vme");
+        if (capAddr is null)
+        {
+            return seedEra
+                ? new ImageFeatureNumbering("unknown (no x86_cap_flags table found in the image)", [], identity: false, 0, null)
+                : new ImageFeatureNumbering("Linux 6.1.176 (assumed: no x86_cap_flags table found in the image)", [], identity: true, Limit61, null);
+        }
+        var (bugAddr, bugs) = FindNameArray(image.Elf, "f00f", "fdiv");
+        if (!seedEra && Differences61(caps, bugAddr is null ? null : bugs).Count == 0)
+            return Linux61Numbering(caps, capAddr.Value, bugAddr);
+        return OwnNumbering(caps, capAddr.Value, bugAddr is null ? null : bugs, hiddenAt61: !seedEra);
+    }
+
     /// <summary>Establishes the numbering of <paramref name="image"/> for <paramref name="rules"/>.</summary>
     /// <exception cref="KernelPatchException">The image's names contradict Linux 6.1.176's numbering (6.1 rules), or a
     /// 2.6-era image has no name table.</exception>
@@ -60,45 +107,61 @@ public sealed class ImageFeatureNumbering
     {
         ArgumentNullException.ThrowIfNull(image);
         var (capAddr, caps) = FindNameArray(image.Elf, "fpu", "vme");
-        const int limit61 = (CpuFeatureTable.CapabilityWords + CpuFeatureTable.BugWords) * 32;
         if (rules == KernelBootRules.Linux61)
         {
             if (capAddr is null)
             {
                 return new ImageFeatureNumbering("Linux 6.1.176 (assumed: no x86_cap_flags table found in the image)",
-                    [], identity: true, limit61, null);
+                    [], identity: true, Limit61, null);
             }
             var (bugAddr, bugs) = FindNameArray(image.Elf, "f00f", "fdiv");
-            var problems = new List<string>();
-            foreach (var f in CpuFeatureInfo.All)
-            {
-                string? want = CpuFeatureTable.Find((int)f)?.CpuInfoName;
-                int n = (int)f;
-                string? have;
-                if (CpuFeatureInfo.IsBug(f))
-                {
-                    int k = n - CpuFeatureTable.CapabilityWords * 32;
-                    if (bugAddr is null)
-                        continue;
-                    have = k < bugs.Length ? bugs[k] : null;
-                }
-                else
-                    have = n < caps.Length ? caps[n] : null;
-                if (want is not null && have != want)
-                    problems.Add($"'{want}' is {CpuFeatureInfo.FormatNumber(f)} in 6.1.176 but the image has {(have is null ? "no name" : $"'{have}'")} there");
-            }
+            var problems = Differences61(caps, bugAddr is null ? null : bugs);
             if (problems.Count > 0)
                 throw new KernelPatchException(
                     $"{image.Name}: the image's feature numbering (x86_cap_flags at 0x{capAddr:x}) is not Linux 6.1.176's: {problems.Count} name(s) differ, e.g. {problems[0]}");
-            return new ImageFeatureNumbering($"Linux 6.1.176 (x86_cap_flags at 0x{capAddr:x}{(bugAddr is { } b ? $", x86_bug_flags at 0x{b:x}" : "")} match)",
-                caps, identity: true, limit61, capAddr);
+            return Linux61Numbering(caps, capAddr.Value, bugAddr);
         }
         if (capAddr is null)
             throw new KernelPatchException(
                 $"{image.Name}: no x86_cap_flags table in the image: its feature numbering is unknown (Altpatch has no 2.6.22 numbering table), so alternatives cannot be decided");
+        return OwnNumbering(caps, capAddr.Value);
+    }
+
+    private const int Limit61 = (CpuFeatureTable.CapabilityWords + CpuFeatureTable.BugWords) * 32;
+
+    private static ImageFeatureNumbering Linux61Numbering(string?[] caps, ulong capAddr, ulong? bugAddr) =>
+        new($"Linux 6.1.176 (x86_cap_flags at 0x{capAddr:x}{(bugAddr is { } b ? $", x86_bug_flags at 0x{b:x}" : "")} match)",
+            caps, identity: true, Limit61, capAddr);
+
+    private static ImageFeatureNumbering OwnNumbering(string?[] caps, ulong capAddr, string?[]? bugs = null, bool hiddenAt61 = false)
+    {
         int words = Math.Max(1, (caps.Length + 31) / 32);
         return new ImageFeatureNumbering($"the image's own x86_cap_flags at 0x{capAddr:x} ({caps.Length} entries), mapped by name",
-            caps, identity: false, words * 32, capAddr);
+            caps, identity: false, words * 32, capAddr, bugs, hiddenAt61);
+    }
+
+    /// <summary>Where the image's names (<paramref name="bugs"/>: null when it has no bug-name array) are not Linux 6.1.176's, one line each.</summary>
+    private static List<string> Differences61(string?[] caps, string?[]? bugs)
+    {
+        var problems = new List<string>();
+        foreach (var f in CpuFeatureInfo.All)
+        {
+            string? want = CpuFeatureTable.Find((int)f)?.CpuInfoName;
+            int n = (int)f;
+            string? have;
+            if (CpuFeatureInfo.IsBug(f))
+            {
+                int k = n - CpuFeatureTable.CapabilityWords * 32;
+                if (bugs is null)
+                    continue;
+                have = k < bugs.Length ? bugs[k] : null;
+            }
+            else
+                have = n < caps.Length ? caps[n] : null;
+            if (want is not null && have != want)
+                problems.Add($"'{want}' is {CpuFeatureInfo.FormatNumber(f)} in 6.1.176 but the image has {(have is null ? "no name" : $"'{have}'")} there");
+        }
+        return problems;
     }
 
     /// <summary>Shorthand for the rules <see cref="KernelBootPatcher.RulesFor"/> picks.</summary>

@@ -8,7 +8,8 @@ namespace Altpatch.Images.Boot;
 /// from a <see cref="KernelCpuDescription"/>: the hidden (<c>""</c>) capability bits <c>/proc/cpuinfo</c> never shows,
 /// set by the vendor init code (<c>cpu/intel.c</c>, <c>amd.c</c>, <c>hygon.c</c>, <c>centaur.c</c>, <c>zhaoxin.c</c>,
 /// <c>common.c</c>, <c>fpu/xstate.c</c>), and the mitigation choices of <c>cpu_select_mitigations()</c>
-/// (<c>cpu/bugs.c</c>) with the default command line, including the return thunk. Visible flags are taken as given.
+/// (<c>cpu/bugs.c</c>) for the command line's mitigation choices (<see cref="KernelCpuDescription.Mitigations"/>, by default
+/// the default command line), including the return thunk. Visible flags are taken as given.
 /// Every rule names its source function in <c>docs/kernel-patching.md</c>.
 /// </summary>
 public static class KernelBootCpu
@@ -318,21 +319,62 @@ public static class KernelBootCpu
             }
         }
 
+        /// <summary>spectre_v2_parse_cmdline(): the command, or AUTO when the CPU or the build cannot do it.</summary>
+        private SpectreV2Command SpectreV2ParseCmdline()
+        {
+            var cmd = desc.Mitigations.SpectreV2;
+            string? problem = null;
+            if (cmd is SpectreV2Command.Retpoline or SpectreV2Command.RetpolineLfence or SpectreV2Command.RetpolineGeneric
+                    or SpectreV2Command.EibrsLfence or SpectreV2Command.EibrsRetpoline && !build.Retpoline)
+                problem = "selected but not compiled in";
+            else if (cmd is SpectreV2Command.Eibrs or SpectreV2Command.EibrsLfence or SpectreV2Command.EibrsRetpoline && !Has(F.IbrsEnhanced))
+                problem = "selected but CPU doesn't have Enhanced or Automatic IBRS";
+            else if (cmd is SpectreV2Command.RetpolineLfence or SpectreV2Command.EibrsLfence && !Has(F.LfenceRdtsc))
+                problem = "selected, but CPU doesn't have a serializing LFENCE";
+            else if (cmd == SpectreV2Command.Ibrs && !build.CpuIbrsEntry)
+                problem = "selected but not compiled in";
+            else if (cmd == SpectreV2Command.Ibrs && vendor != CpuVendor.Intel)
+                problem = "selected but not Intel CPU";
+            else if (cmd == SpectreV2Command.Ibrs && !Has(F.Ibrs))
+                problem = "selected but CPU doesn't have IBRS";
+            else if (cmd == SpectreV2Command.Ibrs && Has(F.Xenpv))
+                problem = "selected but running as XenPV guest";
+            if (problem is null)
+                return cmd;
+            Note($"Spectre V2 : spectre_v2={KernelMitigationCommands.Name(cmd)} {problem}. Switching to AUTO select");
+            return SpectreV2Command.Auto;
+        }
+
+        /// <summary>spectre_v2_select_retpoline().</summary>
+        private SpectreV2 SpectreV2SelectRetpoline() => build.Retpoline ? SpectreV2.Retpoline : SpectreV2.None;
+
         private void SpectreV2SelectMitigation()
         {
-            if (!Has(F.BugSpectreV2))
+            var cmd = SpectreV2ParseCmdline();
+            if (!Has(F.BugSpectreV2) && cmd is SpectreV2Command.Auto or SpectreV2Command.Off)
             {
                 Note("Spectre V2 : not affected (spectre_v2_cmd stays NONE)");
                 return;
             }
+            if (cmd == SpectreV2Command.Off)
+            {
+                Note("Spectre V2 : spectre_v2=off: vulnerable (spectre_v2_cmd stays NONE)");
+                return;
+            }
             spectreV2CmdNone = false;
-            SpectreV2 mode;
-            if (Has(F.IbrsEnhanced))
-                mode = SpectreV2.Eibrs;
-            else if (build.CpuIbrsEntry && Has(F.BugRetbleed) && Has(F.Ibrs) && vendor == CpuVendor.Intel)
-                mode = SpectreV2.Ibrs;
-            else
-                mode = build.Retpoline ? SpectreV2.Retpoline : SpectreV2.None;
+            SpectreV2 mode = cmd switch
+            {
+                SpectreV2Command.RetpolineLfence => SpectreV2.Lfence,
+                SpectreV2Command.RetpolineGeneric => SpectreV2.Retpoline,
+                SpectreV2Command.Retpoline => SpectreV2SelectRetpoline(),
+                SpectreV2Command.Ibrs => SpectreV2.Ibrs,
+                SpectreV2Command.Eibrs => SpectreV2.Eibrs,
+                SpectreV2Command.EibrsLfence => SpectreV2.EibrsLfence,
+                SpectreV2Command.EibrsRetpoline => SpectreV2.EibrsRetpoline,
+                _ when Has(F.IbrsEnhanced) => SpectreV2.Eibrs,   // AUTO, FORCE
+                _ when build.CpuIbrsEntry && Has(F.BugRetbleed) && Has(F.Ibrs) && vendor == CpuVendor.Intel => SpectreV2.Ibrs,
+                _ => SpectreV2SelectRetpoline(),
+            };
 
             switch (mode)
             {
@@ -517,22 +559,62 @@ public static class KernelBootCpu
                 srso = Srso.Ibpb;
                 return;
             }
-            // srso_cmd = SRSO_CMD_SAFE_RET (default)
-            if (build.CpuSrso)
+            switch (desc.Mitigations.Srso)
             {
-                Set(F.Rethunk, "srso_select_mitigation(): safe RET");
-                Set(F.Unret, "srso_select_mitigation(): safe RET");
-                if (family == 0x19)
-                {
-                    Set(F.SrsoAlias, "srso_select_mitigation(): family 0x19");
-                    SetReturnThunk(ReturnThunkKind.SrsoAlias, "SRSO safe RET");
-                }
-                else
-                {
-                    Set(F.Srso, "srso_select_mitigation(): not family 0x19");
-                    SetReturnThunk(ReturnThunkKind.Srso, "SRSO safe RET");
-                }
-                srso = Srso.SafeRet;
+                case SrsoCommand.Off:
+                    Note("Speculative Return Stack Overflow: spec_rstack_overflow=off");
+                    return;
+                case SrsoCommand.Microcode:
+                    if (hasMicrocode)
+                        srso = Srso.Microcode;
+                    break;
+                case SrsoCommand.Ibpb:
+                    if (!build.CpuIbpbEntry)
+                    {
+                        Note("Speculative Return Stack Overflow: spec_rstack_overflow=ibpb, kernel not compiled with CPU_IBPB_ENTRY");
+                        return;
+                    }
+                    if (hasMicrocode)
+                    {
+                        Set(F.EntryIbpb, "srso_select_mitigation(): spec_rstack_overflow=ibpb");
+                        Set(F.IbpbOnVmexit, "srso_select_mitigation(): spec_rstack_overflow=ibpb");
+                        srso = Srso.Ibpb;
+                        ClearBit(F.Unret, "srso_select_mitigation(): IBPB on entry needs no untraining");
+                        ClearBit(F.Rethunk, "srso_select_mitigation(): IBPB on entry needs no untraining");
+                        ClearBit(F.RsbVmexit, "srso_select_mitigation(): IBPB on entry fills no RSB");
+                    }
+                    break;
+                case SrsoCommand.IbpbOnVmexit:
+                    if (!build.CpuIbpbEntry)
+                    {
+                        Note("Speculative Return Stack Overflow: spec_rstack_overflow=ibpb-vmexit, kernel not compiled with CPU_IBPB_ENTRY");
+                        return;
+                    }
+                    if (hasMicrocode)
+                    {
+                        Set(F.IbpbOnVmexit, "srso_select_mitigation(): spec_rstack_overflow=ibpb-vmexit");
+                        srso = Srso.IbpbOnVmexit;
+                        ClearBit(F.RsbVmexit, "srso_select_mitigation(): IBPB on VM exit fills no RSB");
+                    }
+                    break;
+                default:   // SRSO_CMD_SAFE_RET, the default
+                    if (build.CpuSrso)
+                    {
+                        Set(F.Rethunk, "srso_select_mitigation(): safe RET");
+                        Set(F.Unret, "srso_select_mitigation(): safe RET");
+                        if (family == 0x19)
+                        {
+                            Set(F.SrsoAlias, "srso_select_mitigation(): family 0x19");
+                            SetReturnThunk(ReturnThunkKind.SrsoAlias, "SRSO safe RET");
+                        }
+                        else
+                        {
+                            Set(F.Srso, "srso_select_mitigation(): not family 0x19");
+                            SetReturnThunk(ReturnThunkKind.Srso, "SRSO safe RET");
+                        }
+                        srso = Srso.SafeRet;
+                    }
+                    break;
             }
             Note($"Speculative Return Stack Overflow: {srso}");
         }

@@ -18,6 +18,20 @@ public enum ReturnThunkKind
     Its,
 }
 
+/// <summary>The return thunks' kernel symbols.</summary>
+public static class ReturnThunkKinds
+{
+    /// <summary>The kernel symbol of the thunk, e.g. <c>srso_alias_return_thunk</c> (<see cref="KernelThunks.Address"/> finds it in an image).</summary>
+    public static string Symbol(this ReturnThunkKind kind) => kind switch
+    {
+        ReturnThunkKind.Its => "its_return_thunk",
+        ReturnThunkKind.Retbleed => "retbleed_return_thunk",
+        ReturnThunkKind.Srso => "srso_return_thunk",
+        ReturnThunkKind.SrsoAlias => "srso_alias_return_thunk",
+        _ => "__x86_return_thunk",
+    };
+}
+
 /// <summary>Whether the kernel finds a hypervisor it knows (<c>init_hypervisor_platform()</c>).</summary>
 public enum KernelHypervisor
 {

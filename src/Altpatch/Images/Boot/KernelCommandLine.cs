@@ -14,31 +14,6 @@ public enum MitigationsMode
     AutoNosmt,
 }
 
-/// <summary><c>spectre_v2=</c> as <c>spectre_v2_parse_cmdline()</c>'s option table names it (before its CPU checks).</summary>
-public enum SpectreV2Command
-{
-    /// <summary><c>auto</c>, absent or unknown.</summary>
-    Auto,
-    /// <summary><c>off</c>, <c>nospectre_v2</c> or <c>mitigations=off</c> (<c>SPECTRE_V2_CMD_NONE</c>).</summary>
-    Off,
-    /// <summary><c>on</c> (<c>SPECTRE_V2_CMD_FORCE</c>).</summary>
-    On,
-    /// <summary><c>retpoline</c>.</summary>
-    Retpoline,
-    /// <summary><c>retpoline,generic</c>.</summary>
-    RetpolineGeneric,
-    /// <summary><c>retpoline,lfence</c> or <c>retpoline,amd</c>.</summary>
-    RetpolineLfence,
-    /// <summary><c>eibrs</c>.</summary>
-    Eibrs,
-    /// <summary><c>eibrs,retpoline</c>.</summary>
-    EibrsRetpoline,
-    /// <summary><c>eibrs,lfence</c>.</summary>
-    EibrsLfence,
-    /// <summary><c>ibrs</c>.</summary>
-    Ibrs,
-}
-
 /// <summary><c>spectre_v2_user=</c> (<c>v2_user_options[]</c>).</summary>
 public enum SpectreV2UserCommand
 {
@@ -69,21 +44,6 @@ public enum RetbleedCommand
     Unret,
     /// <summary><c>ibpb</c>.</summary>
     Ibpb,
-}
-
-/// <summary><c>spec_rstack_overflow=</c> (<c>srso_parse_cmdline()</c>).</summary>
-public enum SrsoCommand
-{
-    /// <summary><c>off</c>.</summary>
-    Off,
-    /// <summary><c>microcode</c>.</summary>
-    Microcode,
-    /// <summary><c>safe-ret</c> (the default).</summary>
-    SafeRet,
-    /// <summary><c>ibpb</c>.</summary>
-    Ibpb,
-    /// <summary><c>ibpb-vmexit</c>.</summary>
-    IbpbOnVmexit,
 }
 
 /// <summary><c>spec_store_bypass_disable=</c> / <c>nospec_store_bypass_disable</c> (<c>ssb_parse_cmdline()</c>).</summary>

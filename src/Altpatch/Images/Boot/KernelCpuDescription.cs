@@ -33,6 +33,9 @@ public sealed partial record KernelCpuDescription
     /// <summary>Features to clear after the derivation (<c>--clear</c>), applied after <see cref="Set"/>.</summary>
     public ImmutableArray<CpuFeature> Clear { get; init; } = [];
 
+    /// <summary>The mitigation choices of the kernel command line (<c>spectre_v2=</c>, <c>spec_rstack_overflow=</c>); default: the default command line.</summary>
+    public KernelMitigationCommands Mitigations { get; init; } = KernelMitigationCommands.Default;
+
     /// <summary>Take <see cref="Cpu"/> as the kernel's final capability words (no derivation), e.g. a dump's
     /// <c>boot_cpu_data</c>. The return thunk is then inferred from the bits (see <see cref="KernelBootCpu"/>).</summary>
     public bool Exact { get; init; }

@@ -1,3 +1,4 @@
+using Altpatch.Code;
 using Iced.Intel;
 
 namespace Altpatch.Images.Boot;
@@ -17,19 +18,19 @@ internal readonly record struct KernelInsn(int Length, byte Op1, byte Op2, ulong
     public bool IsValid => Length > 0;
 
     /// <summary>Jcc with a 32-bit displacement: <c>0f 80</c>…<c>0f 8f</c> (the kernel's <c>is_jcc32()</c>).</summary>
-    public bool IsJcc32 => Op1 == 0x0f && (Op2 & 0xf0) == 0x80;
+    public bool IsJcc32 => Op1 == X86.TwoByteEscape && (Op2 & 0xf0) == X86.Jcc32;
 
     /// <summary>Decodes the instruction at the start of <paramref name="code"/> located at <paramref name="ip"/>.</summary>
     public static KernelInsn Decode(ReadOnlySpan<byte> code, ulong ip, int bitness)
     {
         // Fast paths for what nearly every return and retpoline site holds: call/jmp rel32, jcc rel32, ret.
-        if (code.Length >= 5 && code[0] is 0xe8 or 0xe9)
-            return new KernelInsn(5, code[0], 0, Relative(ip, 5, code[1..], bitness));
-        if (code.Length >= 6 && code[0] == 0x0f && (code[1] & 0xf0) == 0x80)
-            return new KernelInsn(6, 0x0f, code[1], Relative(ip, 6, code[2..], bitness));
-        if (code.Length >= 1 && code[0] == 0xc3)
-            return new KernelInsn(1, 0xc3, 0, 0);
-        var d = Altpatch.Code.DecoderCache.Current.Start(code, ip, bitness);
+        if (code.Length >= X86.CallSize && code[0] is X86.Call or X86.Jmp32)
+            return new KernelInsn(X86.CallSize, code[0], 0, Relative(ip, X86.CallSize, code[1..], bitness));
+        if (code.Length >= 6 && code[0] == X86.TwoByteEscape && (code[1] & 0xf0) == X86.Jcc32)
+            return new KernelInsn(6, X86.TwoByteEscape, code[1], Relative(ip, 6, code[2..], bitness));
+        if (code.Length >= 1 && code[0] == X86.Ret)
+            return new KernelInsn(X86.RetSize, X86.Ret, 0, 0);
+        var d = DecoderCache.Current.Start(code, ip, bitness);
         d.Decode(out var insn);
         if (insn.IsInvalid || insn.Length > code.Length)
             return default;
@@ -47,13 +48,13 @@ internal readonly record struct KernelInsn(int Length, byte Op1, byte Op2, ulong
     /// <summary>The target of a rel32 branch of <paramref name="length"/> bytes at <paramref name="ip"/> (wrapping at 2^32 in 32-bit code).</summary>
     private static ulong Relative(ulong ip, int length, ReadOnlySpan<byte> rel32, int bitness)
     {
-        ulong t = unchecked(ip + (ulong)length + (ulong)(long)System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(rel32));
+        ulong t = X86.Rel32Target(ip, length, rel32);
         return bitness == 64 ? t : t & 0xffff_ffffUL;
     }
 
     private static bool IsPrefix(byte b, int bitness) => b switch
     {
-        0x26 or 0x2e or 0x36 or 0x3e or 0x64 or 0x65 or 0x66 or 0x67 or 0xf0 or 0xf2 or 0xf3 => true,
+        0x26 or X86.CsPrefix or 0x36 or X86.DsPrefix or 0x64 or 0x65 or 0x66 or 0x67 or X86.LockPrefix or 0xf2 or 0xf3 => true,
         >= 0x40 and <= 0x4f => bitness == 64,
         _ => false,
     };

@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using Altpatch.Code;
 using Iced.Intel;
 
 namespace Altpatch.Images.Boot;
@@ -48,6 +49,32 @@ public sealed class KernelThunks
     /// <summary><c>_etext</c>: the end of <c>.text</c>.</summary>
     public ulong TextEnd { get; private init; }
 
+    /// <summary>The address of the return thunk <paramref name="kind"/> (<see cref="ReturnThunkKinds.Symbol"/>), or null when the image has none.</summary>
+    public ulong? Address(ReturnThunkKind kind) => kind switch
+    {
+        ReturnThunkKind.Its => ItsReturnThunk,
+        ReturnThunkKind.Retbleed => RetbleedReturnThunk,
+        ReturnThunkKind.Srso => SrsoReturnThunk,
+        ReturnThunkKind.SrsoAlias => SrsoAliasReturnThunk,
+        _ => ReturnThunk,
+    };
+
+    /// <summary>
+    /// Every thunk and range boundary this class finds, by its kernel symbol, in a fixed order: the return thunks
+    /// (the default one, then ITS, RETBleed, SRSO, SRSO alias), the two thunk arrays, <c>_paravirt_nop</c>,
+    /// <c>_text</c> and <c>_etext</c>.
+    /// </summary>
+    public IReadOnlyList<(string Symbol, ulong? Address)> Symbols =>
+    [
+        .. ((ReturnThunkKind[])[ReturnThunkKind.Default, ReturnThunkKind.Its, ReturnThunkKind.Retbleed, ReturnThunkKind.Srso, ReturnThunkKind.SrsoAlias])
+            .Select(k => (k.Symbol(), Address(k))),
+        ("__x86_indirect_thunk_array", RetpolineThunkArray),
+        ("__x86_indirect_its_thunk_array", ItsThunkArray),
+        ("_paravirt_nop", ParavirtNop),
+        ("_text", (ulong?)TextStart),
+        ("_etext", (ulong?)TextEnd),
+    ];
+
     /// <summary>RETPOLINE_THUNK_SIZE (6.1 <c>nospec-branch.h</c>): 32.</summary>
     public const int RetpolineThunkSize = 32;
 
@@ -66,7 +93,7 @@ public sealed class KernelThunks
         var text = elf.FindSection(".text");
         ulong textStart = text?.Address ?? 0, textEnd = text?.EndAddress ?? 0;
 
-        ulong? ret = MostCommonTarget(elf, tables.Returns.Select(r => r.Address), 0xe9, bitness);
+        ulong? ret = MostCommonTarget(elf, tables.Returns.Select(r => r.Address), X86.Jmp32, bitness);
         ulong? retpolineArray = FindRetpolineArray(elf, tables, bitness);
         ulong? itsArray = bitness == 64 ? FindItsArray(elf, text) : null;
         ulong? itsRet = null;
@@ -75,7 +102,7 @@ public sealed class KernelThunks
             // retpoline.S: after the 16 ITS thunks, ".align 64, 0xcc" ends the array, then
             // ".align 64, 0xcc; .skip 32, 0xcc; its_return_thunk: ret; int3".
             ulong candidate = AlignUp(ia + 16 * ItsThunkSize, 64) + 32;
-            if (BytesAre(elf, candidate, [0xc3, 0xcc]))
+            if (BytesAre(elf, candidate, [X86.Ret, X86.Int3]))
                 itsRet = candidate;
         }
         var (retbleed, srso) = FindUntrainThunks(elf, tables, bitness);
@@ -230,7 +257,7 @@ public sealed class KernelThunks
                 continue;
             var orig = DecodeAt(elf, a.Address, bitness);
             var repl = DecodeAt(elf, a.ReplacementAddress, bitness);
-            if (orig.Op1 != 0xe9 || repl.Op1 != 0xe9 || orig.Length != 5 || repl.Length != 5)
+            if (orig.Op1 != X86.Jmp32 || repl.Op1 != X86.Jmp32 || orig.Length != X86.Jmp32Size || repl.Length != X86.Jmp32Size)
                 continue;
             ulong? retbleed = BytesAre(elf, orig.Target, [0xf6, 0xc3, 0xcc]) ? orig.Target + 1 : null;
             ulong untrain = repl.Target;
@@ -241,10 +268,10 @@ public sealed class KernelThunks
                 int seen = 0;
                 for (ulong p = untrain + 10; p < untrain + 256; p++)
                 {
-                    if (!BytesAre(elf, p, [0xe8]))
+                    if (!BytesAre(elf, p, [X86.Call]))
                         continue;
                     var call = DecodeAt(elf, p, bitness);
-                    if (call.Length == 5 && call.Target == safeRet && BytesAre(elf, p + 5, [0x0f, 0x0b]))
+                    if (call.Length == X86.CallSize && call.Target == safeRet && BytesAre(elf, p + X86.CallSize, X86.Ud2))
                     {
                         if (++seen == 2)
                         {
@@ -272,7 +299,7 @@ public sealed class KernelThunks
             if (a.Cpuid != SrsoAlias || a.Not || a.ReplacementLen != 5)
                 continue;
             var call = DecodeAt(elf, a.ReplacementAddress, bitness);
-            if (call.Op1 != 0xe8 || call.Length != 5)
+            if (call.Op1 != X86.Call || call.Length != X86.CallSize)
                 continue;
             ulong untrain = call.Target;
             if (!BytesAre(elf, untrain, [0x66, 0x90, 0x0f, 0xae, 0xe8, 0xe9]))
@@ -281,7 +308,7 @@ public sealed class KernelThunks
             if (jmp.Length != 5)
                 continue;
             var thunk = DecodeAt(elf, jmp.Target, bitness);
-            if (thunk.Op1 == 0xe8 && thunk.Length == 5 && BytesAre(elf, jmp.Target + 5, [0x0f, 0x0b]))
+            if (thunk.Op1 == X86.Call && thunk.Length == X86.CallSize && BytesAre(elf, jmp.Target + X86.CallSize, X86.Ud2))
                 return jmp.Target;
         }
         return null;
@@ -320,9 +347,9 @@ public sealed class KernelThunks
             p = 4;   // endbr64 / endbr32
         if (code.Length <= p)
             return false;
-        if (code[p] == 0xc3)
+        if (code[p] == X86.Ret)
             return true;
         var insn = KernelInsn.Decode(code.Slice(p, Math.Min(15, code.Length - p)), target + (ulong)p, bitness);
-        return insn.Op1 == 0xe9 && returnThunk is { } rt && insn.Target == rt;
+        return insn.Op1 == X86.Jmp32 && returnThunk is { } rt && insn.Target == rt;
     }
 }

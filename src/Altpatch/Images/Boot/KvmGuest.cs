@@ -1,5 +1,6 @@
 using System.Collections.Immutable;
 using System.Globalization;
+using Altpatch.Cpu;
 
 namespace Altpatch.Images.Boot;
 
@@ -44,6 +45,49 @@ public static class KvmGuest
     /// <summary>The KVM features a QEMU named CPU model gets by default (<c>kvm_default_props</c>: kvm-nopiodelay,
     /// kvm-steal-time; kvm-pv-unhalt and kvm-pv-tlb-flush are off unless asked for).</summary>
     public const KvmFeatures QemuDefaults = KvmFeatures.NopIoDelay | KvmFeatures.StealTime;
+
+    /// <summary>
+    /// The names of the KVM features, as <c>--kvm-features</c> takes them: QEMU's property names without the
+    /// <c>kvm-</c> prefix (<c>nopiodelay</c>, <c>steal-time</c> or <c>steal_time</c>, ...), <c>realtime</c> for
+    /// the hint, <c>none</c> for no feature. Each feature's first name is its own.
+    /// </summary>
+    public static IReadOnlyList<(string Name, KvmFeatures Feature)> FeatureNames { get; } =
+    [
+        ("nopiodelay", KvmFeatures.NopIoDelay),
+        ("nop_io_delay", KvmFeatures.NopIoDelay),
+        ("steal_time", KvmFeatures.StealTime),
+        ("steal-time", KvmFeatures.StealTime),
+        ("pv_unhalt", KvmFeatures.PvUnhalt),
+        ("pv-unhalt", KvmFeatures.PvUnhalt),
+        ("pv_tlb_flush", KvmFeatures.PvTlbFlush),
+        ("pv-tlb-flush", KvmFeatures.PvTlbFlush),
+        ("realtime", KvmFeatures.HintsRealtime),
+        ("none", KvmFeatures.None),
+    ];
+
+    /// <summary>The features named by <paramref name="names"/> (case-insensitive, see <see cref="FeatureNames"/>).</summary>
+    /// <exception cref="CpuFeatureException">A name is not a KVM feature's; the message lists the names.</exception>
+    public static KvmFeatures ParseFeatures(IEnumerable<string> names)
+    {
+        ArgumentNullException.ThrowIfNull(names);
+        var f = KvmFeatures.None;
+        foreach (var n in names)
+        {
+            int i = -1;
+            for (int k = 0; k < FeatureNames.Count && i < 0; k++)
+            {
+                if (string.Equals(FeatureNames[k].Name, n, StringComparison.OrdinalIgnoreCase))
+                    i = k;
+            }
+            if (i < 0)
+            {
+                var own = FeatureNames.DistinctBy(e => e.Feature).Select(e => e.Name);
+                throw new CpuFeatureException($"unknown KVM feature '{n}' ({string.Join(", ", own)})");
+            }
+            f |= FeatureNames[i].Feature;
+        }
+        return f;
+    }
 
     /// <summary>Reads a symbol file: lines "address type name" (System.map, /proc/kallsyms); later duplicates are ignored.</summary>
     /// <param name="text">The file's text.</param>

@@ -1,4 +1,6 @@
 using System.Buffers.Binary;
+using Altpatch.Code;
+using Altpatch.Sites;
 using Altpatch.Text;
 
 namespace Altpatch.Images.Boot;
@@ -25,14 +27,14 @@ internal static class Linux2622Passes
         if (sites.IsEmpty)
             return PatchPlan.Empty;
         var text = new PassText(ctx.Poker);
-        Span<byte> buf = stackalloc byte[PatchPlan.MaxPatchLength];
+        Span<byte> buf = stackalloc byte[X86.MaxPatchLength];
         foreach (var a in sites)
         {
             var site = new SiteRef(SiteKind.Alternative, a.Index, KernelPatchTables.AltInstructions);
             if (a.ReplacementLen > a.InstrLen)
                 throw new PatchException(site, a.Address, $"replacement of {a.ReplacementLen} bytes is longer than the {a.InstrLen}-byte site (BUG_ON(a->replacementlen > a->instrlen))");
-            if (a.InstrLen > PatchPlan.MaxPatchLength)
-                throw new PatchException(site, a.Address, $"instrlen {a.InstrLen} exceeds MAX_PATCH_LEN ({PatchPlan.MaxPatchLength})");
+            if (a.InstrLen > X86.MaxPatchLength)
+                throw new PatchException(site, a.Address, $"instrlen {a.InstrLen} exceeds MAX_PATCH_LEN ({X86.MaxPatchLength})");
             if (!ctx.HasFeature(a.Cpuid))
                 continue;
             var b = buf[..a.InstrLen];
@@ -81,7 +83,7 @@ internal static class Linux2622Passes
         if (sites.IsEmpty)
             return PatchPlan.Empty;
         var text = new PassText(ctx.Poker);
-        Span<byte> buf = stackalloc byte[PatchPlan.MaxPatchLength];
+        Span<byte> buf = stackalloc byte[X86.MaxPatchLength];
         foreach (var p in sites)
         {
             var site = new SiteRef(SiteKind.Paravirt, p.Index, KernelPatchTables.ParaInstructions);
@@ -95,11 +97,10 @@ internal static class Linux2622Passes
             if (opfunc == 0)
             {
                 // paravirt_patch_insns(insnbuf, len, start_ud2a, end_ud2a)
-                if (p.Len >= 2)
+                if (p.Len >= X86.Ud2.Length)
                 {
-                    b[0] = 0x0f;
-                    b[1] = 0x0b;
-                    used = 2;
+                    X86.Ud2.CopyTo(b);
+                    used = X86.Ud2.Length;
                 }
                 else
                     used = p.Len;
@@ -110,16 +111,16 @@ internal static class Linux2622Passes
                 used = 0;
                 why = "paravirt_nop";
             }
-            else if ((ClobberAny & ~p.Clobbers) != 0 || p.Len < 5)
+            else if ((ClobberAny & ~p.Clobbers) != 0 || p.Len < X86.CallSize)
             {
                 used = p.Len;   // "target would clobber too much for this site" / "call too long for patch site"
                 why = "kept: site too small or clobbers too few";
             }
             else
             {
-                b[0] = 0xe8;
-                BinaryPrimitives.WriteInt32LittleEndian(b[1..], ctx.Rel32(p.Address, 5, opfunc, site));
-                used = 5;
+                b[0] = X86.Call;
+                BinaryPrimitives.WriteInt32LittleEndian(b[1..], ctx.Rel32(p.Address, X86.CallSize, opfunc, site));
+                used = X86.CallSize;
                 why = $"call paravirt_ops[{p.Type}] = 0x{opfunc:x}";
             }
             ctx.AddNops(b[used..]);

@@ -1,5 +1,7 @@
 using System.Buffers.Binary;
+using Altpatch.Code;
 using Altpatch.Cpu;
+using Altpatch.Sites;
 using Altpatch.Text;
 
 namespace Altpatch.Images.Boot;
@@ -11,8 +13,6 @@ namespace Altpatch.Images.Boot;
 /// </summary>
 internal static class Linux61Passes
 {
-    private const byte Int3 = 0xcc, Ret = 0xc3, Call = 0xe8, Jmp32 = 0xe9, Jmp8 = 0xeb, Nop1 = 0x90;
-
     // ------------------------------------------------------------------ apply_paravirt
 
     /// <summary>
@@ -27,7 +27,7 @@ internal static class Linux61Passes
         if (sites.IsEmpty)
             return PatchPlan.Empty;
         var text = new PassText(ctx.Poker);
-        Span<byte> buf = stackalloc byte[PatchPlan.MaxPatchLength];
+        Span<byte> buf = stackalloc byte[X86.MaxPatchLength];
         foreach (var p in sites)
         {
             var site = new SiteRef(SiteKind.Paravirt, p.Index, KernelPatchTables.ParaInstructions);
@@ -49,11 +49,11 @@ internal static class Linux61Passes
             }
             else
             {
-                if (len < 5)
+                if (len < X86.CallSize)
                     throw new PatchException(site, p.Address, $"a {len}-byte site cannot hold the 5-byte call to pv_ops[{p.Type}] (0x{opfunc:x})");
-                b[0] = Call;
-                BinaryPrimitives.WriteInt32LittleEndian(b[1..], ctx.Rel32(p.Address, 5, opfunc, site));
-                used = 5;
+                b[0] = X86.Call;
+                BinaryPrimitives.WriteInt32LittleEndian(b[1..], ctx.Rel32(p.Address, X86.CallSize, opfunc, site));
+                used = X86.CallSize;
                 why = $"call pv_ops[{p.Type}] = 0x{opfunc:x}";
             }
             ctx.AddNops(b[used..]);
@@ -79,12 +79,12 @@ internal static class Linux61Passes
         Span<byte> bytes = stackalloc byte[16];
         foreach (var s in sites)
         {
-            var site = new SiteRef(SiteKind.Retpoline, s.Index, KernelPatchTables.RetpolineSites);
+            var site = new SiteRef(KernelSiteKinds.Retpoline, s.Index, KernelPatchTables.RetpolineSites);
             var code = ReadWindow(text, s.Address, window, site);
             var insn = KernelInsn.Decode(code, s.Address, ctx.Bitness);
             if (!insn.IsValid)
                 continue;                                   // WARN_ON_ONCE(ret < 0)
-            if (!(insn.Op1 is Call or Jmp32 || insn.IsJcc32))
+            if (!(insn.Op1 is X86.Call or X86.Jmp32 || insn.IsJcc32))
                 continue;                                   // WARN_ON_ONCE(1)
             int len = PatchRetpoline(ctx, s.Address, insn, bytes, site, out string why);
             if (len != insn.Length)
@@ -114,15 +114,14 @@ internal static class Linux61Passes
         if (insn.IsJcc32)
         {
             int cc = (insn.Op2 & 0xf) ^ 1;                  // invert the condition
-            bytes[i++] = (byte)(0x70 + cc);                 // Jcc.d8
+            bytes[i++] = (byte)(X86.Jcc8 + cc);              // Jcc.d8
             bytes[i++] = (byte)(insn.Length - 2);
-            op = Jmp32;
+            op = X86.Jmp32;
         }
         if (ctx.State.Has(CpuFeature.RetpolineLfence))
         {
-            bytes[i++] = 0x0f;
-            bytes[i++] = 0xae;
-            bytes[i++] = 0xe8;                              // LFENCE
+            X86.Lfence.CopyTo(bytes[i..]);
+            i += X86.Lfence.Length;
         }
         if (ctx.State.Has(CpuFeature.IndirectThunkIts) && ((addr + (ulong)i + 1 + (ulong)(r / 8)) & 0x20) == 0)
         {
@@ -130,18 +129,18 @@ internal static class Linux61Passes
             return EmitItsTrampoline(ctx, addr, insn, r, bytes, site);
         }
         // emit_indirect()
-        byte modrm = op == Call ? (byte)0x10 : (byte)0x20;
+        byte modrm = op == X86.Call ? (byte)0x10 : (byte)0x20;
         if (r >= 8)
         {
-            bytes[i++] = 0x41;                              // REX.B
+            bytes[i++] = X86.RexB;
             r -= 8;
         }
-        bytes[i++] = 0xff;
+        bytes[i++] = X86.IndirectBranch;
         bytes[i++] = (byte)(modrm | 0xc0 | r);
-        if (op == Jmp32 && i < insn.Length)
-            bytes[i++] = Int3;
+        if (op == X86.Jmp32 && i < insn.Length)
+            bytes[i++] = X86.Int3;
         while (i < insn.Length)
-            bytes[i++] = Nop1;
+            bytes[i++] = X86.Nop;
         why = ctx.State.Has(CpuFeature.RetpolineLfence) ? "retpoline,lfence: lfence; indirect branch" : "no retpoline: indirect branch";
         return i;
     }
@@ -161,11 +160,11 @@ internal static class Linux61Passes
             op = insn.Op2;
         }
         else if (insn.Length == 6)
-            bytes[i++] = 0x2e;                              // CS prefix
-        if (op is not (Call or Jmp32) && !insn.IsJcc32)
+            bytes[i++] = X86.CsPrefix;
+        if (op is not (X86.Call or X86.Jmp32) && !insn.IsJcc32)
             return -1;
         bytes[i] = op;
-        BinaryPrimitives.WriteInt32LittleEndian(bytes[(i + 1)..], ctx.Rel32(addr + (ulong)i, 5, thunk, site));
+        BinaryPrimitives.WriteInt32LittleEndian(bytes[(i + 1)..], ctx.Rel32(addr + (ulong)i, X86.CallSize, thunk, site));
         i += 5;
         return i;
     }
@@ -185,13 +184,13 @@ internal static class Linux61Passes
         ulong? thunk = ctx.Thunks.ReturnThunk;
         foreach (var s in sites)
         {
-            var site = new SiteRef(SiteKind.Return, s.Index, KernelPatchTables.ReturnSites);
+            var site = new SiteRef(KernelSiteKinds.Return, s.Index, KernelPatchTables.ReturnSites);
             var code = ReadWindow(text, s.Address, window, site);
             var insn = KernelInsn.Decode(code, s.Address, ctx.Bitness);
             if (!insn.IsValid)
                 continue;                                   // WARN_ON_ONCE(ret < 0)
             byte op = insn.Op1;
-            ulong? dest = op == Jmp32 ? insn.Target : null;
+            ulong? dest = op == X86.Jmp32 ? insn.Target : null;
             if (StaticCallFixup(ctx, text, s.Address, op, dest, code, site))
                 continue;
             if (thunk is null || dest != thunk)
@@ -216,16 +215,8 @@ internal static class Linux61Passes
     /// <summary>The address of <c>x86_return_thunk</c>.</summary>
     private static ulong ReturnThunkAddress(BootContext ctx, ulong at, SiteRef site)
     {
-        var t = ctx.Thunks;
-        var (address, name) = ctx.State.ReturnThunk switch
-        {
-            ReturnThunkKind.Its => (t.ItsReturnThunk, "its_return_thunk"),
-            ReturnThunkKind.Retbleed => (t.RetbleedReturnThunk, "retbleed_return_thunk"),
-            ReturnThunkKind.Srso => (t.SrsoReturnThunk, "srso_return_thunk"),
-            ReturnThunkKind.SrsoAlias => (t.SrsoAliasReturnThunk, "srso_alias_return_thunk"),
-            _ => (t.ReturnThunk, "__x86_return_thunk"),
-        };
-        return address ?? throw new PatchException(site, at, $"the chosen return thunk {name} could not be located in the image");
+        var kind = ctx.State.ReturnThunk;
+        return ctx.Thunks.Address(kind) ?? throw new PatchException(site, at, $"the chosen return thunk {kind.Symbol()} could not be located in the image");
     }
 
     private static readonly string[] JmpThunkWhy =
@@ -237,18 +228,18 @@ internal static class Linux61Passes
         if (CpuWantsRethunkAt(ctx, addr))
         {
             ulong target = ReturnThunkAddress(ctx, addr, site);
-            bytes[0] = Jmp32;
-            BinaryPrimitives.WriteInt32LittleEndian(bytes[1..], ctx.Rel32(addr, 5, target, site));
+            bytes[0] = X86.Jmp32;
+            BinaryPrimitives.WriteInt32LittleEndian(bytes[1..], ctx.Rel32(addr, X86.Jmp32Size, target, site));
             i = 5;
             why = JmpThunkWhy[(int)ctx.State.ReturnThunk];
         }
         else
         {
-            bytes[i++] = Ret;
+            bytes[i++] = X86.Ret;
             why = ctx.State.Has(CpuFeature.Rethunk) ? "ret (ITS: return in the upper half of a cache line)" : "ret (no return thunk)";
         }
         while (i < length)
-            bytes[i++] = Int3;
+            bytes[i++] = X86.Int3;
         return i;
     }
 
@@ -260,22 +251,22 @@ internal static class Linux61Passes
         const ulong Page = 4096;
         if ((addr / Page) != ((addr + 7) / Page) && !text.IsCode(addr + 7, 1))
             return false;
-        if (code.Length < 8 || code[5] != 0x0f || code[6] != 0xb9 || code[7] != 0xcc)
+        if (code.Length < 8 || code[5] != X86.TwoByteEscape || code[6] != 0xb9 || code[7] != X86.Int3)
             return false;
-        if (op == Ret || (dest is { } d && d == ctx.Thunks.ReturnThunk))
+        if (op == X86.Ret || (dest is { } d && d == ctx.Thunks.ReturnThunk))
         {
             Span<byte> b = stackalloc byte[5];
             string why;
             if (CpuWantsRethunkAt(ctx, addr))
             {
-                b[0] = Jmp32;
-                BinaryPrimitives.WriteInt32LittleEndian(b[1..], ctx.Rel32(addr, 5, ReturnThunkAddress(ctx, addr, site), site));
+                b[0] = X86.Jmp32;
+                BinaryPrimitives.WriteInt32LittleEndian(b[1..], ctx.Rel32(addr, X86.Jmp32Size, ReturnThunkAddress(ctx, addr, site), site));
                 why = "static call trampoline: jmp return thunk";
             }
             else
             {
-                b[0] = Ret;
-                b[1..].Fill(Int3);
+                b[0] = X86.Ret;
+                b[1..].Fill(X86.Int3);
                 why = "static call trampoline: ret";
             }
             text.Write(addr, b, site, why);
@@ -294,12 +285,12 @@ internal static class Linux61Passes
         if (sites.IsEmpty)
             return PatchPlan.Empty;
         var text = new PassText(ctx.Poker);
-        Span<byte> buf = stackalloc byte[PatchPlan.MaxPatchLength + 16];
+        Span<byte> buf = stackalloc byte[X86.MaxPatchLength + 16];
         foreach (var a in sites)
         {
             var site = new SiteRef(SiteKind.Alternative, a.Index, KernelPatchTables.AltInstructions);
-            if (a.InstrLen > PatchPlan.MaxPatchLength)
-                throw new PatchException(site, a.Address, $"instrlen {a.InstrLen} exceeds MAX_PATCH_LEN ({PatchPlan.MaxPatchLength})");
+            if (a.InstrLen > X86.MaxPatchLength)
+                throw new PatchException(site, a.Address, $"instrlen {a.InstrLen} exceeds MAX_PATCH_LEN ({X86.MaxPatchLength})");
             if (a.Cpuid >= ctx.FeatureLimit)
                 throw new PatchException(site, a.Address, $"feature {a.FeatureText} is beyond the image's (NCAPINTS + NBUGINTS) * 32 = {ctx.FeatureLimit}");
             if (ctx.HasFeature(a.Cpuid) != a.Not)
@@ -310,16 +301,16 @@ internal static class Linux61Passes
                 var repl = b[..a.ReplacementLen];
                 text.Read(a.ReplacementAddress, repl, site);
                 byte firstReplacementByte = repl.IsEmpty ? (byte)0 : repl[0];
-                if (a.ReplacementLen == 5 && repl[0] == Call)
+                if (a.ReplacementLen == X86.CallSize && repl[0] == X86.Call)
                 {
                     // *(s32 *)(insn_buff + 1) += replacement - instr
                     int rel = BinaryPrimitives.ReadInt32LittleEndian(repl[1..]);
                     rel = unchecked(rel + (int)(a.ReplacementAddress - a.Address));
                     BinaryPrimitives.WriteInt32LittleEndian(repl[1..], rel);
                 }
-                if (a.ReplacementLen > 0 && firstReplacementByte is Jmp8 or Jmp32)
+                if (a.ReplacementLen > 0 && firstReplacementByte is X86.Jmp8 or X86.Jmp32)
                     RecomputeJump(ctx, a, b);
-                b[a.ReplacementLen..a.InstrLen].Fill(Nop1);
+                b[a.ReplacementLen..a.InstrLen].Fill(X86.Nop);
                 string why = $"{(a.Not ? "!" : "")}{FeatureName(a.Cpuid)} {(a.Not ? "absent" : "present")}";
                 text.Write(a.Address, b[..a.InstrLen], site, why);
             }
@@ -353,14 +344,14 @@ internal static class Linux61Passes
         if (two)
         {
             nDspl -= 2;
-            buf[0] = Jmp8;
+            buf[0] = X86.Jmp8;
             buf[1] = unchecked((byte)(sbyte)nDspl);
             ctx.AddNops(buf.Slice(2, 3));
         }
         else
         {
             nDspl = unchecked(nDspl - 5);
-            buf[0] = Jmp32;
+            buf[0] = X86.Jmp32;
             BinaryPrimitives.WriteInt32LittleEndian(buf[1..], nDspl);
         }
     }
@@ -386,7 +377,7 @@ internal static class Linux61Passes
             var insn = KernelInsn.Decode(w[..n], address + (ulong)i, ctx.Bitness);
             if (!insn.IsValid)
                 return;
-            if (insn.Length == 1 && insn.Op1 == Nop1)
+            if (insn.Length == 1 && insn.Op1 == X86.Nop)
                 i += OptimizeNopsRange(ctx, instr, i);
             else
                 i += insn.Length;
@@ -397,7 +388,7 @@ internal static class Linux61Passes
     private static int OptimizeNopsRange(BootContext ctx, Span<byte> instr, int off)
     {
         int i = off;
-        while (i < instr.Length && instr[i] == Nop1)
+        while (i < instr.Length && instr[i] == X86.Nop)
             i++;
         int nnops = i - off;
         if (nnops <= 1)
@@ -408,7 +399,7 @@ internal static class Linux61Passes
 
     private static void OptimizeNopsInText(BootContext ctx, PassText text, ulong address, int len, SiteRef site)
     {
-        Span<byte> cur = stackalloc byte[PatchPlan.MaxPatchLength + 15];
+        Span<byte> cur = stackalloc byte[X86.MaxPatchLength + 15];
         int after = AvailableAfter(text, address + (ulong)len, 15);
         var all = cur[..(len + after)];
         text.Read(address, all, site);
@@ -473,14 +464,14 @@ internal static class Linux61Passes
         var text = new PassText(ctx.Poker);
         ulong start = ctx.Thunks.TextStart, end = ctx.Thunks.TextEnd;
         Span<byte> b = stackalloc byte[1];
-        ReadOnlySpan<byte> ds = [0x3e];
+        ReadOnlySpan<byte> ds = [X86.DsPrefix];
         foreach (var l in sites)
         {
             if (l.Address < start || l.Address >= end)
                 continue;
             var site = new SiteRef(SiteKind.Lock, l.Index, KernelPatchTables.SmpLocksSection);
             text.Read(l.Address, b, site);
-            if (b[0] == 0xf0)
+            if (b[0] == X86.LockPrefix)
                 text.Write(l.Address, ds, site, "UP: lock -> ds");
         }
         return text.ToPlan();

@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Collections.Immutable;
 using Altpatch.Cpu;
+using Altpatch.Sites;
 using Altpatch.Text;
 
 namespace Altpatch.Images.Boot;

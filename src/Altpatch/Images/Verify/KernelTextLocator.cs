@@ -169,8 +169,8 @@ public static class KernelTextLocator
         return bestBase;
     }
 
-    /// <summary>The image's <c>.text</c> section.</summary>
-    internal static ElfSection TextSection(KernelImage image) =>
+    /// <summary>The image's <c>.text</c> section; an <see cref="ImageFormatException"/> when it has none with bytes.</summary>
+    public static ElfSection TextSection(KernelImage image) =>
         image.Elf.FindSection(".text") is { Size: > 0 } t && ElfFile.HasBytesInFile(t)
             ? t
             : throw new ImageFormatException($"{image.Name}: no .text section with bytes");

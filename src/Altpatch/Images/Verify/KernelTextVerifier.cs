@@ -280,26 +280,26 @@ public static class KernelTextVerifier
     /// </summary>
     private sealed class RangeDisassembler
     {
-        private readonly byte[] _predicted, _found;
-        private readonly int _predictedStart, _foundStart, _length;
-        private readonly ulong _base;
-        private readonly KernelSymbols? _symbols;
-        private readonly Decoder _decoder;
-        private readonly ArrayCodeReader _reader = new();
-        private readonly Formatter _formatter;
-        private readonly StringOutput _output = new();
-        private int _sweep = -1;        // an instruction boundary of the predicted code reached by the last sweep
-        private ulong _sweepSymbol = ulong.MaxValue;
+        private readonly byte[] predictedBytes, foundBytes;
+        private readonly int predictedStart, foundStart, textLength;
+        private readonly ulong textBase;
+        private readonly KernelSymbols? symbolTable;
+        private readonly Decoder decoder;
+        private readonly ArrayCodeReader reader = new();
+        private readonly Formatter formatter;
+        private readonly StringOutput output = new();
+        private int sweepAt = -1;        // an instruction boundary of the predicted code reached by the last sweep
+        private ulong sweepSymbol = ulong.MaxValue;
 
         public RangeDisassembler(ReadOnlyMemory<byte> predicted, ReadOnlyMemory<byte> found, ulong textAddress, int bitness, KernelSymbols? symbols)
         {
-            (_predicted, _predictedStart) = ArrayOf(predicted);
-            (_found, _foundStart) = ArrayOf(found);
-            _length = predicted.Length;
-            _base = textAddress;
-            _symbols = symbols;
-            _decoder = Decoder.Create(bitness, _reader, DecoderOptions.None);
-            _formatter = Disassembler.CreateFormatter();
+            (predictedBytes, predictedStart) = ArrayOf(predicted);
+            (foundBytes, foundStart) = ArrayOf(found);
+            textLength = predicted.Length;
+            textBase = textAddress;
+            symbolTable = symbols;
+            decoder = Decoder.Create(bitness, reader, DecoderOptions.None);
+            formatter = Disassembler.CreateFormatter();
         }
 
         private static (byte[] Array, int Start) ArrayOf(ReadOnlyMemory<byte> m) =>
@@ -310,16 +310,16 @@ public static class KernelTextVerifier
             // A boundary at or before the range: the symbol's start (or the last sweep inside the same symbol).
             int boundary = start;
             ulong symbolStart = ulong.MaxValue;
-            if (_symbols is not null && _symbols.TryFind(_base + (ulong)start, out var sym, out ulong off) && off <= 0x10000 && off <= (ulong)start)
+            if (symbolTable is not null && symbolTable.TryFind(textBase + (ulong)start, out var sym, out ulong off) && off <= 0x10000 && off <= (ulong)start)
             {
                 symbolStart = sym.Address;
                 boundary = start - (int)off;
-                if (_sweepSymbol == symbolStart && _sweep >= boundary && _sweep <= start)
-                    boundary = _sweep;
+                if (sweepSymbol == symbolStart && sweepAt >= boundary && sweepAt <= start)
+                    boundary = sweepAt;
             }
             // Sweep the predicted code to the first instruction that reaches into the range.
             int first = boundary;
-            foreach (var (ip, len) in Decode(_predicted, _predictedStart, boundary, start + 1))
+            foreach (var (ip, len) in Decode(predictedBytes, predictedStart, boundary, start + 1))
             {
                 if (ip + len > start)
                 {
@@ -330,20 +330,20 @@ public static class KernelTextVerifier
             }
             if (first > start)
                 first = start;
-            _sweep = first;
-            _sweepSymbol = symbolStart;
-            return (Format(_predicted, _predictedStart, first, end), Format(_found, _foundStart, first, end));
+            sweepAt = first;
+            sweepSymbol = symbolStart;
+            return (Format(predictedBytes, predictedStart, first, end), Format(foundBytes, foundStart, first, end));
         }
 
         /// <summary>(offset, length) of the instructions decoded from <paramref name="from"/> until one starts at or past <paramref name="until"/>.</summary>
         private IEnumerable<(int Offset, int Length)> Decode(byte[] data, int dataStart, int from, int until)
         {
             int pos = from;
-            while (pos < until && pos < _length)
+            while (pos < until && pos < textLength)
             {
-                _reader.Reset(data, dataStart + pos, _length - pos);
-                _decoder.IP = _base + (ulong)pos;
-                _decoder.Decode(out var insn);
+                reader.Reset(data, dataStart + pos, textLength - pos);
+                decoder.IP = textBase + (ulong)pos;
+                decoder.Decode(out var insn);
                 int len = insn.IsInvalid || insn.Length == 0 ? 1 : insn.Length;
                 yield return (pos, len);
                 pos += len;
@@ -354,19 +354,19 @@ public static class KernelTextVerifier
         {
             var parts = new List<string>();
             int pos = from;
-            while (pos < end && pos < _length && parts.Count < 32)
+            while (pos < end && pos < textLength && parts.Count < 32)
             {
-                _reader.Reset(data, dataStart + pos, _length - pos);
-                _decoder.IP = _base + (ulong)pos;
-                _decoder.Decode(out var insn);
-                if (insn.IsInvalid || pos + insn.Length > _length)
+                reader.Reset(data, dataStart + pos, textLength - pos);
+                decoder.IP = textBase + (ulong)pos;
+                decoder.Decode(out var insn);
+                if (insn.IsInvalid || pos + insn.Length > textLength)
                 {
                     parts.Add("(bad)");
                     pos++;
                     continue;
                 }
-                _formatter.Format(insn, _output);
-                parts.Add(_output.ToStringAndReset());
+                formatter.Format(insn, output);
+                parts.Add(output.ToStringAndReset());
                 pos += insn.Length;
             }
             return string.Join("; ", parts);

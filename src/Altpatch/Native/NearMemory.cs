@@ -1,0 +1,92 @@
+namespace Altpatch.Native;
+
+/// <summary>
+/// Data that code reaches with a RIP-relative operand (<c>call [rip+disp32]</c>, <c>mov rax, [rip+disp32]</c>):
+/// read-write, non-executable pages placed within rel32 reach (±2 GiB) of the code that uses them. The kernel links
+/// such data beside its text; user space asks <c>mmap</c> for a place near the code and, when the hint is taken,
+/// looks for the free gap closest to the code in <c>/proc/self/maps</c>.
+/// </summary>
+public static class NearMemory
+{
+    private const int MapFixedNoReplace = 0x100000; // MAP_FIXED_NOREPLACE (Linux 4.17+)
+    private const long Reach = int.MaxValue;
+
+    /// <summary>
+    /// Maps <paramref name="size"/> bytes (rounded up to pages) of zeroed read-write memory and returns its address
+    /// and mapped size. When <paramref name="near"/> is not 0, every byte of it is within rel32 reach of every
+    /// address of [near, near + <paramref name="span"/>). Throws <see cref="NativeException"/>, naming
+    /// <paramref name="what"/>, when the mapping fails or no such place is free.
+    /// </summary>
+    public static (ulong Address, int Size) Map(int size, ulong near, long span, string what)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(size);
+        ArgumentOutOfRangeException.ThrowIfNegative(span);
+        long page = Environment.SystemPageSize;
+        int mapped = (int)((size + page - 1) / page * page);
+        if (near == 0)
+        {
+            nint any = Libc.Mmap(0, (nuint)mapped, Libc.ProtRead | Libc.ProtWrite, Libc.MapPrivate | Libc.MapAnonymous, -1, 0);
+            if (any == Libc.MapFailed) throw NativeException.Last($"mmap of {what}");
+            return ((ulong)any, mapped);
+        }
+        // Try the hint first (the kernel takes it when free); otherwise look for the free gap closest to
+        // the code in /proc/self/maps (the runtime reserves large ranges, so blind probing can miss) and
+        // map there without replacing anything. A few rounds absorb races with other threads' mmaps.
+        ulong first = (near - (ulong)mapped) & ~((ulong)page - 1);
+        if (TryMap(first, mapped, 0, near, span, out ulong at)) return (at, mapped);
+        for (int round = 0; round < 4; round++)
+        {
+            foreach (ulong gap in FreeGapsNear(MemoryMap.Read(), near, span, mapped, (ulong)page))
+                if (TryMap(gap, mapped, MapFixedNoReplace, near, span, out at)) return (at, mapped);
+        }
+        throw new NativeException($"no free memory for {what} within rel32 reach of 0x{near:x}", 0);
+    }
+
+    /// <summary>Unmaps what <see cref="Map"/> returned.</summary>
+    public static void Unmap(ulong address, int size) => Libc.Munmap((nint)address, (nuint)size);
+
+    /// <summary>True when a RIP-relative operand at any address of [start, end) reaches every byte of [address, address + length).</summary>
+    public static bool IsInReach(ulong start, ulong end, ulong address, long length)
+    {
+        ulong last = address + (ulong)length;
+        return Math.Abs((long)(address - start)) < Reach - 16 && Math.Abs((long)(last - end)) < Reach - 16
+            && Math.Abs((long)(address - end)) < Reach - 16 && Math.Abs((long)(last - start)) < Reach - 16;
+    }
+
+    /// <summary>Page-aligned places of <paramref name="size"/> free bytes within reach of [near, near+span), closest first.</summary>
+    private static IEnumerable<ulong> FreeGapsNear(MemoryMap map, ulong near, long span, int size, ulong page)
+    {
+        long limit = Reach - span - size - (long)page;
+        ulong lowest = near > (ulong)limit ? near - (ulong)limit : page;
+        ulong highest = near + (ulong)span + (ulong)limit;
+        var candidates = new List<ulong>();
+        var regions = map.Regions;
+        for (int i = 0; i + 1 < regions.Count; i++)
+        {
+            ulong gapStart = regions[i].End, gapEnd = regions[i + 1].Start;
+            if (gapEnd - gapStart < (ulong)size) continue;
+            // the end of a gap below the code, or the start of a gap above it
+            ulong below = (gapEnd - (ulong)size) & ~(page - 1);
+            if (below >= gapStart && below >= lowest && below + (ulong)size <= near) candidates.Add(below);
+            ulong above = (gapStart + page - 1) & ~(page - 1);
+            if (above + (ulong)size <= gapEnd && above >= near + (ulong)span && above + (ulong)size <= highest) candidates.Add(above);
+        }
+        return candidates.OrderBy(c => c < near ? near - c : c - near);
+    }
+
+    private static bool TryMap(ulong hint, int size, int extraFlags, ulong near, long span, out ulong address)
+    {
+        address = 0;
+        nint p = Libc.Mmap((nint)hint, (nuint)size, Libc.ProtRead | Libc.ProtWrite, Libc.MapPrivate | Libc.MapAnonymous | extraFlags, -1, 0);
+        if (p == Libc.MapFailed) return false;
+        ulong a = (ulong)p;
+        bool inReach = Math.Abs((long)(a - near)) < Reach - span - size && Math.Abs((long)(a + (ulong)size - near)) < Reach - span - size;
+        if (!inReach)
+        {
+            Libc.Munmap(p, (nuint)size);
+            return false;
+        }
+        address = a;
+        return true;
+    }
+}
