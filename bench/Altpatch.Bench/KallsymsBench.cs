@@ -24,12 +24,7 @@ public class KallsymsBench
     [GlobalSetup]
     public void Setup()
     {
-        var root = new DirectoryInfo(AppContext.BaseDirectory);
-        while (root is not null && !File.Exists(Path.Combine(root.FullName, "Altpatch.slnx")))
-            root = root.Parent;
-        if (root is null)
-            throw new InvalidOperationException("repository root (Altpatch.slnx) not found");
-        image = KernelImage.Open(Path.GetFullPath(Path.Combine(root.FullName, "..", "shared", "linux", Image)));
+        image = KernelImage.Open(BenchPaths.SharedImage(Image));
         var sb = new StringBuilder();
         foreach (var s in KernelSymbols.FromKallsyms(image).All)
             sb.Append(s.ToSystemMapLine(image.PointerSize)).Append('\n');

@@ -22,15 +22,11 @@ public class KernelPatchBench
     [GlobalSetup]
     public void Setup()
     {
-        var root = new DirectoryInfo(AppContext.BaseDirectory);
-        while (root is not null && !File.Exists(Path.Combine(root.FullName, "Altpatch.slnx")))
-            root = root.Parent;
-        if (root is null)
-            throw new InvalidOperationException("repository root (Altpatch.slnx) not found");
-        imagePath = Path.GetFullPath(Path.Combine(root.FullName, "..", "shared", "linux", "vmlinuz-6.1.0-50-cloud-amd64"));
+        imagePath = BenchPaths.SharedImage("vmlinuz-6.1.0-50-cloud-amd64");
         image = KernelImage.Open(imagePath);
         _ = image.Tables;
-        cpu = KernelCpuDescription.FromCpuInfo(File.ReadAllText(Path.Combine(root.FullName, "tests", "data", "groundtruth",
+        _ = image.Symbols;
+        cpu = KernelCpuDescription.FromCpuInfo(File.ReadAllText(Path.Combine(BenchPaths.RepoRoot, "tests", "data", "groundtruth",
             "6.1.0-50-cloud-amd64", "Icelake-Server-smp2.cpuinfo")));
         sink = new byte[image.ElfBytes.Length];
     }
@@ -47,7 +43,22 @@ public class KernelPatchBench
     [Benchmark]
     public int Open() => KernelImage.Open(imagePath).ElfBytes.Length;
 
-    /// <summary>The boot-time patching on an open image: thunks, derivation, the five passes, the patched copy.</summary>
+    /// <summary>The boot-time patching on an open image: thunks, derivation, the text writers (jump labels, static
+    /// calls, ftrace, the preempt mode, with the image's kallsyms) and alternative_instructions()'s passes, the patched
+    /// copy and the list of dynamic sites.</summary>
     [Benchmark]
     public int Patch() => KernelBootPatcher.Patch(image, cpu).Passes.Length;
+
+    /// <summary>The same without the text writers: alternative_instructions()'s passes only (what kernel patch did before).</summary>
+    [Benchmark]
+    public int PatchAlternativesOnly()
+    {
+        var thunks = KernelThunks.Find(image);
+        var state = KernelBootCpu.Derive(cpu, KernelBuildInfo.Infer(image, thunks), KvmPvOps.None);
+        return KernelBootPatcher.Patch(image, state, thunks, new KernelTextOptions { Enabled = false }).Passes.Length;
+    }
+
+    /// <summary>Reading the text writers' tables by the image's kallsyms (decoded once in the setup).</summary>
+    [Benchmark]
+    public int ReadTextTables() => KernelTextTables.Read(image.Elf, Altpatch.Code.NopTable.X86_64Linux61, image.Symbols).Mcount.Length;
 }

@@ -35,6 +35,11 @@ public static class FuzzTargets
         new("feature-numbering", "ImageFeatureNumbering: the x86_cap_flags pointer array rewritten by the input", FeatureNumbering, [typeof(ImageFormatException), typeof(KernelPatchException)], NeedsSharedImages: true),
         new("cpuinfo", "/proc/cpuinfo text: CpuFeatures.FromCpuInfo and KernelCpuDescription.FromCpuInfo", CpuInfo, [typeof(CpuFeatureException)]),
         new("system-map", "System.map / /proc/kallsyms text for kernel patch --symbols: KvmGuest.ReadSymbols", SystemMap, Image),
+        new("relocs", "vmlinux.relocs after the real i386 vmlinux: KernelRelocations.Read (lists, terminators, bounds, order)", Relocs, Image, NeedsSharedImages: true),
+        new("core", "ELF core files (/proc/kcore, dump-guest-memory -p): ElfCore headers, segments, reads; KernelTextLocator.Find of the real i386 kernel's text", Core,
+            [typeof(ImageFormatException), typeof(Altpatch.Images.Verify.KernelVerifyException)], NeedsSharedImages: true),
+        new("text-tables", "KernelTextTables in a real vmlinux (first byte: frame; second: __jump_table, .static_call_sites or __mcount_loc) with the table's bytes rewritten by the input, found by the image's kallsyms or by the scans", TextTables, Image, NeedsSharedImages: true),
+        new("command-line", "kernel command line text: KernelCommandLine.Parse (early_param, __setup and cmdline_find_option semantics)", CommandLine, []),
     ];
 
     // Not PayloadDecompressor.Name: the registry must not run Altpatch code, which is instrumented and may only run
@@ -145,6 +150,58 @@ public static class FuzzTargets
             var m = ImageFeatureNumbering.For(frame.Image, KernelBootRules.Linux2622);
             _ = m.HasFeature(CpuFeatures.Empty)(0);
         });
+    }
+
+    private static void Relocs(byte[] input)
+    {
+        var elf = ImageFrame.I386.Image.Elf;
+        var bytes = new byte[elf.ElfEnd + input.Length];
+        elf.Bytes.Span[..(int)elf.ElfEnd].CopyTo(bytes);
+        input.CopyTo(bytes, (int)elf.ElfEnd);
+        var r = KernelRelocations.Read(ElfFile.Parse(bytes, "fuzz"));
+        _ = r?.FieldsIn(r.TextStart, 0x100000).Count();
+    }
+
+    private static void Core(byte[] input)
+    {
+        using var core = ElfCore.FromBytes(input, "fuzz");
+        var buf = new byte[64];
+        foreach (var (start, length) in core.Ranges())
+            _ = core.TryRead(start, buf.AsSpan(0, (int)Math.Min(length, (ulong)buf.Length)));
+        _ = core.Covers(0xc1000000, 0x1000);
+        _ = Altpatch.Images.Verify.KernelTextLocator.Find(ImageFrame.I386.Image, core);
+    }
+
+    private static void TextTables(byte[] input)
+    {
+        var (frame, rest) = ImageFrame.Select(input);
+        if (rest.IsEmpty)
+            return;
+        var img = frame.Image;
+        var nops = img.Bitness == 64 ? Altpatch.Code.NopTable.X86_64Linux61 : Altpatch.Code.NopTable.X86_32;
+        var pristine = frame.TextTables;
+        var table = (rest.Span[0] % 3) switch
+        {
+            0 => pristine.Tables.FirstOrDefault(t => t.Kind == KernelSiteKind.JumpLabel),
+            1 => pristine.Tables.FirstOrDefault(t => t.Kind == KernelSiteKind.StaticCall),
+            _ => pristine.Tables.FirstOrDefault(t => t.Kind == KernelSiteKind.Mcount),
+        };
+        if (table.Size == 0)
+            return;
+        var bytes = rest[1..].ToArray();
+        if (bytes.Length > (int)table.Size)
+            bytes = bytes[..(int)table.Size];
+        frame.WithPatches([(table.Address, bytes)], () =>
+        {
+            var t = KernelTextTables.Read(img.Elf, nops, frame.Symbols);
+            _ = t.Count(KernelSiteKind.JumpLabel) + t.Count(KernelSiteKind.Mcount);
+        });
+    }
+
+    private static void CommandLine(byte[] input)
+    {
+        var c = KernelCommandLine.Parse(Encoding.UTF8.GetString(input));
+        _ = c.Unknown.Length + c.ClearedFeatures.Length;
     }
 
     private static void SystemMap(byte[] input) => _ = KvmGuest.ReadSymbols(Encoding.UTF8.GetString(input)).Count;

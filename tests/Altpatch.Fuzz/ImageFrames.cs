@@ -39,6 +39,7 @@ public sealed class ImageFrame
         }
         Tables = image.Tables;
         (CapFlagsAddress, _) = ImageFeatureNumbering.FindNameArray(elf, "fpu", "vme");
+        textTables = new(() => KernelTextTables.Read(Image.Elf, Image.Bitness == 64 ? Altpatch.Code.NopTable.X86_64Linux61 : Altpatch.Code.NopTable.X86_32, Symbols));
     }
 
     /// <summary>"amd64" or "i386".</summary>
@@ -52,6 +53,14 @@ public sealed class ImageFrame
 
     /// <summary>The pristine image's tables.</summary>
     public KernelPatchTables Tables { get; }
+
+    /// <summary>The image's own kallsyms (null without).</summary>
+    public KernelSymbols? Symbols => Image.TryGetSymbols(out var s) ? s : null;
+
+    /// <summary>The pristine image's text-writer tables (jump labels, static calls, mcount), read once.</summary>
+    public KernelTextTables TextTables => textTables.Value;
+
+    private readonly Lazy<KernelTextTables> textTables;
 
     /// <summary>Where <c>x86_cap_flags</c> is, if found.</summary>
     public ulong? CapFlagsAddress { get; }

@@ -92,7 +92,16 @@ public static class SeedCorpus
                 records.AddRange(i % 2 == 0 ? frame.Image.ReadBytes(para[i + 1].Address, 6).ToArray() : new byte[] { 0x0f, 0x1f, 0x44, 0x00, 0x00, 0x90 });
             }
             Seed("pv-ops", frame.Name, [.. records]);
+            foreach (var (kind, which) in new[] { (KernelSiteKind.JumpLabel, (byte)0), (KernelSiteKind.StaticCall, (byte)1), (KernelSiteKind.Mcount, (byte)2) })
+            {
+                if (frame.TextTables.Tables.FirstOrDefault(t => t.Kind == kind) is { Size: > 0 } info)
+                    Seed("text-tables", $"{frame.Name}-{kind}", [sel, which, .. frame.Image.ReadBytes(info.Address, (int)Math.Min(info.Size, 2048UL))]);
+            }
         }
+
+        // Command lines: the ground-truth boots' and some with every option this version reads.
+        Seed("command-line", "default", "console=ttyS0 nokaslr panic=0"u8.ToArray());
+        Seed("command-line", "options", "mitigations=auto,nosmt spectre_v2=retpoline,lfence nopti pti=on retbleed=unret,nosmt spec_rstack_overflow=ibpb clearcpuid=514,avx2 noreplace-smp maxcpus=1 preempt=full ftrace=function ftrace_filter=\"vfs_* do_*\" -- init=/bin/sh"u8.ToArray());
 
         // cpuinfo: recorded QEMU CPUs and this machine's.
         foreach (var f in GroundTruthCpuInfos().Take(6))
@@ -108,7 +117,54 @@ public static class SeedCorpus
             Seed("system-map", Path.GetFileName(Path.GetDirectoryName(f)!) + "-head", text.AsSpan(0, Math.Min(text.Length, 16384)).ToArray());
         }
 
+        // vmlinux.relocs: the real i386 table's tail (its last entries and the terminator that starts it, rebuilt short).
+        var relocs = i386.Image.Relocations!;
+        var relocTable = new List<byte>(4 * 66) { 0, 0, 0, 0 };
+        foreach (ulong e in relocs.Absolute32.Take(64))
+            relocTable.AddRange(BitConverter.GetBytes((uint)e));
+        Seed("relocs", "i386-head", [.. relocTable]);
+
+        // cores: a small ELF64 and ELF32 core, one segment of the real i386 text's first page at its link address.
+        var page = i386.Image.ReadBytes(i386.Image.Elf.FindSection(".text")!.Value.Address, 4096).ToArray();
+        Seed("core", "elf32", MiniCore(false, 0xc1000000, page));
+        Seed("core", "elf64", MiniCore(true, 0xffffffff81000000, page));
+
         Console.WriteLine($"{count} seeds in {dir}");
+    }
+
+    /// <summary>An ELF core (ET_CORE) with one PT_LOAD of <paramref name="data"/> at <paramref name="address"/>.</summary>
+    internal static byte[] MiniCore(bool is64, ulong address, byte[] data)
+    {
+        int eh = is64 ? 64 : 52, ph = is64 ? 56 : 32;
+        var b = new byte[eh + ph + data.Length];
+        b[0] = 0x7f; b[1] = (byte)'E'; b[2] = (byte)'L'; b[3] = (byte)'F';
+        b[4] = (byte)(is64 ? 2 : 1); b[5] = 1; b[6] = 1;
+        BinaryPrimitives.WriteUInt16LittleEndian(b.AsSpan(16), 4);
+        BinaryPrimitives.WriteUInt16LittleEndian(b.AsSpan(18), (ushort)(is64 ? 62 : 3));
+        var p = b.AsSpan(eh);
+        BinaryPrimitives.WriteUInt32LittleEndian(p, 1);
+        if (is64)
+        {
+            BinaryPrimitives.WriteUInt64LittleEndian(b.AsSpan(32), (ulong)eh);
+            BinaryPrimitives.WriteUInt16LittleEndian(b.AsSpan(54), (ushort)ph);
+            BinaryPrimitives.WriteUInt16LittleEndian(b.AsSpan(56), 1);
+            BinaryPrimitives.WriteUInt64LittleEndian(p[8..], (ulong)(eh + ph));
+            BinaryPrimitives.WriteUInt64LittleEndian(p[16..], address);
+            BinaryPrimitives.WriteUInt64LittleEndian(p[32..], (ulong)data.Length);
+            BinaryPrimitives.WriteUInt64LittleEndian(p[40..], (ulong)data.Length);
+        }
+        else
+        {
+            BinaryPrimitives.WriteUInt32LittleEndian(b.AsSpan(28), (uint)eh);
+            BinaryPrimitives.WriteUInt16LittleEndian(b.AsSpan(42), (ushort)ph);
+            BinaryPrimitives.WriteUInt16LittleEndian(b.AsSpan(44), 1);
+            BinaryPrimitives.WriteUInt32LittleEndian(p[4..], (uint)(eh + ph));
+            BinaryPrimitives.WriteUInt32LittleEndian(p[8..], (uint)address);
+            BinaryPrimitives.WriteUInt32LittleEndian(p[16..], (uint)data.Length);
+            BinaryPrimitives.WriteUInt32LittleEndian(p[20..], (uint)data.Length);
+        }
+        data.CopyTo(b, eh + ph);
+        return b;
     }
 
     /// <summary>An ELF file with the source's header and section headers (names, types, flags, addresses) and each

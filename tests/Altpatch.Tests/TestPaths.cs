@@ -34,6 +34,15 @@ internal static class TestPaths
     /// <summary>The Debian 6.1 i386 686 kernel (XZ payload).</summary>
     public static string I386 => Path.Combine(SharedLinux, "vmlinuz-6.1.0-50-686");
 
+    /// <summary>The System.map of a Debian 6.1 flavour's -dbg package (../debs/x/linux-image-FLAVOUR-dbg beside the
+    /// repository), for checks that need names a stripped image does not have; tests skip without it.</summary>
+    public static string DebugSystemMap(string release) =>
+        Path.GetFullPath(Path.Combine(RepoRoot ?? AppContext.BaseDirectory, "..", "debs", "x", $"linux-image-{release}-dbg",
+            "usr", "lib", "debug", "boot", $"System.map-{release}"));
+
+    /// <summary>The reason given when a -dbg System.map is absent.</summary>
+    public const string NoDebugSystemMap = "the -dbg System.map of the image (../debs/x next to the repository) is not present";
+
     /// <summary>The Secure Boot-signed twin of <see cref="CloudAmd64"/> (Debian's signed package), fetched by
     /// <c>tools/signed-image/fetch.sh</c> into &lt;repo&gt;/artifacts/signed; <c>ALTPATCH_SIGNED_IMAGE</c> overrides.</summary>
     public static string SignedCloudAmd64 =>

@@ -6,7 +6,8 @@ namespace Altpatch.Cli.Commands;
 /// <summary>
 /// <c>altpatch kernel …</c>: read real Linux kernel images (bzImage or vmlinux ELF) and their patch
 /// site tables. Subcommands: <c>info</c> (<see cref="KernelInfoCommand"/>), <c>sites</c>
-/// (<see cref="KernelSitesCommand"/>) and <c>patch</c> (<see cref="KernelPatchCommand"/>).
+/// (<see cref="KernelSitesCommand"/>), <c>patch</c> (<see cref="KernelPatchCommand"/>), <c>symbols</c>
+/// (<see cref="KernelSymbolsCommand"/>) and <c>verify</c> (<see cref="KernelVerifyCommand"/>).
 /// </summary>
 public static class KernelCommand
 {
@@ -14,11 +15,12 @@ public static class KernelCommand
     public static Command Create()
     {
         var kernel = new Command("kernel",
-            "Read Linux x86 kernel images (bzImage or vmlinux ELF, i386 or x86-64): version, payload, the alternative, paravirt, SMP lock, retpoline and return patch sites; and patch them as the kernel does at boot for a given CPU.");
+            "Read Linux x86 kernel images (bzImage or vmlinux ELF, i386 or x86-64): version, payload, the alternative, paravirt, SMP lock, retpoline and return patch sites; patch them as the kernel does at boot for a given CPU; and verify a running kernel's text against them.");
         kernel.Subcommands.Add(KernelInfoCommand.Create());
         kernel.Subcommands.Add(KernelSitesCommand.Create());
         kernel.Subcommands.Add(KernelPatchCommand.Create());
         kernel.Subcommands.Add(KernelSymbolsCommand.Create());
+        kernel.Subcommands.Add(KernelVerifyCommand.Create());
         return kernel;
     }
 

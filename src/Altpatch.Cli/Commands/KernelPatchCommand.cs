@@ -21,22 +21,7 @@ public static class KernelPatchCommand
     public static Command Create()
     {
         var image = KernelCommand.ImageArgument();
-        var cpuinfo = new Option<FileInfo?>("--cpuinfo") { Description = "A /proc/cpuinfo of the target machine: vendor_id, cpu family, model, stepping, flags and bugs of the first processor; the processor count is the default --smp." };
-        var flags = new Option<string[]>("--flags") { Description = "CPU feature names instead of --cpuinfo (cpuinfo names, X86_FEATURE_ macros or word*32+bit; comma- or space-separated; repeatable).", AllowMultipleArgumentsPerToken = true };
-        var bugs = new Option<string[]>("--bugs") { Description = "CPU bug names with --flags (cpu_meltdown, spectre_v2, … or X86_BUG_ macros).", AllowMultipleArgumentsPerToken = true };
-        var vendor = new Option<string?>("--vendor") { Description = "With --flags: the vendor (GenuineIntel, AuthenticAMD, HygonGenuine, … or intel, amd, hygon, centaur, zhaoxin)." };
-        var family = new Option<int?>("--family") { Description = "With --flags: the CPU family (decimal, as /proc/cpuinfo shows it)." };
-        var model = new Option<int?>("--model") { Description = "With --flags: the model (decimal)." };
-        var stepping = new Option<int?>("--stepping") { Description = "With --flags: the stepping." };
-        var set = new Option<string[]>("--set") { Description = "Set a feature after the derivation (repeatable; any name form; hidden features by X86_FEATURE_ macro)." };
-        var clear = new Option<string[]>("--clear") { Description = "Clear a feature after the derivation (repeatable; applied after --set)." };
-        var smp = new Option<int?>("--smp") { Description = "Number of CPUs (present = possible). 1 switches the SMP lock prefixes to UP as the kernel does. Default: the --cpuinfo processor count, else 2." };
-        var hypervisor = new Option<string>("--hypervisor") { Description = "The hypervisor the kernel detects: none (bare metal, and QEMU TCG) or kvm. Default: none.", DefaultValueFactory = _ => "none" };
-        hypervisor.AcceptOnlyFromAmong("none", "kvm");
-        var symbols = new Option<FileInfo?>("--symbols") { Description = "A System.map or /proc/kallsyms of the same build: with --hypervisor kvm, the addresses of the KVM functions kvm_guest_init() puts into pv_ops." };
-        var kvmFeatures = new Option<string[]>("--kvm-features") { Description = "With --hypervisor kvm: the KVM paravirtual features of the host: nopiodelay, steal_time, pv_unhalt, pv_tlb_flush, realtime (hint), or none. Default: nopiodelay,steal_time (QEMU's defaults).", AllowMultipleArgumentsPerToken = true };
-        var archCap = new Option<string?>("--arch-capabilities") { Description = "The target's MSR_IA32_ARCH_CAPABILITIES (0x10a) value in hex (rdmsr 0x10a); /proc/cpuinfo does not show it. Default: 0, as under QEMU TCG." };
-        var exact = new Option<bool>("--exact") { Description = "Take the given features as the kernel's final capability words (no derivation of hidden bits or mitigations)." };
+        var cpu = new KernelCpuOptions();
         var output = new Option<FileInfo>("--output", "-o") { Description = "Where to write the patched vmlinux ELF file (written to a temporary file next to it and renamed on success).", Required = true };
         var noSymtab = new Option<bool>("--no-symtab") { Description = "Write OUT without the .symtab/.strtab built from the image's kallsyms (then OUT is exactly the decompressed payload, patched)." };
         var ignoreCrc = KernelCommand.IgnoreCrcOption();
@@ -45,47 +30,21 @@ public static class KernelPatchCommand
         var cmd = new Command("patch",
             "Do the kernel's own boot-time patching (apply_paravirt, apply_retpolines, apply_returns, apply_alternatives, SMP locks to UP) on a kernel image for a described CPU, and write the patched vmlinux.");
         cmd.Arguments.Add(image);
-        foreach (var o in new Option[] { cpuinfo, flags, bugs, vendor, family, model, stepping, set, clear, smp, hypervisor, symbols, kvmFeatures, archCap, exact, output, report, noSymtab, ignoreCrc })
-            cmd.Options.Add(o);
-        // The validators read the int options' tokens or presence, never GetValue: on "--smp abc" GetValue throws
-        // (a crash with a stack trace) instead of leaving the parser's "Cannot parse argument 'abc'" error.
-        smp.Validators.Add(r =>
-        {
-            if (r.Tokens is [var t] && int.TryParse(t.Value, NumberStyles.Integer, CultureInfo.InvariantCulture, out int n) && n < 1)
-                r.AddError("--smp must be at least 1");
-        });
-        cmd.Validators.Add(r =>
-        {
-            bool hasCpuinfo = r.GetValue(cpuinfo) is not null;
-            bool hasFlags = (r.GetValue(flags)?.Length ?? 0) > 0;
-            if (hasCpuinfo == hasFlags)
-                r.AddError("give the CPU with either --cpuinfo FILE or --flags LIST");
-            else if (hasFlags && !Split(r.GetValue(flags) ?? []).Any())
-                r.AddError("--flags names no feature");
-            if (hasCpuinfo && ((r.GetValue(bugs)?.Length ?? 0) > 0 || r.GetValue(vendor) is not null || r.GetResult(family) is not null
-                               || r.GetResult(model) is not null || r.GetResult(stepping) is not null))
-                r.AddError("--bugs, --vendor, --family, --model and --stepping go with --flags, not with --cpuinfo");
-            if ((r.GetValue(kvmFeatures)?.Length ?? 0) > 0 && r.GetValue(hypervisor) != "kvm")
-                r.AddError("--kvm-features goes with --hypervisor kvm");
-        });
+        cpu.AddTo(cmd, _ => true);
+        cmd.Options.Add(output);
+        cmd.Options.Add(report);
+        cmd.Options.Add(noSymtab);
+        cmd.Options.Add(ignoreCrc);
         cmd.SetAction(parse =>
         {
-            var options = new Options(
-                parse.GetValue(image)!, parse.GetValue(cpuinfo), parse.GetValue(flags) ?? [], parse.GetValue(bugs) ?? [],
-                parse.GetValue(vendor), parse.GetValue(family), parse.GetValue(model), parse.GetValue(stepping),
-                parse.GetValue(set) ?? [], parse.GetValue(clear) ?? [], parse.GetValue(smp),
-                parse.GetValue(hypervisor) == "kvm" ? KernelHypervisor.Kvm : KernelHypervisor.None,
-                parse.GetValue(symbols), parse.GetValue(kvmFeatures) ?? [], parse.GetValue(archCap),
-                parse.GetValue(exact), parse.GetValue(output)!, parse.GetValue(report), parse.GetValue(noSymtab));
-            return Run(parse, options, ignoreCrc);
+            // Parse the description first: a bad name fails before the image is even read.
+            var description = cpu.Describe(parse);
+            return Run(parse, new Options(parse.GetValue(image)!, description, parse.GetValue(output)!, parse.GetValue(report), parse.GetValue(noSymtab)), ignoreCrc);
         });
         return cmd;
     }
 
-    private sealed record Options(
-        FileInfo Image, FileInfo? CpuInfo, string[] Flags, string[] Bugs, string? Vendor, int? Family, int? Model, int? Stepping,
-        string[] Set, string[] Clear, int? Smp, KernelHypervisor Hypervisor, FileInfo? Symbols, string[] KvmFeatures, string? ArchCapabilities,
-        bool Exact, FileInfo Output, FileInfo? Report, bool NoSymtab = false);
+    private sealed record Options(FileInfo Image, KernelCpuDescription Description, FileInfo Output, FileInfo? Report, bool NoSymtab = false);
 
     private static int Run(ParseResult parse, Options o, Option<bool> ignoreCrc)
     {
@@ -93,9 +52,8 @@ public static class KernelPatchCommand
         var console = Terminal.Console(writer);
         bool interactive = console.Profile.Capabilities.Interactive;
         var total = Stopwatch.StartNew();
-        // Parse the description and check where the files go first: a bad name or a missing directory fails
-        // before the image is even read.
-        var description = Describe(o);
+        // Check where the files go first: a missing directory fails before the image is even read.
+        var description = o.Description;
         WritableDirectory(o.Output);
         if (o.Report is { } r)
             WritableDirectory(r);
@@ -162,76 +120,6 @@ public static class KernelPatchCommand
                 Step(i);
         }
         return times;
-    }
-
-    /// <summary>The CPU description from the options.</summary>
-    private static KernelCpuDescription Describe(Options o)
-    {
-        KernelCpuDescription d;
-        if (o.CpuInfo is { } file)
-        {
-            if (!file.Exists)
-                throw new FileNotFoundException($"{file.FullName}: no such file");
-            try
-            {
-                d = KernelCpuDescription.FromCpuInfo(Terminal.ReadInputText(file.FullName));
-            }
-            catch (CpuFeatureException e)
-            {
-                throw new CpuFeatureException($"{file.FullName}: {e.Message}", e);
-            }
-        }
-        else
-        {
-            var names = Split(o.Flags).Concat(Split(o.Bugs)).ToList();
-            var v = o.Vendor is null ? CpuVendor.Unknown : ParseVendor(o.Vendor);
-            var cpu = CpuFeatures.FromNames(names, v, o.Family ?? 0, o.Model ?? 0, o.Stepping ?? 0);
-            d = new KernelCpuDescription { Cpu = cpu };
-        }
-        IReadOnlyDictionary<string, ulong>? symbols = null;
-        if (o.Symbols is { } sf)
-        {
-            if (!sf.Exists)
-                throw new FileNotFoundException($"{sf.FullName}: no such file");
-            symbols = KvmGuest.ReadSymbols(Terminal.ReadInputText(sf.FullName));
-        }
-        return d with
-        {
-            Cpus = o.Smp ?? d.Cpus,
-            Hypervisor = o.Hypervisor,
-            Symbols = symbols,
-            KvmFeatures = o.KvmFeatures.Length == 0 ? KvmGuest.QemuDefaults : KvmGuest.ParseFeatures(Split(o.KvmFeatures)),
-            Exact = o.Exact,
-            ArchCapabilities = o.ArchCapabilities is null ? 0 : ParseHex(o.ArchCapabilities),
-            Set = [.. ParseNames(Split(o.Set))],
-            Clear = [.. ParseNames(Split(o.Clear))],
-        };
-    }
-
-    private static IEnumerable<string> Split(IEnumerable<string> values) =>
-        values.SelectMany(v => v.Split([',', ' ', '\t'], StringSplitOptions.RemoveEmptyEntries));
-
-    /// <summary>Feature names for --set/--clear, checked by the same parser (and message) as --flags.</summary>
-    private static IEnumerable<CpuFeature> ParseNames(IEnumerable<string> names) => CpuFeatures.FromNames(names).Features;
-
-    private static ulong ParseHex(string s)
-    {
-        var t = s.Trim();
-        if (t.StartsWith("0x", StringComparison.OrdinalIgnoreCase))
-            t = t[2..];
-        return ulong.TryParse(t, NumberStyles.HexNumber, CultureInfo.InvariantCulture, out ulong v)
-            ? v
-            : throw new CpuFeatureException($"--arch-capabilities: '{s}' is not a hexadecimal number");
-    }
-
-    private static CpuVendor ParseVendor(string s)
-    {
-        var v = CpuVendors.FromVendorId(s);
-        if (v != CpuVendor.Unknown)
-            return v;
-        if (Enum.TryParse<CpuVendor>(s, ignoreCase: true, out v) && v != CpuVendor.Unknown)
-            return v;
-        throw new CpuFeatureException($"unknown CPU vendor '{s}' (a vendor_id such as GenuineIntel or AuthenticAMD, or intel, amd, hygon, centaur, zhaoxin)");
     }
 
     /// <summary>The directory <paramref name="target"/> goes in; an error when it is missing or the target is a directory.</summary>

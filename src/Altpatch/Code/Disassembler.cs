@@ -13,12 +13,7 @@ public static class Disassembler
     public static IReadOnlyList<string> Lines(ReadOnlySpan<byte> code, ulong address, int bitness = 64)
     {
         var result = new List<string>();
-        var formatter = new IntelFormatter();
-        formatter.Options.FirstOperandCharIndex = 0;
-        formatter.Options.SpaceAfterOperandSeparator = true;
-        formatter.Options.HexPrefix = "0x";
-        formatter.Options.HexSuffix = "";
-        formatter.Options.UppercaseHex = false;
+        var formatter = CreateFormatter();
         var output = new StringOutput();
         var d = DecoderCache.Current.Start(code, address, bitness);
         ulong end = address + (ulong)code.Length;
@@ -34,6 +29,18 @@ public static class Disassembler
             result.Add(output.ToStringAndReset());
         }
         return result;
+    }
+
+    /// <summary>The formatter these lines are written with: Intel syntax, "0x" hex, lower case, "op a, b".</summary>
+    internal static Formatter CreateFormatter()
+    {
+        var formatter = new IntelFormatter();
+        formatter.Options.FirstOperandCharIndex = 0;
+        formatter.Options.SpaceAfterOperandSeparator = true;
+        formatter.Options.HexPrefix = "0x";
+        formatter.Options.HexSuffix = "";
+        formatter.Options.UppercaseHex = false;
+        return formatter;
     }
 
     /// <summary>The instructions joined with "; ".</summary>

@@ -15,6 +15,17 @@ public enum KernelSiteKind
     Retpoline,
     /// <summary><c>.return_sites</c>: jumps to the return thunk (objtool, 5.19+).</summary>
     Return,
+    /// <summary><c>__mcount_loc</c>: the <c>call __fentry__</c> at each traced function, a NOP after <c>ftrace_init()</c>.</summary>
+    Mcount,
+    /// <summary><c>__jump_table</c>: jump labels (static branches), a <c>jmp</c> or a NOP as their static key says.</summary>
+    JumpLabel,
+    /// <summary><c>.static_call_sites</c>: inline static calls (x86-64), pointed at their key's function by <c>static_call_init()</c>.</summary>
+    StaticCall,
+    /// <summary>Static-call trampolines (<c>__SCT__*</c> in <c>.static_call.text</c>), rewritten by <c>static_call_update()</c>.</summary>
+    StaticCallTrampoline,
+    /// <summary>ftrace's own call sites in <c>ftrace_caller</c>/<c>ftrace_regs_caller</c> (<c>ftrace_call</c>, <c>ftrace_regs_call</c>:
+    /// <c>ftrace_update_ftrace_func()</c>) and <c>ftrace_graph_call</c> (i386: <c>ftrace_enable_ftrace_graph_caller()</c>).</summary>
+    FtraceCall,
 }
 
 /// <summary>
@@ -28,7 +39,8 @@ public static class KernelSiteKinds
     public static IReadOnlyList<KernelSiteKind> All { get; } =
         [KernelSiteKind.Alternative, KernelSiteKind.Paravirt, KernelSiteKind.SmpLock, KernelSiteKind.Retpoline, KernelSiteKind.Return];
 
-    /// <summary>The short name reports and the CLI use: alt, para, lock, retpoline, return.</summary>
+    /// <summary>The short name of a table: alt, para, lock, retpoline, return, mcount, jump, static_call, sct, ftrace_call
+    /// (the <c>--kind</c> values of <c>kernel sites</c>, and the names in reports).</summary>
     public static string ShortName(this KernelSiteKind kind) => kind switch
     {
         KernelSiteKind.Alternative => "alt",
@@ -36,6 +48,11 @@ public static class KernelSiteKinds
         KernelSiteKind.SmpLock => "lock",
         KernelSiteKind.Retpoline => "retpoline",
         KernelSiteKind.Return => "return",
+        KernelSiteKind.Mcount => "mcount",
+        KernelSiteKind.JumpLabel => "jump",
+        KernelSiteKind.StaticCall => "static_call",
+        KernelSiteKind.StaticCallTrampoline => "sct",
+        KernelSiteKind.FtraceCall => "ftrace_call",
         _ => kind.ToString(),
     };
 

@@ -74,6 +74,99 @@ internal sealed class BootImageBuilder
     public List<ulong> IbtSeal { get; } = [];
     public ulong IbtSealTable => Base + 0xe000;
 
+    // ---- the text writers' tables (jump labels, static calls, mcount) and the symbols that name them ----
+
+    /// <summary>A jump entry: code, target, key (an address in <see cref="Keys"/>), branch bit.</summary>
+    public List<(ulong Code, ulong Target, ulong Key, bool Branch)> JumpEntries { get; } = [];
+
+    /// <summary>A static call site: address, key, tail flag.</summary>
+    public List<(ulong Address, ulong Key, bool Tail)> StaticCallSites { get; } = [];
+
+    /// <summary>mcount records (0 = padding).</summary>
+    public List<ulong> McountRecords { get; } = [];
+
+    /// <summary>Symbols the text passes look up (kallsyms of the image); null: none given.</summary>
+    public Dictionary<string, ulong>? Symbols { get; set; }
+
+    /// <summary>.data of static keys and static call keys (0x400 bytes).</summary>
+    public ulong Keys => Base + 0x18000;
+
+    /// <summary>.exit.text (0x100 bytes).</summary>
+    public ulong ExitText => Base + 0x19000;
+
+    /// <summary>Where the tables go (an .init.data section: jump table at +0, static call sites at +0x800, mcount at +0xc00).</summary>
+    public ulong TextTables => Base + 0x1a000;
+
+    private readonly byte[] keys = new byte[0x400];
+    private readonly byte[] exit = Filled(0x100, 0xcc);
+
+    /// <summary>Writes a pointer (a static call key's func) or an int (a static key's enabled count) into <see cref="Keys"/>.</summary>
+    public void PutKey(ulong key, ulong value, bool pointer = true)
+    {
+        var span = keys.AsSpan((int)(key - Keys));
+        if (pointer)
+            WritePointer(span, PointerSize, value);
+        else
+            BinaryPrimitives.WriteInt32LittleEndian(span, (int)value);
+    }
+
+    /// <summary>A static-call trampoline at <paramref name="at"/>: <c>jmp func</c> (or the RET form for 0) + ud1 signature.</summary>
+    public void PutTrampoline(ulong at, ulong func) =>
+        Put(at, [.. func == 0 ? Hex("c3cc909090") : Branch(0xe9, at, func), 0x0f, 0xb9, 0xcc]);
+
+    private byte[] TextTableBytes()
+    {
+        var b = new byte[0x1000 + McountRecords.Count * PointerSize];
+        int es = Is64 ? 16 : 12;
+        for (int i = 0; i < JumpEntries.Count; i++)
+        {
+            var (code, target, key, branch) = JumpEntries[i];
+            ulong at = TextTables + (ulong)(i * es);
+            BinaryPrimitives.WriteInt32LittleEndian(b.AsSpan(i * es), (int)(long)(code - at));
+            BinaryPrimitives.WriteInt32LittleEndian(b.AsSpan(i * es + 4), (int)(long)(target - (at + 4)));
+            long k = (long)(key - (at + 8)) + (branch ? 1 : 0) + 2;   // objtool's "2 | branch" addend
+            if (Is64)
+                BinaryPrimitives.WriteInt64LittleEndian(b.AsSpan(i * es + 8), k);
+            else
+                BinaryPrimitives.WriteInt32LittleEndian(b.AsSpan(i * es + 8), (int)k);
+        }
+        for (int i = 0; i < StaticCallSites.Count; i++)
+        {
+            var (addr, key, tail) = StaticCallSites[i];
+            ulong at = TextTables + 0x800 + (ulong)(i * 8);
+            BinaryPrimitives.WriteInt32LittleEndian(b.AsSpan(0x800 + i * 8), (int)(long)(addr - at));
+            BinaryPrimitives.WriteInt32LittleEndian(b.AsSpan(0x800 + i * 8 + 4), (int)(long)(key - (at + 4)) + (tail ? 1 : 0));
+        }
+        for (int i = 0; i < McountRecords.Count; i++)
+            WritePointer(b.AsSpan(0xc00 + i * PointerSize), PointerSize, McountRecords[i]);
+        return b;
+    }
+
+    /// <summary>Symbols naming the text tables' bounds (what kallsyms of a KALLSYMS_ALL kernel gives), merged into
+    /// <see cref="Symbols"/>.</summary>
+    public KernelSymbols TableSymbols()
+    {
+        var d = TableSymbolMap();
+        var text = string.Join("\n", d.OrderBy(kv => kv.Value).Select(kv => $"{kv.Value:x} {(kv.Key.StartsWith("__start_", StringComparison.Ordinal) || kv.Key.StartsWith("__stop_", StringComparison.Ordinal) ? 'D' : 'T')} {kv.Key}"));
+        return KernelSymbols.FromSystemMap(text, "synthetic System.map");
+    }
+
+    private Dictionary<string, ulong> TableSymbolMap()
+    {
+        var d = Symbols is null ? new Dictionary<string, ulong>() : new Dictionary<string, ulong>(Symbols);
+        int es = Is64 ? 16 : 12;
+        d["__start___jump_table"] = TextTables;
+        d["__stop___jump_table"] = TextTables + (ulong)(JumpEntries.Count * es);
+        if (Is64)
+        {
+            d["__start_static_call_sites"] = TextTables + 0x800;
+            d["__stop_static_call_sites"] = TextTables + 0x800 + (ulong)(StaticCallSites.Count * 8);
+        }
+        d["__start_mcount_loc"] = TextTables + 0xc00;
+        d["__stop_mcount_loc"] = TextTables + 0xc00 + (ulong)(McountRecords.Count * PointerSize);
+        return d;
+    }
+
     /// <summary>cpuinfo names in <c>x86_cap_flags</c> (feature number → name); null: no table in the image.</summary>
     public Dictionary<int, string>? CapFlags { get; set; }
 
@@ -97,6 +190,8 @@ internal sealed class BootImageBuilder
             bytes.CopyTo(init, (int)(address - InitText));
         else if (address >= Replacement && address + (ulong)bytes.Length <= Replacement + (ulong)repl.Length)
             bytes.CopyTo(repl, (int)(address - Replacement));
+        else if (address >= ExitText && address + (ulong)bytes.Length <= ExitText + (ulong)exit.Length)
+            bytes.CopyTo(exit, (int)(address - ExitText));
         else
             throw new ArgumentOutOfRangeException(nameof(address), $"0x{address:x} is not in a code section of the synthetic image");
     }
@@ -229,6 +324,12 @@ internal sealed class BootImageBuilder
             elf.Section(".return_sites", ReturnTable, RelativeEntries(ReturnTable, Returns));
         if (IbtSeal.Count > 0)
             elf.Section(".ibt_endbr_seal", IbtSealTable, RelativeEntries(IbtSealTable, IbtSeal));
+        if (JumpEntries.Count + StaticCallSites.Count + McountRecords.Count > 0)
+        {
+            elf.Section(".keys", Keys, keys, SyntheticElf.Alloc | SyntheticElf.Write)
+                .Section(".exit.text", ExitText, exit, SyntheticElf.Alloc | SyntheticElf.Exec)
+                .Section(".init.data", TextTables, TextTableBytes(), SyntheticElf.Alloc | SyntheticElf.Write);
+        }
         return elf.Build();
     }
 }

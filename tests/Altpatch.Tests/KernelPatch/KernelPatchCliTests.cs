@@ -209,7 +209,7 @@ public sealed class KernelPatchCliTests : IDisposable
         Assert.Equal("Linux 6.1", root.GetProperty("rules").GetString());
         Assert.Equal(1, root.GetProperty("cpu").GetProperty("cpus").GetInt32());
         Assert.Contains("X86_FEATURE_ALWAYS", root.GetProperty("cpu").GetProperty("hidden").EnumerateArray().Select(e => e.GetString()));
-        Assert.Equal(6, root.GetProperty("passes").GetArrayLength());
+        Assert.Equal(10, root.GetProperty("passes").GetArrayLength());   // jump labels, static calls, ftrace, preempt + alternative_instructions()'s 6
         var sites = root.GetProperty("sites").EnumerateArray().ToList();
         Assert.Equal(3 + 1 + 1 + 1, sites.Count);   // 3 alts (2 from the thunk layout) + para + return + lock
         var para = sites.Single(s => s.GetProperty("kind").GetString() == "para");
@@ -244,6 +244,12 @@ public sealed class KernelPatchCliTests : IDisposable
         ranges.AddRange(t.SmpLocks.Select(l => (l.Address, l.Address + 1)));
         ranges.AddRange(t.Retpolines.Select(r => (r.Address, r.Address + 6)));
         ranges.AddRange(t.Returns.Select(r => (r.Address, r.Address + 6)));
+        // and the text writers' sites (no symbols given: the tables are found by scanning)
+        var text = Altpatch.Images.KernelTextTables.Read(img.Elf, Altpatch.Code.NopTable.X86_64Linux61, null);
+        ranges.AddRange(text.Mcount.Select(m => (m.Address, m.Address + 5)));
+        ranges.AddRange(text.JumpEntries.Select(j => (j.Code, j.Code + (ulong)j.Length)));
+        ranges.AddRange(text.StaticCalls.Select(c => (c.Address, c.Address + (ulong)c.Length)));
+        ranges.AddRange(text.Trampolines.Select(x => (x.Address, x.Address + 5)));
         var offsets = ranges.Select(r => (Start: img.FileOffsetOf(r.Start), End: img.FileOffsetOf(r.Start) + (long)(r.End - r.Start)))
             .OrderBy(r => r.Start).ToArray();
         var starts = offsets.Select(r => r.Start).ToArray();

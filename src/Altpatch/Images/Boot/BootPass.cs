@@ -1,8 +1,17 @@
 namespace Altpatch.Images.Boot;
 
-/// <summary>The boot-time passes of <c>alternative_instructions()</c>, in the order a 6.1 kernel runs them.</summary>
+/// <summary>The boot-time text passes, in the order a 6.1 kernel runs them: the writers of <c>setup_arch()</c> and
+/// <c>start_kernel()</c> (jump labels, static calls, ftrace, the preempt mode), then those of <c>alternative_instructions()</c>.</summary>
 public enum BootPass
 {
+    /// <summary><c>jump_label_init()</c>: <c>__jump_table</c> (writes nothing on x86: objtool NOPed the labels at build time).</summary>
+    JumpLabels,
+    /// <summary><c>static_call_init()</c>: <c>.static_call_sites</c>, each pointed at its key's initial function.</summary>
+    StaticCalls,
+    /// <summary><c>ftrace_init()</c>: <c>__mcount_loc</c>, each <c>call __fentry__</c> to a NOP.</summary>
+    Ftrace,
+    /// <summary><c>sched_dynamic_update()</c> (<c>preempt=</c>, or <c>preempt_dynamic_init()</c>): the PREEMPT_DYNAMIC static calls.</summary>
+    PreemptDynamic,
     /// <summary><c>apply_paravirt()</c>: <c>.parainstructions</c>.</summary>
     Paravirt,
     /// <summary><c>apply_retpolines()</c>: <c>.retpoline_sites</c>.</summary>
@@ -21,11 +30,15 @@ public enum BootPass
 public static class BootPasses
 {
     /// <summary>Every pass, in the kernel's order.</summary>
-    public static IReadOnlyList<BootPass> All { get; } = [BootPass.Paravirt, BootPass.Retpolines, BootPass.Returns, BootPass.Alternatives, BootPass.IbtEndbr, BootPass.SmpLocks];
+    public static IReadOnlyList<BootPass> All { get; } = [BootPass.JumpLabels, BootPass.StaticCalls, BootPass.Ftrace, BootPass.PreemptDynamic, BootPass.Paravirt, BootPass.Retpolines, BootPass.Returns, BootPass.Alternatives, BootPass.IbtEndbr, BootPass.SmpLocks];
 
     /// <summary>The kernel function that does the pass, e.g. <c>apply_paravirt</c>.</summary>
     public static string KernelFunction(this BootPass pass) => pass switch
     {
+        BootPass.JumpLabels => "jump_label_init",
+        BootPass.StaticCalls => "static_call_init",
+        BootPass.Ftrace => "ftrace_init",
+        BootPass.PreemptDynamic => "sched_dynamic_update",
         BootPass.Paravirt => "apply_paravirt",
         BootPass.Retpolines => "apply_retpolines",
         BootPass.Returns => "apply_returns",
@@ -35,9 +48,14 @@ public static class BootPasses
         _ => pass.ToString(),
     };
 
-    /// <summary>Short lower-case name used in reports and the CLI: paravirt, retpolines, returns, alternatives, ibt-endbr, smp-locks.</summary>
+    /// <summary>Short lower-case name used in reports and the CLI: jump-labels, static-calls, ftrace, preempt, paravirt,
+    /// retpolines, returns, alternatives, ibt-endbr, smp-locks.</summary>
     public static string ShortName(this BootPass pass) => pass switch
     {
+        BootPass.JumpLabels => "jump-labels",
+        BootPass.StaticCalls => "static-calls",
+        BootPass.Ftrace => "ftrace",
+        BootPass.PreemptDynamic => "preempt",
         BootPass.Paravirt => "paravirt",
         BootPass.Retpolines => "retpolines",
         BootPass.Returns => "returns",

@@ -61,7 +61,7 @@ public static class KernelBootPatcher
             ? KvmGuest.Plan(image, description.KvmFeatures, description.Cpus, description.Symbols)
             : KvmPvOps.None;
         var state = KernelBootCpu.Derive(description, KernelBuildInfo.Infer(image, thunks), pvOps);
-        return Patch(image, state, thunks, progress);
+        return Patch(image, state, thunks, KernelTextOptions.Default, progress);
     }
 
     /// <summary>
@@ -91,11 +91,26 @@ public static class KernelBootPatcher
     /// <exception cref="ImageFormatException">As for <see cref="Patch(KernelImage, KernelBootState, IProgress{BootPass}?)"/>.</exception>
     /// <exception cref="PatchException">As for <see cref="Patch(KernelImage, KernelBootState, IProgress{BootPass}?)"/>.</exception>
     /// <exception cref="KernelPatchException">As for <see cref="Patch(KernelImage, KernelBootState, IProgress{BootPass}?)"/>.</exception>
-    public static KernelPatchResult Patch(KernelImage image, KernelBootState state, KernelThunks thunks, IProgress<BootPass>? progress = null)
+    public static KernelPatchResult Patch(KernelImage image, KernelBootState state, KernelThunks thunks, IProgress<BootPass>? progress = null) =>
+        Patch(image, state, thunks, KernelTextOptions.Default, progress);
+
+    /// <summary>Like <see cref="Patch(KernelImage, KernelBootState, IProgress{BootPass}?)"/> with thunks already found and the
+    /// text passes' symbols and options.</summary>
+    /// <param name="image">The kernel image.</param>
+    /// <param name="state">The boot CPU.</param>
+    /// <param name="thunks">The image's thunks (<see cref="KernelThunks.Find"/>).</param>
+    /// <param name="text">Symbols and options of the text passes (jump labels, static calls, ftrace, preempt mode).</param>
+    /// <param name="progress">Told each pass before it runs.</param>
+    /// <exception cref="ImageFormatException">As for <see cref="Patch(KernelImage, KernelBootState, IProgress{BootPass}?)"/>, and a malformed jump,
+    /// static call or mcount table.</exception>
+    /// <exception cref="PatchException">As for <see cref="Patch(KernelImage, KernelBootState, IProgress{BootPass}?)"/>, and a static call site the kernel would BUG() on.</exception>
+    /// <exception cref="KernelPatchException">As for <see cref="Patch(KernelImage, KernelBootState, IProgress{BootPass}?)"/>, and a symbol the preempt mode needs is missing.</exception>
+    public static KernelPatchResult Patch(KernelImage image, KernelBootState state, KernelThunks thunks, KernelTextOptions text, IProgress<BootPass>? progress = null)
     {
         ArgumentNullException.ThrowIfNull(image);
         ArgumentNullException.ThrowIfNull(state);
         ArgumentNullException.ThrowIfNull(thunks);
+        ArgumentNullException.ThrowIfNull(text);
         var tables = image.Tables;   // read (and checked) from the unpatched bytes
         var rules = RulesFor(image);
         var copy = image.ElfBytes.ToArray();
@@ -113,8 +128,15 @@ public static class KernelBootPatcher
             results.Add(new BootPassResult(pass, sites, plan));
         }
 
+        TextPassContext? tctx = null;
         if (rules == KernelBootRules.Linux61)
         {
+            if (text.Enabled)
+            {
+                var symbols = text.Symbols ?? (image.TryGetSymbols(out var kallsyms) ? kallsyms : null);
+                tctx = new TextPassContext(KernelTextTables.Read(image.Elf, ctx.Nops, symbols), symbols, KernelTextRules.Linux61, text.CommandLine);
+                RunTextPasses(tctx, Run);
+            }
             Run(BootPass.Paravirt, tables.Paravirt.Length, Linux61Passes.Paravirt);
             Run(BootPass.Retpolines, tables.Retpolines.Length, Linux61Passes.Retpolines);
             Run(BootPass.Returns, tables.Returns.Length, Linux61Passes.Returns);
@@ -129,7 +151,29 @@ public static class KernelBootPatcher
             Run(BootPass.SmpLocks, tables.SmpLocks.Length, Linux2622Passes.SmpLocks);
             Run(BootPass.Paravirt, tables.Paravirt.Length, Linux2622Passes.Paravirt);
         }
-        return new KernelPatchResult(image, work, state, thunks, results.ToImmutable(), rules == KernelBootRules.Linux61 ? "Linux 6.1" : "Linux 2.6.22", numbering);
+        var passes = results.ToImmutable();
+        return new KernelPatchResult(image, work, state, thunks, passes, rules == KernelBootRules.Linux61 ? "Linux 6.1" : "Linux 2.6.22", numbering)
+        {
+            TextTables = tctx?.Tables,
+            TextDecisions = tctx is null ? [] : [.. tctx.Decisions],
+            TextSites = tctx is null ? [] : Linux61TextPasses.Sites(image, work, state, thunks, ctx.Nops, tctx, passes),
+            Preempt = tctx?.PreemptResult,
+        };
+    }
+
+    /// <summary>The writers of <c>setup_arch()</c> and <c>start_kernel()</c> before <c>alternative_instructions()</c>, in
+    /// the kernel's order: <c>jump_label_init()</c>, <c>static_call_init()</c>, (<c>preempt=</c> while the command line is
+    /// parsed), <c>ftrace_init()</c>, (<c>preempt_dynamic_init()</c> in <c>sched_init()</c>).</summary>
+    private static void RunTextPasses(TextPassContext t, Action<BootPass, int, Func<BootContext, PatchPlan>> run)
+    {
+        var tables = t.Tables;
+        run(BootPass.JumpLabels, tables.JumpEntries.Length, c => Linux61TextPasses.JumpLabels(c, t));
+        run(BootPass.StaticCalls, tables.StaticCalls.Length, c => Linux61TextPasses.StaticCallInit(c, t));
+        if (t.Preempt is not null)
+            run(BootPass.PreemptDynamic, t.Rules.PreemptCalls.Length, c => Linux61TextPasses.PreemptDynamic(c, t));
+        run(BootPass.Ftrace, tables.Mcount.Length, c => Linux61TextPasses.Ftrace(c, t));
+        if (t.Preempt is null)
+            run(BootPass.PreemptDynamic, t.Rules.PreemptCalls.Length, c => Linux61TextPasses.PreemptDynamic(c, t));
     }
 
     /// <summary>The NOP table the kernel pads with: 6.1's <c>x86_nops[]</c> for the image's bitness; in the 2.6.22 era

@@ -1,6 +1,5 @@
 using System.Globalization;
 using System.Text.Json;
-using Altpatch.Cpu;
 
 namespace Altpatch.Images.Boot;
 
@@ -35,25 +34,7 @@ public static class KernelPatchReport
         w.WriteString("output", outputPath);
         w.WriteNumber("outputSize", outputSize);
         w.WriteNumber("outputSymbols", outputSymbols);
-        w.WriteStartObject("cpu");
-        w.WriteString("vendor", cpu.Vendor.ToString());
-        w.WriteNumber("family", cpu.Family);
-        w.WriteNumber("model", cpu.Model);
-        w.WriteNumber("stepping", cpu.Stepping);
-        w.WriteString("modelName", cpu.ModelName);
-        w.WriteNumber("cpus", s.Cpus);
-        w.WriteString("hypervisor", s.Hypervisor.ToString().ToLowerInvariant());
-        w.WriteString("flags", cpu.CpuInfoFlags);
-        w.WriteString("bugs", cpu.CpuInfoBugs);
-        w.WriteStartArray("hidden");
-        foreach (var f in cpu.Features.Where(f => CpuFeatureInfo.CpuInfoName(f) is null))
-            w.WriteStringValue(CpuFeatureInfo.MacroName(f));
-        w.WriteEndArray();
-        w.WriteStartArray("words");
-        for (int i = 0; i < CpuFeatureInfo.CapabilityWords + CpuFeatureInfo.BugWords; i++)
-            w.WriteStringValue(cpu.Word(i).ToString("x8", CultureInfo.InvariantCulture));
-        w.WriteEndArray();
-        w.WriteEndObject();
+        KernelReportJson.WriteCpu(w, s);
         w.WriteStartArray("decisions");
         foreach (var d in s.Decisions)
             w.WriteStringValue(d);

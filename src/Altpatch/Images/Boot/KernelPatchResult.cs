@@ -65,6 +65,21 @@ public sealed class KernelPatchResult
     /// <summary>Which kernel's rules were applied, e.g. "Linux 6.1".</summary>
     public string Rules { get; }
 
+    /// <summary>The tables of the text passes (jump labels, static calls, mcount, trampolines); null when they did not run
+    /// (2.6.22 rules, or turned off).</summary>
+    public KernelTextTables? TextTables { get; init; }
+
+    /// <summary>The text passes' decisions, one line each (what <c>jump_label_init()</c>, <c>static_call_init()</c>,
+    /// <c>ftrace_init()</c> and <c>sched_dynamic_update()</c> did, and what could not be done).</summary>
+    public ImmutableArray<string> TextDecisions { get; init; } = [];
+
+    /// <summary>Every site of the text passes after patching (mcount, jump labels, static calls, trampolines, in that order),
+    /// with whether the running kernel decides its state and the states it may legally be in.</summary>
+    public ImmutableArray<KernelTextSite> TextSites { get; init; } = [];
+
+    /// <summary>The PREEMPT_DYNAMIC mode the static calls were set for; null without PREEMPT_DYNAMIC (or unknown).</summary>
+    public PreemptMode? Preempt { get; init; }
+
     /// <summary>Every site of every table, in table order (alt, para, retpoline, return, lock), with before/after bytes and writers.</summary>
     public IEnumerable<KernelSiteOutcome> Sites()
     {
@@ -109,7 +124,7 @@ public sealed class KernelPatchResult
         return new KernelSiteOutcome(kind, index, address, before, after, writers.ToImmutable());
     }
 
-    private static bool Touches(PatchPlan plan, ulong address, int length)
+    internal static bool Touches(PatchPlan plan, ulong address, int length)
     {
         var pokes = plan.AsSpan();
         int lo = 0, hi = pokes.Length;

@@ -1,0 +1,23 @@
+namespace Altpatch.Images.Boot;
+
+/// <summary>
+/// What the boot-time text passes besides <c>alternative_instructions()</c> (jump labels, static calls, ftrace, the
+/// preempt mode) need beyond the CPU: the symbols of the image's build and the boot options that steer them.
+/// </summary>
+public sealed record KernelTextOptions
+{
+    /// <summary>No symbols, the build's defaults.</summary>
+    public static KernelTextOptions Default { get; } = new();
+
+    /// <summary>The symbols of the image's build (a System.map); null: the image's own kallsyms. Without any (a kernel
+    /// built without kallsyms) the tables are found by scanning, and <c>static_call_init()</c> and the preempt mode
+    /// cannot be done (they need <c>__static_call_return0</c> and the PREEMPT_DYNAMIC functions): the result says so.</summary>
+    public KernelSymbols? Symbols { get; init; }
+
+    /// <summary>The kernel command line: <c>preempt=</c> (else the build's default mode), <c>ftrace=</c> and its filters.</summary>
+    public KernelCommandLine CommandLine { get; init; } = KernelCommandLine.Empty;
+
+    /// <summary>Whether to run the text passes at all (false: only <c>alternative_instructions()</c>'s, as before
+    /// whole-text patching existed).</summary>
+    public bool Enabled { get; init; } = true;
+}

@@ -1,0 +1,77 @@
+using System.Collections.Immutable;
+
+namespace Altpatch.Images.Boot;
+
+/// <summary>A <c>preempt=</c> mode of <c>CONFIG_PREEMPT_DYNAMIC</c> (<c>kernel/sched/core.c</c>).</summary>
+public enum PreemptMode
+{
+    /// <summary><c>preempt=none</c> (<c>preempt_dynamic_none</c>, 0).</summary>
+    None = 0,
+    /// <summary><c>preempt=voluntary</c> (<c>preempt_dynamic_voluntary</c>, 1).</summary>
+    Voluntary = 1,
+    /// <summary><c>preempt=full</c> (<c>preempt_dynamic_full</c>, 2).</summary>
+    Full = 2,
+}
+
+/// <summary>One static call <c>sched_dynamic_update()</c> switches: <c>preempt_dynamic_enable(f)</c> is
+/// <c>static_call_update(f, f##_dynamic_enabled)</c>, <c>preempt_dynamic_disable(f)</c> the same with <c>_disabled</c>.</summary>
+/// <param name="Name">The static call (<c>__SCT__</c> + name is its trampoline).</param>
+/// <param name="Enabled">The function of the enabled state.</param>
+/// <param name="Disabled">The function of the disabled state; null for NULL (a NOP call, a RET trampoline).</param>
+public readonly record struct PreemptDynamicCall(string Name, string Enabled, string? Disabled);
+
+/// <summary>
+/// The per-version facts of the boot-time text writers besides <c>alternative_instructions()</c>: the names and
+/// values <c>sched_dynamic_update()</c> uses, the symbols the passes look up, and the order they run in. The passes
+/// (<c>Linux61TextPasses</c>) take them from here, so a later kernel line is a new instance, not new code.
+/// </summary>
+public sealed record KernelTextRules
+{
+    /// <summary>Name for reports, e.g. "Linux 6.1".</summary>
+    public required string Name { get; init; }
+
+    /// <summary>Whether <c>jump_label_init()</c> writes the NOP of entries whose initial type is NOP
+    /// (<c>arch_jump_label_transform_static()</c>); false on x86 since objtool NOPs them at build time.</summary>
+    public bool JumpLabelInitWrites { get; init; }
+
+    /// <summary>The calls of <c>sched_dynamic_update()</c>, in the order it updates them.</summary>
+    public ImmutableArray<PreemptDynamicCall> PreemptCalls { get; init; } = [];
+
+    /// <summary>Per mode, which of <see cref="PreemptCalls"/> end enabled (same order).</summary>
+    public ImmutableDictionary<PreemptMode, ImmutableArray<bool>> PreemptModes { get; init; } = ImmutableDictionary<PreemptMode, ImmutableArray<bool>>.Empty;
+
+    /// <summary>The function <c>DEFINE_STATIC_CALL_RET0</c> keys start with and whose call form is <c>xor5rax</c>.</summary>
+    public string Return0 { get; init; } = "__static_call_return0";
+
+    /// <summary>Where a NULL conditional tail call goes without RETHUNK (<c>__static_call_return</c>).</summary>
+    public string StaticCallReturn { get; init; } = "__static_call_return";
+
+    /// <summary>The function that runs <c>preempt_dynamic_init()</c> (its constant argument to
+    /// <c>sched_dynamic_update()</c> is the build's default mode) and that function.</summary>
+    public (string Caller, string Update) PreemptDefault { get; init; } = ("sched_init", "sched_dynamic_update");
+
+    /// <summary>The ftrace callers an mcount site may call at run time.</summary>
+    public ImmutableArray<string> FtraceCallers { get; init; } = [];
+
+    /// <summary>Linux 6.1.176 (x86).</summary>
+    public static KernelTextRules Linux61 { get; } = new()
+    {
+        Name = "Linux 6.1",
+        JumpLabelInitWrites = false,
+        PreemptCalls =
+        [
+            new("cond_resched", "__cond_resched", "__static_call_return0"),
+            new("might_resched", "__cond_resched", "__static_call_return0"),
+            new("preempt_schedule", "preempt_schedule_thunk", null),
+            new("preempt_schedule_notrace", "preempt_schedule_notrace_thunk", null),
+            new("irqentry_exit_cond_resched", "raw_irqentry_exit_cond_resched", null),
+        ],
+        PreemptModes = new Dictionary<PreemptMode, ImmutableArray<bool>>
+        {
+            [PreemptMode.None] = [true, false, false, false, false],
+            [PreemptMode.Voluntary] = [true, true, false, false, false],
+            [PreemptMode.Full] = [false, false, true, true, true],
+        }.ToImmutableDictionary(),
+        FtraceCallers = ["ftrace_caller", "ftrace_regs_caller"],
+    };
+}

@@ -1,0 +1,126 @@
+using System.Collections.Immutable;
+using Altpatch.Images.Boot;
+
+namespace Altpatch.Images.Verify;
+
+/// <summary>A site of any table, by address, to name what an unexplained range hits ("alt #1234").</summary>
+/// <param name="Kind">The table.</param>
+/// <param name="Index">Entry index.</param>
+/// <param name="Address">Runtime address.</param>
+/// <param name="Length">Bytes.</param>
+public readonly record struct KernelSiteSpan(KernelSiteKind Kind, int Index, ulong Address, int Length)
+{
+    /// <summary>"alt #12", "para #3", "jump #5".</summary>
+    public override string ToString() => $"{Kind.ShortName()} #{Index}";
+}
+
+/// <summary>
+/// What <c>kernel verify</c> expects of the running kernel's <c>.text</c>, taken from a prediction
+/// (<see cref="KernelPatchResult"/> of the image at its runtime address): the sites the running kernel decides
+/// (<see cref="DynamicSites"/>) and every known site (<see cref="Sites"/>) to name what a difference hits. This is the
+/// one place that reads the boot passes' per-site results; docs/verify.md lists what each kind may legally hold.
+/// </summary>
+public static class KernelTextExpectations
+{
+    /// <summary>The dynamic sites of a prediction, sorted by address: the sites whose state the running kernel may
+    /// change after boot, each with a matcher of its legal states.</summary>
+    /// <param name="prediction">The boot passes run on the image at its runtime address.</param>
+    /// <param name="symbols">The runtime image's symbols (to name targets and check function starts), or null.</param>
+    public static ImmutableArray<KernelDynamicSite> DynamicSites(KernelPatchResult prediction, KernelSymbols? symbols)
+    {
+        ArgumentNullException.ThrowIfNull(prediction);
+        // The passes of alternative_instructions() decide their sites once, at boot: only the text passes' sites
+        // (jump labels, static calls and their trampolines, ftrace) can be dynamic.
+        var image = prediction.Image;
+        int bitness = image.Bitness;
+        var code = image.Sections.Where(s => s.IsAllocated && s.IsExecutable && s.Size > 0).Select(s => (s.Address, s.EndAddress)).ToArray();
+        bool InImageText(ulong a) => code.Any(r => a >= r.Address && a < r.EndAddress);
+        var list = new List<KernelDynamicSite>();
+        foreach (var site in prediction.TextSites)
+        {
+            if (!site.Dynamic || site.States.IsEmpty)
+                continue;
+            var s = site;
+            string? Match(ReadOnlySpan<byte> found)
+            {
+                if (found.Length != s.Length)
+                    return null;
+                foreach (var state in s.States)
+                {
+                    if (!state.Matches(found, s, s.Address, bitness))
+                        continue;
+                    switch (state.Form)
+                    {
+                        case KernelTextStateForm.BranchToFunction:
+                        {
+                            // static_call_update() points a call at a function: the start of a text symbol.
+                            ulong target = state.BranchTarget(found, s.Address, bitness);
+                            if (symbols is not null && symbols.TryFind(target, out var sym, out ulong off) && off == 0 && sym.IsText)
+                                return $"{Opcode(state.Name)} {sym.Name}";
+                            continue;
+                        }
+                        case KernelTextStateForm.BranchToTrampoline:
+                        {
+                            // An ftrace_ops or direct-call trampoline the running kernel allocated: never in the image's text.
+                            ulong target = state.BranchTarget(found, s.Address, bitness);
+                            if (InImageText(target))
+                                continue;
+                            string name = symbols is not null && symbols.TryFind(target, out var sym, out ulong off) ? $" ({sym.Name}+0x{off:x})" : "";
+                            return $"{state.Name} at 0x{target:x}{name}";
+                        }
+                        default:
+                            return state.Name;
+                    }
+                }
+                return null;
+            }
+            list.Add(new KernelDynamicSite(site.Kind, site.Index, site.Address, site.Length, site.After, NameKey(site.Detail, symbols), Match));
+        }
+        list.Sort((a, b) => a.Address.CompareTo(b.Address));
+        return [.. list];
+    }
+
+    /// <summary>A jump label's detail with its key named: "key 0xffffffff82a5d100 disabled" → "key __use_tsc disabled".</summary>
+    private static string NameKey(string detail, KernelSymbols? symbols)
+    {
+        const string prefix = "key 0x";
+        if (symbols is null || !detail.StartsWith(prefix, StringComparison.Ordinal))
+            return detail;
+        int end = detail.IndexOfAny([' ', ','], prefix.Length);
+        if (end < 0)
+            end = detail.Length;
+        if (!ulong.TryParse(detail.AsSpan(prefix.Length, end - prefix.Length), System.Globalization.NumberStyles.HexNumber, System.Globalization.CultureInfo.InvariantCulture, out ulong key)
+            || !symbols.TryFind(key, out var sym, out ulong off))
+            return detail;
+        return $"key {sym.Name}{(off == 0 ? "" : $"+0x{off:x}")}{detail[end..]}";
+    }
+
+    /// <summary>"call" of "call any function".</summary>
+    private static string Opcode(string stateName)
+    {
+        int sp = stateName.IndexOf(' ', StringComparison.Ordinal);
+        return sp < 0 ? stateName : stateName[..sp];
+    }
+
+    /// <summary>Every site of the prediction's tables, sorted by address.</summary>
+    public static ImmutableArray<KernelSiteSpan> Sites(KernelPatchResult prediction)
+    {
+        ArgumentNullException.ThrowIfNull(prediction);
+        var t = prediction.Image.Tables;
+        var list = new List<KernelSiteSpan>(t.Alternatives.Length + t.Paravirt.Length + t.Retpolines.Length + t.Returns.Length + t.SmpLocks.Length);
+        foreach (var a in t.Alternatives)
+            list.Add(new KernelSiteSpan(KernelSiteKind.Alternative, a.Index, a.Address, a.InstrLen));
+        foreach (var p in t.Paravirt)
+            list.Add(new KernelSiteSpan(KernelSiteKind.Paravirt, p.Index, p.Address, p.Len));
+        foreach (var r in t.Retpolines)
+            list.Add(new KernelSiteSpan(KernelSiteKind.Retpoline, r.Index, r.Address, prediction.BranchLength(r.Address)));
+        foreach (var r in t.Returns)
+            list.Add(new KernelSiteSpan(KernelSiteKind.Return, r.Index, r.Address, prediction.BranchLength(r.Address)));
+        foreach (var l in t.SmpLocks)
+            list.Add(new KernelSiteSpan(KernelSiteKind.SmpLock, l.Index, l.Address, 1));
+        foreach (var x in prediction.TextSites)
+            list.Add(new KernelSiteSpan(x.Kind, x.Index, x.Address, x.Length));
+        list.Sort((a, b) => a.Address.CompareTo(b.Address));
+        return [.. list];
+    }
+}
