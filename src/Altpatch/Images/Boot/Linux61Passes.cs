@@ -202,8 +202,8 @@ internal static class Linux61Passes
         return text.ToPlan();
     }
 
-    /// <summary>6.1's <c>cpu_wants_rethunk_at()</c>.</summary>
-    private static bool CpuWantsRethunkAt(BootContext ctx, ulong addr)
+    /// <summary>6.1's <c>cpu_wants_rethunk_at()</c> (apply_returns, and the static call writer's returns).</summary>
+    internal static bool CpuWantsRethunkAt(BootContext ctx, ulong addr)
     {
         if (!ctx.State.Has(CpuFeature.Rethunk))
             return false;
@@ -212,8 +212,8 @@ internal static class Linux61Passes
         return (addr & 0x20) == 0;
     }
 
-    /// <summary>The address of <c>x86_return_thunk</c>.</summary>
-    private static ulong ReturnThunkAddress(BootContext ctx, ulong at, SiteRef site)
+    /// <summary>The address of the chosen <c>x86_return_thunk</c>.</summary>
+    internal static ulong ReturnThunkAddress(BootContext ctx, ulong at, SiteRef site)
     {
         var kind = ctx.State.ReturnThunk;
         return ctx.Thunks.Address(kind) ?? throw new PatchException(site, at, $"the chosen return thunk {kind.Symbol()} could not be located in the image");

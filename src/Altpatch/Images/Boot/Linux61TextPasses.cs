@@ -194,10 +194,10 @@ internal static class Linux61TextPasses
                 why = $"jmp 0x{func:x}";
                 return 5;
             case ScType.Ret:
-                if (rethunk && CpuWantsRethunkAt(ctx, insn))
+                if (rethunk && Linux61Passes.CpuWantsRethunkAt(ctx, insn))
                 {
                     buf[0] = Jmp32;
-                    BinaryPrimitives.WriteInt32LittleEndian(buf[1..], ctx.Rel32(insn, 5, ReturnThunk(ctx, insn, site), site));
+                    BinaryPrimitives.WriteInt32LittleEndian(buf[1..], ctx.Rel32(insn, 5, Linux61Passes.ReturnThunkAddress(ctx, insn, site), site));
                     why = "jmp x86_return_thunk (NULL)";
                 }
                 else
@@ -230,30 +230,6 @@ internal static class Linux61TextPasses
         0 => "o", 1 => "no", 2 => "b", 3 => "ae", 4 => "e", 5 => "ne", 6 => "be", 7 => "a",
         8 => "s", 9 => "ns", 10 => "p", 11 => "np", 12 => "l", 13 => "ge", 14 => "le", _ => "g",
     };
-
-    /// <summary>6.1's <c>cpu_wants_rethunk_at()</c> (as in apply_returns).</summary>
-    private static bool CpuWantsRethunkAt(BootContext ctx, ulong addr)
-    {
-        if (!ctx.State.Has(CpuFeature.Rethunk))
-            return false;
-        if (ctx.State.ReturnThunk != ReturnThunkKind.Its)
-            return true;
-        return (addr & 0x20) == 0;
-    }
-
-    /// <summary>The address of the chosen <c>x86_return_thunk</c>.</summary>
-    internal static ulong ReturnThunk(BootContext ctx, ulong at, SiteRef site)
-    {
-        var th = ctx.Thunks;
-        return (ctx.State.ReturnThunk switch
-        {
-            ReturnThunkKind.Its => th.ItsReturnThunk,
-            ReturnThunkKind.Retbleed => th.RetbleedReturnThunk,
-            ReturnThunkKind.Srso => th.SrsoReturnThunk,
-            ReturnThunkKind.SrsoAlias => th.SrsoAliasReturnThunk,
-            _ => th.ReturnThunk,
-        }) ?? throw new PatchException(site, at, $"the chosen return thunk ({ctx.State.ReturnThunk}) could not be located in the image");
-    }
 
     // ------------------------------------------------------------------ ftrace_init
 
