@@ -231,8 +231,9 @@ public sealed class KernelCommandLine
     /// <summary><c>mmio_stale_data=</c>.</summary>
     public VerwCommand Mmio { get; private init; } = VerwCommand.Full;
 
-    /// <summary><c>reg_file_data_sampling=</c>: false for off (default on).</summary>
-    public bool Rfds { get; private init; } = true;
+    /// <summary><c>reg_file_data_sampling=</c>: false for off, true for on, null for the build's default (on with
+    /// CONFIG_MITIGATION_RFDS).</summary>
+    public bool? Rfds { get; private init; }
 
     /// <summary><c>srbds=off</c>.</summary>
     public bool SrbdsOff { get; private init; }
@@ -690,7 +691,7 @@ public sealed class KernelCommandLine
                 Mds = Fold(Early("mds"), VerwCommand.Full, Verw),
                 Taa = Fold(Early("tsx_async_abort"), VerwCommand.Full, Verw),
                 Mmio = Fold(Early("mmio_stale_data"), VerwCommand.Full, Verw),
-                Rfds = Fold(Early("reg_file_data_sampling"), true, v => v switch { "off" => false, "on" => true, _ => (bool?)null }),
+                Rfds = FoldNullable(Early("reg_file_data_sampling"), v => v switch { "off" => false, "on" => true, _ => (bool?)null }),
                 SrbdsOff = Fold(Early("srbds"), false, v => v is null ? null : v == "off"),
                 Gds = FoldNullable(Early("gather_data_sampling"), v => v switch { "off" => false, "force" => true, _ => (bool?)null }),
                 Its = Fold(Early("indirect_target_selection"), ItsCommand.On, v => v switch
