@@ -2,6 +2,7 @@ using Altpatch.Images;
 using Altpatch.Images.Boot;
 using Altpatch.Images.Verify;
 using Altpatch.Tests.Images;
+using Altpatch.Tests.KernelPatch;
 
 namespace Altpatch.Tests.Verify;
 

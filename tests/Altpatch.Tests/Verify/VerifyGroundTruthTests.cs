@@ -1,5 +1,6 @@
 using Altpatch.Images.Boot;
 using Altpatch.Images.Verify;
+using Altpatch.Tests.KernelPatch;
 
 namespace Altpatch.Tests.Verify;
 
