@@ -635,12 +635,11 @@ public static class KernelBootCpu
                 Note("L1TF: kernel not compiled for PAE, no mitigation");
                 return;
             }
-            if (mode == L1tfCommand.Off)
-            {
-                Note("L1TF: l1tf=off or mitigations=off: no PTE inversion");
-                return;
-            }
-            Set(F.L1tfPteinv, "l1tf_select_mitigation(): PTE inversion (memory below MAX_PA/2 assumed)");
+            // PTE inversion is on whatever the mode: only a mode other than off with RAM above MAX_PA/2 returns before it
+            // (that much memory is assumed absent). The ground truth's mitigations=off boots have it.
+            Set(F.L1tfPteinv, mode == L1tfCommand.Off
+                ? "l1tf_select_mitigation(): PTE inversion, also with l1tf=off or mitigations=off"
+                : "l1tf_select_mitigation(): PTE inversion (memory below MAX_PA/2 assumed)");
         }
 
         /// <summary>md_clear_select_mitigation(): mds, taa, mmio, rfds; then md_clear_update_mitigation() turns those left
