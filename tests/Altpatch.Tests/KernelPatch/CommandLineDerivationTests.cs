@@ -12,14 +12,10 @@ namespace Altpatch.Tests.KernelPatch;
 /// </summary>
 public class CommandLineDerivationTests
 {
-    private static readonly KernelBuildInfo Debian64 = new()
-    {
-        X86_64 = true, Rethunk = true, CpuUnretEntry = true, CpuIbpbEntry = true, CpuIbrsEntry = true,
-        CpuSrso = true, MitigationIts = true, PageTableIsolation = true, PgtableLevelsAbove2 = true,
-    };
+    private static KernelBuildInfo Debian64 => MitigationRuleTests.Debian64;
 
     // Skylake server on bare metal: IBRS without eIBRS, Meltdown, RETBleed, MDS, TAA (with TSX), MMIO, L1TF, SWAPGS, GDS.
-    private const string SkylakeFlags = "fpu sse2 xsave avx ibrs ibpb stibp ssbd fsgsbase smap rtm md_clear flush_l1d";
+    private const string SkylakeFlags = "fpu sse2 xsave avx avx2 ibrs ibpb stibp ssbd fsgsbase smap rtm md_clear flush_l1d";
     private const string SkylakeBugs = "cpu_meltdown spectre_v1 spectre_v2 spec_store_bypass swapgs retbleed mds taa mmio_stale_data l1tf gds";
     // Ice Lake server: eIBRS, ITS, PBRSB.
     private const string IceLakeFlags = "fpu sse2 xsave ibrs ibpb stibp ssbd ibrs_enhanced fsgsbase smap";
@@ -36,12 +32,7 @@ public class CommandLineDerivationTests
     private static KernelBootState Zen2(string cmdline, KernelBuildInfo? build = null) => Derive(CpuVendor.Amd, 0x17, 0x31, Zen2Flags, Zen2Bugs, cmdline, build);
 
     private static KernelBootState Derive(CpuVendor v, int family, int model, string flags, string bugs, string cmdline, KernelBuildInfo? build = null, int cpus = 4) =>
-        KernelBootCpu.Derive(new KernelCpuDescription
-        {
-            Cpu = CpuFeatures.FromNames(flags.Split(' ', StringSplitOptions.RemoveEmptyEntries).Concat(bugs.Split(' ', StringSplitOptions.RemoveEmptyEntries)), v, family, model, 4),
-            Cpus = cpus,
-            CommandLine = KernelCommandLine.Parse(cmdline),
-        }, build ?? Debian64);
+        MitigationRuleTests.Derive(v, family, model, flags, bugs, build, cpus, cmdline);
 
     /// <summary>What bugs.c turns on for a CPU with every bug, and what mitigations=off leaves of it.</summary>
     private static readonly F[] MitigationBits =
@@ -314,7 +305,9 @@ public class CommandLineDerivationTests
     public void Gather_data_sampling_force_clears_avx_without_microcode()
     {
         Assert.True(Skylake("").Has(F.Avx));
-        Assert.False(Skylake("gather_data_sampling=force").Has(F.Avx));
+        var forced = Skylake("gather_data_sampling=force");
+        Assert.False(forced.Has(F.Avx));
+        Assert.False(forced.Has(F.Avx2));                // setup_clear_cpu_cap(): what depends on AVX goes too
         Assert.True(Skylake("gather_data_sampling=force mitigations=off").Has(F.Avx));
         Assert.False(Skylake("", Debian64 with { GdsForceMitigation = true }).Has(F.Avx));
         Assert.True(Skylake("gather_data_sampling=off", Debian64 with { GdsForceMitigation = true }).Has(F.Avx));
@@ -341,6 +334,37 @@ public class CommandLineDerivationTests
         var forced = Derive(CpuVendor.Amd, 0x17, 0x31, Zen2Flags, "spectre_v2", "vmscape=force");
         Assert.True(forced.Has(F.BugVmscape));
         Assert.True(forced.Has(F.IbpbExitToUser));
+    }
+
+    // ------------------------------------------------------------------ clearcpuid=, noxsave, nofsgsbase, …
+
+    [Fact]
+    public void Noxsave_clears_xsave_and_everything_that_depends_on_it()
+    {
+        var s = Skylake("noxsave");
+        Assert.False(s.Has(F.Xsave));
+        Assert.False(s.Has(F.Avx));                     // cpuid_deps[]: AVX needs XSAVE, AVX2 needs AVX
+        Assert.False(s.Has(F.Avx2));
+        Assert.False(s.Has(F.Osxsave));                 // fpu__init_system_xstate() finds no XSAVE
+        Assert.True(s.Has(F.Xmm2));
+        Assert.True(Skylake("").Has(F.Osxsave));
+    }
+
+    [Fact]
+    public void Nofsgsbase_lets_smap_mitigate_spectre_v1_and_clearcpuid_does_the_same()
+    {
+        Assert.True(IceLake("").Has(F.FenceSwapgsKernel));        // FSGSBASE: the swapgs fences
+        var s = IceLake("nofsgsbase");
+        Assert.False(s.Has(F.Fsgsbase));
+        Assert.False(s.Has(F.FenceSwapgsKernel));                 // SMAP works (no Meltdown): no fences
+        Assert.Equal(s.Features, IceLake("clearcpuid=fsgsbase").Features);
+        Assert.Equal(s.Features, IceLake("clearcpuid=288").Features);   // 9*32+0
+        var bogus = IceLake("clearcpuid=bogus,spectre_v2");           // unknown, and a bug name (not in x86_cap_flags)
+        Assert.Equal(IceLake("").Features, bogus.Features);
+        Assert.Contains("clearcpuid: unknown CPU flag 'bogus', ignored", bogus.Decisions);
+        var pcid = Derive(CpuVendor.Intel, 6, 106, IceLakeFlags + " pcid invpcid", IceLakeBugs, "nopcid noinvpcid");
+        Assert.False(pcid.Has(F.Pcid));
+        Assert.False(pcid.Has(F.Invpcid));
     }
 
     // ------------------------------------------------------------------ noreplace-smp, nosmp, maxcpus=

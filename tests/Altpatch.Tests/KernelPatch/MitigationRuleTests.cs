@@ -10,7 +10,8 @@ namespace Altpatch.Tests.KernelPatch;
 /// </summary>
 public class MitigationRuleTests
 {
-    private static readonly KernelBuildInfo Debian64 = new()
+    /// <summary>The build options of the Debian x86-64 images.</summary>
+    internal static readonly KernelBuildInfo Debian64 = new()
     {
         X86_64 = true, Rethunk = true, CpuUnretEntry = true, CpuIbpbEntry = true, CpuIbrsEntry = true,
         CpuSrso = true, MitigationIts = true, PageTableIsolation = true, PgtableLevelsAbove2 = true,
@@ -18,7 +19,8 @@ public class MitigationRuleTests
 
     private static readonly KernelBuildInfo Debian686 = new() { X86_64 = false };
 
-    private static KernelBootState Derive(CpuVendor v, int family, int model, string flags, string bugs, KernelBuildInfo? build = null, int cpus = 4,
+    /// <summary>The derivation for a CPU given by names, a build and a kernel command line.</summary>
+    internal static KernelBootState Derive(CpuVendor v, int family, int model, string flags, string bugs, KernelBuildInfo? build = null, int cpus = 4,
                                           string? commands = null) =>
         KernelBootCpu.Derive(new KernelCpuDescription
         {

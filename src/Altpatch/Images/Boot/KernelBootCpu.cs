@@ -132,8 +132,50 @@ public static class KernelBootCpu
 
         // ---------------------------------------------------------------- identify_cpu() and the vendor init
 
+        /// <summary>Features the command line cleared with <c>setup_clear_cpu_cap()</c> (and their dependents): in
+        /// <c>cpu_caps_cleared</c>, so <c>apply_forced_caps()</c> keeps them off whatever the vendor code sets.</summary>
+        private readonly HashSet<F> capsCleared = [];
+
+        /// <summary><c>setup_clear_cpu_cap()</c>: <paramref name="f"/> and every feature that depends on it (cpuid-deps.c).</summary>
+        private void SetupClearCpuCap(F f, string why)
+        {
+            foreach (var x in KernelCpuidDeps.ClearedWith(f))
+            {
+                capsCleared.Add(x);
+                ClearBit(x, x == f ? why : $"{why}: depends on {CpuFeatureInfo.MacroName(f)} (cpuid_deps[])");
+            }
+        }
+
+        /// <summary>cpu_parse_early_param() (<c>noxsave</c>, <c>noxsaveopt</c>, <c>noxsaves</c>, <c>clearcpuid=</c>, i386's
+        /// <c>nofxsr</c>), the early parameters <c>nopcid</c>, <c>noinvpcid</c> and <c>nofsgsbase</c>.</summary>
+        private void CommandLineClearedCaps()
+        {
+            if (!build.X86_64)
+            {
+                if (cmd.No387)
+                    Note("no387: needs CONFIG_MATH_EMULATION, taken as not built: FPU stays");
+                if (cmd.NoFxsr)
+                    SetupClearCpuCap(F.Fxsr, "cpu_parse_early_param(): nofxsr");
+            }
+            int limit = CpuFeatureInfo.CapabilityWords * 32;
+            foreach (var name in cmd.ClearedFeatures)
+            {
+                // clearcpuid= names match x86_cap_flags[] only: cpuinfo names of capability bits.
+                if (CpuFeatureInfo.TryParse(name, out var f) && (int)f < limit && CpuFeatureInfo.CpuInfoName(f) == name)
+                    SetupClearCpuCap(f, $"command line clears {name}");
+                else
+                    Note($"clearcpuid: unknown CPU flag '{name}', ignored");
+            }
+            foreach (int n in cmd.ClearCpuIdNumbers)
+            {
+                if (n < limit)
+                    SetupClearCpuCap((F)n, $"clearcpuid={n}");
+            }
+        }
+
         private void IdentifyCpu()
         {
+            CommandLineClearedCaps();
             Set(F.Always, "early_identify_cpu(): setup_force_cpu_cap(X86_FEATURE_ALWAYS)");
             if (desc.Hypervisor == KernelHypervisor.Kvm)
                 Set(F.Hypervisor, "KVM guest: CPUID.1:ECX[31]");
@@ -172,6 +214,8 @@ public static class KernelBootCpu
             }
             if (!build.X86_64)
                 Set(F.BugEspfix, "identify_cpu(): CONFIG_X86_32 sets X86_BUG_ESPFIX");
+            foreach (var f in capsCleared)
+                ClearBit(f, "apply_forced_caps(): cleared on the command line");
         }
 
         /// <summary>common.c init_speculation_control(): the hidden MSR_SPEC_CTRL follows from the visible ibrs/stibp/ssbd
@@ -783,7 +827,7 @@ public static class KernelBootCpu
             if ((archCap & ArchCapGdsCtrl) != 0)
                 return;                                       // microcode has the mitigation: MSRs only
             if (force && Has(F.Avx))
-                ClearBit(F.Avx, "gds_select_mitigation(): no microcode, GDS mitigation forced (gather_data_sampling=force or CONFIG_GDS_FORCE_MITIGATION)");
+                SetupClearCpuCap(F.Avx, "gds_select_mitigation(): no microcode, GDS mitigation forced (gather_data_sampling=force or CONFIG_GDS_FORCE_MITIGATION)");
         }
 
         private void ItsSelectMitigation()

@@ -261,11 +261,17 @@ public sealed class KernelCommandLine
 
     // ---- CPU features cleared (arch/x86/kernel/cpu/common.c)
 
-    /// <summary>Features the command line clears, as names the kernel uses: <c>clearcpuid=</c> entries (numbers as
-    /// "word*32+bit" numbers, names as cpuinfo names) and the <c>no…</c> options as their feature's cpuinfo name
+    /// <summary>Features the command line clears, as names the kernel uses: <c>clearcpuid=</c> names (cpuinfo names; its
+    /// numbers are <see cref="ClearCpuIdNumbers"/>) and the <c>no…</c> options as their feature's cpuinfo name
     /// (<c>noxsave</c> → xsave, <c>noxsaveopt</c> → xsaveopt, <c>noxsaves</c> → xsaves, <c>nopcid</c> → pcid, <c>noinvpcid</c> →
-    /// invpcid, <c>nofsgsbase</c> → fsgsbase; i386: <c>no387</c> → fpu, <c>nofxsr</c> → fxsr).</summary>
+    /// invpcid, <c>nofsgsbase</c> → fsgsbase). i386's <c>no387</c> and <c>nofxsr</c> are <see cref="No387"/> and <see cref="NoFxsr"/>.</summary>
     public ImmutableArray<string> ClearedFeatures { get; private init; } = [];
+
+    /// <summary><c>no387</c> (i386 only, and only with CONFIG_MATH_EMULATION: clears FPU).</summary>
+    public bool No387 { get; private init; }
+
+    /// <summary><c>nofxsr</c> (i386 only: clears FXSR).</summary>
+    public bool NoFxsr { get; private init; }
 
     /// <summary>The numbers of <c>clearcpuid=</c> (bits below NCAPINTS*32 are cleared; others ignored).</summary>
     public ImmutableArray<int> ClearCpuIdNumbers { get; private init; } = [];
@@ -609,8 +615,8 @@ public sealed class KernelCommandLine
             if (FindBool("noxsave")) cleared.Add("xsave");
             if (FindBool("noxsaveopt")) cleared.Add("xsaveopt");
             if (FindBool("noxsaves")) cleared.Add("xsaves");
-            if (FindBool("no387")) cleared.Add("fpu");       // i386 with CONFIG_MATH_EMULATION only
-            if (FindBool("nofxsr")) cleared.Add("fxsr");     // i386 only
+            bool no387 = FindBool("no387");                  // i386 with CONFIG_MATH_EMULATION only
+            bool nofxsr = FindBool("nofxsr");                // i386 only
             if (Find("clearcpuid", 128) is { Length: > 0 } cc)
             {
                 foreach (var opt in cc.Value.Split(','))
@@ -721,6 +727,8 @@ public sealed class KernelCommandLine
                 Tsx = tsx,
                 NoSmtForce = FoldNullable<bool>(Early("nosmt"), v => v == "force"),
                 ClearedFeatures = cleared.ToImmutable(),
+                No387 = no387,
+                NoFxsr = nofxsr,
                 ClearCpuIdNumbers = numbers.ToImmutable(),
                 NoPku = nopku,
                 NoReplaceSmp = Setup("noreplace-smp").Count > 0,
