@@ -11,9 +11,10 @@ namespace Altpatch.Cli.Commands;
 
 /// <summary>
 /// <c>altpatch kernel patch IMAGE (--cpuinfo FILE | --flags LIST [--bugs LIST]) [--set NAME]… [--clear NAME]…
-/// [--smp N] [--hypervisor none|kvm] -o OUT [--report REPORT.json]</c>: the kernel's own boot-time patching
-/// (paravirt, retpolines, returns, alternatives, SMP locks) done on the image for a described CPU; OUT is the
-/// vmlinux ELF file (the decompressed payload) with its text patched in place.
+/// [--smp N] [--hypervisor none|kvm] [--cmdline "…" | --cmdline-file FILE] -o OUT [--report REPORT.json]</c>: the kernel's
+/// own boot-time patching (jump labels, static calls, ftrace, paravirt, retpolines, returns, alternatives, SMP locks) done on
+/// the image for a described CPU and kernel command line; OUT is the vmlinux ELF file (the decompressed payload) with its
+/// text patched in place.
 /// </summary>
 public static class KernelPatchCommand
 {
@@ -22,15 +23,17 @@ public static class KernelPatchCommand
     {
         var image = KernelCommand.ImageArgument();
         var cpu = new KernelCpuOptions();
+        var cmdline = new KernelCmdlineOptions();
         var output = new Option<FileInfo>("--output", "-o") { Description = "Where to write the patched vmlinux ELF file (written to a temporary file next to it and renamed on success).", Required = true };
         var noSymtab = new Option<bool>("--no-symtab") { Description = "Write OUT without the .symtab/.strtab built from the image's kallsyms (then OUT is exactly the decompressed payload, patched)." };
         var ignoreCrc = KernelCommand.IgnoreCrcOption();
         var report = new Option<FileInfo?>("--report") { Description = "Write a JSON report: the CPU as derived, the decisions, the thunks, each pass, and every site's bytes before and after with the passes that wrote them." };
 
         var cmd = new Command("patch",
-            "Do the kernel's own boot-time patching (apply_paravirt, apply_retpolines, apply_returns, apply_alternatives, SMP locks to UP) on a kernel image for a described CPU, and write the patched vmlinux.");
+            "Do the kernel's own boot-time patching (jump labels, static calls, ftrace, apply_paravirt, apply_retpolines, apply_returns, apply_alternatives, SMP locks to UP) on a kernel image for a described CPU and kernel command line, and write the patched vmlinux.");
         cmd.Arguments.Add(image);
         cpu.AddTo(cmd, _ => true);
+        cmdline.AddTo(cmd);
         cmd.Options.Add(output);
         cmd.Options.Add(report);
         cmd.Options.Add(noSymtab);
@@ -38,7 +41,7 @@ public static class KernelPatchCommand
         cmd.SetAction(parse =>
         {
             // Parse the description first: a bad name fails before the image is even read.
-            var description = cpu.Describe(parse);
+            var description = cpu.Describe(parse) with { CommandLine = cmdline.Read(parse) };
             return Run(parse, new Options(parse.GetValue(image)!, description, parse.GetValue(output)!, parse.GetValue(report), parse.GetValue(noSymtab)), ignoreCrc);
         });
         return cmd;
@@ -168,6 +171,9 @@ public static class KernelPatchCommand
         var hidden = cpu.Features.Where(f => CpuFeatureInfo.CpuInfoName(f) is null)
             .Select(f => CpuFeatureInfo.MacroName(f).Replace("X86_FEATURE_", "", StringComparison.Ordinal));
         Terminal.Field(console, "Hidden bits", string.Join(' ', hidden));
+        if (s.CommandLine.Text.Length > 0)
+            Terminal.Field(console, "Command line", s.CommandLine.Text);
+        Terminal.Field(console, "SMP", s.Smp.Decision);
         Terminal.Field(console, "Return thunk", $"{s.ReturnThunk.Symbol()}{(r.Thunks.Address(s.ReturnThunk) is { } ta ? $" at {Terminal.Addr(ta)}" : "")}");
         var t = new Table().Border(TableBorder.Simple)
             .AddColumn("pass").AddColumn("kernel function").AddColumn(new TableColumn("sites").RightAligned())

@@ -130,7 +130,8 @@ public static class KernelVerifyCommand
         sys?.CheckImage(img);
         var (found, at, source, kind) = Step("read text", () => ReadText(img, o, sys));
 
-        var textOptions = KernelTextOptions.Default with { CommandLine = cmdline };
+        description = description with { CommandLine = cmdline };
+        var textOptions = KernelTextOptions.Default;
         KernelVerifyResult result;
         if (console.Profile.Capabilities.Interactive && !o.Json)
         {

@@ -25,6 +25,63 @@ public partial class BootCpuTests
         var thunks = KernelThunks.Find(img);
         var state = KernelBootCpu.Derive(GroundTruth.Description(image, config), KernelBuildInfo.Infer(img, thunks));
         var caps = ReadCapsWords(Path.Combine(GroundTruth.Dir, image, config + ".caps"));
+        var diffs = Differences(state, caps);
+        Assert.True(diffs.Count == 0, string.Join(", ", diffs));
+    }
+
+    /// <summary>Every configuration of the current layout (<c>&lt;image&gt;/&lt;cfg&gt;/</c> with <c>caps</c>, <c>cpuinfo</c> and
+    /// <c>boot.txt</c>): default and non-default command lines, 1 and 2 CPUs, KASLR.</summary>
+    public static TheoryData<string, string> BootConfigurations()
+    {
+        var data = new TheoryData<string, string>();
+        if (Directory.Exists(GroundTruth.Dir))
+        {
+            foreach (var imageDir in Directory.GetDirectories(GroundTruth.Dir).Order(StringComparer.Ordinal))
+            {
+                foreach (var cfgDir in Directory.GetDirectories(imageDir).Order(StringComparer.Ordinal))
+                {
+                    if (new[] { "caps", "cpuinfo", "boot.txt" }.All(f => File.Exists(Path.Combine(cfgDir, f))))
+                        data.Add(Path.GetFileName(imageDir), Path.GetFileName(cfgDir));
+                }
+            }
+        }
+        if (data.Count == 0)
+            data.Add("", "");
+        return data;
+    }
+
+    /// <summary>The derivation for a boot's /proc/cpuinfo, -smp and kernel command line (<c>mitigations=off</c>,
+    /// <c>spectre_v2=retpoline nopti</c>, <c>noreplace-smp</c>, …) against the capability words of its dump.</summary>
+    [SkippableTheory]
+    [MemberData(nameof(BootConfigurations))]
+    public void Derived_capabilities_equal_the_dumps_with_the_boots_command_line(string image, string config)
+    {
+        Skip.If(image.Length == 0, "no ground-truth configurations (tests/data/groundtruth/<image>/<cfg>/caps) in this checkout");
+        var img = Verify.GroundTruthDumps.Image(image);
+        try
+        {
+            KernelBootPatcher.RulesFor(img);
+        }
+        catch (KernelPatchException e)
+        {
+            Skip.If(true, $"no boot-time rules for this kernel line yet (issue 9): {e.Message}");
+        }
+        var dir = Path.Combine(GroundTruth.Dir, image, config);
+        var boot = File.ReadLines(Path.Combine(dir, "boot.txt")).Where(l => l.Contains(": ", StringComparison.Ordinal))
+            .Select(l => l.Split(": ", 2)).GroupBy(p => p[0]).ToDictionary(g => g.Key, g => g.First()[1]);
+        var description = KernelCpuDescription.FromCpuInfo(File.ReadAllText(Path.Combine(dir, "cpuinfo"))) with
+        {
+            Cpus = int.Parse(boot["smp"], CultureInfo.InvariantCulture),
+            CommandLine = KernelCommandLine.Parse(boot["kernel_cmdline"]),
+        };
+        var state = KernelBootCpu.Derive(description, KernelBuildInfo.Infer(img, KernelThunks.Find(img)));
+        var diffs = Differences(state, ReadCapsWords(Path.Combine(dir, "caps")));
+        Assert.True(diffs.Count == 0, $"{boot["kernel_cmdline"]}: " + string.Join(", ", diffs));
+    }
+
+    /// <summary>The defined bits where the derivation and the dump's words differ, as "MACRO missing|extra".</summary>
+    private static List<string> Differences(KernelBootState state, uint[] caps)
+    {
         var diffs = new List<string>();
         for (int w = 0; w < caps.Length; w++)
         {
@@ -42,7 +99,7 @@ public partial class BootCpuTests
                 diffs.Add($"{CpuFeatureInfo.MacroName(f)} {(((want & bit) != 0) ? "missing" : "extra")}");
             }
         }
-        Assert.True(diffs.Count == 0, string.Join(", ", diffs));
+        return diffs;
     }
 
     [SkippableTheory]

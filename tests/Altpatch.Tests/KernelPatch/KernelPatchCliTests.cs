@@ -47,7 +47,7 @@ public sealed class KernelPatchCliTests : IDisposable
     {
         var (exit, output, _) = CliRunner.Run("kernel", "patch", "--help");
         Assert.Equal(0, exit);
-        foreach (var o in new[] { "--cpuinfo", "--flags", "--bugs", "--set", "--clear", "--smp", "--hypervisor", "--output", "--report" })
+        foreach (var o in new[] { "--cpuinfo", "--flags", "--bugs", "--set", "--clear", "--smp", "--hypervisor", "--cmdline", "--cmdline-file", "--output", "--report" })
             Assert.Contains(o, output, StringComparison.Ordinal);
     }
 
@@ -274,6 +274,81 @@ public sealed class KernelPatchCliTests : IDisposable
         Assert.Equal("srso_return_thunk", root.GetProperty("returnThunk").GetProperty("name").GetString());
         Assert.Equal(4455 + 3674 + 7844 + 48017 + 8840, root.GetProperty("sites").GetArrayLength());
         Assert.Equal(img.ElfBytes.Length, root.GetProperty("outputSize").GetInt32());
+    }
+
+    /// <summary><c>--cmdline "mitigations=off"</c> on the shared cloud image, against the ground truth of the same boot
+    /// (Haswell, 2 CPUs, mitigations=off): the whole .text is the booted kernel's but for dynamic sites, and without the
+    /// option it is not (retpolines, PTI, the swapgs fences and the CPU-buffer clearing would be there).</summary>
+    [SkippableFact]
+    public void Cmdline_mitigations_off_patches_the_text_the_booted_kernel_has()
+    {
+        const string image = "6.1.0-50-cloud-amd64", config = "Haswell-smp2+mitigations-off";
+        Skip.IfNot(File.Exists(WholeTextTruth.FileOf(image, config)), $"no truth file of {image}/{config} in this checkout");
+        var img = Images.RealImages.CloudAmd64;
+        var truth = WholeTextTruth.Read(WholeTextTruth.FileOf(image, config));
+        Assert.Equal("console=ttyS0 nokaslr panic=0 mitigations=off", truth.CommandLine);
+        string cpuinfo = Path.Combine(GroundTruth.Dir, image, config, "cpuinfo");
+        string report = Path.Combine(dir, "report.json"), plain = Path.Combine(dir, "vmlinux.default");
+        var (exit, output, err) = CliRunner.Run("kernel", "patch", TestPaths.CloudAmd64, "--cpuinfo", cpuinfo, "--smp", "2",
+            "--cmdline", truth.CommandLine, "-o", Out, "--report", report, "--no-symtab");
+        Assert.True(exit == 0, err);
+        Assert.Contains("mitigations=off", output, StringComparison.Ordinal);
+        var (exit2, _, err2) = CliRunner.Run("kernel", "patch", TestPaths.CloudAmd64, "--cpuinfo", cpuinfo, "--smp", "2", "-o", plain, "--no-symtab");
+        Assert.True(exit2 == 0, err2);
+
+        // The library's prediction for the same boot names the dynamic sites; the comparison takes the CLI's bytes.
+        var description = KernelCpuDescription.FromCpuInfo(File.ReadAllText(cpuinfo)) with { Cpus = 2, CommandLine = KernelCommandLine.Parse(truth.CommandLine) };
+        var prediction = KernelBootPatcher.Patch(img, description);
+        var starts = img.Symbols.All.Where(x => x.IsText).Select(x => x.Address).ToHashSet();
+        var withCmdline = WholeTextComparison.Compare(prediction, Altpatch.Images.ElfFile.Parse(File.ReadAllBytes(Out), "out"), truth.Text, starts);
+        Assert.True(withCmdline.UnexplainedBytes == 0, withCmdline + "\n" + string.Join("\n", withCmdline.Unexplained));
+        Assert.True(withCmdline.Percent <= WholeTextTests.MaxPercent, withCmdline.ToString());
+        var without = WholeTextComparison.Compare(prediction, Altpatch.Images.ElfFile.Parse(File.ReadAllBytes(plain), "plain"), truth.Text, starts);
+        Assert.True(without.UnexplainedBytes > 100_000, without.ToString());
+
+        using var doc = JsonDocument.Parse(File.ReadAllText(report));
+        var root = doc.RootElement;
+        Assert.Equal(truth.CommandLine, root.GetProperty("cmdline").GetString());
+        Assert.Equal("__x86_return_thunk", root.GetProperty("returnThunk").GetProperty("name").GetString());
+        var hidden = root.GetProperty("cpu").GetProperty("hidden").EnumerateArray().Select(e => e.GetString()).ToList();
+        Assert.DoesNotContain("X86_FEATURE_RETPOLINE", hidden);
+        Assert.DoesNotContain("X86_FEATURE_PTI", hidden);
+        Assert.DoesNotContain("X86_FEATURE_CLEAR_CPU_BUF", hidden);
+        Assert.Contains(root.GetProperty("decisions").EnumerateArray(), d => d.GetString() == "mitigations=off: cpu_mitigations_off()");
+        Assert.False(root.GetProperty("cpu").GetProperty("smp").GetProperty("up").GetBoolean());
+    }
+
+    [Fact]
+    public void Cmdline_noreplace_smp_keeps_the_lock_prefixes_on_one_cpu()
+    {
+        var img = WriteImage(Sample());
+        string report = Path.Combine(dir, "report.json");
+        var (exit, _, err) = CliRunner.Run("kernel", "patch", img, "--flags", "sse2", "--smp", "1", "--cmdline", "noreplace-smp", "-o", Out, "--report", report);
+        Assert.True(exit == 0, err);
+        var b = Sample();
+        var elf = Altpatch.Images.ElfFile.Parse(File.ReadAllBytes(Out), "out");
+        Assert.Equal(0xf0, elf.ReadBytes(b.Text + 0x160, 1)[0]);          // lock stays
+        using var doc = JsonDocument.Parse(File.ReadAllText(report));
+        Assert.Equal("noreplace-smp: lock prefixes stay", doc.RootElement.GetProperty("cpu").GetProperty("smp").GetProperty("decision").GetString());
+        var (exit2, _, err2) = CliRunner.Run("kernel", "patch", img, "--flags", "sse2", "--smp", "1", "-o", Out);
+        Assert.True(exit2 == 0, err2);
+        Assert.Equal(0x3e, Altpatch.Images.ElfFile.Parse(File.ReadAllBytes(Out), "out").ReadBytes(b.Text + 0x160, 1)[0]);   // UP: ds
+    }
+
+    [Fact]
+    public void Cmdline_and_cmdline_file_together_are_a_usage_error()
+    {
+        var img = WriteImage(Sample());
+        string f = Path.Combine(dir, "cmdline");
+        File.WriteAllText(f, "mitigations=off\n");
+        var (exit, _, err) = CliRunner.Run("kernel", "patch", img, "--flags", "sse2", "--cmdline", "nopti", "--cmdline-file", f, "-o", Out);
+        Assert.NotEqual(0, exit);
+        Assert.Contains("either --cmdline or --cmdline-file", err, StringComparison.Ordinal);
+        Assert.False(File.Exists(Out));
+        var (exit2, _, err2) = CliRunner.Run("kernel", "patch", img, "--flags", "sse2", "--cmdline-file", Path.Combine(dir, "missing"), "-o", Out);
+        Assert.Equal(1, exit2);
+        Assert.Contains("no such file", err2, StringComparison.Ordinal);
+        Assert.False(File.Exists(Out));
     }
 
     [Fact]

@@ -10,7 +10,8 @@ namespace Altpatch.Tests.KernelPatch;
 /// </summary>
 public class MitigationRuleTests
 {
-    private static readonly KernelBuildInfo Debian64 = new()
+    /// <summary>The build options of the Debian x86-64 images.</summary>
+    internal static readonly KernelBuildInfo Debian64 = new()
     {
         X86_64 = true, Rethunk = true, CpuUnretEntry = true, CpuIbpbEntry = true, CpuIbrsEntry = true,
         CpuSrso = true, MitigationIts = true, PageTableIsolation = true, PgtableLevelsAbove2 = true,
@@ -18,18 +19,19 @@ public class MitigationRuleTests
 
     private static readonly KernelBuildInfo Debian686 = new() { X86_64 = false };
 
-    private static KernelBootState Derive(CpuVendor v, int family, int model, string flags, string bugs, KernelBuildInfo? build = null, int cpus = 4,
-                                          KernelMitigationCommands? commands = null) =>
+    /// <summary>The derivation for a CPU given by names, a build and a kernel command line.</summary>
+    internal static KernelBootState Derive(CpuVendor v, int family, int model, string flags, string bugs, KernelBuildInfo? build = null, int cpus = 4,
+                                          string? commands = null) =>
         KernelBootCpu.Derive(new KernelCpuDescription
         {
             Cpu = CpuFeatures.FromNames(flags.Split(' ', StringSplitOptions.RemoveEmptyEntries).Concat(bugs.Split(' ', StringSplitOptions.RemoveEmptyEntries)), v, family, model, 1),
             Cpus = cpus,
-            Mitigations = commands ?? KernelMitigationCommands.Default,
+            CommandLine = KernelCommandLine.Parse(commands ?? ""),
         }, build ?? Debian64);
 
-    private static KernelMitigationCommands SpectreV2(SpectreV2Command c) => new() { SpectreV2 = c };
+    private static string SpectreV2(SpectreV2Command c) => "spectre_v2=" + KernelMitigationCommands.Name(c);
 
-    private static KernelMitigationCommands Srso(SrsoCommand c) => new() { Srso = c };
+    private static string Srso(SrsoCommand c) => "spec_rstack_overflow=" + KernelMitigationCommands.Name(c);
 
     // Ice Lake server on bare metal (eIBRS, the ITS and PBRSB bugs) and Zen 2 (RETBleed, SRSO; no eIBRS).
     private const string IceLakeFlags = "fpu sse2 xsave ibrs ibpb stibp ssbd ibrs_enhanced fsgsbase smap", IceLakeBugs = "spectre_v1 spectre_v2 spec_store_bypass swapgs its eibrs_pbrsb";
@@ -233,7 +235,7 @@ public class MitigationRuleTests
     public void The_default_commands_are_the_default_command_line()
     {
         var implicitDefault = Derive(CpuVendor.Amd, 0x17, 0x31, Zen2Flags, Zen2Bugs);
-        var explicitAuto = Derive(CpuVendor.Amd, 0x17, 0x31, Zen2Flags, Zen2Bugs, commands: new() { SpectreV2 = SpectreV2Command.Auto, Srso = SrsoCommand.SafeRet });
+        var explicitAuto = Derive(CpuVendor.Amd, 0x17, 0x31, Zen2Flags, Zen2Bugs, commands: "spectre_v2=auto spec_rstack_overflow=safe-ret");
         Assert.Equal(implicitDefault.Features, explicitAuto.Features);
         Assert.Equal(implicitDefault.ReturnThunk, explicitAuto.ReturnThunk);
         Assert.Equal(implicitDefault.Decisions.ToArray(), explicitAuto.Decisions.ToArray());

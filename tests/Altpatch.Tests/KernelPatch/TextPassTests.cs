@@ -11,16 +11,19 @@ namespace Altpatch.Tests.KernelPatch;
 /// sched_dynamic_update) on synthetic images, against bytes worked out by hand from the kernel's functions.</summary>
 public class TextPassTests
 {
-    private static KernelBootState State(ReturnThunkKind thunk = ReturnThunkKind.Default, params F[] features) =>
-        new(CpuFeatures.Empty.With(features).WithIdentity(CpuVendor.Intel, 6, 85, 7), thunk, 2, KernelHypervisor.None);
+    private static KernelBootState State(ReturnThunkKind thunk = ReturnThunkKind.Default, params F[] features) => State(KernelCommandLine.Empty, thunk, features);
+
+    private static KernelBootState State(KernelCommandLine cmdline, ReturnThunkKind thunk = ReturnThunkKind.Default, params F[] features) =>
+        new(CpuFeatures.Empty.With(features).WithIdentity(CpuVendor.Intel, 6, 85, 7), thunk, 2, KernelHypervisor.None, commandLine: cmdline);
 
     private static byte[] At(KernelPatchResult r, ulong address, int n) => r.Patched.ReadBytes(address, n).ToArray();
 
     private static KernelPatchResult Patch(BootImageBuilder b, bool symbols = true, PreemptMode? preempt = null, KernelBootState? state = null)
     {
         var img = b.Open();
-        return KernelBootPatcher.Patch(img, state ?? State(), KernelThunks.Find(img),
-            new KernelTextOptions { Symbols = symbols ? b.TableSymbols() : null, CommandLine = KernelCommandLine.Parse(preempt is { } m ? "preempt=" + m.ToString().ToLowerInvariant() : "") });
+        var cmdline = KernelCommandLine.Parse(preempt is { } m ? "preempt=" + m.ToString().ToLowerInvariant() : "");
+        state ??= State(cmdline);
+        return KernelBootPatcher.Patch(img, state, KernelThunks.Find(img), new KernelTextOptions { Symbols = symbols ? b.TableSymbols() : null });
     }
 
     private static readonly byte[] Nop5 = Hex("0f 1f 44 00 00"), Xor5Rax = Hex("2e 2e 2e 31 c0"), RetForm = Hex("c3 cc cc cc cc");
@@ -91,8 +94,8 @@ public class TextPassTests
         b.Put(s, Branch(0xe8, s, f));
         b.McountRecords.Add(s);
         var img = b.Open();
-        var r = KernelBootPatcher.Patch(img, State(), KernelThunks.Find(img),
-            new KernelTextOptions { Symbols = b.TableSymbols(), CommandLine = KernelCommandLine.Parse("ftrace=function ftrace_filter=vfs_read") });
+        var r = KernelBootPatcher.Patch(img, State(KernelCommandLine.Parse("ftrace=function ftrace_filter=vfs_read")), KernelThunks.Find(img),
+            new KernelTextOptions { Symbols = b.TableSymbols() });
         Assert.Equal(Nop5, At(r, s, 5));
         Assert.Contains(r.TextDecisions, d => d.StartsWith("ftrace=function: the boot tracer starts in early_trace_init()", StringComparison.Ordinal)
             && d.Contains("ftrace_filter=vfs_read", StringComparison.Ordinal));

@@ -80,20 +80,14 @@ public class WholeTextTests(ITestOutputHelper output)
         }
         var symbols = img.Symbols;                  // the image's own kallsyms, as kernel patch uses them
         var cmdline = KernelCommandLine.Parse(truth.CommandLine);
-        string? pending = PendingOption(cmdline);
-        Skip.If(pending is not null, $"the command line option '{pending}' is not applied by the derivation yet");
-        var description = KernelCpuDescription.FromCpuInfo(File.ReadAllText(Path.Combine(Dir, image, config, "cpuinfo"))) with { Cpus = truth.Smp };
+        var description = KernelCpuDescription.FromCpuInfo(File.ReadAllText(Path.Combine(Dir, image, config, "cpuinfo"))) with { Cpus = truth.Smp, CommandLine = cmdline };
         var thunks = KernelThunks.Find(img);
         var state = KernelBootCpu.Derive(description, KernelBuildInfo.Infer(img, thunks), KvmPvOps.None);
-        var result = KernelBootPatcher.Patch(img, state, thunks, new KernelTextOptions { CommandLine = cmdline });
+        var result = KernelBootPatcher.Patch(img, state, thunks, KernelTextOptions.Default);
         lock (LastLock)
             last = (image + "/" + config, result);
         return (result, truth, symbols);
     }
-
-    /// <summary>A command-line option that changes patched text and is not yet applied (null: all are).</summary>
-    private static string? PendingOption(KernelCommandLine c) =>
-        c.Arguments.Select(a => a.Name).FirstOrDefault(n => n is not ("console" or "nokaslr" or "panic" or "preempt"));
 
     private static IReadOnlySet<ulong> FunctionStarts(KernelSymbols symbols) => symbols.All.Where(s => s.IsText).Select(s => s.Address).ToHashSet();
 

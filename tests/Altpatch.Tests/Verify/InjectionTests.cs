@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using Altpatch.Images;
 using Altpatch.Images.Boot;
 using Altpatch.Images.Verify;
+using Altpatch.Tests.KernelPatch;
 using Iced.Intel;
 
 namespace Altpatch.Tests.Verify;

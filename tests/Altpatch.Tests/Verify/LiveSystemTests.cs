@@ -2,6 +2,7 @@ using Altpatch.Images;
 using Altpatch.Images.Boot;
 using Altpatch.Images.Verify;
 using Altpatch.Tests.Images;
+using Altpatch.Tests.KernelPatch;
 
 namespace Altpatch.Tests.Verify;
 
@@ -109,7 +110,7 @@ public sealed class LiveSystemTests : IDisposable
         var cmdline = KernelCommandLine.Parse(sys.CommandLine());
         Assert.Equal(PreemptMode.Full, cmdline.Preempt);
 
-        var r = KernelTextVerifier.Verify(image, read, address, sys.KcorePath, cpu, KernelTextOptions.Default with { CommandLine = cmdline });
+        var r = KernelTextVerifier.Verify(image, read, address, sys.KcorePath, cpu with { CommandLine = cmdline });
         Assert.Equal(delta, r.Fit.Delta);
         Assert.Equal(PreemptMode.Full, r.Prediction.Preempt);
         if (cfg.Image is null)

@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using Altpatch.Images;
 using Altpatch.Tests.Images;
+using Altpatch.Tests.KernelPatch;
 
 namespace Altpatch.Tests.Verify;
 

@@ -2,6 +2,7 @@ using System.Text.Json;
 using Altpatch.Images;
 using Altpatch.Tests.Cli;
 using Altpatch.Tests.Images;
+using Altpatch.Tests.KernelPatch;
 
 namespace Altpatch.Tests.Verify;
 

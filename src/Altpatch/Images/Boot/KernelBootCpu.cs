@@ -8,8 +8,9 @@ namespace Altpatch.Images.Boot;
 /// from a <see cref="KernelCpuDescription"/>: the hidden (<c>""</c>) capability bits <c>/proc/cpuinfo</c> never shows,
 /// set by the vendor init code (<c>cpu/intel.c</c>, <c>amd.c</c>, <c>hygon.c</c>, <c>centaur.c</c>, <c>zhaoxin.c</c>,
 /// <c>common.c</c>, <c>fpu/xstate.c</c>), and the mitigation choices of <c>cpu_select_mitigations()</c>
-/// (<c>cpu/bugs.c</c>) for the command line's mitigation choices (<see cref="KernelCpuDescription.Mitigations"/>, by default
-/// the default command line), including the return thunk. Visible flags are taken as given.
+/// (<c>cpu/bugs.c</c>) and <c>pti_check_boottime_disable()</c> for the command line (<see cref="KernelCpuDescription.CommandLine"/>:
+/// <c>mitigations=</c>, <c>spectre_v2=</c>, <c>nopti</c>, <c>retbleed=</c>, …, by default the empty one), including the return
+/// thunk, and the SMP switch (<see cref="KernelSmpSwitch"/>). Visible flags are taken as given.
 /// Every rule names its source function in <c>docs/kernel-patching.md</c>.
 /// </summary>
 public static class KernelBootCpu
@@ -28,13 +29,16 @@ public static class KernelBootCpu
         {
             var exact = Apply(description.Cpu, description);
             var thunk = ReturnThunkFromFeatures(exact);
+            var smp = KernelSmpSwitch.Decide(description.Cpus, description.CommandLine);
             return new KernelBootState(exact, thunk, description.Cpus, description.Hypervisor,
-                [$"exact: the given features are boot_cpu_data; return thunk {thunk} inferred from them", .. pvOps.Notes], pvOps.Overrides);
+                [$"exact: the given features are boot_cpu_data; return thunk {thunk} inferred from them", .. pvOps.Notes, $"SMP: {smp.Decision}"],
+                pvOps.Overrides, description.CommandLine);
         }
         var d = new Derivation(description, build, pvOps);
         d.Run();
         var features = Apply(d.Result(), description);
-        return new KernelBootState(features, d.ReturnThunk, description.Cpus, description.Hypervisor, d.Log, pvOps.Overrides);
+        d.Log.Add($"SMP: {KernelSmpSwitch.Decide(description.Cpus, description.CommandLine).Decision}");
+        return new KernelBootState(features, d.ReturnThunk, description.Cpus, description.Hypervisor, d.Log, pvOps.Overrides, description.CommandLine);
     }
 
     /// <summary>The return thunk the kernel would have chosen for a final feature set: SRSO alias / SRSO safe RET,
@@ -80,7 +84,8 @@ public static class KernelBootCpu
         private readonly int stepping = desc.Cpu.Stepping;
         private readonly ulong archCap = desc.ArchCapabilities;
         private SpectreV2 spectreV2 = SpectreV2.None;
-        private bool spectreV2CmdNone = true;   // spectre_v2_cmd stays SPECTRE_V2_CMD_NONE (0) when not affected
+        private SpectreV2Command? spectreV2Cmd;   // spectre_v2_cmd: null for SPECTRE_V2_CMD_NONE (0), its value until spectre_v2_select_mitigation() sets it
+        private readonly KernelCommandLine cmd = desc.CommandLine;
         private Retbleed retbleed = Retbleed.None;
         private Srso srso = Srso.None;
         private bool rrsbaDisabled;
@@ -89,7 +94,7 @@ public static class KernelBootCpu
 
         public ReturnThunkKind ReturnThunk { get; private set; } = ReturnThunkKind.Default;
 
-        private const ulong ArchCapRrsba = 1UL << 19, ArchCapRfdsClear = 1UL << 28, ArchCapTsxCtrlMsr = 1UL << 7;
+        private const ulong ArchCapRrsba = 1UL << 19, ArchCapRfdsClear = 1UL << 28, ArchCapTsxCtrlMsr = 1UL << 7, ArchCapGdsCtrl = 1UL << 25;
 
         private bool Has(F f) => bits.Contains(f);
 
@@ -118,6 +123,7 @@ public static class KernelBootCpu
         public void Run()
         {
             IdentifyCpu();
+            EarlyParamBugs();
             PtiCheckBoottimeDisable();
             CpuSelectMitigations();
             FpuInitSystemXstate();
@@ -126,8 +132,50 @@ public static class KernelBootCpu
 
         // ---------------------------------------------------------------- identify_cpu() and the vendor init
 
+        /// <summary>Features the command line cleared with <c>setup_clear_cpu_cap()</c> (and their dependents): in
+        /// <c>cpu_caps_cleared</c>, so <c>apply_forced_caps()</c> keeps them off whatever the vendor code sets.</summary>
+        private readonly HashSet<F> capsCleared = [];
+
+        /// <summary><c>setup_clear_cpu_cap()</c>: <paramref name="f"/> and every feature that depends on it (cpuid-deps.c).</summary>
+        private void SetupClearCpuCap(F f, string why)
+        {
+            foreach (var x in KernelCpuidDeps.ClearedWith(f))
+            {
+                capsCleared.Add(x);
+                ClearBit(x, x == f ? why : $"{why}: depends on {CpuFeatureInfo.MacroName(f)} (cpuid_deps[])");
+            }
+        }
+
+        /// <summary>cpu_parse_early_param() (<c>noxsave</c>, <c>noxsaveopt</c>, <c>noxsaves</c>, <c>clearcpuid=</c>, i386's
+        /// <c>nofxsr</c>), the early parameters <c>nopcid</c>, <c>noinvpcid</c> and <c>nofsgsbase</c>.</summary>
+        private void CommandLineClearedCaps()
+        {
+            if (!build.X86_64)
+            {
+                if (cmd.No387)
+                    Note("no387: needs CONFIG_MATH_EMULATION, taken as not built: FPU stays");
+                if (cmd.NoFxsr)
+                    SetupClearCpuCap(F.Fxsr, "cpu_parse_early_param(): nofxsr");
+            }
+            int limit = CpuFeatureInfo.CapabilityWords * 32;
+            foreach (var name in cmd.ClearedFeatures)
+            {
+                // clearcpuid= names match x86_cap_flags[] only: cpuinfo names of capability bits.
+                if (CpuFeatureInfo.TryParse(name, out var f) && (int)f < limit && CpuFeatureInfo.CpuInfoName(f) == name)
+                    SetupClearCpuCap(f, $"command line clears {name}");
+                else
+                    Note($"clearcpuid: unknown CPU flag '{name}', ignored");
+            }
+            foreach (int n in cmd.ClearCpuIdNumbers)
+            {
+                if (n < limit)
+                    SetupClearCpuCap((F)n, $"clearcpuid={n}");
+            }
+        }
+
         private void IdentifyCpu()
         {
+            CommandLineClearedCaps();
             Set(F.Always, "early_identify_cpu(): setup_force_cpu_cap(X86_FEATURE_ALWAYS)");
             if (desc.Hypervisor == KernelHypervisor.Kvm)
                 Set(F.Hypervisor, "KVM guest: CPUID.1:ECX[31]");
@@ -166,6 +214,8 @@ public static class KernelBootCpu
             }
             if (!build.X86_64)
                 Set(F.BugEspfix, "identify_cpu(): CONFIG_X86_32 sets X86_BUG_ESPFIX");
+            foreach (var f in capsCleared)
+                ClearBit(f, "apply_forced_caps(): cleared on the command line");
         }
 
         /// <summary>common.c init_speculation_control(): the hidden MSR_SPEC_CTRL follows from the visible ibrs/stibp/ssbd
@@ -257,10 +307,26 @@ public static class KernelBootCpu
 
         // ---------------------------------------------------------------- pti.c
 
+        /// <summary>pti_check_boottime_disable(): <c>pti=off</c> (or <c>nopti</c>, <c>mitigations=off</c>) keeps PTI off,
+        /// <c>pti=on</c> forces it on, <c>pti=auto</c> or nothing sets it on a CPU with the Meltdown bug.</summary>
         private void PtiCheckBoottimeDisable()
         {
-            if (build.PageTableIsolation && Has(F.BugCpuMeltdown))
-                Set(F.Pti, "pti_check_boottime_disable(): X86_BUG_CPU_MELTDOWN, pti=auto");
+            if (!build.PageTableIsolation)
+                return;
+            switch (cmd.Pti)
+            {
+                case PtiCommand.Off:
+                    if (Has(F.BugCpuMeltdown))
+                        Note("Kernel/User page tables isolation: disabled on command line (pti=off, nopti or mitigations=off)");
+                    return;
+                case PtiCommand.On:
+                    Set(F.Pti, "pti_check_boottime_disable(): pti=on");
+                    return;
+                default:
+                    if (Has(F.BugCpuMeltdown))
+                        Set(F.Pti, "pti_check_boottime_disable(): X86_BUG_CPU_MELTDOWN, pti=auto");
+                    return;
+            }
         }
 
         // ---------------------------------------------------------------- fpu/xstate.c
@@ -289,16 +355,36 @@ public static class KernelBootCpu
 
         // ---------------------------------------------------------------- bugs.c cpu_select_mitigations()
 
+        /// <summary><c>cpu_mitigations_off()</c>: <c>mitigations=off</c>.</summary>
+        private bool MitigationsOff => cmd.Mitigations == MitigationsMode.Off;
+
+        /// <summary><c>cpu_smt_possible()</c> as far as the command line decides it: <c>nosmt=force</c> and
+        /// <c>l1tf=full,force</c> (on a CPU with L1TF) make <c>cpu_smt_control</c> CPU_SMT_FORCE_DISABLED.</summary>
+        private bool smtForceDisabled;
+
+        /// <summary>The early parameters that set a bug bit (<c>setup_force_cpu_bug()</c> in their handlers).</summary>
+        private void EarlyParamBugs()
+        {
+            if (cmd.Its == ItsCommand.Force && build.MitigationIts)
+                Set(F.BugIts, "its_parse_cmdline(): indirect_target_selection=force");
+            if (cmd.Vmscape == VmscapeCommand.Force)
+                Set(F.BugVmscape, "vmscape_parse_cmdline(): vmscape=force");
+            if (cmd.NoSmtForce == true)
+                smtForceDisabled = true;
+            if (MitigationsOff)
+                Note("mitigations=off: cpu_mitigations_off()");
+        }
+
         private void CpuSelectMitigations()
         {
             SpectreV1SelectMitigation();
             SpectreV2SelectMitigation();
             RetbleedSelectMitigation();
             SpectreV2UserSelectMitigation();
-            // ssb_select_mitigation(): spec_store_bypass_disable=auto → prctl: no feature bit.
+            SsbSelectMitigation();
             L1tfSelectMitigation();
             MdClearSelectMitigation();
-            // srbds, l1d_flush: no feature bits with the default command line.
+            // srbds_select_mitigation(), l1d_flush_select_mitigation(): MSRs and a static key, no feature bit.
             SrsoSelectMitigation();
             GdsSelectMitigation();
             ItsSelectMitigation();
@@ -308,8 +394,13 @@ public static class KernelBootCpu
 
         private void SpectreV1SelectMitigation()
         {
-            if (!Has(F.BugSpectreV1))
+            if (!Has(F.BugSpectreV1) || MitigationsOff)
                 return;
+            if (cmd.NoSpectreV1)
+            {
+                Note("Spectre V1 : nospectre_v1: no swapgs barriers");
+                return;
+            }
             bool smapWorks = Has(F.Smap) && !Has(F.BugCpuMeltdown);
             if (Has(F.Fsgsbase) || !smapWorks)
             {
@@ -319,29 +410,30 @@ public static class KernelBootCpu
             }
         }
 
-        /// <summary>spectre_v2_parse_cmdline(): the command, or AUTO when the CPU or the build cannot do it.</summary>
+        /// <summary>spectre_v2_parse_cmdline(): the command (<c>nospectre_v2</c> and <c>mitigations=off</c> are Off, as
+        /// <see cref="KernelCommandLine.SpectreV2"/> reads them), or AUTO when the CPU or the build cannot do it.</summary>
         private SpectreV2Command SpectreV2ParseCmdline()
         {
-            var cmd = desc.Mitigations.SpectreV2;
+            var c = cmd.SpectreV2;
             string? problem = null;
-            if (cmd is SpectreV2Command.Retpoline or SpectreV2Command.RetpolineLfence or SpectreV2Command.RetpolineGeneric
+            if (c is SpectreV2Command.Retpoline or SpectreV2Command.RetpolineLfence or SpectreV2Command.RetpolineGeneric
                     or SpectreV2Command.EibrsLfence or SpectreV2Command.EibrsRetpoline && !build.Retpoline)
                 problem = "selected but not compiled in";
-            else if (cmd is SpectreV2Command.Eibrs or SpectreV2Command.EibrsLfence or SpectreV2Command.EibrsRetpoline && !Has(F.IbrsEnhanced))
+            else if (c is SpectreV2Command.Eibrs or SpectreV2Command.EibrsLfence or SpectreV2Command.EibrsRetpoline && !Has(F.IbrsEnhanced))
                 problem = "selected but CPU doesn't have Enhanced or Automatic IBRS";
-            else if (cmd is SpectreV2Command.RetpolineLfence or SpectreV2Command.EibrsLfence && !Has(F.LfenceRdtsc))
+            else if (c is SpectreV2Command.RetpolineLfence or SpectreV2Command.EibrsLfence && !Has(F.LfenceRdtsc))
                 problem = "selected, but CPU doesn't have a serializing LFENCE";
-            else if (cmd == SpectreV2Command.Ibrs && !build.CpuIbrsEntry)
+            else if (c == SpectreV2Command.Ibrs && !build.CpuIbrsEntry)
                 problem = "selected but not compiled in";
-            else if (cmd == SpectreV2Command.Ibrs && vendor != CpuVendor.Intel)
+            else if (c == SpectreV2Command.Ibrs && vendor != CpuVendor.Intel)
                 problem = "selected but not Intel CPU";
-            else if (cmd == SpectreV2Command.Ibrs && !Has(F.Ibrs))
+            else if (c == SpectreV2Command.Ibrs && !Has(F.Ibrs))
                 problem = "selected but CPU doesn't have IBRS";
-            else if (cmd == SpectreV2Command.Ibrs && Has(F.Xenpv))
+            else if (c == SpectreV2Command.Ibrs && Has(F.Xenpv))
                 problem = "selected but running as XenPV guest";
             if (problem is null)
-                return cmd;
-            Note($"Spectre V2 : spectre_v2={KernelMitigationCommands.Name(cmd)} {problem}. Switching to AUTO select");
+                return c;
+            Note($"Spectre V2 : spectre_v2={KernelMitigationCommands.Name(c)} {problem}. Switching to AUTO select");
             return SpectreV2Command.Auto;
         }
 
@@ -350,19 +442,19 @@ public static class KernelBootCpu
 
         private void SpectreV2SelectMitigation()
         {
-            var cmd = SpectreV2ParseCmdline();
-            if (!Has(F.BugSpectreV2) && cmd is SpectreV2Command.Auto or SpectreV2Command.Off)
+            var c = SpectreV2ParseCmdline();
+            if (!Has(F.BugSpectreV2) && c is SpectreV2Command.Auto or SpectreV2Command.Off)
             {
                 Note("Spectre V2 : not affected (spectre_v2_cmd stays NONE)");
                 return;
             }
-            if (cmd == SpectreV2Command.Off)
+            if (c == SpectreV2Command.Off)
             {
-                Note("Spectre V2 : spectre_v2=off: vulnerable (spectre_v2_cmd stays NONE)");
+                Note(MitigationsOff ? "Spectre V2 : mitigations=off: vulnerable (spectre_v2_cmd stays NONE)"
+                    : "Spectre V2 : spectre_v2=off or nospectre_v2: vulnerable (spectre_v2_cmd stays NONE)");
                 return;
             }
-            spectreV2CmdNone = false;
-            SpectreV2 mode = cmd switch
+            SpectreV2 mode = c switch
             {
                 SpectreV2Command.RetpolineLfence => SpectreV2.Lfence,
                 SpectreV2Command.RetpolineGeneric => SpectreV2.Retpoline,
@@ -372,7 +464,7 @@ public static class KernelBootCpu
                 SpectreV2Command.EibrsLfence => SpectreV2.EibrsLfence,
                 SpectreV2Command.EibrsRetpoline => SpectreV2.EibrsRetpoline,
                 _ when Has(F.IbrsEnhanced) => SpectreV2.Eibrs,   // AUTO, FORCE
-                _ when build.CpuIbrsEntry && Has(F.BugRetbleed) && Has(F.Ibrs) && vendor == CpuVendor.Intel => SpectreV2.Ibrs,
+                _ when build.CpuIbrsEntry && Has(F.BugRetbleed) && cmd.Retbleed != RetbleedCommand.Off && Has(F.Ibrs) && vendor == CpuVendor.Intel => SpectreV2.Ibrs,
                 _ => SpectreV2SelectRetpoline(),
             };
 
@@ -420,9 +512,13 @@ public static class KernelBootCpu
             }
             bool ibrsMode = mode is SpectreV2.Eibrs or SpectreV2.EibrsLfence or SpectreV2.EibrsRetpoline or SpectreV2.Ibrs;
             if (Has(F.BugRetbleed) && Has(F.Ibpb) && AmdLike)
-                Set(F.UseIbpbFw, "spectre_v2_select_mitigation(): RETBleed on AMD/Hygon with IBPB");
+            {
+                if (cmd.Retbleed != RetbleedCommand.Ibpb)
+                    Set(F.UseIbpbFw, "spectre_v2_select_mitigation(): RETBleed on AMD/Hygon with IBPB");
+            }
             else if (Has(F.Ibrs) && !ibrsMode)
                 Set(F.UseIbrsFw, "spectre_v2_select_mitigation(): IBRS around firmware calls");
+            spectreV2Cmd = c;   // spectre_v2_cmd = cmd
         }
 
         private void SpecCtrlDisableKernelRrsba()
@@ -441,8 +537,11 @@ public static class KernelBootCpu
 
         private void BhiSelectMitigation()
         {
-            if (!build.MitigationSpectreBhi)
+            if (!(cmd.SpectreBhi ?? build.MitigationSpectreBhi))
+            {
+                Note("Spectre BHI: off (spectre_bhi=off or not compiled in)");
                 return;
+            }
             if (Has(F.Retpoline) && !Has(F.RetpolineLfence))
             {
                 SpecCtrlDisableKernelRrsba();
@@ -462,9 +561,42 @@ public static class KernelBootCpu
 
         private void RetbleedSelectMitigation()
         {
-            if (!Has(F.BugRetbleed))
+            if (!Has(F.BugRetbleed) || MitigationsOff)
                 return;
-            if (AmdLike)
+            bool auto = false;
+            switch (cmd.Retbleed)
+            {
+                case RetbleedCommand.Off:
+                    Note("RETBleed: retbleed=off: vulnerable");
+                    return;
+                case RetbleedCommand.Unret:
+                    if (build.CpuUnretEntry)
+                        retbleed = Retbleed.Unret;
+                    else
+                    {
+                        Note("RETBleed: retbleed=unret: kernel not compiled with CPU_UNRET_ENTRY");
+                        auto = true;
+                    }
+                    break;
+                case RetbleedCommand.Ibpb:
+                    if (!Has(F.Ibpb))
+                    {
+                        Note("RETBleed: retbleed=ibpb: CPU does not support IBPB");
+                        auto = true;
+                    }
+                    else if (build.CpuIbpbEntry)
+                        retbleed = Retbleed.Ibpb;
+                    else
+                    {
+                        Note("RETBleed: retbleed=ibpb: kernel not compiled with CPU_IBPB_ENTRY");
+                        auto = true;
+                    }
+                    break;
+                default:
+                    auto = true;
+                    break;
+            }
+            if (auto && AmdLike)
             {
                 if (build.CpuUnretEntry)
                     retbleed = Retbleed.Unret;
@@ -505,41 +637,88 @@ public static class KernelBootCpu
         {
             if (!Has(F.Ibpb) && !Has(F.Stibp))
                 return;
-            if (spectreV2CmdNone)
+            // spectre_v2_parse_user_cmdline()
+            var user = spectreV2Cmd switch
+            {
+                null => SpectreV2UserCommand.None,
+                SpectreV2Command.On => SpectreV2UserCommand.Force,
+                _ => cmd.SpectreV2User,
+            };
+            if (user == SpectreV2UserCommand.None)
+            {
+                Note(spectreV2Cmd is null ? "Spectre V2 : User space: Vulnerable (spectre_v2_cmd is NONE)" : "Spectre V2 : User space: Vulnerable (spectre_v2_user=off)");
                 return;   // SPECTRE_V2_USER_CMD_NONE: goto set_mode
+            }
             if (Has(F.Ibpb))
-                Set(F.UseIbpb, "spectre_v2_user_select_mitigation(): conditional IBPB");
+                Set(F.UseIbpb, "spectre_v2_user_select_mitigation(): IBPB");
+        }
+
+        /// <summary>ssb_select_mitigation(): only <c>spec_store_bypass_disable=on</c> sets a feature bit.</summary>
+        private void SsbSelectMitigation()
+        {
+            if (!Has(F.Ssbd))
+                return;
+            var c = cmd.Ssb;   // nospec_store_bypass_disable and mitigations=off are None
+            if (!Has(F.BugSpecStoreBypass) && c is SsbCommand.None or SsbCommand.Auto)
+                return;
+            if (c == SsbCommand.On)
+                Set(F.SpecStoreBypassDisable, "ssb_select_mitigation(): spec_store_bypass_disable=on");
         }
 
         private void L1tfSelectMitigation()
         {
             if (!Has(F.BugL1tf))
                 return;
+            var mode = MitigationsOff ? L1tfCommand.Off
+                : cmd.Mitigations == MitigationsMode.AutoNosmt ? L1tfCommand.FlushNosmt
+                : cmd.L1tf;
+            if (mode == L1tfCommand.FullForce)
+                smtForceDisabled = true;                      // cpu_smt_disable(true)
             if (!build.PgtableLevelsAbove2)
             {
                 Note("L1TF: kernel not compiled for PAE, no mitigation");
                 return;
             }
-            Set(F.L1tfPteinv, "l1tf_select_mitigation(): flush (memory below MAX_PA/2 assumed)");
+            // PTE inversion is on whatever the mode: only a mode other than off with RAM above MAX_PA/2 returns before it
+            // (that much memory is assumed absent). The ground truth's mitigations=off boots have it.
+            Set(F.L1tfPteinv, mode == L1tfCommand.Off
+                ? "l1tf_select_mitigation(): PTE inversion, also with l1tf=off or mitigations=off"
+                : "l1tf_select_mitigation(): PTE inversion (memory below MAX_PA/2 assumed)");
         }
 
+        /// <summary>md_clear_select_mitigation(): mds, taa, mmio, rfds; then md_clear_update_mitigation() turns those left
+        /// off back on once X86_FEATURE_CLEAR_CPU_BUF is set, which sets no further bit.</summary>
         private void MdClearSelectMitigation()
         {
-            if (Has(F.BugMds))
+            // mds_select_mitigation()
+            bool mds = Has(F.BugMds) && !MitigationsOff && cmd.Mds != VerwCommand.Off;
+            if (mds)
                 Set(F.ClearCpuBuf, "mds_select_mitigation(): MDS");
-            if (Has(F.BugTaa) && Has(F.Rtm))
+            // taa_select_mitigation()
+            if (Has(F.BugTaa) && Has(F.Rtm) && !MitigationsOff && !(cmd.Taa == VerwCommand.Off && !mds))
                 Set(F.ClearCpuBuf, "taa_select_mitigation(): TAA with TSX enabled");
-            if (Has(F.BugMmioStaleData) && !Has(F.BugMmioUnknown) && (Has(F.BugMds) || (Has(F.BugTaa) && Has(F.Rtm))))
+            // mmio_select_mitigation()
+            if (Has(F.BugMmioStaleData) && !Has(F.BugMmioUnknown) && !MitigationsOff && cmd.Mmio != VerwCommand.Off
+                && (Has(F.BugMds) || (Has(F.BugTaa) && Has(F.Rtm))))
                 Set(F.ClearCpuBuf, "mmio_select_mitigation(): MMIO Stale Data with MDS or TAA");
-            if (Has(F.BugRfds) && build.MitigationRfds && (archCap & ArchCapRfdsClear) != 0)
+            // rfds_select_mitigation()
+            if (Has(F.BugRfds) && !MitigationsOff && (cmd.Rfds ?? build.MitigationRfds) && (archCap & ArchCapRfdsClear) != 0)
                 Set(F.ClearCpuBuf, "rfds_select_mitigation(): ARCH_CAP_RFDS_CLEAR");
-            // md_clear_update_mitigation(): re-runs the selections once CLEAR_CPU_BUF is on; they set nothing new.
+            if (MitigationsOff && (Has(F.BugMds) || Has(F.BugTaa) || Has(F.BugMmioStaleData) || Has(F.BugRfds)))
+                Note("MDS/TAA/MMIO/RFDS: mitigations=off: no CPU buffer clearing");
+            else if (!Has(F.ClearCpuBuf) && (Has(F.BugMds) || Has(F.BugTaa) || Has(F.BugMmioStaleData) || Has(F.BugRfds)))
+                Note("MDS/TAA/MMIO/RFDS: no CPU buffer clearing (mds=off, tsx_async_abort=off, mmio_stale_data=off, or nothing to do)");
         }
 
         private void SrsoSelectMitigation()
         {
             if (!Has(F.BugSrso))
                 return;
+            if (MitigationsOff)
+            {
+                Note("Speculative Return Stack Overflow: mitigations=off: vulnerable");
+                return;
+            }
             bool hasMicrocode = Has(F.IbpbBrtype) || CpuHasIbpbBrtypeMicrocode();
             if (!hasMicrocode)
                 Note("Speculative Return Stack Overflow: IBPB-extending microcode not applied");
@@ -547,8 +726,8 @@ public static class KernelBootCpu
             {
                 Set(F.IbpbBrtype, "srso_select_mitigation(): IBPB-extending microcode");
                 // Zen1/2 without SMT are not vulnerable once the microcode is there (cpu_smt_possible() is false
-                // when cpu_smt_check_topology() found one thread per core). Unknown SMT counts as possible.
-                if (family < 0x19 && desc.Smt == false)
+                // when cpu_smt_check_topology() found one thread per core, or with nosmt=force). Unknown SMT counts as possible.
+                if (family < 0x19 && (desc.Smt == false || smtForceDisabled))
                 {
                     Set(F.SrsoNo, "srso_select_mitigation(): Zen1/2 without SMT and with microcode");
                     return;
@@ -557,9 +736,10 @@ public static class KernelBootCpu
             if (retbleed == Retbleed.Ibpb && hasMicrocode)
             {
                 srso = Srso.Ibpb;
+                Note("Speculative Return Stack Overflow: Retbleed IBPB mitigation enabled, using same for SRSO");
                 return;
             }
-            switch (desc.Mitigations.Srso)
+            switch (cmd.Srso)
             {
                 case SrsoCommand.Off:
                     Note("Speculative Return Stack Overflow: spec_rstack_overflow=off");
@@ -614,6 +794,8 @@ public static class KernelBootCpu
                         }
                         srso = Srso.SafeRet;
                     }
+                    else
+                        Note("Speculative Return Stack Overflow: kernel not compiled with CPU_SRSO");
                     break;
             }
             Note($"Speculative Return Stack Overflow: {srso}");
@@ -639,17 +821,27 @@ public static class KernelBootCpu
         {
             if (!Has(F.BugGds) || Has(F.Hypervisor))
                 return;
-            if (build.GdsForceMitigation && Has(F.Avx))
-                ClearBit(F.Avx, "gds_select_mitigation(): no microcode, CONFIG_GDS_FORCE_MITIGATION");
+            // gds_mitigation: the build's default (FORCE with CONFIG_GDS_FORCE_MITIGATION, else FULL), gather_data_sampling=
+            // off/force, and OFF with mitigations=off.
+            bool force = !MitigationsOff && (cmd.Gds ?? build.GdsForceMitigation);
+            if ((archCap & ArchCapGdsCtrl) != 0)
+                return;                                       // microcode has the mitigation: MSRs only
+            if (force && Has(F.Avx))
+                SetupClearCpuCap(F.Avx, "gds_select_mitigation(): no microcode, GDS mitigation forced (gather_data_sampling=force or CONFIG_GDS_FORCE_MITIGATION)");
         }
 
         private void ItsSelectMitigation()
         {
-            if (!Has(F.BugIts))
+            if (!Has(F.BugIts) || MitigationsOff)
                 return;
             if (!build.MitigationIts)
             {
                 Note("ITS: not compiled in");
+                return;
+            }
+            if (cmd.Its == ItsCommand.Off)
+            {
+                Note("ITS: indirect_target_selection=off: vulnerable");
                 return;
             }
             if (spectreV2 == SpectreV2.None)
@@ -667,6 +859,11 @@ public static class KernelBootCpu
                 Note("ITS: not compatible with lfence mitigation");
                 return;
             }
+            if (cmd.Its == ItsCommand.Vmexit && Has(F.BugItsNativeOnly))
+            {
+                Note("ITS: indirect_target_selection=vmexit on a CPU affected natively only: KVM not affected, no thunks");
+                return;
+            }
             if (!Has(F.Retpoline))
                 Set(F.IndirectThunkIts, "its_select_mitigation(): aligned branch thunks");
             Set(F.Rethunk, "its_select_mitigation(): aligned return thunks");
@@ -675,21 +872,38 @@ public static class KernelBootCpu
 
         private void TsaSelectMitigation()
         {
-            if (!build.MitigationTsa || !Has(F.BugTsa))
+            var mode = cmd.Tsa ?? (build.MitigationTsa ? TsaCommand.Full : TsaCommand.None);
+            if (mode == TsaCommand.None || MitigationsOff || !Has(F.BugTsa))
                 return;
             bool ucodeNeeded = !Has(F.VerwClear);
-            if (ucodeNeeded && !Has(F.Hypervisor))
+            if (ucodeNeeded)
             {
-                Note("Transient Scheduler Attacks: Vulnerable: Clear CPU buffers attempted, no microcode (VERW_CLEAR not given)");
-                return;
+                if (!Has(F.Hypervisor))
+                {
+                    Note("Transient Scheduler Attacks: Vulnerable: Clear CPU buffers attempted, no microcode (VERW_CLEAR not given)");
+                    return;
+                }
+                mode = TsaCommand.Full;                       // "Forcing mitigation on in a VM"
             }
-            Set(F.ClearCpuBuf, ucodeNeeded ? "tsa_select_mitigation(): forced on in a VM" : "tsa_select_mitigation(): full");
-            Set(F.ClearCpuBufVm, ucodeNeeded ? "tsa_select_mitigation(): forced on in a VM" : "tsa_select_mitigation(): full");
+            switch (mode)
+            {
+                case TsaCommand.UserKernel:
+                    Set(F.ClearCpuBuf, "tsa_select_mitigation(): tsa=user");
+                    break;
+                case TsaCommand.Vm:
+                    Set(F.ClearCpuBufVm, "tsa_select_mitigation(): tsa=vm");
+                    break;
+                default:
+                    Set(F.ClearCpuBuf, ucodeNeeded ? "tsa_select_mitigation(): forced on in a VM" : "tsa_select_mitigation(): full");
+                    Set(F.ClearCpuBufVm, ucodeNeeded ? "tsa_select_mitigation(): forced on in a VM" : "tsa_select_mitigation(): full");
+                    break;
+            }
         }
 
         private void VmscapeSelectMitigation()
         {
-            if (!build.MitigationVmscape || !Has(F.BugVmscape) || !Has(F.Ibpb))
+            var mode = cmd.Vmscape ?? (build.MitigationVmscape ? VmscapeCommand.Auto : VmscapeCommand.None);
+            if (MitigationsOff || !Has(F.BugVmscape) || !Has(F.Ibpb) || mode == VmscapeCommand.None)
                 return;
             if (retbleed == Retbleed.Ibpb || srso == Srso.IbpbOnVmexit)
                 return;   // IBPB on VMEXIT

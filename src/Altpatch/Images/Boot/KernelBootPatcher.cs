@@ -134,7 +134,7 @@ public static class KernelBootPatcher
             if (text.Enabled)
             {
                 var symbols = text.Symbols ?? (image.TryGetSymbols(out var kallsyms) ? kallsyms : null);
-                tctx = new TextPassContext(KernelTextTables.Read(image.Elf, ctx.Nops, symbols), symbols, KernelTextRules.Linux61, text.CommandLine);
+                tctx = new TextPassContext(KernelTextTables.Read(image.Elf, ctx.Nops, symbols), symbols, KernelTextRules.Linux61, state.CommandLine);
                 RunTextPasses(tctx, Run);
             }
             Run(BootPass.Paravirt, tables.Paravirt.Length, Linux61Passes.Paravirt);

@@ -56,8 +56,9 @@ public sealed class KernelBootState
     /// <param name="hypervisor">The hypervisor the kernel detects.</param>
     /// <param name="decisions">One line per decision, in the order taken (for people and reports).</param>
     /// <param name="pvOpsOverrides">pv_ops slots whose value the kernel changed before patching (slot → function address).</param>
+    /// <param name="commandLine">The kernel command line (null: the empty one).</param>
     public KernelBootState(CpuFeatures features, ReturnThunkKind returnThunk, int cpus, KernelHypervisor hypervisor,
-        IEnumerable<string>? decisions = null, IReadOnlyDictionary<int, ulong>? pvOpsOverrides = null)
+        IEnumerable<string>? decisions = null, IReadOnlyDictionary<int, ulong>? pvOpsOverrides = null, KernelCommandLine? commandLine = null)
     {
         ArgumentNullException.ThrowIfNull(features);
         ArgumentOutOfRangeException.ThrowIfLessThan(cpus, 1);
@@ -67,6 +68,8 @@ public sealed class KernelBootState
         Hypervisor = hypervisor;
         Decisions = [.. decisions ?? []];
         PvOpsOverrides = pvOpsOverrides?.ToImmutableDictionary() ?? ImmutableDictionary<int, ulong>.Empty;
+        CommandLine = commandLine ?? KernelCommandLine.Empty;
+        Smp = KernelSmpSwitch.Decide(cpus, CommandLine);
     }
 
     /// <summary><c>boot_cpu_data.x86_capability[]</c> as <c>alternative_instructions()</c> sees it, and the CPU's identity.</summary>
@@ -86,6 +89,13 @@ public sealed class KernelBootState
 
     /// <summary>pv_ops slots the kernel set before <c>apply_paravirt()</c> (slot index → function address).</summary>
     public ImmutableDictionary<int, ulong> PvOpsOverrides { get; }
+
+    /// <summary>The kernel command line the state was derived for; the text passes read its <c>preempt=</c> and <c>ftrace=</c>.</summary>
+    public KernelCommandLine CommandLine { get; }
+
+    /// <summary>Whether <c>alternative_instructions()</c> switches the SMP lock prefixes to UP, from <see cref="Cpus"/> and the
+    /// command line's <c>noreplace-smp</c>, <c>nosmp</c>, <c>maxcpus=</c>, <c>nr_cpus=</c>, <c>possible_cpus=</c>.</summary>
+    public KernelSmpSwitch Smp { get; }
 
     /// <summary>Shorthand for <c>boot_cpu_has(f)</c>.</summary>
     public bool Has(CpuFeature f) => Features.Has(f);

@@ -231,8 +231,9 @@ public sealed class KernelCommandLine
     /// <summary><c>mmio_stale_data=</c>.</summary>
     public VerwCommand Mmio { get; private init; } = VerwCommand.Full;
 
-    /// <summary><c>reg_file_data_sampling=</c>: false for off (default on).</summary>
-    public bool Rfds { get; private init; } = true;
+    /// <summary><c>reg_file_data_sampling=</c>: false for off, true for on, null for the build's default (on with
+    /// CONFIG_MITIGATION_RFDS).</summary>
+    public bool? Rfds { get; private init; }
 
     /// <summary><c>srbds=off</c>.</summary>
     public bool SrbdsOff { get; private init; }
@@ -260,11 +261,17 @@ public sealed class KernelCommandLine
 
     // ---- CPU features cleared (arch/x86/kernel/cpu/common.c)
 
-    /// <summary>Features the command line clears, as names the kernel uses: <c>clearcpuid=</c> entries (numbers as
-    /// "word*32+bit" numbers, names as cpuinfo names) and the <c>no…</c> options as their feature's cpuinfo name
+    /// <summary>Features the command line clears, as names the kernel uses: <c>clearcpuid=</c> names (cpuinfo names; its
+    /// numbers are <see cref="ClearCpuIdNumbers"/>) and the <c>no…</c> options as their feature's cpuinfo name
     /// (<c>noxsave</c> → xsave, <c>noxsaveopt</c> → xsaveopt, <c>noxsaves</c> → xsaves, <c>nopcid</c> → pcid, <c>noinvpcid</c> →
-    /// invpcid, <c>nofsgsbase</c> → fsgsbase; i386: <c>no387</c> → fpu, <c>nofxsr</c> → fxsr).</summary>
+    /// invpcid, <c>nofsgsbase</c> → fsgsbase). i386's <c>no387</c> and <c>nofxsr</c> are <see cref="No387"/> and <see cref="NoFxsr"/>.</summary>
     public ImmutableArray<string> ClearedFeatures { get; private init; } = [];
+
+    /// <summary><c>no387</c> (i386 only, and only with CONFIG_MATH_EMULATION: clears FPU).</summary>
+    public bool No387 { get; private init; }
+
+    /// <summary><c>nofxsr</c> (i386 only: clears FXSR).</summary>
+    public bool NoFxsr { get; private init; }
 
     /// <summary>The numbers of <c>clearcpuid=</c> (bits below NCAPINTS*32 are cleared; others ignored).</summary>
     public ImmutableArray<int> ClearCpuIdNumbers { get; private init; } = [];
@@ -608,8 +615,8 @@ public sealed class KernelCommandLine
             if (FindBool("noxsave")) cleared.Add("xsave");
             if (FindBool("noxsaveopt")) cleared.Add("xsaveopt");
             if (FindBool("noxsaves")) cleared.Add("xsaves");
-            if (FindBool("no387")) cleared.Add("fpu");       // i386 with CONFIG_MATH_EMULATION only
-            if (FindBool("nofxsr")) cleared.Add("fxsr");     // i386 only
+            bool no387 = FindBool("no387");                  // i386 with CONFIG_MATH_EMULATION only
+            bool nofxsr = FindBool("nofxsr");                // i386 only
             if (Find("clearcpuid", 128) is { Length: > 0 } cc)
             {
                 foreach (var opt in cc.Value.Split(','))
@@ -690,7 +697,7 @@ public sealed class KernelCommandLine
                 Mds = Fold(Early("mds"), VerwCommand.Full, Verw),
                 Taa = Fold(Early("tsx_async_abort"), VerwCommand.Full, Verw),
                 Mmio = Fold(Early("mmio_stale_data"), VerwCommand.Full, Verw),
-                Rfds = Fold(Early("reg_file_data_sampling"), true, v => v switch { "off" => false, "on" => true, _ => (bool?)null }),
+                Rfds = FoldNullable(Early("reg_file_data_sampling"), v => v switch { "off" => false, "on" => true, _ => (bool?)null }),
                 SrbdsOff = Fold(Early("srbds"), false, v => v is null ? null : v == "off"),
                 Gds = FoldNullable(Early("gather_data_sampling"), v => v switch { "off" => false, "force" => true, _ => (bool?)null }),
                 Its = Fold(Early("indirect_target_selection"), ItsCommand.On, v => v switch
@@ -720,6 +727,8 @@ public sealed class KernelCommandLine
                 Tsx = tsx,
                 NoSmtForce = FoldNullable<bool>(Early("nosmt"), v => v == "force"),
                 ClearedFeatures = cleared.ToImmutable(),
+                No387 = no387,
+                NoFxsr = nofxsr,
                 ClearCpuIdNumbers = numbers.ToImmutable(),
                 NoPku = nopku,
                 NoReplaceSmp = Setup("noreplace-smp").Count > 0,

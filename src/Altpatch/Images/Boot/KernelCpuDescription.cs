@@ -5,9 +5,9 @@ using Altpatch.Cpu;
 namespace Altpatch.Images.Boot;
 
 /// <summary>
-/// A description of the machine an image is patched for: the CPU as <c>/proc/cpuinfo</c> shows it (vendor,
+/// A description of the machine an image is patched for and how it boots: the CPU as <c>/proc/cpuinfo</c> shows it (vendor,
 /// family, model, stepping, <c>flags</c>, <c>bugs</c>; Linux 6.1 numbering), the number of CPUs, the hypervisor,
-/// and overrides. <see cref="KernelBootCpu.Derive"/> turns it into what the kernel knows when it patches itself.
+/// the kernel command line, and overrides. <see cref="KernelBootCpu.Derive"/> turns it into what the kernel knows when it patches itself.
 /// </summary>
 public sealed partial record KernelCpuDescription
 {
@@ -33,8 +33,11 @@ public sealed partial record KernelCpuDescription
     /// <summary>Features to clear after the derivation (<c>--clear</c>), applied after <see cref="Set"/>.</summary>
     public ImmutableArray<CpuFeature> Clear { get; init; } = [];
 
-    /// <summary>The mitigation choices of the kernel command line (<c>spectre_v2=</c>, <c>spec_rstack_overflow=</c>); default: the default command line.</summary>
-    public KernelMitigationCommands Mitigations { get; init; } = KernelMitigationCommands.Default;
+    /// <summary>The kernel command line the machine boots with (default: the empty one, every default). The derivation
+    /// reads its mitigation choices (<c>mitigations=</c>, <c>spectre_v2=</c>, <c>pti=</c>/<c>nopti</c>, <c>retbleed=</c>, …) and
+    /// the SMP switch (<c>noreplace-smp</c>, <c>nosmp</c>, <c>maxcpus=</c>, …); the text passes its <c>preempt=</c> and
+    /// <c>ftrace=</c> (<see cref="KernelBootState.CommandLine"/>).</summary>
+    public KernelCommandLine CommandLine { get; init; } = KernelCommandLine.Empty;
 
     /// <summary>Take <see cref="Cpu"/> as the kernel's final capability words (no derivation), e.g. a dump's
     /// <c>boot_cpu_data</c>. The return thunk is then inferred from the bits (see <see cref="KernelBootCpu"/>).</summary>

@@ -44,23 +44,13 @@ public enum SrsoCommand
 }
 
 /// <summary>
-/// The mitigation choices of the kernel command line that change the boot-time patching, as
-/// <see cref="KernelBootCpu.Derive"/> takes them. <see cref="Default"/> is the default command line (what the
-/// ground-truth boots used); anything else follows 6.1.176's <c>cpu/bugs.c</c>, including its fallbacks (a
+/// The spellings of the mitigation options of the kernel command line, for messages and reports. The choices themselves
+/// are read by <see cref="KernelCommandLine"/> (<c>spectre_v2=</c> is <see cref="KernelCommandLine.SpectreV2"/>, …) and
+/// acted on by <see cref="KernelBootCpu.Derive"/> as 6.1.176's <c>cpu/bugs.c</c> does, including its fallbacks (a
 /// <c>spectre_v2=</c> mode the CPU or the build cannot do falls back to <c>auto</c>, as the kernel logs).
-/// Parsing a command line into this is the caller's job.
 /// </summary>
-public sealed record KernelMitigationCommands
+public static class KernelMitigationCommands
 {
-    /// <summary>The default command line: <c>spectre_v2=auto</c>, <c>spec_rstack_overflow=safe-ret</c>.</summary>
-    public static KernelMitigationCommands Default { get; } = new();
-
-    /// <summary><c>spectre_v2=</c>.</summary>
-    public SpectreV2Command SpectreV2 { get; init; } = SpectreV2Command.Auto;
-
-    /// <summary><c>spec_rstack_overflow=</c>.</summary>
-    public SrsoCommand Srso { get; init; } = SrsoCommand.SafeRet;
-
     /// <summary>The option as the kernel command line spells it, e.g. <c>eibrs,lfence</c>.</summary>
     public static string Name(SpectreV2Command command) => command switch
     {

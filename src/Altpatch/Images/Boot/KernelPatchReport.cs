@@ -34,6 +34,7 @@ public static class KernelPatchReport
         w.WriteString("output", outputPath);
         w.WriteNumber("outputSize", outputSize);
         w.WriteNumber("outputSymbols", outputSymbols);
+        w.WriteString("cmdline", s.CommandLine.Text);
         KernelReportJson.WriteCpu(w, s);
         w.WriteStartArray("decisions");
         foreach (var d in s.Decisions)

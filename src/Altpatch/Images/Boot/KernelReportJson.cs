@@ -6,9 +6,10 @@ namespace Altpatch.Images.Boot;
 /// <summary>Pieces of the JSON reports of <c>kernel patch --report</c> and <c>kernel verify --json</c> that both write.</summary>
 public static class KernelReportJson
 {
-    /// <summary>Writes <c>"cpu": {vendor, family, model, stepping, modelName, cpus, hypervisor, flags, bugs, hidden, words}</c>:
-    /// the boot CPU as derived (<c>hidden</c>: the set bits /proc/cpuinfo does not show, as <c>X86_FEATURE_</c> macros;
-    /// <c>words</c>: the capability and bug words in hex).</summary>
+    /// <summary>Writes <c>"cpu": {vendor, family, model, stepping, modelName, cpus, hypervisor, smp, flags, bugs, hidden, words}</c>:
+    /// the boot CPU as derived (<c>smp</c>: <c>{up, dynamic, decision}</c>, the SMP-lock switch for the CPUs and the command
+    /// line; <c>hidden</c>: the set bits /proc/cpuinfo does not show, as <c>X86_FEATURE_</c> macros; <c>words</c>: the
+    /// capability and bug words in hex).</summary>
     public static void WriteCpu(Utf8JsonWriter w, KernelBootState state)
     {
         ArgumentNullException.ThrowIfNull(w);
@@ -22,6 +23,11 @@ public static class KernelReportJson
         w.WriteString("modelName", cpu.ModelName);
         w.WriteNumber("cpus", state.Cpus);
         w.WriteString("hypervisor", state.Hypervisor.ToString().ToLowerInvariant());
+        w.WriteStartObject("smp");
+        w.WriteBoolean("up", state.Smp.Up);
+        w.WriteBoolean("dynamic", state.Smp.Dynamic);
+        w.WriteString("decision", state.Smp.Decision);
+        w.WriteEndObject();
         w.WriteString("flags", cpu.CpuInfoFlags);
         w.WriteString("bugs", cpu.CpuInfoBugs);
         w.WriteStartArray("hidden");

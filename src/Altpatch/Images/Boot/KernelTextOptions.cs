@@ -2,7 +2,8 @@ namespace Altpatch.Images.Boot;
 
 /// <summary>
 /// What the boot-time text passes besides <c>alternative_instructions()</c> (jump labels, static calls, ftrace, the
-/// preempt mode) need beyond the CPU: the symbols of the image's build and the boot options that steer them.
+/// preempt mode) need beyond the boot state: the symbols of the image's build. The command line they read (<c>preempt=</c>,
+/// <c>ftrace=</c>) is the boot state's (<see cref="KernelBootState.CommandLine"/>), the one the CPU was derived for.
 /// </summary>
 public sealed record KernelTextOptions
 {
@@ -13,9 +14,6 @@ public sealed record KernelTextOptions
     /// built without kallsyms) the tables are found by scanning, and <c>static_call_init()</c> and the preempt mode
     /// cannot be done (they need <c>__static_call_return0</c> and the PREEMPT_DYNAMIC functions): the result says so.</summary>
     public KernelSymbols? Symbols { get; init; }
-
-    /// <summary>The kernel command line: <c>preempt=</c> (else the build's default mode), <c>ftrace=</c> and its filters.</summary>
-    public KernelCommandLine CommandLine { get; init; } = KernelCommandLine.Empty;
 
     /// <summary>Whether to run the text passes at all (false: only <c>alternative_instructions()</c>'s, as before
     /// whole-text patching existed).</summary>

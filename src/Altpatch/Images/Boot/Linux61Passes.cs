@@ -451,7 +451,8 @@ internal static class Linux61Passes
     // ------------------------------------------------------------------ SMP locks
 
     /// <summary>
-    /// <c>alternative_instructions()</c>'s UP switch: with one present CPU, <c>alternatives_smp_module_add(NULL,
+    /// <c>alternative_instructions()</c>'s UP switch (<see cref="KernelBootState.Smp"/>: one present CPU or <c>maxcpus=</c>
+    /// 0/1, <c>nosmp</c>, and no <c>noreplace-smp</c>): <c>alternatives_smp_module_add(NULL,
     /// "core kernel", __smp_locks, __smp_locks_end, _text, _etext)</c> runs <c>alternatives_smp_unlock()</c>: each
     /// listed <c>lock</c> prefix (0xf0) inside <c>[_text, _etext)</c> becomes a DS prefix (0x3e). Lock prefixes in
     /// <c>.init.text</c> stay.
@@ -459,7 +460,7 @@ internal static class Linux61Passes
     public static PatchPlan SmpLocks(BootContext ctx)
     {
         var sites = ctx.Tables.SmpLocks;
-        if (sites.IsEmpty || ctx.State.Cpus != 1)
+        if (sites.IsEmpty || !ctx.State.Smp.Up)
             return PatchPlan.Empty;
         var text = new PassText(ctx.Poker);
         ulong start = ctx.Thunks.TextStart, end = ctx.Thunks.TextEnd;
