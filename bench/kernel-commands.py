@@ -15,7 +15,8 @@ For each shared Debian image (../shared/linux beside the repository) it times, r
 
 each with the managed CLI (`dotnet src/Altpatch.Cli/bin/Release/net10.0/Altpatch.Cli.dll`) and the NativeAOT
 executable (`artifacts/aot/Altpatch.Cli`), whichever are built. Wall time per run and peak RSS (ru_maxrss of the
-child, from wait4) are recorded; the table gives the median and min, the median's ratio to the floor's median,
+child, from GNU time) and CPU time (user + system: steadier than wall time on a loaded machine) are recorded;
+the table gives the median and min, their ratios to the floor's, the median CPU time and its ratio,
 and peak RSS against the decompressed payload's size.
 
 Usage (from the repository root; build both first):
@@ -78,23 +79,23 @@ def cut_payload(image, out):
 
 
 def run(cmd, stdout_path=None):
-    """(seconds, peak RSS bytes) of one run of cmd; exits on a failing command. The peak RSS comes from GNU time
+    """(seconds, CPU seconds (user + system), peak RSS bytes) of one run of cmd; exits on a failing command. The peak RSS comes from GNU time
     (`/usr/bin/time -f %M`), which forks the command from its own small process: a command started straight from
     this one would report this Python's peak (Linux keeps a process's peak RSS across exec, and a vfork child's
     exec counts its parent's)."""
     out = open(stdout_path, "wb") if stdout_path else subprocess.DEVNULL
     rss_file = os.path.join(tempfile.gettempdir(), f"altpatch-kbench-rss-{os.getpid()}")
     t0 = time.perf_counter()
-    p = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss_file] + cmd, stdout=out, stderr=subprocess.PIPE)
+    p = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", "-o", rss_file] + cmd, stdout=out, stderr=subprocess.PIPE)
     dt = time.perf_counter() - t0
     if stdout_path:
         out.close()
     if p.returncode != 0:
         sys.exit(f"{' '.join(cmd)}: exit {p.returncode}: {p.stderr.decode(errors='replace').strip()}")
     with open(rss_file) as f:
-        kib = int(f.read().split()[-1])
+        kib, user, system = f.read().split()[-3:]
     os.unlink(rss_file)
-    return dt, kib * 1024
+    return dt, float(user) + float(system), int(kib) * 1024
 
 
 def median(xs):
@@ -157,15 +158,17 @@ def main():
 
         # one warm-up round, then the timed rounds, each in its own shuffled order
         for b in benches:
-            run(b[2], b[3])
+            run(b[2], b[3])   # warm-up
         times = {i: [] for i in range(len(benches))}
+        cpus = {i: [] for i in range(len(benches))}
         rss = {i: 0 for i in range(len(benches))}
         for _ in range(args.runs):
             order = list(range(len(benches)))
             random.shuffle(order)
             for i in order:
-                dt, peak = run(benches[i][2], benches[i][3])
+                dt, cpu_s, peak = run(benches[i][2], benches[i][3])
                 times[i].append(dt)
+                cpus[i].append(cpu_s)
                 rss[i] = max(rss[i], peak)
 
         cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
@@ -173,18 +176,20 @@ def main():
         print(f"CPU: {cpu}, {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f} at the end; commit {commit}; "
               f"{args.runs} rounds (+1 warm-up), {time.strftime('%Y-%m-%d %H:%M %Z')}")
         print()
-        print("| image | command | median ms | min ms | median / floor | peak RSS MiB | RSS / decompressed |")
-        print("|---|---|---:|---:|---:|---:|---:|")
-        floor_med = {}
+        print("| image | command | median ms | min ms | median / floor | min / floor | CPU ms (median) | CPU / floor | peak RSS MiB | RSS / decompressed |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        floor = {}
         for i, (key, label, _, _) in enumerate(benches):
             if label.endswith("(floor)"):
-                floor_med[key] = median(times[i])
+                floor[key] = (median(times[i]), min(times[i]), median(cpus[i]))
         for i, (key, label, _, _) in enumerate(benches):
-            med = median(times[i])
-            ratio = f"{med / floor_med[key]:.2f}x" if key in floor_med else ""
+            med, lo, cpu_med = median(times[i]), min(times[i]), median(cpus[i])
+            f = floor.get(key)
+            ratios = f"{med / f[0]:.2f}x | {lo / f[1]:.2f}x" if f else " | "
+            cpu_ratio = f"{cpu_med / f[2]:.2f}x" if f and f[2] > 0 else ""
             rel = f"{rss[i] / sizes[key]:.2f}" if key in sizes else ""
             img = IMAGES[key][0] if key in IMAGES else "-"
-            print(f"| {img} | {label} | {med * 1000:.0f} | {min(times[i]) * 1000:.0f} | {ratio} | {rss[i] / 2**20:.0f} | {rel} |")
+            print(f"| {img} | {label} | {med * 1000:.0f} | {lo * 1000:.0f} | {ratios} | {cpu_med * 1000:.0f} | {cpu_ratio} | {rss[i] / 2**20:.0f} | {rel} |")
         print()
         print("decompressed payload (vmlinux + relocs): " + ", ".join(f"{IMAGES[k][0]} {s / 2**20:.1f} MiB" for k, s in sizes.items()))
     finally:

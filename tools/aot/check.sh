@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The NativeAOT build of the CLI against the managed one (docs/cli.md#native-executable): publishes
 # src/Altpatch.Cli as one native executable (no trimming/AOT warning allowed), then runs both on the demo
-# and on `kernel patch` / `kernel symbols` of the shared 6.1 cloud-amd64 image, and compares their output
+# and on `kernel patch` / `kernel symbols` of the shared 6.1 cloud-amd64 (LZ4) and 686 (XZ) images, and compares their output
 # bytes. Prints one line per check and "aot: N checks ok, N failed" last; exits with the number of failed checks.
 # Usage: tools/aot/check.sh [OUTDIR]   (default artifacts/aot; the managed CLI is built in Release)
 set -uo pipefail
@@ -69,30 +69,32 @@ else
   fail "demo ($(exits))"; diff <(sed -E "$mask" "$work/managed/stdout") <(sed -E "$mask" "$work/native/stdout") | head -20
 fi
 
-# 3. kernel patch and kernel symbols of the real image: the same bytes out.
-image=""
-for d in ../shared/linux /work/shared/linux; do
-  [ -f "$d/vmlinuz-6.1.0-50-cloud-amd64" ] && { image="$(cd "$d" && pwd)/vmlinuz-6.1.0-50-cloud-amd64"; break; }
-done
-cpuinfo="$(pwd)/tests/data/groundtruth/6.1.0-50-cloud-amd64/Icelake-Server-smp2.cpuinfo"
-if [ -z "$image" ]; then
-  echo "aot: skipped: kernel patch (no ../shared/linux/vmlinuz-6.1.0-50-cloud-amd64)"
-else
+# 3. kernel patch and kernel symbols of the real images (LZ4 and, when there, the XZ 686 image): the same bytes out.
+for name in 6.1.0-50-cloud-amd64 6.1.0-50-686; do
+  image=""
+  for d in ../shared/linux /work/shared/linux; do
+    [ -f "$d/vmlinuz-$name" ] && { image="$(cd "$d" && pwd)/vmlinuz-$name"; break; }
+  done
+  cpuinfo="$(pwd)/tests/data/groundtruth/$name/Icelake-Server-smp2/cpuinfo"
+  if [ -z "$image" ]; then
+    echo "aot: skipped: kernel patch $name (no ../shared/linux/vmlinuz-$name)"
+    continue
+  fi
   both kernel patch "$image" --cpuinfo "$cpuinfo" --smp 2 -o vmlinux.patched --report report.json
   if [ "$(cat "$work/native/exit")" = 0 ] && [ "$(cat "$work/managed/exit")" = 0 ] \
      && cmp -s "$work/managed/vmlinux.patched" "$work/native/vmlinux.patched" && same report.json && same stdout '/^Time /d'; then
-    ok "kernel patch: the same OUT ($(stat -c %s "$work/native/vmlinux.patched") bytes), report and summary"
+    ok "kernel patch $name: the same OUT ($(stat -c %s "$work/native/vmlinux.patched") bytes), report and summary"
   else
-    fail "kernel patch ($(exits))"; cat "$work/native/stderr"
+    fail "kernel patch $name ($(exits))"; cat "$work/native/stderr"
     cmp "$work/managed/vmlinux.patched" "$work/native/vmlinux.patched"; cmp "$work/managed/report.json" "$work/native/report.json"
   fi
   both kernel symbols "$image"
   if [ "$(cat "$work/native/exit")" = 0 ] && [ -s "$work/native/stdout" ] && same stdout; then
-    ok "kernel symbols: the same System.map ($(wc -l <"$work/native/stdout") lines)"
+    ok "kernel symbols $name: the same System.map ($(wc -l <"$work/native/stdout") lines)"
   else
-    fail "kernel symbols ($(exits))"; cat "$work/native/stderr"
+    fail "kernel symbols $name ($(exits))"; cat "$work/native/stderr"
   fi
-fi
+done
 # 4. An error is still one line and exit 1 (no stack trace from the native runtime).
 both kernel info /dev/null
 if [ "$(cat "$work/native/exit")" = 1 ] && same stderr && [ "$(wc -l <"$work/native/stderr")" = 1 ]; then
