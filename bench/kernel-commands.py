@@ -21,7 +21,7 @@ and peak RSS against the decompressed payload's size.
 
 Usage (from the repository root; build both first):
   dotnet build src/Altpatch.Cli -c Release && dotnet publish src/Altpatch.Cli -c Release -o artifacts/aot
-  python3 bench/kernel-commands.py [--runs 7] [--images cloud-amd64,686,6.12] [--only managed|native]
+  python3 bench/kernel-commands.py [--runs 7] [--images cloud-amd64,686,6.12] [--only managed|native] [--cli NAME=PATH]...
 
 Needs lz4, xz, zstd and GNU time (/usr/bin/time) on PATH. Prints a Markdown table (and the CPU, load average, commit) for docs/benchmarks.md.
 """
@@ -109,6 +109,8 @@ def main():
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--images", default="cloud-amd64,686,6.12")
     ap.add_argument("--only", choices=["managed", "native"])
+    ap.add_argument("--cli", action="append", default=[], metavar="NAME=PATH",
+                    help="another altpatch executable to run beside them (e.g. a native build of an older commit)")
     args = ap.parse_args()
 
     clis = {}
@@ -118,6 +120,9 @@ def main():
         clis["managed"] = ["dotnet", dll]
     if os.path.exists(native) and args.only != "managed":
         clis["native"] = [native]
+    for extra in args.cli:
+        name, _, path = extra.partition("=")
+        clis[name] = [os.path.abspath(path)]
     if not clis:
         sys.exit("build the CLI first: dotnet build src/Altpatch.Cli -c Release; dotnet publish src/Altpatch.Cli -c Release -o artifacts/aot")
 
