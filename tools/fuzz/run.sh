@@ -48,6 +48,9 @@ targets=("$@")
 
 export AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_SKIP_BIN_CHECK=1 AFL_NO_AFFINITY=1 AFL_NO_UI=1 \
        AFL_MAP_SIZE=65536 AFL_SKIP_CRASHES=1 AFL_FAST_CAL=1
+# The payload decoders fuzzed are the managed ones (instrumented), not the system's liblzma/libzstd that the library
+# tries first (src/Altpatch/Images/NativeXz.cs, NativeZstd.cs).
+export ALTPATCH_MANAGED_XZ=1 ALTPATCH_MANAGED_ZSTD=1
 crashed=0
 for t in "${targets[@]}"; do
   in="$out/in/$t"

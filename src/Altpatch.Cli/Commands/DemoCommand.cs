@@ -86,7 +86,7 @@ internal static partial class DemoCommand
             for (int i = 0; i < cb.AlternativeSites.Count; i++)
             {
                 var s = cb.AlternativeSites[i];
-                sites.Add(new JsonObject
+                sites.Add((JsonNode)new JsonObject
                 {
                     ["index"] = i,
                     ["function"] = siteFunction[s.Address],
@@ -106,7 +106,7 @@ internal static partial class DemoCommand
             for (int i = 0; i < functions.Count; i++)
             {
                 var f = functions[i];
-                fns.Add(new JsonObject
+                fns.Add((JsonNode)new JsonObject
                 {
                     ["name"] = f.Name,
                     ["address"] = Terminal.Addr(f.Address),

@@ -44,7 +44,7 @@ public sealed partial class KernelImage
         if ((ulong)delta > limit || end > limit - (ulong)delta)
             throw new ArgumentOutOfRangeException(nameof(delta), $"0x{delta:x}: moves the image's end 0x{end:x} past 0x{limit:x}");
 
-        var copy = ElfBytes.ToArray();
+        var copy = LargeBuffer.Copy(ElfBytes.Span);
         relocs.Apply(copy, delta);
         Rebase(copy, Elf, (ulong)delta);
         var moved = Load(copy, Name);

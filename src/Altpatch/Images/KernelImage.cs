@@ -85,7 +85,7 @@ public sealed partial class KernelImage
         long size = new FileInfo(path).Length;
         if (size > ImageLimits.MaxFileSize)
             throw new ImageFormatException(TooLarge(Path.GetFileName(path), size));
-        return Load(File.ReadAllBytes(path), Path.GetFileName(path), options);
+        return Load(LargeBuffer.ReadFile(path), Path.GetFileName(path), options);
     }
 
     /// <summary>Opens a bzImage or vmlinux ELF file already in memory. A raw ELF buffer is used in place (not copied).</summary>

@@ -65,7 +65,7 @@ public static class Lz4LegacyFrame
         if (blocks.Count != need)
             throw new ImageFormatException(
                 $"{context}: lz4 stream has {blocks.Count} blocks but {expectedSize} decompressed bytes need {need} blocks of 8 MiB; truncated or corrupt");
-        var output = GC.AllocateUninitializedArray<byte>(expectedSize);
+        var output = LargeBuffer.Allocate(expectedSize);
         var decoded = new int[blocks.Count];   // each block's result, so the error names one block's own
         int OutLength(int i) => Math.Min(BlockSize, expectedSize - i * BlockSize);
         void One(int i) =>

@@ -20,7 +20,7 @@ namespace Altpatch.Images;
 /// stream's own ISIZE trailer plays that part. <c>arch/x86/boot/compressed/mkpiggy.c</c> reads those
 /// last 4 bytes as the output length; so does <see cref="DecompressPayload"/>.</para>
 /// <para>Codecs: gzip — <see cref="GZipStream"/>; bzip2, LZMA, xz (with its x86 BCJ filter) —
-/// SharpCompress; zstd — ZstdSharp; LZ4 legacy frame — <see cref="Lz4LegacyFrame"/> over K4os;
+/// SharpCompress (xz through the system's liblzma first when it is there: <see cref="NativeXz"/>); zstd — ZstdSharp (through the system's libzstd first: <see cref="NativeZstd"/>); LZ4 legacy frame — <see cref="Lz4LegacyFrame"/> over K4os;
 /// LZO — <see cref="Lzop"/>, Altpatch's own LZO1X decoder.</para>
 /// </remarks>
 public static class PayloadDecompressor
@@ -87,9 +87,9 @@ public static class PayloadDecompressor
             {
                 PayloadCompression.Lz4 => Lz4LegacyFrame.Decode(data, expectedSize, where),
                 PayloadCompression.Lzo => Lzop.Decode(data, expectedSize, where),
-                PayloadCompression.Zstd => DecodeZstd(data, expectedSize, where),
+                PayloadCompression.Zstd => NativeZstd.TryDecode(data.Span, expectedSize) ?? DecodeZstd(data, expectedSize, where),
                 PayloadCompression.Gzip => ReadAll(new GZipStream(AsStream(data), CompressionMode.Decompress), expectedSize, where),
-                PayloadCompression.Xz => ReadAll(new XZStream(AsStream(data)), expectedSize, where),
+                PayloadCompression.Xz => NativeXz.TryDecode(data.Span, expectedSize) ?? ReadAll(new XZStream(AsStream(data)), expectedSize, where),
                 PayloadCompression.Bzip2 => ReadAll(BZip2Stream.Create(AsStream(data), ScCompressionMode.Decompress, false, false, false), expectedSize, where),
                 PayloadCompression.Lzma => DecodeLzma(data, expectedSize, where),
                 _ => throw new ImageFormatException($"{context}: cannot decompress compression '{compression}'"),
@@ -138,7 +138,7 @@ public static class PayloadDecompressor
                 stream.CopyTo(ms);
                 return ms.ToArray();
             }
-            var output = GC.AllocateUninitializedArray<byte>(expectedSize);
+            var output = LargeBuffer.Allocate(expectedSize);
             int total = 0;
             while (total < expectedSize)
             {

@@ -156,7 +156,14 @@ internal sealed unsafe partial class LiveCode
         a.Label(ref rbDone);
         a.call(sync);
 
+        // This core runs no site during the batch (its signals are blocked): it serialises once, here, before it
+        // returns to code that may run them. The other cores were serialised after every step by sync.
         a.Label(ref restore);
+        a.push(rbx);
+        a.xor(eax, eax);
+        a.xor(ecx, ecx);
+        a.cpuid();
+        a.pop(rbx);
         a.mov(eax, Sys.RtSigprocmask);
         a.mov(edi, 2);                                    // SIG_SETMASK
         a.lea(rsi, __[r15 + Ctl.SavedMask]);
@@ -168,14 +175,10 @@ internal sealed unsafe partial class LiveCode
         a.PopAll(CalleeSaved);
         a.ret();
 
-        // int sync(): cpuid here, membarrier(PRIVATE_EXPEDITED_SYNC_CORE) for every other core
-        // running a thread of this process. Returns 0 or errno.
+        // int sync(): membarrier(PRIVATE_EXPEDITED_SYNC_CORE) for every other core running a thread of this
+        // process. Returns 0 or errno. This core's cpuid is paid once, at the end of the batch (a cpuid is a VM
+        // exit under a hypervisor: on the benchmark VM it cost as much as the membarrier itself).
         a.Label(ref sync);
-        a.push(rbx);
-        a.xor(eax, eax);
-        a.xor(ecx, ecx);
-        a.cpuid();
-        a.pop(rbx);
         a.mov(eax, Sys.Membarrier);
         a.mov(edi, Sys.MembarrierPrivateExpeditedSyncCore);
         a.xor(esi, esi);

@@ -113,7 +113,7 @@ public static class KernelBootPatcher
         ArgumentNullException.ThrowIfNull(text);
         var tables = image.Tables;   // read (and checked) from the unpatched bytes
         var rules = RulesFor(image);
-        var copy = image.ElfBytes.ToArray();
+        var copy = LargeBuffer.Copy(image.ElfBytes.Span);
         var work = ElfFile.Parse(copy, image.Elf.Name);
         var poker = new ImagePoker(work);
         var numbering = ImageFeatureNumbering.For(image, rules);
