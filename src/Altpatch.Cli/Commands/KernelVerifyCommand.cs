@@ -43,6 +43,7 @@ public static class KernelVerifyCommand
         var all = new Option<bool>("--all") { Description = $"List every unexplained range and changed dynamic site (text output lists the first {Shown} of each)." };
         var module = new Option<FileInfo?>("--module") { Description = "Verify a loaded module instead of the kernel's .text: its .ko (of the image's build); --text is then a dump of one of its executable sections (e.g. .text) and --base where that section is loaded." };
         var placement = new KernelModuleOptions();
+        var liveModules = new Option<bool>("--modules") { Description = "With --live: also verify the .text of every loaded module (/proc/modules, /sys/module/*/sections, the .ko files of /lib/modules/$(uname -r)); a module whose .ko is not found is reported, never skipped. Exit 3 when a module is unexplained or cannot be verified." };
 
         var cmd = new Command("verify",
             "Check a running kernel's text against the image: every byte of .text predicted by the kernel's own boot-time patching (for the CPU and command line, at the KASLR address), dynamic (a jump label, static call or ftrace site in a legal state), or unexplained. Exit code 0: nothing unexplained; 3: something is; 1: error.");
@@ -57,9 +58,12 @@ public static class KernelVerifyCommand
         cmd.Options.Add(all);
         cmd.Options.Add(ignoreCrc);
         cmd.Options.Add(module);
+        cmd.Options.Add(liveModules);
         placement.AddTo(cmd, r => r.GetValue(module) is not null);
         cmd.Validators.Add(r =>
         {
+            if (r.GetValue(liveModules) && (!r.GetValue(live) || r.GetValue(json)))
+                r.AddError("--modules goes with --live, and has text output only (no --json yet)");
             if (r.GetValue(module) is not null && (r.GetValue(memory) is not null || r.GetValue(live)))
                 r.AddError("--module verifies a dump of the module's section: give it with --text DUMP --base ADDR (--memory and --live are for the kernel's text)");
             if (r.GetValue(module) is null && (r.GetValue(placement.Sections) is not null || (r.GetValue(placement.Deps)?.Length ?? 0) > 0 || r.GetValue(placement.KernelBase) is not null))
@@ -79,7 +83,7 @@ public static class KernelVerifyCommand
         cmd.SetAction(parse => parse.GetValue(module) is { } m
             ? RunModule(parse, parse.GetValue(image)!, m, parse.GetValue(text)!, ParseAddress(parse.GetValue(textBase)!)!.Value, placement, cpu, cmdline, ignoreCrc, parse.GetValue(json), parse.GetValue(all))
             : Run(parse, new Options(parse.GetValue(image), parse.GetValue(text), parse.GetValue(textBase) is { } b ? ParseAddress(b) : null,
-            parse.GetValue(memory), parse.GetValue(live), parse.GetValue(json), parse.GetValue(all)), cpu, cmdline, ignoreCrc));
+            parse.GetValue(memory), parse.GetValue(live), parse.GetValue(json), parse.GetValue(all), parse.GetValue(liveModules)), cpu, cmdline, ignoreCrc));
         return cmd;
     }
 
@@ -89,7 +93,7 @@ public static class KernelVerifyCommand
         public void Report(string value) => report(value);
     }
 
-    private sealed record Options(FileInfo? Image, FileInfo? Text, ulong? Base, FileInfo? Memory, bool Live, bool Json, bool All);
+    private sealed record Options(FileInfo? Image, FileInfo? Text, ulong? Base, FileInfo? Memory, bool Live, bool Json, bool All, bool Modules = false);
 
     private static ulong? ParseAddress(string s)
     {
@@ -159,6 +163,8 @@ public static class KernelVerifyCommand
             Terminal.WriteJson(writer, w => KernelVerifyReport.Write(w, result, kind, cmdline.Text, steps));
         else
             WriteSummary(console, result, cmdline, steps, total.Elapsed, o.All);
+        if (o.Modules && sys is not null)
+            return VerifyLiveModules(console, sys, img, result, cmdline) && result.Clean ? 0 : ExitUnexplained;
         return result.Clean ? 0 : ExitUnexplained;
     }
 
@@ -199,6 +205,30 @@ public static class KernelVerifyCommand
                 : string.Create(inv, $"UNEXPLAINED: {r.UnexplainedBytes:N0} bytes in {r.Unexplained.Length:N0} ranges"));
         }
         return r.Clean ? 0 : ExitUnexplained;
+    }
+
+    /// <summary><c>--live --modules</c>: every loaded module's .text against the module as the loader leaves it; true when
+    /// every one was verified and is clean.</summary>
+    private static bool VerifyLiveModules(IAnsiConsole console, KernelLiveSystem sys, KernelImage img, KernelVerifyResult kernel, KernelCommandLine cmdline)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        var modules = KernelLiveModules.Current(img.Version?.Release ?? sys.Release);
+        IReadOnlyList<KernelLiveModuleResult> results;
+        using (var core = ElfCore.Open(sys.KcorePath))
+            results = modules.Verify(kernel.Prediction, core, cmdline);
+        var t = new Table().Border(TableBorder.Simple).Title("modules")
+            .AddColumn("module").AddColumn(".text").AddColumn(new TableColumn("bytes").RightAligned()).AddColumn("result");
+        foreach (var r in results)
+        {
+            string what = r.Result is { } v
+                ? (v.Clean ? string.Create(inv, $"clean ({v.DynamicChanged.Length} dynamic sites changed)") : string.Create(inv, $"UNEXPLAINED: {v.UnexplainedBytes:N0} bytes in {v.Unexplained.Length:N0} ranges, first {v.Unexplained[0].Symbol}"))
+                : "NOT VERIFIED: " + r.Problem;
+            t.AddRow(Markup.Escape(r.Module.Name), r.Result is { } v2 ? Terminal.Addr(v2.Address) : "", r.Result is { } v3 ? v3.Length.ToString("N0", inv) : "", Markup.Escape(what));
+        }
+        console.Write(t);
+        int clean = results.Count(r => r.Clean);
+        Terminal.Field(console, "Modules", string.Create(inv, $"{results.Count} loaded: {clean} clean, {results.Count(r => r.Result is { Clean: false })} unexplained, {results.Count(r => r.Result is null)} not verified"));
+        return clean == results.Count;
     }
 
     /// <summary>The running kernel's .text and where it is.</summary>

@@ -1,6 +1,7 @@
 using System.Text;
 using Altpatch.Images;
 using Altpatch.Images.Boot;
+using Altpatch.Images.Verify;
 
 namespace Altpatch.Tests.Modules;
 
@@ -55,7 +56,12 @@ public sealed class ModuleGroundTruthTests
                 sections++;
                 bytes += booted.Length;
                 if (ours.SequenceEqual(booted))
+                {
+                    // and kernel verify --module finds every byte as predicted
+                    var v = KernelModuleVerifier.Verify(loaded, booted, address, $"{name}{sec}");
+                    Assert.True(v.Clean && v.AsPredictedBytes == booted.Length, $"{name} {sec}: verify finds {v.UnexplainedBytes} unexplained, {v.DynamicBytes} dynamic bytes");
                     continue;
+                }
                 int diff = 0, first = -1;
                 for (int i = 0; i < booted.Length; i++)
                 {
