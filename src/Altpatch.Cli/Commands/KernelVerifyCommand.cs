@@ -192,12 +192,7 @@ public static class KernelVerifyCommand
             Terminal.Field(console, "Module", string.Create(inv, $"{m.Name} ({m.FileName}), vermagic {m.Vermagic?.TrimEnd()}"));
             Terminal.Field(console, "Kernel", string.Create(inv, $"{img.Name}, {(loaded.Kernel.Image.RelocationDelta == 0 ? "at its link address" : $"KASLR offset {Terminal.Addr((ulong)loaded.Kernel.Image.RelocationDelta)}")}, {loaded.Kernel.State.Cpus} CPU(s)"));
             Terminal.Field(console, "Text", string.Create(inv, $"{r.Source}: {r.Section} at {Terminal.Addr(r.Address)}, {r.Length:N0} bytes"));
-            double Pct(long n) => 100.0 * n / Math.Max(1, r.Length);
-            Terminal.Field(console, "Bytes", string.Create(inv,
-                $"as predicted {r.AsPredictedBytes:N0} ({Pct(r.AsPredictedBytes):F4}%), dynamic {r.DynamicBytes:N0} ({Pct(r.DynamicBytes):F4}%), unexplained {r.UnexplainedBytes:N0}"));
-            var byKind = r.DynamicSites.GroupBy(x => x.Kind).OrderBy(g => g.Key)
-                .Select(g => string.Create(inv, $"{g.Key.ShortName()} {g.Count():N0} ({r.DynamicChanged.Count(c => c.Site.Kind == g.Key):N0} changed)"));
-            Terminal.Field(console, "Dynamic sites", r.DynamicSites.IsEmpty ? "none" : string.Join(", ", byKind));
+            WriteClasses(console, r.Length, r.AsPredictedBytes, r.DynamicBytes, r.UnexplainedBytes, r.DynamicSites, r.DynamicChanged);
             WriteTables(console, r.DynamicChanged, r.Unexplained, all);
             Terminal.Field(console, "Time", string.Create(inv, $"{total.Elapsed.TotalMilliseconds:F0} ms"));
             Terminal.Field(console, "Result", r.Clean
@@ -266,12 +261,7 @@ public static class KernelVerifyCommand
         Terminal.Field(console, "Text", string.Create(inv, $"{r.Source}: .text at {Terminal.Addr(r.TextAddress)} ({(r.Fit.Delta == 0 ? "not moved" : $"KASLR offset {Terminal.Addr((ulong)r.Fit.Delta)}")}), {r.TextLength:N0} bytes"));
         Terminal.Field(console, "CPU", string.Create(inv, $"{cpu.Vendor} family {cpu.Family} model {cpu.Model} stepping {cpu.Stepping}{(cpu.ModelName is { } mn ? $" ({mn})" : "")}, {s.Cpus} CPU(s), hypervisor {s.Hypervisor.ToString().ToLowerInvariant()}"));
         Terminal.Field(console, "Command line", (cmdline.Text.Length == 0 ? "(none)" : cmdline.Text) + (r.Prediction.Preempt is { } pm ? $"; preempt mode {pm.ToString().ToLowerInvariant()}" : ""));
-        double Pct(long n) => 100.0 * n / Math.Max(1, r.TextLength);
-        Terminal.Field(console, "Bytes", string.Create(inv,
-            $"as predicted {r.AsPredictedBytes:N0} ({Pct(r.AsPredictedBytes):F4}%), dynamic {r.DynamicBytes:N0} ({Pct(r.DynamicBytes):F4}%), unexplained {r.UnexplainedBytes:N0}"));
-        var byKind = r.DynamicSites.GroupBy(x => x.Kind).OrderBy(g => g.Key)
-            .Select(g => string.Create(inv, $"{g.Key.ShortName()} {g.Count():N0} ({r.DynamicChanged.Count(c => c.Site.Kind == g.Key):N0} changed)"));
-        Terminal.Field(console, "Dynamic sites", r.DynamicSites.IsEmpty ? "none" : string.Join(", ", byKind));
+        WriteClasses(console, r.TextLength, r.AsPredictedBytes, r.DynamicBytes, r.UnexplainedBytes, r.DynamicSites, r.DynamicChanged);
 
         WriteTables(console, r.DynamicChanged, r.Unexplained, all);
         Terminal.Field(console, "Time", string.Join(", ", steps.Concat(r.Steps).Select(x => string.Create(inv, $"{x.Name} {x.Time.TotalMilliseconds:F0} ms")))
@@ -279,6 +269,19 @@ public static class KernelVerifyCommand
         Terminal.Field(console, "Result", r.Clean
             ? "clean: every byte is as predicted or a dynamic site in a legal state"
             : string.Create(inv, $"UNEXPLAINED: {r.UnexplainedBytes:N0} bytes in {r.Unexplained.Length:N0} ranges"));
+    }
+
+    /// <summary>The "Bytes" and "Dynamic sites" lines of a kernel's or a module's verification.</summary>
+    private static void WriteClasses(IAnsiConsole console, long length, long asPredicted, long dynamic, long unexplained,
+        ImmutableArray<KernelDynamicSite> sites, ImmutableArray<KernelDynamicObservation> changed)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        double Pct(long n) => 100.0 * n / Math.Max(1, length);
+        Terminal.Field(console, "Bytes", string.Create(inv,
+            $"as predicted {asPredicted:N0} ({Pct(asPredicted):F4}%), dynamic {dynamic:N0} ({Pct(dynamic):F4}%), unexplained {unexplained:N0}"));
+        var byKind = sites.GroupBy(x => x.Kind).OrderBy(g => g.Key)
+            .Select(g => string.Create(inv, $"{g.Key.ShortName()} {g.Count():N0} ({changed.Count(c => c.Site.Kind == g.Key):N0} changed)"));
+        Terminal.Field(console, "Dynamic sites", sites.IsEmpty ? "none" : string.Join(", ", byKind));
     }
 
     /// <summary>The dynamic sites in another legal state and the unexplained ranges (the first few unless --all).</summary>

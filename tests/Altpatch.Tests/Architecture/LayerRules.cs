@@ -65,6 +65,7 @@ internal sealed class LayerRules
         new("Altpatch.Hooks", "Altpatch.Emit"),
         new("Altpatch.Images", "Altpatch.Text"),
         new("Altpatch.Images.Boot", "Altpatch.Images"),
+        new("Altpatch.Images.Verify", "Altpatch.Images.Boot"),
     ]);
 
     /// <summary>The layers, in the order given.</summary>
