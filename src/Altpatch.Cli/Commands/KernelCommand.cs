@@ -21,6 +21,7 @@ public static class KernelCommand
         kernel.Subcommands.Add(KernelPatchCommand.Create());
         kernel.Subcommands.Add(KernelSymbolsCommand.Create());
         kernel.Subcommands.Add(KernelVerifyCommand.Create());
+        kernel.Subcommands.Add(KernelModuleCommand.Create());
         return kernel;
     }
 

@@ -126,7 +126,7 @@ public static class KernelPatchCommand
     }
 
     /// <summary>The directory <paramref name="target"/> goes in; an error when it is missing or the target is a directory.</summary>
-    private static string WritableDirectory(FileInfo target)
+    internal static string WritableDirectory(FileInfo target)
     {
         string dir = target.DirectoryName ?? ".";
         if (!Directory.Exists(dir))
@@ -137,7 +137,7 @@ public static class KernelPatchCommand
     }
 
     /// <summary>Writes a new temporary file next to <paramref name="target"/> and returns its path; on failure it is removed.</summary>
-    private static string WriteTemporary(FileInfo target, Action<Stream> write)
+    internal static string WriteTemporary(FileInfo target, Action<Stream> write)
     {
         string tmp = Path.Combine(WritableDirectory(target), $".{target.Name}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp");
         try
@@ -156,7 +156,7 @@ public static class KernelPatchCommand
         }
     }
 
-    private static void TryDelete(string path)
+    internal static void TryDelete(string path)
     {
         try { File.Delete(path); } catch (IOException) { } catch (UnauthorizedAccessException) { }
     }

@@ -1,3 +1,4 @@
+using System.Collections.Immutable;
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
@@ -40,6 +41,9 @@ public static class KernelVerifyCommand
         var json = KernelCommand.JsonOption("the classification, the dynamic sites seen in other states and every unexplained range");
         var ignoreCrc = KernelCommand.IgnoreCrcOption();
         var all = new Option<bool>("--all") { Description = $"List every unexplained range and changed dynamic site (text output lists the first {Shown} of each)." };
+        var module = new Option<FileInfo?>("--module") { Description = "Verify a loaded module instead of the kernel's .text: its .ko (of the image's build); --text is then a dump of one of its executable sections (e.g. .text) and --base where that section is loaded." };
+        var placement = new KernelModuleOptions();
+        var liveModules = new Option<bool>("--modules") { Description = "With --live: also verify the .text of every loaded module (/proc/modules, /sys/module/*/sections, the .ko files of /lib/modules/$(uname -r)); a module whose .ko is not found is reported, never skipped. Exit 3 when a module is unexplained or cannot be verified." };
 
         var cmd = new Command("verify",
             "Check a running kernel's text against the image: every byte of .text predicted by the kernel's own boot-time patching (for the CPU and command line, at the KASLR address), dynamic (a jump label, static call or ftrace site in a legal state), or unexplained. Exit code 0: nothing unexplained; 3: something is; 1: error.");
@@ -53,8 +57,17 @@ public static class KernelVerifyCommand
         cmd.Options.Add(json);
         cmd.Options.Add(all);
         cmd.Options.Add(ignoreCrc);
+        cmd.Options.Add(module);
+        cmd.Options.Add(liveModules);
+        placement.AddTo(cmd, r => r.GetValue(module) is not null);
         cmd.Validators.Add(r =>
         {
+            if (r.GetValue(liveModules) && (!r.GetValue(live) || r.GetValue(json)))
+                r.AddError("--modules goes with --live, and has text output only (no --json yet)");
+            if (r.GetValue(module) is not null && (r.GetValue(memory) is not null || r.GetValue(live)))
+                r.AddError("--module verifies a dump of the module's section: give it with --text DUMP --base ADDR (--memory and --live are for the kernel's text)");
+            if (r.GetValue(module) is null && (r.GetValue(placement.Sections) is not null || (r.GetValue(placement.Deps)?.Length ?? 0) > 0 || r.GetValue(placement.KernelBase) is not null))
+                r.AddError("--sections, --dep and --kernel-base go with --module");
             int sources = (r.GetValue(text) is not null ? 1 : 0) + (r.GetValue(memory) is not null ? 1 : 0) + (r.GetValue(live) ? 1 : 0);
             if (sources != 1)
                 r.AddError("give the running kernel's text with exactly one of --text DUMP --base ADDR, --memory CORE or --live");
@@ -67,8 +80,10 @@ public static class KernelVerifyCommand
             if (r.GetValue(image) is null && !r.GetValue(live))
                 r.AddError("give the kernel IMAGE (only --live finds it by itself)");
         });
-        cmd.SetAction(parse => Run(parse, new Options(parse.GetValue(image), parse.GetValue(text), parse.GetValue(textBase) is { } b ? ParseAddress(b) : null,
-            parse.GetValue(memory), parse.GetValue(live), parse.GetValue(json), parse.GetValue(all)), cpu, cmdline, ignoreCrc));
+        cmd.SetAction(parse => parse.GetValue(module) is { } m
+            ? RunModule(parse, parse.GetValue(image)!, m, parse.GetValue(text)!, ParseAddress(parse.GetValue(textBase)!)!.Value, placement, cpu, cmdline, ignoreCrc, parse.GetValue(json), parse.GetValue(all))
+            : Run(parse, new Options(parse.GetValue(image), parse.GetValue(text), parse.GetValue(textBase) is { } b ? ParseAddress(b) : null,
+            parse.GetValue(memory), parse.GetValue(live), parse.GetValue(json), parse.GetValue(all), parse.GetValue(liveModules)), cpu, cmdline, ignoreCrc));
         return cmd;
     }
 
@@ -78,7 +93,7 @@ public static class KernelVerifyCommand
         public void Report(string value) => report(value);
     }
 
-    private sealed record Options(FileInfo? Image, FileInfo? Text, ulong? Base, FileInfo? Memory, bool Live, bool Json, bool All);
+    private sealed record Options(FileInfo? Image, FileInfo? Text, ulong? Base, FileInfo? Memory, bool Live, bool Json, bool All, bool Modules = false);
 
     private static ulong? ParseAddress(string s)
     {
@@ -149,7 +164,67 @@ public static class KernelVerifyCommand
             Terminal.WriteJson(writer, w => KernelVerifyReport.Write(w, result, kind, cmdline.Text, steps));
         else
             WriteSummary(console, result, cmdline, steps, total.Elapsed, o.All);
+        if (o.Modules && sys is not null)
+            return VerifyLiveModules(console, sys, img, result, cmdline) && result.Clean ? 0 : ExitUnexplained;
         return result.Clean ? 0 : ExitUnexplained;
+    }
+
+    /// <summary><c>--module</c>: a dump of one of a loaded module's sections against the module as the loader leaves it.</summary>
+    private static int RunModule(ParseResult parse, FileInfo imageFile, FileInfo module, FileInfo dump, ulong at, KernelModuleOptions placement,
+        KernelCpuOptions cpuOptions, KernelCmdlineOptions cmdlineOptions, Option<bool> ignoreCrc, bool json, bool all)
+    {
+        var writer = Terminal.Out(parse);
+        var console = Terminal.Console(writer);
+        var total = Stopwatch.StartNew();
+        var description = cpuOptions.Describe(parse);
+        var cmdline = cmdlineOptions.Read(parse);
+        if (!dump.Exists)
+            throw new FileNotFoundException($"{dump.FullName}: no such file");
+        var img = KernelCommand.Open(imageFile, parse, ignoreCrc);
+        var loaded = placement.Load(parse, img, module, description, cmdline);
+        var found = File.ReadAllBytes(dump.FullName);
+        var r = KernelModuleVerifier.Verify(loaded, found, at, dump.FullName);
+        if (json)
+            Terminal.WriteJson(writer, w => KernelVerifyReport.WriteModule(w, r));
+        else
+        {
+            var inv = CultureInfo.InvariantCulture;
+            var m = loaded.Link.Module;
+            Terminal.Field(console, "Module", string.Create(inv, $"{m.Name} ({m.FileName}), vermagic {m.Vermagic?.TrimEnd()}"));
+            Terminal.Field(console, "Kernel", string.Create(inv, $"{img.Name}, {(loaded.Kernel.Image.RelocationDelta == 0 ? "at its link address" : $"KASLR offset {Terminal.Addr((ulong)loaded.Kernel.Image.RelocationDelta)}")}, {loaded.Kernel.State.Cpus} CPU(s)"));
+            Terminal.Field(console, "Text", string.Create(inv, $"{r.Source}: {r.Section} at {Terminal.Addr(r.Address)}, {r.Length:N0} bytes"));
+            WriteClasses(console, r.Length, r.AsPredictedBytes, r.DynamicBytes, r.UnexplainedBytes, r.DynamicSites, r.DynamicChanged);
+            WriteTables(console, r.DynamicChanged, r.Unexplained, all);
+            Terminal.Field(console, "Time", string.Create(inv, $"{total.Elapsed.TotalMilliseconds:F0} ms"));
+            Terminal.Field(console, "Result", r.Clean
+                ? "clean: every byte is as predicted or a dynamic site in a legal state"
+                : string.Create(inv, $"UNEXPLAINED: {r.UnexplainedBytes:N0} bytes in {r.Unexplained.Length:N0} ranges"));
+        }
+        return r.Clean ? 0 : ExitUnexplained;
+    }
+
+    /// <summary><c>--live --modules</c>: every loaded module's .text against the module as the loader leaves it; true when
+    /// every one was verified and is clean.</summary>
+    private static bool VerifyLiveModules(IAnsiConsole console, KernelLiveSystem sys, KernelImage img, KernelVerifyResult kernel, KernelCommandLine cmdline)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        var modules = KernelLiveModules.Current(img.Version?.Release ?? sys.Release);
+        IReadOnlyList<KernelLiveModuleResult> results;
+        using (var core = ElfCore.Open(sys.KcorePath))
+            results = modules.Verify(kernel.Prediction, core, cmdline);
+        var t = new Table().Border(TableBorder.Simple).Title("modules")
+            .AddColumn("module").AddColumn(".text").AddColumn(new TableColumn("bytes").RightAligned()).AddColumn("result");
+        foreach (var r in results)
+        {
+            string what = r.Result is { } v
+                ? (v.Clean ? string.Create(inv, $"clean ({v.DynamicChanged.Length} dynamic sites changed)") : string.Create(inv, $"UNEXPLAINED: {v.UnexplainedBytes:N0} bytes in {v.Unexplained.Length:N0} ranges, first {v.Unexplained[0].Symbol}"))
+                : "NOT VERIFIED: " + r.Problem;
+            t.AddRow(Markup.Escape(r.Module.Name), r.Result is { } v2 ? Terminal.Addr(v2.Address) : "", r.Result is { } v3 ? v3.Length.ToString("N0", inv) : "", Markup.Escape(what));
+        }
+        console.Write(t);
+        int clean = results.Count(r => r.Clean);
+        Terminal.Field(console, "Modules", string.Create(inv, $"{results.Count} loaded: {clean} clean, {results.Count(r => r.Result is { Clean: false })} unexplained, {results.Count(r => r.Result is null)} not verified"));
+        return clean == results.Count;
     }
 
     /// <summary>The running kernel's .text and where it is.</summary>
@@ -187,41 +262,56 @@ public static class KernelVerifyCommand
         Terminal.Field(console, "Text", string.Create(inv, $"{r.Source}: .text at {Terminal.Addr(r.TextAddress)} ({(r.Fit.Delta == 0 ? "not moved" : $"KASLR offset {Terminal.Addr((ulong)r.Fit.Delta)}")}), {r.TextLength:N0} bytes"));
         Terminal.Field(console, "CPU", string.Create(inv, $"{cpu.Vendor} family {cpu.Family} model {cpu.Model} stepping {cpu.Stepping}{(cpu.ModelName is { } mn ? $" ({mn})" : "")}, {s.Cpus} CPU(s), hypervisor {s.Hypervisor.ToString().ToLowerInvariant()}"));
         Terminal.Field(console, "Command line", (cmdline.Text.Length == 0 ? "(none)" : cmdline.Text) + (r.Prediction.Preempt is { } pm ? $"; preempt mode {pm.ToString().ToLowerInvariant()}" : ""));
-        double Pct(long n) => 100.0 * n / Math.Max(1, r.TextLength);
-        Terminal.Field(console, "Bytes", string.Create(inv,
-            $"as predicted {r.AsPredictedBytes:N0} ({Pct(r.AsPredictedBytes):F4}%), dynamic {r.DynamicBytes:N0} ({Pct(r.DynamicBytes):F4}%), unexplained {r.UnexplainedBytes:N0}"));
-        var byKind = r.DynamicSites.GroupBy(x => x.Kind).OrderBy(g => g.Key)
-            .Select(g => string.Create(inv, $"{g.Key.ShortName()} {g.Count():N0} ({r.DynamicChanged.Count(c => c.Site.Kind == g.Key):N0} changed)"));
-        Terminal.Field(console, "Dynamic sites", r.DynamicSites.IsEmpty ? "none" : string.Join(", ", byKind));
+        WriteClasses(console, r.TextLength, r.AsPredictedBytes, r.DynamicBytes, r.UnexplainedBytes, r.DynamicSites, r.DynamicChanged);
 
-        if (!r.DynamicChanged.IsEmpty)
-        {
-            var t = new Table().Border(TableBorder.Simple).Title("dynamic sites in another legal state")
-                .AddColumn("address").AddColumn("site").AddColumn("symbol").AddColumn("state").AddColumn("what");
-            foreach (var c in all ? r.DynamicChanged : r.DynamicChanged.Take(Shown))
-                t.AddRow(Terminal.Addr(c.Site.Address), $"{c.Site.Kind.ShortName()} #{c.Site.Index}", Markup.Escape(c.Symbol), Markup.Escape(c.State), Markup.Escape(c.Site.Detail));
-            console.Write(t);
-            if (!all && r.DynamicChanged.Length > Shown)
-                console.WriteLine(string.Create(inv, $"… and {r.DynamicChanged.Length - Shown:N0} more (--all or --json lists them)"));
-        }
-        if (!r.Unexplained.IsEmpty)
-        {
-            var t = new Table().Border(TableBorder.Simple).Title("unexplained")
-                .AddColumn("address").AddColumn(new TableColumn("bytes").RightAligned()).AddColumn("symbol").AddColumn("sites")
-                .AddColumn("expected").AddColumn("found");
-            foreach (var u in all ? r.Unexplained : r.Unexplained.Take(Shown))
-            {
-                t.AddRow(Terminal.Addr(u.Address), u.Length.ToString(inv), Markup.Escape(u.Symbol), Markup.Escape(string.Join(", ", u.Sites)),
-                    Markup.Escape($"{Terminal.Hex(u.Expected.Span)}: {u.ExpectedCode}"), Markup.Escape($"{Terminal.Hex(u.Found.Span)}: {u.FoundCode}"));
-            }
-            console.Write(t);
-            if (!all && r.Unexplained.Length > Shown)
-                console.WriteLine(string.Create(inv, $"… and {r.Unexplained.Length - Shown:N0} more (--all or --json lists them)"));
-        }
+        WriteTables(console, r.DynamicChanged, r.Unexplained, all);
         Terminal.Field(console, "Time", string.Join(", ", steps.Concat(r.Steps).Select(x => string.Create(inv, $"{x.Name} {x.Time.TotalMilliseconds:F0} ms")))
             + string.Create(inv, $"; total {total.TotalMilliseconds:F0} ms"));
         Terminal.Field(console, "Result", r.Clean
             ? "clean: every byte is as predicted or a dynamic site in a legal state"
             : string.Create(inv, $"UNEXPLAINED: {r.UnexplainedBytes:N0} bytes in {r.Unexplained.Length:N0} ranges"));
+    }
+
+    /// <summary>The "Bytes" and "Dynamic sites" lines of a kernel's or a module's verification.</summary>
+    private static void WriteClasses(IAnsiConsole console, long length, long asPredicted, long dynamic, long unexplained,
+        ImmutableArray<KernelDynamicSite> sites, ImmutableArray<KernelDynamicObservation> changed)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        double Pct(long n) => 100.0 * n / Math.Max(1, length);
+        Terminal.Field(console, "Bytes", string.Create(inv,
+            $"as predicted {asPredicted:N0} ({Pct(asPredicted):F4}%), dynamic {dynamic:N0} ({Pct(dynamic):F4}%), unexplained {unexplained:N0}"));
+        var byKind = sites.GroupBy(x => x.Kind).OrderBy(g => g.Key)
+            .Select(g => string.Create(inv, $"{g.Key.ShortName()} {g.Count():N0} ({changed.Count(c => c.Site.Kind == g.Key):N0} changed)"));
+        Terminal.Field(console, "Dynamic sites", sites.IsEmpty ? "none" : string.Join(", ", byKind));
+    }
+
+    /// <summary>The dynamic sites in another legal state and the unexplained ranges (the first few unless --all).</summary>
+    private static void WriteTables(IAnsiConsole console, ImmutableArray<KernelDynamicObservation> changed, ImmutableArray<KernelUnexplainedRange> unexplained, bool all)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        if (!changed.IsEmpty)
+        {
+            var t = new Table().Border(TableBorder.Simple).Title("dynamic sites in another legal state")
+                .AddColumn("address").AddColumn("site").AddColumn("symbol").AddColumn("state").AddColumn("what");
+            foreach (var c in all ? changed : changed.Take(Shown))
+                t.AddRow(Terminal.Addr(c.Site.Address), $"{c.Site.Kind.ShortName()} #{c.Site.Index}", Markup.Escape(c.Symbol), Markup.Escape(c.State), Markup.Escape(c.Site.Detail));
+            console.Write(t);
+            if (!all && changed.Length > Shown)
+                console.WriteLine(string.Create(inv, $"… and {changed.Length - Shown:N0} more (--all or --json lists them)"));
+        }
+        if (!unexplained.IsEmpty)
+        {
+            var t = new Table().Border(TableBorder.Simple).Title("unexplained")
+                .AddColumn("address").AddColumn(new TableColumn("bytes").RightAligned()).AddColumn("symbol").AddColumn("sites")
+                .AddColumn("expected").AddColumn("found");
+            foreach (var u in all ? unexplained : unexplained.Take(Shown))
+            {
+                t.AddRow(Terminal.Addr(u.Address), u.Length.ToString(inv), Markup.Escape(u.Symbol), Markup.Escape(string.Join(", ", u.Sites)),
+                    Markup.Escape($"{Terminal.Hex(u.Expected.Span)}: {u.ExpectedCode}"), Markup.Escape($"{Terminal.Hex(u.Found.Span)}: {u.FoundCode}"));
+            }
+            console.Write(t);
+            if (!all && unexplained.Length > Shown)
+                console.WriteLine(string.Create(inv, $"… and {unexplained.Length - Shown:N0} more (--all or --json lists them)"));
+        }
     }
 }

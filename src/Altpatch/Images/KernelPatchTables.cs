@@ -99,6 +99,21 @@ public sealed class KernelPatchTables
         };
     }
 
+    /// <summary>The same tables with another <c>pv_ops</c>: a module's paravirt sites call through the kernel's.</summary>
+    internal KernelPatchTables WithPvOps(PvOpsTable? pvOps) => new()
+    {
+        AltFormat = AltFormat,
+        Alternatives = Alternatives,
+        Paravirt = Paravirt,
+        ParavirtEntrySize = ParavirtEntrySize,
+        SmpLocks = SmpLocks,
+        SmpLocksAbsolute = SmpLocksAbsolute,
+        Retpolines = Retpolines,
+        Returns = Returns,
+        Tables = Tables,
+        PvOps = pvOps,
+    };
+
     /// <summary>Number of sites of one kind.</summary>
     public int Count(KernelSiteKind kind) => kind switch
     {

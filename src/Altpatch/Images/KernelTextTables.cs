@@ -114,11 +114,26 @@ public sealed class KernelTextTables
     /// <param name="nops">The kernel's <c>x86_nops[]</c> (what the NOP state of a jump label is).</param>
     /// <param name="symbols">The image's symbols (its kallsyms, or a System.map of the same build), or null.</param>
     /// <exception cref="ImageFormatException">A table bound is inconsistent or an entry fails its checks.</exception>
-    public static KernelTextTables Read(ElfFile elf, NopTable nops, KernelSymbols? symbols)
+    public static KernelTextTables Read(ElfFile elf, NopTable nops, KernelSymbols? symbols) => ReadAny(elf, nops, symbols, null);
+
+    /// <summary>Reads the tables of a linked module (<see cref="KernelModuleLink.Elf"/>): its sections <c>__jump_table</c>,
+    /// <c>.static_call_sites</c> and <c>__mcount_loc</c>, whose keys and call targets may lie in the kernel.</summary>
+    /// <param name="module">The linked module (sections at their load addresses, relocations applied).</param>
+    /// <param name="nops">The kernel's <c>x86_nops[]</c>.</param>
+    /// <param name="kernel">The kernel's ELF file at the addresses it runs at: a key or trampoline in one of its allocated
+    /// sections is accepted.</param>
+    /// <exception cref="ImageFormatException">An entry fails its checks.</exception>
+    public static KernelTextTables ReadModule(ElfFile module, NopTable nops, ElfFile kernel)
+    {
+        ArgumentNullException.ThrowIfNull(kernel);
+        return ReadAny(module, nops, null, kernel);
+    }
+
+    private static KernelTextTables ReadAny(ElfFile elf, NopTable nops, KernelSymbols? symbols, ElfFile? kernel)
     {
         ArgumentNullException.ThrowIfNull(elf);
         ArgumentNullException.ThrowIfNull(nops);
-        var r = new Reader(elf, nops, symbols);
+        var r = new Reader(elf, nops, symbols, kernel);
         var infos = new List<KernelTableInfo>();
         var trampolines = r.ReadTrampolines(infos);
         var jumps = r.ReadJumpTable(infos);
@@ -149,8 +164,23 @@ public sealed class KernelTextTables
         _ => 0,
     };
 
-    private sealed class Reader(ElfFile elf, NopTable nops, KernelSymbols? symbols)
+    private sealed class Reader(ElfFile elf, NopTable nops, KernelSymbols? symbols, ElfFile? kernel)
     {
+        /// <summary>A module's table: its section, or (a module without it) an empty one.</summary>
+        private (ulong Start, int Size)? ModuleTable(string section, int entrySize)
+        {
+            if (elf.FindSection(section) is not { } s || s.Size == 0 || !ElfFile.HasBytesInFile(s))
+                return (0, 0);
+            if (s.Size % (ulong)entrySize != 0)
+                throw new ImageFormatException($"{elf.Name}: {section}: size {s.Size} is not a multiple of the {entrySize}-byte entry");
+            return (s.Address, (int)s.Size);
+        }
+
+        /// <summary>Where a key may live: the file's data, or for a module also any allocated section of the kernel (a
+        /// static call site of a module names the kernel's trampoline when the key is not exported).</summary>
+        private bool IsKey(ulong address) =>
+            IsData(address) || (kernel?.Sections.Any(s => s.IsAllocated && s.Size > 0 && s.Contains(address)) ?? false);
+
         private readonly int ptr = elf.PointerSize;
         private readonly ElfSection[] code = [.. elf.Sections.Where(s => s.IsAllocated && s.IsExecutable && ElfFile.HasBytesInFile(s) && s.Size > 0)];
         private readonly ElfSection[] data = [.. elf.Sections.Where(s => s.IsAllocated && !s.IsExecutable && s.Size > 0 && s.Address != 0)];
@@ -294,7 +324,12 @@ public sealed class KernelTextTables
             string how;
             ulong start;
             int size;
-            if (Bounds(JumpTable, "__start___jump_table", "__stop___jump_table", es) is { } b)
+            if (kernel is not null)
+            {
+                (start, size) = ModuleTable(JumpTable, es)!.Value;
+                how = "section";
+            }
+            else if (Bounds(JumpTable, "__start___jump_table", "__stop___jump_table", es) is { } b)
             {
                 (start, size) = b;
                 how = "__start___jump_table..__stop___jump_table";
@@ -337,7 +372,7 @@ public sealed class KernelTextTables
                 return $"code 0x{codeAddr:x} is not in an executable section";
             if (!IsCode(target, 1))
                 return $"target 0x{target:x} is not in an executable section";
-            if (!IsData(key))
+            if (!IsKey(key))
                 return $"key 0x{key:x} is not in an allocated data section";
             int length;
             bool jump;
@@ -375,7 +410,12 @@ public sealed class KernelTextTables
             string how;
             ulong start;
             int size;
-            if (Bounds(StaticCallSites, "__start_static_call_sites", "__stop_static_call_sites", es) is { } b)
+            if (kernel is not null)
+            {
+                (start, size) = ModuleTable(StaticCallSites, es)!.Value;
+                how = "section";
+            }
+            else if (Bounds(StaticCallSites, "__start_static_call_sites", "__stop_static_call_sites", es) is { } b)
             {
                 (start, size) = b;
                 how = "__start_static_call_sites..__stop_static_call_sites";
@@ -414,7 +454,7 @@ public sealed class KernelTextTables
             bool tail = (keyRaw & 1) != 0;
             if (!IsCode(addr, 5))
                 return $"site 0x{addr:x} (+5) is not in an executable section";
-            if (!IsData(key))
+            if (!IsKey(key))
                 return $"key 0x{key:x} is not in an allocated data section";
             TryBytes(addr, IsCode(addr, 6) ? 6 : 5, out var c);
             int length = 5;
@@ -449,7 +489,12 @@ public sealed class KernelTextTables
             string how;
             ulong start;
             int size;
-            if (Bounds(McountLoc, "__start_mcount_loc", "__stop_mcount_loc", ptr) is { } b)
+            if (kernel is not null)
+            {
+                (start, size) = ModuleTable(McountLoc, ptr)!.Value;
+                how = "section";
+            }
+            else if (Bounds(McountLoc, "__start_mcount_loc", "__stop_mcount_loc", ptr) is { } b)
             {
                 (start, size) = b;
                 how = "__start_mcount_loc..__stop_mcount_loc";

@@ -38,6 +38,7 @@
 #define SYS_mount 165
 #define SYS_reboot 169
 #define SYS_getdents64 217
+#define SYS_finit_module 313
 static long sys6(long n, long a, long b, long c, long d, long e)
 {
 	long ret;
@@ -63,6 +64,7 @@ static long sys6(long n, long a, long b, long c, long d, long e)
 #define SYS_syslog 103
 #define SYS_nanosleep 162
 #define SYS_getdents64 220
+#define SYS_finit_module 350
 static long sys6(long n, long a, long b, long c, long d, long e)
 {
 	long ret;
@@ -177,8 +179,9 @@ static long cat_small(const char *path)
 static char dents[16384];
 static char path[512];
 
-/* Every regular entry of dir, as "name: contents" lines (one-line sysfs attributes). */
-static void dump_dir(const char *dir, const char *name)
+/* Every regular entry of dir, as "name: contents" lines (one-line sysfs attributes); with all,
+ * names starting with '.' too (but "." and ".."): /sys/module/NAME/sections/.text. */
+static void dump_dir_(const char *dir, const char *name, int all)
 {
 	long fd, n;
 	begin(name);
@@ -190,7 +193,8 @@ static void dump_dir(const char *dir, const char *name)
 				/* struct linux_dirent64 { u64 ino; s64 off; u16 reclen; u8 type; char name[]; } */
 				unsigned short reclen = *(unsigned short *)(dents + off + 16);
 				const char *d = dents + off + 19;
-				if (d[0] != '.') {
+				int dots = d[0] == '.' && (d[1] == 0 || (d[1] == '.' && d[2] == 0));
+				if (all ? !dots : d[0] != '.') {
 					unsigned long dl = slen(dir), nl = slen(d);
 					if (dl + nl + 2 < sizeof(path)) {
 						for (unsigned long i = 0; i < dl; i++)
@@ -209,6 +213,101 @@ static void dump_dir(const char *dir, const char *name)
 		sys3(SYS_close, fd, 0, 0);
 	}
 	end(name);
+}
+
+static void dump_dir(const char *dir, const char *name) { dump_dir_(dir, name, 0); }
+
+static void num_(long v)
+{
+	char num[24];
+	int i = sizeof(num) - 1;
+	unsigned long e = v < 0 ? (unsigned long)-v : (unsigned long)v;
+	num[i] = 0;
+	do {
+		num[--i] = (char)('0' + e % 10);
+		e /= 10;
+	} while (e && i > 0);
+	if (v < 0)
+		num[--i] = '-';
+	puts_(num + i);
+}
+
+static char order[4096];
+static char modname[128];
+static char secdir[256];
+
+/*
+ * Modules (tools/groundtruth/gtmodules.py): when the initramfs has /modules/order, one line
+ * "FILE NAME" per module in load order (dependencies first), each /modules/FILE is loaded with
+ * finit_module() ("modload" block: "NAME rc"), then /sys/module/NAME/sections/ is printed as
+ * block "sections_NAME" (".text: 0xffffffffc0..." lines) and /proc/modules as "modules".
+ */
+static void load_modules(void)
+{
+	long fd = sys3(SYS_open, "/modules/order", 0, 0), n, i = 0;
+	if (fd < 0)
+		return;
+	n = sys3(SYS_read, fd, order, sizeof(order) - 1);
+	sys3(SYS_close, fd, 0, 0);
+	if (n <= 0)
+		return;
+	order[n] = 0;
+	begin("modload");
+	while (i < n) {
+		long s = i, e, sp, k;
+		while (i < n && order[i] != '\n')
+			i++;
+		e = i++;
+		for (sp = s; sp < e && order[sp] != ' '; sp++)
+			;
+		if (sp >= e || e - s >= (long)sizeof(path) - 16)
+			continue;
+		k = 0;
+		for (const char *pre = "/modules/"; *pre; pre++)
+			path[k++] = *pre;
+		for (long j = s; j < sp; j++)
+			path[k++] = order[j];
+		path[k] = 0;
+		k = 0;
+		for (long j = sp + 1; j < e && k < (long)sizeof(modname) - 1; j++)
+			modname[k++] = order[j];
+		modname[k] = 0;
+		fd = sys3(SYS_open, path, 0, 0);
+		long rc = fd < 0 ? fd : sys6(SYS_finit_module, fd, (long)"", 0, 0, 0);
+		if (fd >= 0)
+			sys3(SYS_close, fd, 0, 0);
+		puts_(modname);
+		puts_(" ");
+		num_(rc);
+		puts_("\n");
+	}
+	end("modload");
+	for (i = 0; i < n;) {
+		long s = i, e, sp, k;
+		while (i < n && order[i] != '\n')
+			i++;
+		e = i++;
+		for (sp = s; sp < e && order[sp] != ' '; sp++)
+			;
+		if (sp >= e)
+			continue;
+		k = 0;
+		for (const char *pre = "/sys/module/"; *pre; pre++)
+			secdir[k++] = *pre;
+		for (long j = sp + 1; j < e && k < (long)sizeof(secdir) - 20; j++)
+			secdir[k++] = order[j];
+		for (const char *post = "/sections"; *post; post++)
+			secdir[k++] = *post;
+		secdir[k] = 0;
+		k = 0;
+		for (const char *pre = "sections_"; *pre; pre++)
+			modname[k++] = *pre;
+		for (long j = sp + 1; j < e && k < (long)sizeof(modname) - 1; j++)
+			modname[k++] = order[j];
+		modname[k] = 0;
+		dump_dir_(secdir, modname, 1);
+	}
+	dump_file("/proc/modules", "modules");
 }
 
 static char logbuf[1 << 20];
@@ -264,6 +363,7 @@ void __attribute__((noreturn, used)) gt_main(void)
 	dump_file("/proc/cpuinfo", "cpuinfo");
 	dump_file("/proc/iomem", "iomem");
 	dump_dir("/sys/devices/system/cpu/vulnerabilities", "vulns");
+	load_modules();
 	dump_dmesg();
 	dump_file("/proc/kallsyms", "kallsyms");
 	puts_("@@GT-INIT-DONE@@\n");

@@ -5,15 +5,20 @@ using Altpatch.Text;
 namespace Altpatch.Images.Boot;
 
 /// <summary>Everything a pass needs: the image (tables, original bytes), the working copy it reads and the
-/// poker that writes it, the boot state, the thunks, the NOP table and the image's feature numbering.</summary>
+/// poker that writes it, the boot state, the thunks, the NOP table and the image's feature numbering. For a module
+/// (<c>module_finalize()</c>), the tables are the module's and the poker writes the module, while the image is the
+/// kernel the module is loaded into (its <c>pv_ops</c>, thunks and numbering).</summary>
 internal sealed class BootContext(KernelImage image, ImagePoker poker, KernelBootState state, KernelThunks thunks,
-    NopTable nops, ImageFeatureNumbering numbering)
+    NopTable nops, ImageFeatureNumbering numbering, KernelPatchTables? tables = null, ElfFile? tableElf = null)
 {
+    /// <summary>The ELF file the tables are read from (the image's, or the linked module's).</summary>
+    public ElfFile TableElf { get; } = tableElf ?? image.Elf;
+
     /// <summary>The image: tables and the original (unpatched) bytes.</summary>
     public KernelImage Image { get; } = image;
 
-    /// <summary>The tables.</summary>
-    public KernelPatchTables Tables => Image.Tables;
+    /// <summary>The tables the passes walk: the image's, or a module's.</summary>
+    public KernelPatchTables Tables { get; } = tables ?? image.Tables;
 
     /// <summary>Reads and writes the working copy.</summary>
     public ImagePoker Poker { get; } = poker;

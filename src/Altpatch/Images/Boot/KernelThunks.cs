@@ -125,6 +125,23 @@ public sealed class KernelThunks
         };
     }
 
+    /// <summary>The same thunks with another <c>.text</c> range: a module's, whose SMP lock sites
+    /// <c>alternatives_smp_module_add()</c> bounds by the module's <c>.text</c>.</summary>
+    internal KernelThunks WithText(ulong start, ulong end) => new()
+    {
+        ReturnThunk = ReturnThunk,
+        ItsReturnThunk = ItsReturnThunk,
+        RetbleedReturnThunk = RetbleedReturnThunk,
+        SrsoReturnThunk = SrsoReturnThunk,
+        SrsoAliasReturnThunk = SrsoAliasReturnThunk,
+        RetpolineThunkArray = RetpolineThunkArray,
+        ItsThunkArray = ItsThunkArray,
+        ParavirtNop = ParavirtNop,
+        ParavirtNopCandidates = ParavirtNopCandidates,
+        TextStart = start,
+        TextEnd = end,
+    };
+
     private static ulong AlignUp(ulong a, ulong align) => (a + align - 1) & ~(align - 1);
 
     private static bool BytesAre(ElfFile elf, ulong address, ReadOnlySpan<byte> expected) =>

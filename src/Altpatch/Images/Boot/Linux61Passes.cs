@@ -424,11 +424,11 @@ internal static class Linux61Passes
     /// </summary>
     public static PatchPlan IbtEndbr(BootContext ctx)
     {
-        var elf = ctx.Image.Elf;
+        var elf = ctx.TableElf;
         if (elf.FindSection(IbtSealTable) is not { } sec || !sec.HasFileBytes || sec.Size < 4)
             return PatchPlan.Empty;
         var text = new PassText(ctx.Poker);
-        var table = ctx.Image.ReadBytes(sec.Address, (int)sec.Size).ToArray();
+        var table = elf.ReadBytes(sec.Address, (int)sec.Size).ToArray();
         ReadOnlySpan<byte> poison = [0x66, 0x0f, 0x1f, 0x00];
         Span<byte> cur = stackalloc byte[4];
         for (int i = 0; i + 4 <= table.Length; i += 4)

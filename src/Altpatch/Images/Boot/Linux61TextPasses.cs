@@ -154,7 +154,7 @@ internal static class Linux61TextPasses
     /// <c>__static_call_validate()</c> and <c>__static_call_transform()</c>: the bytes of a static call site or trampoline
     /// that calls (or tail-calls) <paramref name="func"/> (0: NULL). Returns the length (5, or 6 for a Jcc).
     /// </summary>
-    private static int Transform(BootContext ctx, TextPassContext t, ulong insn, ReadOnlySpan<byte> cur, bool tail, ulong func,
+    internal static int Transform(BootContext ctx, TextPassContext t, ulong insn, ReadOnlySpan<byte> cur, bool tail, ulong func,
         bool rethunk, Span<byte> buf, SiteRef site, bool isTrampoline, out string why)
     {
         // __static_call_validate(insn, tail, tramp)
@@ -443,12 +443,19 @@ internal static class Linux61TextPasses
     /// not dynamic (jump labels and static calls there are never updated after boot).
     /// </summary>
     public static ImmutableArray<KernelTextSite> Sites(KernelImage image, ElfFile patched, KernelBootState state, KernelThunks thunks,
+        Code.NopTable nops, TextPassContext t, ImmutableArray<BootPassResult> passes) =>
+        Sites(image.Elf, image.Bitness, patched, state, thunks, nops, t, passes);
+
+    /// <summary>As <see cref="Sites(KernelImage, ElfFile, KernelBootState, KernelThunks, Code.NopTable, TextPassContext, ImmutableArray{BootPassResult})"/>
+    /// for any ELF file before (<paramref name="original"/>) and after (<paramref name="patched"/>) the passes: a kernel's,
+    /// or a linked module's.</summary>
+    public static ImmutableArray<KernelTextSite> Sites(ElfFile original, int bitness, ElfFile patched, KernelBootState state, KernelThunks thunks,
         Code.NopTable nops, TextPassContext t, ImmutableArray<BootPassResult> passes)
     {
         var tables = t.Tables;
         int total = tables.Mcount.Length + tables.JumpEntries.Length + tables.StaticCalls.Length + tables.Trampolines.Length + tables.FtraceCalls.Length;
         var sites = new Pending[total];
-        var elf = image.Elf;
+        var elf = original;
         var exit = elf.FindSection(".exit.text");
         bool InExit(ulong a) => exit is { } e && e.Contains(a);
         int n = 0;
@@ -506,7 +513,7 @@ internal static class Linux61TextPasses
             ImmutableArray<KernelTextState> states;
             if (s.Length == 6)
             {
-                byte cc = image.ReadBytes(s.Address, 2)[1];
+                byte cc = elf.ReadBytes(s.Address, 2)[1];
                 if (!jcc.TryGetValue(cc, out states))
                 {
                     var b = ImmutableArray.CreateBuilder<KernelTextState>();
@@ -519,7 +526,7 @@ internal static class Linux61TextPasses
                 }
             }
             else if (s.Tail)
-                states = rethunk is { } rt && TailRethunk(s.Address, rt, image.Bitness, jr)
+                states = rethunk is { } rt && TailRethunk(s.Address, rt, bitness, jr)
                     ? tail.Add(Branch("jmp x86_return_thunk (NULL)", KernelTextStateForm.BranchToAddress, jmp32, rt))
                     : tail;
             else
@@ -531,7 +538,7 @@ internal static class Linux61TextPasses
         // trampolines (the 5-byte instruction; the signature after it never changes)
         foreach (var tr in tables.Trampolines)
         {
-            var states = rethunk is { } rt && TailRethunk(tr.Address, rt, image.Bitness, jr)
+            var states = rethunk is { } rt && TailRethunk(tr.Address, rt, bitness, jr)
                 ? tail.Add(Branch("jmp x86_return_thunk (NULL)", KernelTextStateForm.BranchToAddress, jmp32, rt))
                 : tail;
             var after = patched.ReadBytes(tr.Address, 5);

@@ -17,7 +17,7 @@ public readonly record struct KernelSiteSpan(KernelSiteKind Kind, int Index, ulo
 /// <summary>
 /// What <c>kernel verify</c> expects of the running kernel's <c>.text</c>, taken from a prediction
 /// (<see cref="KernelPatchResult"/> of the image at its runtime address): the sites the running kernel decides
-/// (<see cref="DynamicSites"/>) and every known site (<see cref="Sites"/>) to name what a difference hits. This is the
+/// (<see cref="DynamicSites(KernelPatchResult, KernelSymbols?)"/>) and every known site (<see cref="Sites(KernelPatchResult)"/>) to name what a difference hits. This is the
 /// one place that reads the boot passes' per-site results; docs/verify.md lists what each kind may legally hold.
 /// </summary>
 public static class KernelTextExpectations
@@ -32,11 +32,23 @@ public static class KernelTextExpectations
         // The passes of alternative_instructions() decide their sites once, at boot: only the text passes' sites
         // (jump labels, static calls and their trampolines, ftrace) can be dynamic.
         var image = prediction.Image;
-        int bitness = image.Bitness;
         var code = image.Sections.Where(s => s.IsAllocated && s.IsExecutable && s.Size > 0).Select(s => (s.Address, s.EndAddress)).ToArray();
-        bool InImageText(ulong a) => code.Any(r => a >= r.Address && a < r.EndAddress);
+        return DynamicSites(prediction.TextSites, image.Bitness, a => code.Any(r => a >= r.Address && a < r.EndAddress),
+            a => symbols is not null && symbols.TryFind(a, out var sym, out ulong off) && off == 0 && sym.IsText ? sym.Name : null, symbols);
+    }
+
+    /// <summary>The dynamic sites among <paramref name="textSites"/> (a kernel's or a module's), sorted by address.</summary>
+    /// <param name="textSites">The text passes' sites.</param>
+    /// <param name="bitness">32 or 64.</param>
+    /// <param name="inImageText">Whether an address is in code of the image (or module) verified: an ftrace trampoline never is.</param>
+    /// <param name="functionAt">The name of the function starting at an address, or null (a static call may point at any).</param>
+    /// <param name="symbols">The kernel's symbols (names of keys and trampolines), or null.</param>
+    internal static ImmutableArray<KernelDynamicSite> DynamicSites(IEnumerable<KernelTextSite> textSites, int bitness, Func<ulong, bool> inImageText,
+        Func<ulong, string?> functionAt, KernelSymbols? symbols)
+    {
+        bool InImageText(ulong a) => inImageText(a);
         var list = new List<KernelDynamicSite>();
-        foreach (var site in prediction.TextSites)
+        foreach (var site in textSites)
         {
             if (!site.Dynamic || site.States.IsEmpty)
                 continue;
@@ -55,8 +67,8 @@ public static class KernelTextExpectations
                         {
                             // static_call_update() points a call at a function: the start of a text symbol.
                             ulong target = state.BranchTarget(found, s.Address, bitness);
-                            if (symbols is not null && symbols.TryFind(target, out var sym, out ulong off) && off == 0 && sym.IsText)
-                                return $"{Opcode(state.Name)} {sym.Name}";
+                            if (functionAt(target) is { } fn)
+                                return $"{Opcode(state.Name)} {fn}";
                             continue;
                         }
                         case KernelTextStateForm.BranchToTrampoline:
@@ -106,19 +118,24 @@ public static class KernelTextExpectations
     public static ImmutableArray<KernelSiteSpan> Sites(KernelPatchResult prediction)
     {
         ArgumentNullException.ThrowIfNull(prediction);
-        var t = prediction.Image.Tables;
+        return Sites(prediction.Image.Tables, prediction.TextSites, prediction.BranchLength);
+    }
+
+    /// <summary>Every site of a kernel's or a module's tables and text sites, sorted by address.</summary>
+    internal static ImmutableArray<KernelSiteSpan> Sites(KernelPatchTables t, ImmutableArray<KernelTextSite> textSites, Func<ulong, int> branchLength)
+    {
         var list = new List<KernelSiteSpan>(t.Alternatives.Length + t.Paravirt.Length + t.Retpolines.Length + t.Returns.Length + t.SmpLocks.Length);
         foreach (var a in t.Alternatives)
             list.Add(new KernelSiteSpan(KernelSiteKind.Alternative, a.Index, a.Address, a.InstrLen));
         foreach (var p in t.Paravirt)
             list.Add(new KernelSiteSpan(KernelSiteKind.Paravirt, p.Index, p.Address, p.Len));
         foreach (var r in t.Retpolines)
-            list.Add(new KernelSiteSpan(KernelSiteKind.Retpoline, r.Index, r.Address, prediction.BranchLength(r.Address)));
+            list.Add(new KernelSiteSpan(KernelSiteKind.Retpoline, r.Index, r.Address, branchLength(r.Address)));
         foreach (var r in t.Returns)
-            list.Add(new KernelSiteSpan(KernelSiteKind.Return, r.Index, r.Address, prediction.BranchLength(r.Address)));
+            list.Add(new KernelSiteSpan(KernelSiteKind.Return, r.Index, r.Address, branchLength(r.Address)));
         foreach (var l in t.SmpLocks)
             list.Add(new KernelSiteSpan(KernelSiteKind.SmpLock, l.Index, l.Address, 1));
-        foreach (var x in prediction.TextSites)
+        foreach (var x in textSites)
             list.Add(new KernelSiteSpan(x.Kind, x.Index, x.Address, x.Length));
         list.Sort((a, b) => a.Address.CompareTo(b.Address));
         return [.. list];

@@ -125,7 +125,7 @@ public static class KernelTextVerifier
         return symbols.ToDictionary(kv => kv.Key, kv => kv.Value >= textStart ? kv.Value + delta : kv.Value, StringComparer.Ordinal);
     }
 
-    private sealed record Comparison(int TextLength, long DynamicBytes, long UnexplainedBytes, ImmutableArray<KernelUnexplainedRange> Unexplained,
+    internal sealed record Comparison(int TextLength, long DynamicBytes, long UnexplainedBytes, ImmutableArray<KernelUnexplainedRange> Unexplained,
         ImmutableArray<KernelDynamicObservation> DynamicChanged, ImmutableArray<KernelDynamicSite> DynamicSites);
 
     private static Comparison Compare(KernelImage runtime, KernelPatchResult prediction, ReadOnlyMemory<byte> foundMemory, ulong textAddress)
@@ -134,11 +134,22 @@ public static class KernelTextVerifier
         if (text.Address != textAddress)
             throw new InvalidOperationException($"the runtime image's .text is at 0x{text.Address:x}, not 0x{textAddress:x}");
         var predictedMemory = prediction.Patched.SectionBytes(prediction.Patched.FindSection(".text") ?? text);
-        int n = (int)text.Size;
-        var predicted = predictedMemory.Span[..n];
-        var found = foundMemory.Span[..n];
         runtime.TryGetSymbols(out var symbols);
         var dynamicSites = KernelTextExpectations.DynamicSites(prediction, symbols);
+        return Compare(predictedMemory[..(int)text.Size], foundMemory, textAddress, runtime.Bitness, dynamicSites,
+            () => KernelTextExpectations.Sites(prediction), symbols is null ? null : symbols.Describe, symbols);
+    }
+
+    /// <summary>Classifies every byte of <paramref name="foundMemory"/> against <paramref name="predictedMemory"/> (code at
+    /// <paramref name="textAddress"/>, a kernel's <c>.text</c> or a module's section): as predicted, a dynamic site in a legal
+    /// state, or unexplained (merged into ranges, named and disassembled).</summary>
+    internal static Comparison Compare(ReadOnlyMemory<byte> predictedMemory, ReadOnlyMemory<byte> foundMemory, ulong textAddress, int bitness,
+        ImmutableArray<KernelDynamicSite> dynamicSites, Func<ImmutableArray<KernelSiteSpan>> allSites, Func<ulong, string>? describe, KernelSymbols? symbols)
+    {
+        int n = predictedMemory.Length;
+        var predicted = predictedMemory.Span[..n];
+        var found = foundMemory.Span[..n];
+        string Describe(KernelSymbols? _, ulong address) => describe?.Invoke(address) ?? $"0x{address:x}";
 
         // 1. Runs of differing bytes.
         var runs = new List<(int Start, int End)>();
@@ -223,8 +234,8 @@ public static class KernelTextVerifier
                 merged.Add(r);
         }
 
-        var sites = merged.Count > 0 ? KernelTextExpectations.Sites(prediction) : [];
-        var disassembler = new RangeDisassembler(predictedMemory[..n], foundMemory[..n], textAddress, runtime.Bitness, symbols);
+        var sites = merged.Count > 0 ? allSites() : [];
+        var disassembler = new RangeDisassembler(predictedMemory[..n], foundMemory[..n], textAddress, bitness, symbols);
         var ranges = ImmutableArray.CreateBuilder<KernelUnexplainedRange>(merged.Count);
         foreach (var (s, e) in merged)
         {
@@ -249,8 +260,6 @@ public static class KernelTextVerifier
     }
 
     private static long Offset(ulong address, ulong textAddress) => unchecked((long)(address - textAddress));
-
-    private static string Describe(KernelSymbols? symbols, ulong address) => symbols?.Describe(address) ?? $"0x{address:x}";
 
     /// <summary>The sites of a sorted list that overlap [address, address + length).</summary>
     private static IEnumerable<KernelSiteSpan> Overlapping(ImmutableArray<KernelSiteSpan> sites, ulong address, ulong length)

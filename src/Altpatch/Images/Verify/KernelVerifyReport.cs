@@ -64,8 +64,25 @@ public static class KernelVerifyReport
             w.WriteEndObject();
         }
         w.WriteEndObject();
+        WriteClasses(w, r.DynamicChanged, r.Unexplained);
+        w.WriteStartArray("steps");
+        foreach (var step in steps.Concat(r.Steps))
+        {
+            w.WriteStartObject();
+            w.WriteString("name", step.Name);
+            w.WriteNumber("ms", Math.Round(step.Time.TotalMilliseconds, 1));
+            w.WriteEndObject();
+        }
+        w.WriteEndArray();
+        w.WriteEndObject();
+        w.Flush();
+    }
+
+    /// <summary>The "dynamic" and "unexplained" arrays, shared by the kernel's and a module's report.</summary>
+    internal static void WriteClasses(Utf8JsonWriter w, IEnumerable<KernelDynamicObservation> dynamicChanged, IEnumerable<KernelUnexplainedRange> unexplained)
+    {
         w.WriteStartArray("dynamic");
-        foreach (var o in r.DynamicChanged)
+        foreach (var o in dynamicChanged)
         {
             w.WriteStartObject();
             w.WriteString("address", Addr(o.Site.Address));
@@ -81,7 +98,7 @@ public static class KernelVerifyReport
         }
         w.WriteEndArray();
         w.WriteStartArray("unexplained");
-        foreach (var u in r.Unexplained)
+        foreach (var u in unexplained)
         {
             w.WriteStartObject();
             w.WriteString("address", Addr(u.Address));
@@ -98,15 +115,35 @@ public static class KernelVerifyReport
             w.WriteEndObject();
         }
         w.WriteEndArray();
-        w.WriteStartArray("steps");
-        foreach (var step in steps.Concat(r.Steps))
-        {
-            w.WriteStartObject();
-            w.WriteString("name", step.Name);
-            w.WriteNumber("ms", Math.Round(step.Time.TotalMilliseconds, 1));
-            w.WriteEndObject();
-        }
-        w.WriteEndArray();
+    }
+
+    /// <summary>Writes a module verification (<c>kernel verify --module --json</c>): the module, the section, the byte
+    /// classes, the dynamic sites seen in another legal state and the unexplained ranges.</summary>
+    /// <param name="w">The writer.</param>
+    /// <param name="r">The result.</param>
+    public static void WriteModule(Utf8JsonWriter w, KernelModuleVerifyResult r)
+    {
+        ArgumentNullException.ThrowIfNull(w);
+        ArgumentNullException.ThrowIfNull(r);
+        var m = r.Loaded.Link.Module;
+        w.WriteStartObject();
+        w.WriteString("module", m.Name);
+        w.WriteString("file", m.FileName);
+        w.WriteString("vermagic", m.Vermagic?.TrimEnd());
+        w.WriteString("image", r.Loaded.Kernel.Image.Name);
+        w.WriteString("kaslrOffset", Addr((ulong)r.Loaded.Kernel.Image.RelocationDelta));
+        w.WriteString("source", r.Source);
+        w.WriteString("section", r.Section);
+        w.WriteString("address", Addr(r.Address));
+        w.WriteNumber("length", r.Length);
+        w.WriteBoolean("clean", r.Clean);
+        w.WriteStartObject("bytes");
+        w.WriteNumber("asPredicted", r.AsPredictedBytes);
+        w.WriteNumber("dynamic", r.DynamicBytes);
+        w.WriteNumber("unexplained", r.UnexplainedBytes);
+        w.WriteEndObject();
+        w.WriteNumber("dynamicSites", r.DynamicSites.Length);
+        WriteClasses(w, r.DynamicChanged, r.Unexplained);
         w.WriteEndObject();
         w.Flush();
     }
