@@ -1,0 +1,71 @@
+using Altpatch.Native;
+
+namespace Altpatch.Hooks;
+
+/// <summary>
+/// Where hooks keep their trampolines and relays: W^X <see cref="ExecutableMemory"/> placed within rel32 reach of
+/// the targets (chunks of <see cref="ChunkSize"/> bytes, found or allocated near each target), cut into slots of
+/// <see cref="SlotSize"/> bytes. A slot holds one hook's trampoline (<see cref="TrampolineOffset"/>), its relay
+/// (<see cref="RelayOffset"/>) and the relay's destination (<see cref="DestinationOffset"/>). Slots go back to
+/// their chunk only when the hook's release is proven safe (<see cref="HookReclaimer"/>); chunks are never unmapped.
+/// </summary>
+internal static class HookArena
+{
+    public const int SlotSize = 256;
+    public const int ChunkSize = 64 * 1024;
+    public const int TrampolineOffset = 0;
+    public const int TrampolineCapacity = 128;
+    public const int RelayOffset = 128;
+    public const int RelayCapacity = 112;
+    public const int DestinationOffset = 248;
+
+    private static readonly object Gate = new();
+    private static readonly List<Chunk> Chunks = [];
+
+    /// <summary>A chunk of slots.</summary>
+    internal sealed class Chunk(ExecutableMemory memory)
+    {
+        public ExecutableMemory Memory { get; } = memory;
+        public Stack<int> Free { get; } = new(Enumerable.Range(0, ChunkSize / SlotSize).Reverse());
+    }
+
+    /// <summary>One slot: where it runs and where it is written.</summary>
+    internal readonly record struct Slot(Chunk Chunk, int Index)
+    {
+        public ulong Address => Chunk.Memory.Address + (ulong)(Index * SlotSize);
+        public nint Writable => Chunk.Memory.WritableAddress + Index * SlotSize;
+        public ulong Trampoline => Address + TrampolineOffset;
+        public ulong Relay => Address + RelayOffset;
+        public ulong Destination => Address + DestinationOffset;
+    }
+
+    /// <summary>Number of slots in use (for tests).</summary>
+    public static int InUse
+    {
+        get
+        {
+            lock (Gate) return Chunks.Sum(c => ChunkSize / SlotSize - c.Free.Count);
+        }
+    }
+
+    /// <summary>A free slot whose every byte is within rel32 reach of [target, target + span).</summary>
+    public static Slot Rent(ulong target, int span)
+    {
+        lock (Gate)
+        {
+            foreach (var c in Chunks)
+                if (c.Free.Count > 0 && NearMemory.IsInReach(target, target + (ulong)span, c.Memory.Address, ChunkSize))
+                    return new Slot(c, c.Free.Pop());
+            var chunk = new Chunk(ExecutableMemory.AllocateNear(ChunkSize, target, span, "altpatch-hooks"));
+            Chunks.Add(chunk);
+            return new Slot(chunk, chunk.Free.Pop());
+        }
+    }
+
+    /// <summary>Gives a slot back, filled with int3 again.</summary>
+    public static unsafe void Return(Slot slot)
+    {
+        new Span<byte>((void*)slot.Writable, SlotSize).Fill(0xCC);
+        lock (Gate) slot.Chunk.Free.Push(slot.Index);
+    }
+}
