@@ -26,7 +26,7 @@ internal static class HookArena
     internal sealed class Chunk(ExecutableMemory memory)
     {
         public ExecutableMemory Memory { get; } = memory;
-        public Stack<int> Free { get; } = new(Enumerable.Range(0, ChunkSize / SlotSize).Reverse());
+        public Stack<int> Free { get; } = new(Enumerable.Range(0, memory.Size / SlotSize).Reverse());
     }
 
     /// <summary>One slot: where it runs and where it is written.</summary>
@@ -44,7 +44,7 @@ internal static class HookArena
     {
         get
         {
-            lock (Gate) return Chunks.Sum(c => ChunkSize / SlotSize - c.Free.Count);
+            lock (Gate) return Chunks.Sum(c => c.Memory.Size / SlotSize - c.Free.Count);
         }
     }
 
@@ -54,9 +54,26 @@ internal static class HookArena
         lock (Gate)
         {
             foreach (var c in Chunks)
-                if (c.Free.Count > 0 && NearMemory.IsInReach(target, target + (ulong)span, c.Memory.Address, ChunkSize))
+                if (c.Free.Count > 0 && NearMemory.IsInReach(target, target + (ulong)span, c.Memory.Address, c.Memory.Size))
                     return new Slot(c, c.Free.Pop());
-            var chunk = new Chunk(ExecutableMemory.AllocateNear(ChunkSize, target, span, "altpatch-hooks"));
+            ExecutableMemory memory;
+            try
+            {
+                memory = ExecutableMemory.AllocateNear(ChunkSize, target, span, "altpatch-hooks");
+            }
+            catch (NativeException)
+            {
+                // Near a library the runtime packed its reservations around, a page may fit where a chunk does not.
+                try
+                {
+                    memory = ExecutableMemory.AllocateNear(Environment.SystemPageSize, target, span, "altpatch-hooks");
+                }
+                catch (NativeException e)
+                {
+                    throw new HookException(target, $"no room for a trampoline within rel32 reach of the target: {e.Message}; nothing written", e);
+                }
+            }
+            var chunk = new Chunk(memory);
             Chunks.Add(chunk);
             return new Slot(chunk, chunk.Free.Pop());
         }

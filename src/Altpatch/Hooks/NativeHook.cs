@@ -11,8 +11,8 @@ namespace Altpatch.Hooks;
 /// checks, the trampoline, the relay) without writing the target; <see cref="Enable"/> and <see cref="Disable"/>
 /// switch it live with the <see cref="LivePoker"/>'s int3 protocol (threads may be running the target meanwhile,
 /// even stopped inside its first instructions); <see cref="EnableAll"/> and <see cref="DisableAll"/> switch many in
-/// one batch. <see cref="Dispose"/> disables it, restores the target's exact bytes and releases the trampoline once
-/// no thread can be in it (docs/hooks.md).
+/// one batch. <see cref="Dispose"/> disables it, restores the target's exact bytes and retires the trampoline and
+/// relay: they stay mapped and are never reused, since a thread may still be in the detour (docs/hooks.md).
 /// </summary>
 /// <remarks>
 /// The target is overwritten by a <c>jmp rel32</c> to the hook's relay (near the target), which jumps to the detour
@@ -285,9 +285,10 @@ public sealed unsafe class NativeHook : IDisposable
     }
 
     /// <summary>
-    /// Disables the hook (live, exact original bytes when it was the only one) and releases its trampoline and relay
-    /// once no thread can still be in them, in the background if that takes a while: it never blocks on a thread that
-    /// stays in the detour. A hook that a later hook chains onto keeps them until that one is removed too.
+    /// Disables the hook (live, exact original bytes when it was the only one) and retires its trampoline and relay
+    /// (<see cref="HookReclaimer"/>): they are never freed or reused, so a thread still in the detour, the trampoline
+    /// or the relay, or returning into them, finishes normally, and Dispose never waits for one. A hook that a later
+    /// hook chains onto stays in place (its relay skipping its detour) until that one is removed too.
     /// </summary>
     public void Dispose()
     {
