@@ -20,8 +20,10 @@ namespace Altpatch.Bench;
 /// to a 5-byte function, to the same function hooked (the detour calls <see cref="NativeHook.Original"/>: target jump,
 /// relay, detour, trampoline, jump back), and to the trampoline alone. Per call = mean / 1,000.</item>
 /// </list>
+/// In process: the live poker's handlers and the hooks belong to this process (and the out-of-process build times
+/// out on this busy machine).
 /// </summary>
-[SimpleJob(launchCount: 1, warmupCount: 3, iterationCount: 10)]
+[InProcess]
 public unsafe class HookBench
 {
     private const int Many = 1000, Stride = 16, Calls = 1000;

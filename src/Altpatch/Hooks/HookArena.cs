@@ -5,8 +5,9 @@ namespace Altpatch.Hooks;
 /// <summary>
 /// Where hooks keep their trampolines and relays: W^X <see cref="ExecutableMemory"/> placed within rel32 reach of
 /// the targets (chunks of <see cref="ChunkSize"/> bytes, found or allocated near each target), cut into slots of
-/// <see cref="SlotSize"/> bytes. A slot holds one hook's trampoline (<see cref="TrampolineOffset"/>), its relay
-/// (<see cref="RelayOffset"/>) and the relay's destination (<see cref="DestinationOffset"/>). Slots go back to
+/// <see cref="SlotSize"/> bytes. A slot holds one hook's trampoline (<see cref="TrampolineOffset"/>) and its relay
+/// (<see cref="RelayOffset"/>, ending with its destination pointer); its in-flight counter is in ordinary memory
+/// (a cache line each), not in the code's page. Slots go back to
 /// their chunk only when the hook's release is proven safe (<see cref="HookReclaimer"/>); chunks are never unmapped.
 /// </summary>
 internal static class HookArena
@@ -14,29 +15,36 @@ internal static class HookArena
     public const int SlotSize = 256;
     public const int ChunkSize = 64 * 1024;
     public const int TrampolineOffset = 0;
-    public const int TrampolineCapacity = 128;
-    public const int RelayOffset = 128;
-    public const int RelayCapacity = 112;
-    public const int DestinationOffset = 248;
+    public const int TrampolineCapacity = 96;
+    public const int RelayOffset = 96;
+    public const int RelayCapacity = 160;
 
     private static readonly object Gate = new();
     private static readonly List<Chunk> Chunks = [];
 
     /// <summary>A chunk of slots.</summary>
-    internal sealed class Chunk(ExecutableMemory memory)
+    internal sealed unsafe class Chunk(ExecutableMemory memory)
     {
         public ExecutableMemory Memory { get; } = memory;
         public Stack<int> Free { get; } = new(Enumerable.Range(0, memory.Size / SlotSize).Reverse());
+        public long* Counters { get; } = Zeroed(memory.Size / SlotSize * 64);
+
+        private static long* Zeroed(int bytes)
+        {
+            var p = (long*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc((nuint)bytes, 64);
+            new Span<byte>(p, bytes).Clear();
+            return p;
+        }
     }
 
     /// <summary>One slot: where it runs and where it is written.</summary>
-    internal readonly record struct Slot(Chunk Chunk, int Index)
+    internal readonly unsafe record struct Slot(Chunk Chunk, int Index)
     {
+        public long* Counter => Chunk.Counters + Index * 8;
         public ulong Address => Chunk.Memory.Address + (ulong)(Index * SlotSize);
         public nint Writable => Chunk.Memory.WritableAddress + Index * SlotSize;
         public ulong Trampoline => Address + TrampolineOffset;
         public ulong Relay => Address + RelayOffset;
-        public ulong Destination => Address + DestinationOffset;
     }
 
     /// <summary>Number of slots in use (for tests).</summary>
@@ -83,6 +91,7 @@ internal static class HookArena
     public static unsafe void Return(Slot slot)
     {
         new Span<byte>((void*)slot.Writable, SlotSize).Fill(0xCC);
+        *slot.Counter = 0;
         lock (Gate) slot.Chunk.Free.Push(slot.Index);
     }
 }

@@ -11,8 +11,8 @@ namespace Altpatch.Hooks;
 /// checks, the trampoline, the relay) without writing the target; <see cref="Enable"/> and <see cref="Disable"/>
 /// switch it live with the <see cref="LivePoker"/>'s int3 protocol (threads may be running the target meanwhile,
 /// even stopped inside its first instructions); <see cref="EnableAll"/> and <see cref="DisableAll"/> switch many in
-/// one batch. <see cref="Dispose"/> disables it, restores the target's exact bytes and retires the trampoline and
-/// relay: they stay mapped and are never reused, since a thread may still be in the detour (docs/hooks.md).
+/// one batch. <see cref="Dispose"/> disables it, restores the target's exact bytes and releases the trampoline and
+/// relay once no thread is in the detour, in them or returning into them (<see cref="HookReclaimer"/>, docs/hooks.md).
 /// </summary>
 /// <remarks>
 /// The target is overwritten by a <c>jmp rel32</c> to the hook's relay (near the target), which jumps to the detour
@@ -32,11 +32,16 @@ public sealed unsafe class NativeHook : IDisposable
     private readonly HookArena.Slot slot;
     private readonly byte[] jump;
     private readonly NativeHook? under;
+    private readonly HookReclaimer.Entry entry;
+    private readonly nint destination;
     private readonly int index;
     private bool placed, enabled, disposed, released;
 
-    private NativeHook(ulong target, ulong detour, Prologue prologue, HookArena.Slot slot, NativeHook? under, NativeHookOptions options)
+    private NativeHook(ulong target, ulong detour, Prologue prologue, HookArena.Slot slot, NativeHook? under, NativeHookOptions options,
+                       nint destination, ulong[] points)
     {
+        this.destination = destination;
+        entry = HookReclaimer.Track(slot, points, under?.entry);
         Target = (nint)target;
         Detour = (nint)detour;
         this.prologue = prologue;
@@ -59,7 +64,7 @@ public sealed unsafe class NativeHook : IDisposable
     /// </summary>
     public nint Original => (nint)slot.Trampoline;
 
-    /// <summary>The relay near the target that the jump at the target reaches; it jumps to <see cref="Detour"/>.</summary>
+    /// <summary>The relay near the target that the jump at the target reaches; it counts the call in and jumps to <see cref="Detour"/>.</summary>
     public nint Relay => (nint)slot.Relay;
 
     /// <summary>The settings the hook was created with.</summary>
@@ -82,6 +87,12 @@ public sealed unsafe class NativeHook : IDisposable
             lock (Gate) return disposed;
         }
     }
+
+    /// <summary>Threads counted in by the relay and not yet out (in the detour, in the trampoline it called, or returning).</summary>
+    public long InFlight => entry.InFlight;
+
+    /// <summary>True once the trampoline and relay went back to the arena (after <see cref="Dispose"/>, when safe).</summary>
+    internal bool IsReleased => entry.Released;
 
     /// <summary>Number of bytes of the target the jump overwrites (whole instructions, at least 5).</summary>
     public int PatchLength => prologue.Length;
@@ -130,9 +141,12 @@ public sealed unsafe class NativeHook : IDisposable
                     throw new HookException(t, $"the trampoline for {prologue.Text} takes {tramp.Length} bytes, more than the {HookArena.TrampolineCapacity} a slot holds");
                 var w = new Span<byte>((void*)slot.Writable, HookArena.SlotSize);
                 tramp.CopyTo(w[HookArena.TrampolineOffset..]);
-                Relays.Write(w, slot);
-                *(ulong*)(slot.Writable + HookArena.DestinationOffset) = d;
-                return new NativeHook(t, d, prologue, slot, top, options);
+                var (destOffset, relayPoints) = Relays.Write(w, slot, slot.Counter);
+                nint destination = slot.Writable + destOffset;
+                *(ulong*)destination = d;
+                ulong[] points = [.. Relays.Boundaries(tramp, slot.Trampoline), .. relayPoints];
+                Array.Sort(points);
+                return new NativeHook(t, d, prologue, slot, top, options, destination, points);
             }
             catch
             {
@@ -217,7 +231,7 @@ public sealed unsafe class NativeHook : IDisposable
                     throw new HookException(t, $"the target holds {Convert.ToHexString(current)}, not the {Convert.ToHexString(h.prologue.Bytes)} the hook was created on: someone changed it; nothing written");
                 writes.Add((h, new Poke(t, h.prologue.Bytes, h.jump, new SiteRef(SiteKind, h.index, "native hooks"), $"hook -> 0x{h.Detour:x}")));
             }
-            foreach (var (h, _) in writes) Relays.Route(h.slot, (ulong)h.Detour); // made visible by the batch's serialisations
+            foreach (var (h, _) in writes) Relays.Route(h.destination, (ulong)h.Detour); // made visible by the batch's serialisations
             Write(writes.Select(w => w.Poke), list.Count > 0 ? list[0].Options : NativeHookOptions.Default);
             foreach (var (h, _) in writes)
             {
@@ -229,7 +243,7 @@ public sealed unsafe class NativeHook : IDisposable
             foreach (var h in list)
                 if (h.placed && !h.enabled)
                 {
-                    Relays.Route(h.slot, (ulong)h.Detour);
+                    Relays.Route(h.destination, (ulong)h.Detour);
                     h.enabled = true;
                 }
         }
@@ -268,7 +282,7 @@ public sealed unsafe class NativeHook : IDisposable
             foreach (var h in list.Where(h => h.enabled))
             {
                 h.enabled = false;
-                Relays.Route(h.slot, (ulong)h.Original); // a thread still reaching the relay (or a chained hook's Original) skips the detour
+                Relays.Route(h.destination, (ulong)h.Original); // a thread still reaching the relay (or a chained hook's Original) skips the detour
             }
             foreach (var (target, keep) in popped)
             {
@@ -285,9 +299,10 @@ public sealed unsafe class NativeHook : IDisposable
     }
 
     /// <summary>
-    /// Disables the hook (live, exact original bytes when it was the only one) and retires its trampoline and relay
-    /// (<see cref="HookReclaimer"/>): they are never freed or reused, so a thread still in the detour, the trampoline
-    /// or the relay, or returning into them, finishes normally, and Dispose never waits for one. A hook that a later
+    /// Disables the hook (live, exact original bytes when it was the only one) and hands its trampoline and relay to
+    /// <see cref="HookReclaimer"/>, which reuses them only once the relay's in-flight count is 0 and the probe finds
+    /// no thread in them or returning into them: a thread still in the detour finishes normally, and Dispose never
+    /// waits for one. A hook that a later
     /// hook chains onto stays in place (its relay skipping its detour) until that one is removed too.
     /// </summary>
     public void Dispose()
@@ -305,7 +320,7 @@ public sealed unsafe class NativeHook : IDisposable
     {
         if (released) return;
         released = true;
-        HookReclaimer.Retire(slot, under);
+        HookReclaimer.Retire(entry);
     }
 
     /// <summary>Writes the pokes in one live batch, remapping library text first when needed.</summary>

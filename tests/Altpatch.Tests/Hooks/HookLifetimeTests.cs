@@ -44,15 +44,21 @@ public unsafe class HookLifetimeTests(ITestOutputHelper output)
         var threads = Enumerable.Range(0, 3).Select(i => new Thread(() => results[i] = f(Magic)) { IsBackground = true }).ToList();
         threads.ForEach(t => t.Start());
         while (Volatile.Read(ref *entered) < 3) Thread.Sleep(1);
+        Assert.Equal(3, hook.InFlight);
         hook.Dispose(); // three threads are inside the detour: it must not block, and they must still finish
         Assert.Equal(before, new ReadOnlySpan<byte>((void*)labs, 16).ToArray());
         Assert.True(threads.All(t => t.IsAlive), "the threads left the detour before it was released");
+        HookReclaimer.Sweep(TimeSpan.FromMilliseconds(10));
+        Assert.False(hook.IsReleased, "the slot was released while three threads were in the detour");
+        Assert.Equal(3, hook.InFlight);
         Volatile.Write(ref *hold, 0);
         threads.ForEach(t => t.Join());
         Assert.All(results, r => Assert.Equal(987654321, r));
+        Assert.Equal(0, hook.InFlight);
         Assert.Equal(987654321, f(Magic));
-        Assert.True(HookReclaimer.Quarantined >= 1, "the disposed hook's trampoline must not be reused");
-        output.WriteLine($"3 threads inside the detour during Dispose, all returned 987654321 through the trampoline; slots in use {HookArena.InUse}");
+        for (int i = 0; i < 1000 && !hook.IsReleased; i++) HookReclaimer.Sweep(TimeSpan.FromMilliseconds(100));
+        Assert.True(hook.IsReleased, "the slot was never released after the threads left");
+        output.WriteLine($"3 threads inside the detour during Dispose, all returned 987654321 through the trampoline; slot released after they left");
     }
 
     [SkippableFact]

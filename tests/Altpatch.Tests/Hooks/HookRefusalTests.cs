@@ -19,7 +19,7 @@ public unsafe class HookRefusalTests
         var e = Assert.Throws<HookException>(() => NativeHook.Install((nint)target, detour, options));
         Assert.Contains(expected, e.Message, StringComparison.Ordinal);
         if (target != 0) Assert.Equal(before, Bytes(target, 16));
-        Assert.Equal(inUse, HookArena.InUse);
+        Assert.True(HookArena.InUse <= inUse, "a refused hook kept a slot"); // released slots of earlier hooks may come back meanwhile
     }
 
     [SkippableFact]
