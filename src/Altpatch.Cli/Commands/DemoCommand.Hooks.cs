@@ -62,7 +62,7 @@ internal static partial class DemoCommand
         if (!CoreSync.IsAllCoresSyncAvailable) return new HookDemo(CoreSync.UnavailableReason, 0, "", "", "", "", "", 0, 0, 0, 0, true, "");
         nint abs = NativeLibrary.GetExport(NativeLibrary.Load("libc.so.6"), "abs");
         var before = new ReadOnlySpan<byte>((void*)abs, 8).ToArray();
-        using var cb = new CodeBuilder(4096, 0, 4096);
+        var cb = new CodeBuilder(4096, 0, 4096);
         ulong slot = cb.Data(new byte[8]);
         // detour: abs(-42) answers 4242; every other call goes to Original (through the slot).
         ulong detour = cb.Code(a =>
@@ -108,6 +108,7 @@ internal static partial class DemoCommand
         Thread.Sleep(20);
         Volatile.Write(ref stop, true);
         threads.ForEach(t => t.Join());
+        if (hook.WaitUntilReleased(TimeSpan.FromSeconds(5))) cb.Dispose(); // else a thread may still be in the detour: keep it
         var restored = new ReadOnlySpan<byte>((void*)abs, 8).ToArray();
         return new HookDemo(null, (ulong)abs, Disassembler.Text(before, (ulong)abs), Disassembler.Text(after, (ulong)abs),
                             Disassembler.Text(tramp, (ulong)hook.Original), moved, $"{region.Permissions} {region.Path}", threads.Count,

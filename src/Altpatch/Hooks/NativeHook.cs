@@ -91,8 +91,26 @@ public sealed unsafe class NativeHook : IDisposable
     /// <summary>Threads counted in by the relay and not yet out (in the detour, in the trampoline it called, or returning).</summary>
     public long InFlight => entry.InFlight;
 
-    /// <summary>True once the trampoline and relay went back to the arena (after <see cref="Dispose"/>, when safe).</summary>
-    internal bool IsReleased => entry.Released;
+    /// <summary>
+    /// True once the trampoline and relay went back to the arena (after <see cref="Dispose"/>, when no thread was in
+    /// the detour, the trampoline or the relay, or returning into them). Free the detour's own code only then.
+    /// </summary>
+    public bool IsReleased => entry.Released;
+
+    /// <summary>
+    /// After <see cref="Dispose"/>: runs the release checks until the hook <see cref="IsReleased"/> or
+    /// <paramref name="timeout"/> passes; returns <see cref="IsReleased"/>. Never needed for safety (the release runs
+    /// in the background), only to know when the detour's code may be freed.
+    /// </summary>
+    public bool WaitUntilReleased(TimeSpan timeout)
+    {
+        var deadline = DateTime.UtcNow + timeout;
+        while (!entry.Released && DateTime.UtcNow < deadline)
+        {
+            if (HookReclaimer.Sweep(TimeSpan.FromMilliseconds(50)) > 0 && !entry.Released) Thread.Sleep(5);
+        }
+        return entry.Released;
+    }
 
     /// <summary>Number of bytes of the target the jump overwrites (whole instructions, at least 5).</summary>
     public int PatchLength => prologue.Length;

@@ -36,7 +36,7 @@ public unsafe class HookLifetimeTests(ITestOutputHelper output)
         nint labs = Libc("labs");
         var before = new ReadOnlySpan<byte>((void*)labs, 16).ToArray();
         var hook = NativeHook.Create(labs, detour);
-        detours.SetOriginal(slot, hook.Original);
+        detours.SetOriginal(slot, hook);
         hook.Enable();
         const long Magic = -987654321;
         var f = (delegate* unmanaged<long, long>)labs;
@@ -72,11 +72,11 @@ public unsafe class HookLifetimeTests(ITestOutputHelper output)
         var (da, sa) = detours.Answering(false, unchecked((ulong)Magic), 777, 20);
         var (db, sb) = detours.Counting(21);
         using var first = NativeHook.Create(abs, da);
-        detours.SetOriginal(sa, first.Original);
+        detours.SetOriginal(sa, first);
         first.Enable();
         Assert.Throws<HookException>(() => NativeHook.Create(abs, db));
         using var second = NativeHook.Create(abs, db, new NativeHookOptions { Chain = true });
-        detours.SetOriginal(sb, second.Original);
+        detours.SetOriginal(sb, second);
         second.Enable();
         Assert.Equal(777, f(Magic)); // second (counts) -> its Original -> first (answers)
         Assert.Equal((1, 1), (detours.Counters[20], detours.Counters[21]));
@@ -104,7 +104,7 @@ public unsafe class HookLifetimeTests(ITestOutputHelper output)
         using var detours = new Detours();
         var (d, s) = detours.Counting(30);
         using var hook = NativeHook.Create(getpid, d);
-        detours.SetOriginal(s, hook.Original);
+        detours.SetOriginal(s, hook);
         output.WriteLine($"SystemNative_GetPid: moves {hook.MovedInstructions}");
         hook.Enable();
         var f = (delegate* unmanaged<int>)getpid;

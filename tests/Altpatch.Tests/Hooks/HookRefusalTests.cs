@@ -127,7 +127,7 @@ public unsafe class HookRefusalTests
             var expected = inputs.Select(x => f(x)).ToArray();
             var (detour, slot) = detours.Counting(5);
             using var hook = NativeHook.Create((nint)target, detour);
-            detours.SetOriginal(slot, hook.Original);
+            detours.SetOriginal(slot, hook);
             var original = (delegate* unmanaged<int, int>)hook.Original;
             Assert.Equal(expected, inputs.Select(x => original(x)).ToArray());
             long calls = detours.Counters[5];

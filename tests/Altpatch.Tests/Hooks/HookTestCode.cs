@@ -1,5 +1,6 @@
 using System.Runtime.InteropServices;
 using Altpatch.Code;
+using Altpatch.Hooks;
 using Altpatch.Native;
 using Iced.Intel;
 using static Iced.Intel.AssemblerRegisters;
@@ -46,10 +47,13 @@ internal static unsafe class HookTestCode
             return ((nint)at, slot);
         }
 
-        /// <summary>Sets a detour's Original slot.</summary>
-        public void SetOriginal(int slot, nint original)
+        private readonly List<NativeHook> hooks = [];
+
+        /// <summary>Sets a detour's Original slot to <paramref name="hook"/>'s, and frees the detours only once that hook is released.</summary>
+        public void SetOriginal(int slot, NativeHook hook)
         {
-            Volatile.Write(ref *(long*)((nint)memory.WritableAddress + slot), original);
+            hooks.Add(hook);
+            Volatile.Write(ref *(long*)((nint)memory.WritableAddress + slot), hook.Original);
             CoreSync.TrySyncAllCores();
         }
 
@@ -82,8 +86,14 @@ internal static unsafe class HookTestCode
             a.jmp(__qword_ptr[r11]);
         });
 
+        /// <summary>
+        /// Disposes the hooks and frees the detours once every hook is released (no thread in a detour any more: a
+        /// runtime thread may have called a hooked libc function); otherwise they stay mapped.
+        /// </summary>
         public void Dispose()
         {
+            foreach (var h in hooks) h.Dispose();
+            if (!hooks.All(h => h.WaitUntilReleased(TimeSpan.FromSeconds(10)))) return;
             memory.Dispose();
             NativeMemory.Free(Counters);
         }

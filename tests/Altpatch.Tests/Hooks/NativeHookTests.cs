@@ -23,7 +23,7 @@ public unsafe class NativeHookTests(ITestOutputHelper output)
         var before = Bytes(abs, 16);
         using (var hook = NativeHook.Create(abs, detour))
         {
-            detours.SetOriginal(slot, hook.Original);
+            detours.SetOriginal(slot, hook);
             Assert.Equal(before, Bytes(abs, 16)); // Create writes nothing
             output.WriteLine($"moved: {hook.MovedInstructions} ({hook.PatchLength} bytes)");
             Assert.Equal(123457, ((delegate* unmanaged<int, int>)hook.Original)(Magic)); // Original runs abs before the hook is live
