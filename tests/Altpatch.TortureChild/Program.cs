@@ -13,6 +13,9 @@ namespace Altpatch.TortureChild;
 ///     naive: byte-by-byte copy; kernel: the int3 protocol without the probe for threads inside sites;
 ///     live: the live poker. Exit 0: every call returned a valid result; 3: some did not; killed by a
 ///     signal: crashed
+/// Altpatch.TortureChild hook-torture naive|live ROUNDS THREADS
+///     threads call a hooked function in an anonymous executable page while its hook goes in and out: naive is
+///     mprotect RWX + a plain copy of the jump (what peers do), live is NativeHook.Enable/Disable. Exit as torture
 /// Altpatch.TortureChild cli PEAKFILE ARGS…
 ///     runs the altpatch command line ARGS in this process (Altpatch.Cli's Program.Run, its real output and
 ///     error), then writes this process's peak resident set (VmHWM of /proc/self/status, in KiB) to PEAKFILE:
@@ -45,6 +48,11 @@ public static unsafe partial class Program
                                     int.Parse(args[3], System.Globalization.CultureInfo.InvariantCulture), stopOnWrong: true);
                 Console.WriteLine(r);
                 return r.Wrong == 0 ? 0 : 3;
+            }
+            case "hook-torture" when args.Length == 4:
+            {
+                var inv = System.Globalization.CultureInfo.InvariantCulture;
+                return HookTorture.Run(args[1], int.Parse(args[2], inv), int.Parse(args[3], inv)) == 0 ? 0 : 3;
             }
             case "cli" when args.Length >= 2:
             {

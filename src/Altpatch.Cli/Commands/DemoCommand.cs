@@ -79,6 +79,7 @@ internal static partial class DemoCommand
 
         var pv = RunParavirt(cpu);
         var locks = RunLocks();
+        var hookDemo = RunHook();
 
         if (json)
         {
@@ -131,6 +132,7 @@ internal static partial class DemoCommand
                 ["revertExact"] = revertExact,
                 ["paravirt"] = pv.ToJson(),
                 ["smpLocks"] = locks.ToJson(),
+                ["hook"] = hookDemo.ToJson(),
             });
         }
         else
@@ -170,8 +172,10 @@ internal static partial class DemoCommand
             pv.Print(console);
             console.WriteLine();
             locks.Print(console);
+            console.WriteLine();
+            hookDemo.Print(console);
         }
-        return agree && revertExact && pv.Ok && locks.Ok ? 0 : 1;
+        return agree && revertExact && pv.Ok && locks.Ok && hookDemo.Ok ? 0 : 1;
     }
 
     private static string N(int v) => v.ToString(System.Globalization.CultureInfo.InvariantCulture);

@@ -32,12 +32,23 @@ public static class NearMemory
         // Try the hint first (the kernel takes it when free); otherwise look for the free gap closest to
         // the code in /proc/self/maps (the runtime reserves large ranges, so blind probing can miss) and
         // map there without replacing anything. A few rounds absorb races with other threads' mmaps.
+        return (MapNear(mapped, near, span, Libc.ProtRead | Libc.ProtWrite, Libc.MapPrivate | Libc.MapAnonymous, -1, what), mapped);
+    }
+
+    /// <summary>
+    /// Maps <paramref name="mapped"/> bytes (a whole number of pages) with <paramref name="prot"/> and
+    /// <paramref name="flags"/> (of <paramref name="fd"/>, or anonymous) so that every byte is within rel32 reach of
+    /// [near, near + <paramref name="span"/>): the hint first, then the free gaps closest to <paramref name="near"/>.
+    /// </summary>
+    internal static ulong MapNear(int mapped, ulong near, long span, int prot, int flags, int fd, string what)
+    {
+        long page = Environment.SystemPageSize;
         ulong first = (near - (ulong)mapped) & ~((ulong)page - 1);
-        if (TryMap(first, mapped, 0, near, span, out ulong at)) return (at, mapped);
+        if (TryMap(first, mapped, prot, flags, fd, near, span, out ulong at)) return at;
         for (int round = 0; round < 4; round++)
         {
             foreach (ulong gap in FreeGapsNear(MemoryMap.Read(), near, span, mapped, (ulong)page))
-                if (TryMap(gap, mapped, MapFixedNoReplace, near, span, out at)) return (at, mapped);
+                if (TryMap(gap, mapped, prot, flags | MapFixedNoReplace, fd, near, span, out at)) return at;
         }
         throw new NativeException($"no free memory for {what} within rel32 reach of 0x{near:x}", 0);
     }
@@ -74,10 +85,10 @@ public static class NearMemory
         return candidates.OrderBy(c => c < near ? near - c : c - near);
     }
 
-    private static bool TryMap(ulong hint, int size, int extraFlags, ulong near, long span, out ulong address)
+    private static bool TryMap(ulong hint, int size, int prot, int flags, int fd, ulong near, long span, out ulong address)
     {
         address = 0;
-        nint p = Libc.Mmap((nint)hint, (nuint)size, Libc.ProtRead | Libc.ProtWrite, Libc.MapPrivate | Libc.MapAnonymous | extraFlags, -1, 0);
+        nint p = Libc.Mmap((nint)hint, (nuint)size, prot, flags, fd, 0);
         if (p == Libc.MapFailed) return false;
         ulong a = (ulong)p;
         bool inReach = Math.Abs((long)(a - near)) < Reach - span - size && Math.Abs((long)(a + (ulong)size - near)) < Reach - span - size;

@@ -173,6 +173,29 @@ public static unsafe class TrapHandler
         finally { Monitor.Exit(Gate); }
     }
 
+    /// <summary>
+    /// Asks every other thread, with the live poker's probe, whether its RIP or any word of its stack equals one of
+    /// <paramref name="points"/> (ascending): true once every thread answers clear, false when some thread still does
+    /// after <paramref name="timeout"/> (or cannot answer). Installs the handlers if needed. What native hooks use to
+    /// know that no thread is in, or will return into, code they are about to release.
+    /// </summary>
+    public static bool ProbeClear(ReadOnlySpan<ulong> points, TimeSpan timeout)
+    {
+        if (points.Length > DataLayout.HazardCapacity)
+            throw new ArgumentOutOfRangeException(nameof(points), points.Length, $"more than {DataLayout.HazardCapacity} points");
+        lock (Gate)
+        {
+            var c = InstallLocked();
+            points.CopyTo(new Span<ulong>(c.Hazards, points.Length));
+            c.PublishHazards(points.Length);
+            BatchDescriptor desc;
+            LiveCode.InitDescriptor(&desc, 0, null, probe: true, timeout);
+            var r = c.RunBatch(&desc);
+            c.PublishHazards(0);
+            return r == BatchResult.Done;
+        }
+    }
+
     /// <summary>An empty batch with a probe: returns when every other thread has answered.</summary>
     private static void GracePeriod(LiveCode c, TimeSpan timeout)
     {

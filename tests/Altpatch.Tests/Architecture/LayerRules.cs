@@ -48,8 +48,8 @@ internal sealed class LayerRules
     }
 
     /// <summary>
-    /// Altpatch's layers, bottom first (docs/architecture.md draws them). <c>Altpatch.Hooks</c> is reserved: it
-    /// does not exist yet, and when it does it sits on top of the live stack.
+    /// Altpatch's layers, bottom first (docs/architecture.md draws them). <c>Altpatch.Hooks</c> (native function hooks)
+    /// sits on top of the live stack.
     /// </summary>
     public static LayerRules Altpatch { get; } = new(
     [

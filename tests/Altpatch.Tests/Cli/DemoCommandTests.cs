@@ -121,6 +121,12 @@ public class DemoCommandTests
         Assert.Contains("Back to native: every site byte-identical", stdout);
         Assert.Contains("no increment lost", stdout);
         Assert.DoesNotContain("MISMATCH", stdout);
+        if (Altpatch.Native.CoreSync.IsAllCoresSyncAvailable)
+        {
+            Assert.Contains("Native hook: libc's abs hooked and unhooked live", stdout);
+            Assert.Contains("abs's bytes are back exactly", stdout);
+            Assert.DoesNotContain("WRONG RESULTS", stdout);
+        }
     }
 
     [Fact]

@@ -1,0 +1,39 @@
+namespace Altpatch.Hooks;
+
+/// <summary>How a hook writes a target that lies in code Altpatch did not allocate (a library's text).</summary>
+public enum ForeignTextMode
+{
+    /// <summary>
+    /// The default, W^X: the target's pages are replaced, once, by a memfd-backed copy mapped read-execute at the
+    /// same address plus a read-write alias (<c>Native.ExecutableMemory.AdoptText</c>); the live poker writes
+    /// through the alias. No page is ever writable and executable. /proc/self/maps then shows those pages as
+    /// <c>/memfd:altpatch-text (deleted)</c> instead of the library (docs/hooks.md).
+    /// </summary>
+    Remap,
+
+    /// <summary>
+    /// The opt-in fallback: the target's pages are made read-write-execute (<c>mprotect</c>) for the batch and
+    /// given their protection back afterwards (<c>LivePokerOptions.ForeignCode = WritableExecutable</c>).
+    /// </summary>
+    WritableExecutable,
+}
+
+/// <summary>Settings of a <see cref="NativeHook"/>.</summary>
+public sealed record NativeHookOptions
+{
+    /// <summary>The defaults: no chaining, W^X remapping of library text, 5 s quiescence timeout.</summary>
+    public static NativeHookOptions Default { get; } = new();
+
+    /// <summary>
+    /// Hook a target that is already hooked (by another <see cref="NativeHook"/>, or by someone else's jump at its
+    /// entry): the new hook runs first and its <see cref="NativeHook.Original"/> reaches the earlier one. Without
+    /// it such a target is refused.
+    /// </summary>
+    public bool Chain { get; init; }
+
+    /// <summary>How library text is written (default <see cref="ForeignTextMode.Remap"/>).</summary>
+    public ForeignTextMode ForeignText { get; init; } = ForeignTextMode.Remap;
+
+    /// <summary>How long a live batch waits for threads stopped inside the bytes it rewrites (the live poker's timeout).</summary>
+    public TimeSpan QuiescenceTimeout { get; init; } = TimeSpan.FromSeconds(5);
+}
