@@ -50,7 +50,7 @@ internal sealed class KernelModuleOptions
         }
         chain.Add((OpenModule(module), ReadSections(parse.GetValue(Sections)!)));
         ulong? kernelBase = parse.GetValue(KernelBase) is { } b ? KernelModuleSections.ParseAddress(b) : null;
-        var kernel = KernelModuleVerifier.PredictKernel(image, kernelBase, cpu, KernelTextOptions.Default with { CommandLine = cmdline });
+        var kernel = KernelModuleVerifier.PredictKernel(image, kernelBase, cpu with { CommandLine = cmdline }, KernelTextOptions.Default);
         return KernelModuleVerifier.Load(kernel, chain, cmdline);
     }
 

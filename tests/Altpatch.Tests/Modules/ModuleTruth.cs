@@ -54,7 +54,7 @@ internal static class ModuleTruth
         var cmdline = KernelCommandLine.Parse(b["kernel_cmdline"]);
         long delta = (long)(Hex(b["stext"]) - image.Elf.FindSection(".text")!.Value.Address);
         var runtime = image.Relocate(delta);
-        return (KernelTextVerifier.Predict(runtime, cpu, KernelTextOptions.Default with { CommandLine = cmdline }), cmdline);
+        return (KernelTextVerifier.Predict(runtime, cpu with { CommandLine = cmdline }, KernelTextOptions.Default), cmdline);
     }
 
     /// <summary>The truth's saved sections of one module: name → (address, bytes).</summary>

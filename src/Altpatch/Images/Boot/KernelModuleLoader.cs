@@ -104,7 +104,7 @@ public static class KernelModuleLoader
     /// at its runtime address, e.g. <c>KernelTextVerifier.Predict</c>).</summary>
     /// <param name="kernel">The kernel as its boot left it.</param>
     /// <param name="link">The module, linked where it was loaded (against <paramref name="kernel"/>'s image).</param>
-    /// <param name="commandLine">The kernel command line (the text passes' options).</param>
+    /// <param name="commandLine">The kernel command line (the text passes' options); null: the one <paramref name="kernel"/> was derived with.</param>
     /// <exception cref="ImageFormatException">A table of the module is malformed.</exception>
     /// <exception cref="PatchException">A site cannot be patched; the message names it.</exception>
     /// <exception cref="KernelPatchException">The kernel has no Linux 6.1 rules.</exception>
@@ -124,7 +124,7 @@ public static class KernelModuleLoader
         var nops = KernelBootPatcher.NopsFor(image, KernelBootRules.Linux61, kernel.State.Features);
         var ctx = new BootContext(image, poker, kernel.State, thunks, nops, kernel.Numbering, tables, module);
         var symbols = image.TryGetSymbols(out var ks) ? ks : null;
-        var t = new TextPassContext(KernelTextTables.ReadModule(module, nops, image.Elf), symbols, KernelTextRules.Linux61, commandLine ?? KernelCommandLine.Empty);
+        var t = new TextPassContext(KernelTextTables.ReadModule(module, nops, image.Elf), symbols, KernelTextRules.Linux61, commandLine ?? kernel.State.CommandLine);
 
         var results = ImmutableArray.CreateBuilder<BootPassResult>();
         void Run(BootPass pass, int sites, Func<BootContext, PatchPlan> planner)
