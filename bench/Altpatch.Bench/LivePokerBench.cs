@@ -117,35 +117,6 @@ public class LivePokerBench
         return Batch;
     }
 
-    /// <summary>
-    /// The floor of <see cref="Live"/>: the same flip of the same sites as bare C# with nothing else, an int3 over every
-    /// first byte through the RW alias, membarrier(SYNC_CORE), the tails, membarrier, the first bytes, membarrier and a
-    /// cpuid (no validation, no tables, no blocked signals; the callers that reach an int3 are sent back by the same
-    /// SIGTRAP handler). What is left between it and <see cref="Live"/> is the poker's own cost.
-    /// </summary>
-    [Benchmark]
-    public unsafe int Floor()
-    {
-        var plan = singleFlipped ? singleBack : singleForward;
-        var pokes = plan.AsSpan();
-        byte* rw = (byte*)single.WritableAddress;
-        foreach (var p in pokes) rw[p.Address - single.Address] = 0xCC;
-        Membarrier();
-        foreach (var p in pokes) p.New.Span[1..].CopyTo(new Span<byte>(rw + (p.Address - single.Address) + 1, p.Length - 1));
-        Membarrier();
-        foreach (var p in pokes) rw[p.Address - single.Address] = p.New.Span[0];
-        Membarrier();
-        CoreSync.SerializeThisCore();
-        singleFlipped = !singleFlipped;
-        return Batch;
-    }
-
-    private static void Membarrier()
-    {
-        if (Libc.Syscall(Sys.Membarrier, Sys.MembarrierPrivateExpeditedSyncCore, 0, 0) != 0)
-            throw new InvalidOperationException("membarrier(SYNC_CORE) failed");
-    }
-
     /// <summary>LivePoker switches multi-instruction sites (int3 protocol plus the probe).</summary>
     [Benchmark]
     public int LiveMultiInstruction()
