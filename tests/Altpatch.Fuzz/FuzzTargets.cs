@@ -40,6 +40,8 @@ public static class FuzzTargets
             [typeof(ImageFormatException), typeof(Altpatch.Images.Verify.KernelVerifyException)], NeedsSharedImages: true),
         new("text-tables", "KernelTextTables in a real vmlinux (first byte: frame; second: __jump_table, .static_call_sites or __mcount_loc) with the table's bytes rewritten by the input, found by the image's kallsyms or by the scans", TextTables, Image, NeedsSharedImages: true),
         new("command-line", "kernel command line text: KernelCommandLine.Parse (early_param, __setup and cmdline_find_option semantics)", CommandLine, []),
+        new("module", "kernel modules (.ko, .ko.xz, .ko.zst): KernelModule.Load (ELF, modinfo), then KernelModuleLinker.Link with every section placed and every symbol resolved (symbols, relocation tables, overflow checks)", Module,
+            [typeof(ImageFormatException), typeof(KernelModuleException)]),
     ];
 
     // Not PayloadDecompressor.Name: the registry must not run Altpatch code, which is instrumented and may only run
@@ -160,6 +162,17 @@ public static class FuzzTargets
         input.CopyTo(bytes, (int)elf.ElfEnd);
         var r = KernelRelocations.Read(ElfFile.Parse(bytes, "fuzz"));
         _ = r?.FieldsIn(r.TextStart, 0x100000).Count();
+    }
+
+    private static void Module(byte[] input)
+    {
+        var module = KernelModule.Load(input, "fuzz.ko");
+        _ = (module.Name, module.Vermagic, module.Depends.Length);
+        // Every section 64 KiB apart in the module area, every undefined symbol in the kernel's text.
+        var placed = KernelModuleSections.From("fuzz.sections",
+            module.Elf.Sections.Where(s => s.Name.Length > 0).Select(s => new KeyValuePair<string, ulong>(s.Name, 0xffffffffc0000000UL + (ulong)s.Index * 0x10000)).DistinctBy(kv => kv.Key));
+        var link = KernelModuleLinker.Link(module, placed, name => (0xffffffff81000000UL + (ulong)(name.Length * 16), "kernel"));
+        _ = link.RelocationsByType.Count;
     }
 
     private static void Core(byte[] input)
