@@ -156,7 +156,7 @@ public static class KernelBootPatcher
             Warning = text.Rules is { } forced ? KernelLines.ForcedWarning(image, forced) : null,
             TextTables = tctx?.Tables,
             TextDecisions = tctx is null ? [] : [.. tctx.Decisions],
-            TextSites = tctx is null ? [] : Linux61TextPasses.Sites(image, work, state, thunks, ctx.Nops, tctx, passes),
+            TextSites = [.. tctx is null ? [] : Linux61TextPasses.Sites(image, work, state, thunks, ctx.Nops, tctx, passes), .. line.BootValueSites(image, work)],
             Preempt = tctx?.PreemptResult,
         };
     }

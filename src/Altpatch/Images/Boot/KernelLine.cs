@@ -63,6 +63,10 @@ public abstract class KernelLine
     /// <exception cref="KernelPatchException">The image's names contradict the line's numbering.</exception>
     public abstract ImageFeatureNumbering NumberingOf(KernelImage image);
 
+    /// <summary>Sites besides the text passes' whose value the booting kernel computes from what no image holds (6.12's
+    /// dentry hash runtime constants), as dynamic text sites with their legal values; none by default.</summary>
+    internal virtual IEnumerable<KernelTextSite> BootValueSites(KernelImage image, ElfFile patched) => [];
+
     /// <summary>Runs the passes in order through <paramref name="run"/>.</summary>
     internal abstract void RunPasses(BootRun run);
 

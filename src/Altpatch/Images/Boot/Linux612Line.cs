@@ -58,6 +58,26 @@ internal sealed class Linux612Line : KernelLine
 
     public override ImageFeatureNumbering NumberingOf(KernelImage image) => ImageFeatureNumbering.For612(image);
 
+    /// <summary><c>dcache_init_early()</c>'s <c>runtime_const_init(shift, d_hash_shift)</c> and <c>(ptr, dentry_hashtable)</c>:
+    /// the table is allocated at boot and its size follows the memory, so these immediates are left as built and are legal
+    /// as any kernel address / shift.</summary>
+    internal override IEnumerable<KernelTextSite> BootValueSites(KernelImage image, ElfFile patched)
+    {
+        int k = 0;
+        foreach (var (sec, index, address, width) in Linux612Passes.RuntimeConstSites(image))
+        {
+            int n = k++;
+            if (sec.Name is not ("runtime_shift_d_hash_shift" or "runtime_ptr_dentry_hashtable"))
+                continue;
+            var before = image.ReadBytes(address, width).ToArray();
+            var after = patched.ReadBytes(address, width).ToArray();
+            yield return new KernelTextSite(KernelSiteKind.RuntimeConst, n, address, width, before, after, Dynamic: true,
+                [new KernelTextState(width == 8 ? "dentry_hashtable" : "d_hash_shift", KernelTextStateForm.BootValue, before),
+                 new KernelTextState("as built (the boot-time value is not known offline)", KernelTextStateForm.Bytes, before)], [], 0,
+                $"{sec.Name}[{index}], set by dcache_init_early()");
+        }
+    }
+
     internal override void RunPasses(BootRun run)
     {
         var ctx = run.Context;
