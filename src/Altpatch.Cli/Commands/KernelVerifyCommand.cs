@@ -39,6 +39,7 @@ public static class KernelVerifyCommand
         var cmdline = new KernelCmdlineOptions();
         var json = KernelCommand.JsonOption("the classification, the dynamic sites seen in other states and every unexplained range");
         var ignoreCrc = KernelCommand.IgnoreCrcOption();
+        var rules = KernelCommand.RulesOption();
         var all = new Option<bool>("--all") { Description = $"List every unexplained range and changed dynamic site (text output lists the first {Shown} of each)." };
 
         var cmd = new Command("verify",
@@ -53,6 +54,7 @@ public static class KernelVerifyCommand
         cmd.Options.Add(json);
         cmd.Options.Add(all);
         cmd.Options.Add(ignoreCrc);
+        cmd.Options.Add(rules);
         cmd.Validators.Add(r =>
         {
             int sources = (r.GetValue(text) is not null ? 1 : 0) + (r.GetValue(memory) is not null ? 1 : 0) + (r.GetValue(live) ? 1 : 0);
@@ -68,7 +70,7 @@ public static class KernelVerifyCommand
                 r.AddError("give the kernel IMAGE (only --live finds it by itself)");
         });
         cmd.SetAction(parse => Run(parse, new Options(parse.GetValue(image), parse.GetValue(text), parse.GetValue(textBase) is { } b ? ParseAddress(b) : null,
-            parse.GetValue(memory), parse.GetValue(live), parse.GetValue(json), parse.GetValue(all)), cpu, cmdline, ignoreCrc));
+            parse.GetValue(memory), parse.GetValue(live), parse.GetValue(json), parse.GetValue(all)), cpu, cmdline, ignoreCrc, rules));
         return cmd;
     }
 
@@ -88,7 +90,7 @@ public static class KernelVerifyCommand
         return t.Length > 0 && ulong.TryParse(t, NumberStyles.HexNumber, CultureInfo.InvariantCulture, out ulong v) ? v : null;
     }
 
-    private static int Run(ParseResult parse, Options o, KernelCpuOptions cpuOptions, KernelCmdlineOptions cmdlineOptions, Option<bool> ignoreCrc)
+    private static int Run(ParseResult parse, Options o, KernelCpuOptions cpuOptions, KernelCmdlineOptions cmdlineOptions, Option<bool> ignoreCrc, Option<string?> rulesOption)
     {
         var writer = Terminal.Out(parse);
         var console = Terminal.Console(writer);
@@ -130,7 +132,7 @@ public static class KernelVerifyCommand
         sys?.CheckImage(img);
         var (found, at, source, kind) = Step("read text", () => ReadText(img, o, sys));
 
-        var textOptions = KernelTextOptions.Default with { CommandLine = cmdline };
+        var textOptions = KernelTextOptions.Default with { CommandLine = cmdline, Rules = KernelCommand.Rules(parse, rulesOption, img) };
         KernelVerifyResult result;
         if (console.Profile.Capabilities.Interactive && !o.Json)
         {
