@@ -65,12 +65,12 @@ public sealed class KernelThunks
 
     /// <summary>
     /// Every thunk and range boundary this class finds, by its kernel symbol, in a fixed order: the return thunks
-    /// (the default one, then ITS, RETBleed, SRSO, SRSO alias), the two thunk arrays, <c>_paravirt_nop</c>,
+    /// (the default one, then ITS, RETBleed, SRSO, SRSO alias, call depth), the two thunk arrays, <c>_paravirt_nop</c>,
     /// <c>_text</c> and <c>_etext</c>.
     /// </summary>
     public IReadOnlyList<(string Symbol, ulong? Address)> Symbols =>
     [
-        .. ((ReturnThunkKind[])[ReturnThunkKind.Default, ReturnThunkKind.Its, ReturnThunkKind.Retbleed, ReturnThunkKind.Srso, ReturnThunkKind.SrsoAlias])
+        .. ((ReturnThunkKind[])[ReturnThunkKind.Default, ReturnThunkKind.Its, ReturnThunkKind.Retbleed, ReturnThunkKind.Srso, ReturnThunkKind.SrsoAlias, ReturnThunkKind.CallDepth])
             .Select(k => (k.Symbol(), Address(k))),
         ("__x86_indirect_thunk_array", RetpolineThunkArray),
         ("__x86_indirect_its_thunk_array", ItsThunkArray),
