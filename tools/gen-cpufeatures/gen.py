@@ -406,6 +406,50 @@ def gen_2622(dirpath: str) -> str | None:
     return "\n".join(lines)
 
 
+def mkcapflags_name_611(comment: str) -> str | None:
+    """From Linux 6.11 on, mkcapflags.sh names only the macros whose comment starts with a quoted name."""
+    m = re.match(r'^"([^"]*)"', comment)
+    return (m.group(1).lower() or None) if m else None
+
+
+def gen_612(dirpath: str) -> str | None:
+    """FeatureNumbering.Linux612.g.cs from linux-6.12/arch/x86/include/asm/cpufeatures.h (numbers, macros, cpuinfo names)."""
+    hp = os.path.join(dirpath, "arch/x86/include/asm/cpufeatures.h")
+    if not os.path.exists(hp):
+        return None
+    with open(hp, encoding="utf-8") as f:
+        text = f.read()
+    with open(os.path.join(dirpath, "VERSION"), encoding="utf-8") as f:
+        version = f.read().strip()
+    features, _aliases, ncap, nbug = parse_cpufeatures(text)
+    comments = {}
+    for line in text.splitlines():
+        m = DEFINE_RE.match(line)
+        if m:
+            cm = COMMENT_RE.search(m.group(2))
+            comments[m.group(1)] = cm.group(1) if cm else ""
+    seen: dict[int, str] = {}
+    for ft in features:
+        if ft.number in seen:
+            raise SystemExit(f"6.12: {ft.macro} and {seen[ft.number]} share {fmt_num(ft.number)}")
+        seen[ft.number] = ft.macro
+    features.sort(key=lambda ft: ft.number)
+    lines = [HEADER.format(src=f"Linux {version} arch/x86/include/asm/cpufeatures.h"), ""]
+    lines.append("namespace Altpatch.Cpu;")
+    lines.append("")
+    lines.append("public sealed partial class FeatureNumbering")
+    lines.append("{")
+    lines.append(f"    private static FeatureNumbering Create612() => Create(")
+    lines.append(f"        \"Linux {version}\", {ncap}, {nbug},")
+    lines.append("        [")
+    for ft in features:
+        lines.append(f"            ({ft.number}, {cs_str(ft.macro)}, {cs_str(mkcapflags_name_611(comments.get(ft.macro, '')))}),")
+    lines.append("        ]);")
+    lines.append("}")
+    lines.append("")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------
 
 def main() -> int:
@@ -462,6 +506,9 @@ def main() -> int:
     g2622 = gen_2622(os.path.join(HERE, "linux-2.6.22"))
     if g2622 is not None:
         outputs[os.path.join(OUT_DIR, "FeatureNumbering.Linux2622.g.cs")] = g2622
+    g612 = gen_612(os.path.join(HERE, "linux-6.12"))
+    if g612 is not None:
+        outputs[os.path.join(OUT_DIR, "FeatureNumbering.Linux612.g.cs")] = g612
 
     status = 0
     for path, text in outputs.items():

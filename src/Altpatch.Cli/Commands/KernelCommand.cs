@@ -1,5 +1,6 @@
 using System.CommandLine;
 using Altpatch.Images;
+using Altpatch.Images.Boot;
 
 namespace Altpatch.Cli.Commands;
 
@@ -35,6 +36,24 @@ public static class KernelCommand
     internal static Option<bool> JsonOption(string what) => new("--json") { Description = $"Write {what} as JSON (addresses as \"0x…\" strings) instead of text." };
 
     /// <summary>The --ignore-crc option every command that reads an image has.</summary>
+    /// <summary><c>--rules LINE</c>: apply a kernel line's rules whatever the image's version (unverified).</summary>
+    internal static Option<string?> RulesOption() => new("--rules")
+    {
+        Description = "Apply the boot-time rules of this kernel line (6.12, 6.1, 2.6.22) instead of the image's own: for an image whose line has none, with a warning that the result is unverified. Default: the line of the image's version and table formats.",
+    };
+
+    /// <summary>The line <c>--rules</c> names (null without it); a line that is not the image's own is reported with a
+    /// one-line warning on the error writer.</summary>
+    internal static KernelLine? Rules(ParseResult parse, Option<string?> option, KernelImage image)
+    {
+        if (parse.GetValue(option) is not { } name)
+            return null;
+        var line = KernelLines.Find(name);
+        if (KernelLines.ForcedWarning(image, line) is { } warning)
+            parse.InvocationConfiguration.Error.WriteLine($"altpatch: warning: {warning}");
+        return line;
+    }
+
     internal static Option<bool> IgnoreCrcOption() => new("--ignore-crc")
     {
         Description = "Read a bzImage whose build CRC-32 does not match (a corrupt or modified file) anyway, with a warning. Default: refuse it.",

@@ -27,6 +27,7 @@ public static class KernelPatchCommand
         var output = new Option<FileInfo>("--output", "-o") { Description = "Where to write the patched vmlinux ELF file (written to a temporary file next to it and renamed on success).", Required = true };
         var noSymtab = new Option<bool>("--no-symtab") { Description = "Write OUT without the .symtab/.strtab built from the image's kallsyms (then OUT is exactly the decompressed payload, patched)." };
         var ignoreCrc = KernelCommand.IgnoreCrcOption();
+        var rules = KernelCommand.RulesOption();
         var report = new Option<FileInfo?>("--report") { Description = "Write a JSON report: the CPU as derived, the decisions, the thunks, each pass, and every site's bytes before and after with the passes that wrote them." };
 
         var cmd = new Command("patch",
@@ -38,18 +39,19 @@ public static class KernelPatchCommand
         cmd.Options.Add(report);
         cmd.Options.Add(noSymtab);
         cmd.Options.Add(ignoreCrc);
+        cmd.Options.Add(rules);
         cmd.SetAction(parse =>
         {
             // Parse the description first: a bad name fails before the image is even read.
             var description = cpu.Describe(parse) with { CommandLine = cmdline.Read(parse) };
-            return Run(parse, new Options(parse.GetValue(image)!, description, parse.GetValue(output)!, parse.GetValue(report), parse.GetValue(noSymtab)), ignoreCrc);
+            return Run(parse, new Options(parse.GetValue(image)!, description, parse.GetValue(output)!, parse.GetValue(report), parse.GetValue(noSymtab)), ignoreCrc, rules);
         });
         return cmd;
     }
 
     private sealed record Options(FileInfo Image, KernelCpuDescription Description, FileInfo Output, FileInfo? Report, bool NoSymtab = false);
 
-    private static int Run(ParseResult parse, Options o, Option<bool> ignoreCrc)
+    private static int Run(ParseResult parse, Options o, Option<bool> ignoreCrc, Option<string?> rulesOption)
     {
         var writer = Terminal.Out(parse);
         var console = Terminal.Console(writer);
@@ -71,7 +73,7 @@ public static class KernelPatchCommand
         {
             ("open + decompress", () => img = KernelCommand.Open(o.Image, parse, ignoreCrc)),
             ("read tables", () => _ = img!.Tables),
-            ("patch", () => result = KernelBootPatcher.Patch(img!, description)),
+            ("patch", () => result = KernelBootPatcher.Patch(img!, description, KernelCommand.Rules(parse, rulesOption, img!))),
             ("write output", () => written.Add((WriteTemporary(o.Output, s => wrote = ElfSymtabWriter.WriteVmlinux(s, img!, result!.Patched, !o.NoSymtab)), o.Output))),
         };
         if (o.Report is { } rep)
@@ -179,7 +181,7 @@ public static class KernelPatchCommand
             .AddColumn("pass").AddColumn("kernel function").AddColumn(new TableColumn("sites").RightAligned())
             .AddColumn(new TableColumn("pokes").RightAligned()).AddColumn(new TableColumn("bytes").RightAligned());
         foreach (var p in r.Passes)
-            t.AddRow(p.Pass.ShortName(), p.Pass.KernelFunction(), p.Sites.ToString("N0", inv), p.Pokes.ToString("N0", inv), p.Bytes.ToString("N0", inv));
+            t.AddRow(p.Pass.ShortName(), r.Line.KernelFunction(p.Pass), p.Sites.ToString("N0", inv), p.Pokes.ToString("N0", inv), p.Bytes.ToString("N0", inv));
         console.Write(t);
         Terminal.Field(console, "Wrote", string.Create(inv, $"{o.Output.FullName} ({wrote.Length:N0} bytes{(wrote.Symbols > 0 ? $", .symtab of {wrote.Symbols:N0} symbols" : "")}){(o.Report is { } rep ? $", report {rep.FullName}" : "")}"));
         Terminal.Field(console, "Time", string.Join(", ", times.Select(x => string.Create(inv, $"{x.Name} {x.Time.TotalMilliseconds:F0} ms"))) + string.Create(inv, $"; total {total.TotalMilliseconds:F0} ms"));

@@ -40,6 +40,7 @@ public static class KernelVerifyCommand
         var cmdline = new KernelCmdlineOptions();
         var json = KernelCommand.JsonOption("the classification, the dynamic sites seen in other states and every unexplained range");
         var ignoreCrc = KernelCommand.IgnoreCrcOption();
+        var rules = KernelCommand.RulesOption();
         var all = new Option<bool>("--all") { Description = $"List every unexplained range and changed dynamic site (text output lists the first {Shown} of each)." };
         var module = new Option<FileInfo?>("--module") { Description = "Verify a loaded module instead of the kernel's .text: its .ko (of the image's build); --text is then a dump of one of its executable sections (e.g. .text) and --base where that section is loaded." };
         var placement = new KernelModuleOptions();
@@ -60,6 +61,7 @@ public static class KernelVerifyCommand
         cmd.Options.Add(module);
         cmd.Options.Add(liveModules);
         placement.AddTo(cmd, r => r.GetValue(module) is not null);
+        cmd.Options.Add(rules);
         cmd.Validators.Add(r =>
         {
             if (r.GetValue(liveModules) && (!r.GetValue(live) || r.GetValue(json)))
@@ -83,7 +85,7 @@ public static class KernelVerifyCommand
         cmd.SetAction(parse => parse.GetValue(module) is { } m
             ? RunModule(parse, parse.GetValue(image)!, m, parse.GetValue(text)!, ParseAddress(parse.GetValue(textBase)!)!.Value, placement, cpu, cmdline, ignoreCrc, parse.GetValue(json), parse.GetValue(all))
             : Run(parse, new Options(parse.GetValue(image), parse.GetValue(text), parse.GetValue(textBase) is { } b ? ParseAddress(b) : null,
-            parse.GetValue(memory), parse.GetValue(live), parse.GetValue(json), parse.GetValue(all), parse.GetValue(liveModules)), cpu, cmdline, ignoreCrc));
+            parse.GetValue(memory), parse.GetValue(live), parse.GetValue(json), parse.GetValue(all), parse.GetValue(liveModules)), cpu, cmdline, ignoreCrc, rules));
         return cmd;
     }
 
@@ -103,7 +105,7 @@ public static class KernelVerifyCommand
         return t.Length > 0 && ulong.TryParse(t, NumberStyles.HexNumber, CultureInfo.InvariantCulture, out ulong v) ? v : null;
     }
 
-    private static int Run(ParseResult parse, Options o, KernelCpuOptions cpuOptions, KernelCmdlineOptions cmdlineOptions, Option<bool> ignoreCrc)
+    private static int Run(ParseResult parse, Options o, KernelCpuOptions cpuOptions, KernelCmdlineOptions cmdlineOptions, Option<bool> ignoreCrc, Option<string?> rulesOption)
     {
         var writer = Terminal.Out(parse);
         var console = Terminal.Console(writer);
@@ -146,7 +148,7 @@ public static class KernelVerifyCommand
         var (found, at, source, kind) = Step("read text", () => ReadText(img, o, sys));
 
         description = description with { CommandLine = cmdline };
-        var textOptions = KernelTextOptions.Default;
+        var textOptions = KernelTextOptions.Default with { Rules = KernelCommand.Rules(parse, rulesOption, img) };
         KernelVerifyResult result;
         if (console.Profile.Capabilities.Interactive && !o.Json)
         {

@@ -55,6 +55,9 @@ public sealed partial class FeatureNumbering
         $"Linux {CpuFeatureTable.LinuxVersion}", CpuFeatureTable.CapabilityWords, CpuFeatureTable.BugWords,
         [.. CpuFeatureTable.Entries.Select(e => new Entry(e.Number, e.Macro, e.CpuInfoName))]);
 
+    /// <summary>Linux 6.12 (6.12.118), NCAPINTS 22, NBUGINTS 2, generated from its <c>cpufeatures.h</c>.</summary>
+    public static FeatureNumbering Linux612 { get; } = Create612();
+
     /// <summary>What this numbering is, e.g. <c>Linux 6.1.176</c> or <c>Linux 2.6.22 (i386)</c>.</summary>
     public string Name { get; }
 

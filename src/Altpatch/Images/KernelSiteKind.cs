@@ -26,6 +26,12 @@ public enum KernelSiteKind
     /// <summary>ftrace's own call sites in <c>ftrace_caller</c>/<c>ftrace_regs_caller</c> (<c>ftrace_call</c>, <c>ftrace_regs_call</c>:
     /// <c>ftrace_update_ftrace_func()</c>) and <c>ftrace_graph_call</c> (i386: <c>ftrace_enable_ftrace_graph_caller()</c>).</summary>
     FtraceCall,
+    /// <summary>A <c>.call_sites</c> entry (6.2+, call depth tracking): a direct call, 5 bytes.</summary>
+    CallSite,
+    /// <summary>A <c>.ibt_endbr_seal</c> entry (CONFIG_X86_KERNEL_IBT): an ENDBR the kernel seals, 4 bytes.</summary>
+    Endbr,
+    /// <summary>A <c>runtime_ptr_*</c> (8-byte immediate) or <c>runtime_shift_*</c> (1 byte) entry (6.9+), in section order.</summary>
+    RuntimeConst,
 }
 
 /// <summary>
@@ -53,6 +59,9 @@ public static class KernelSiteKinds
         KernelSiteKind.StaticCall => "static_call",
         KernelSiteKind.StaticCallTrampoline => "sct",
         KernelSiteKind.FtraceCall => "ftrace_call",
+        KernelSiteKind.CallSite => "call",
+        KernelSiteKind.Endbr => "endbr",
+        KernelSiteKind.RuntimeConst => "runtime_const",
         _ => kind.ToString(),
     };
 

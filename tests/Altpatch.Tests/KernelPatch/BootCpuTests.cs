@@ -66,6 +66,8 @@ public partial class BootCpuTests
         {
             Skip.If(true, $"no boot-time rules for this kernel line yet (issue 9): {e.Message}");
         }
+        Skip.If(KernelLines.For(img).Id != KernelBootRules.Linux61,
+            "this compares 6.1's derivation in 6.1's numbering; a 6.12 image's capability words are compared in 6.12's numbering by Linux612GroundTruthTests");
         var dir = Path.Combine(GroundTruth.Dir, image, config);
         var boot = File.ReadLines(Path.Combine(dir, "boot.txt")).Where(l => l.Contains(": ", StringComparison.Ordinal))
             .Select(l => l.Split(": ", 2)).GroupBy(p => p[0]).ToDictionary(g => g.Key, g => g.First()[1]);

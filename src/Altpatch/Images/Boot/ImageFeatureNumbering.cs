@@ -18,10 +18,12 @@ public sealed class ImageFeatureNumbering
     private readonly string?[] bugNames;   // image bug number - caps → cpuinfo name (x86_bug_flags), for naming only
     private readonly bool hiddenAt61;      // a 6.x image: bits it leaves unnamed are taken at 6.1.176's numbers
     private readonly bool identity;
+    private readonly FeatureNumbering? line;   // a generated numbering other than 6.1.176's the image was checked against (6.12)
 
     private ImageFeatureNumbering(string description, string?[] capNames, bool identity, int featureLimit, ulong? capFlagsAddress,
-        string?[]? bugNames = null, bool hiddenAt61 = false)
+        string?[]? bugNames = null, bool hiddenAt61 = false, FeatureNumbering? line = null)
     {
+        this.line = line;
         this.bugNames = bugNames ?? [];
         this.hiddenAt61 = hiddenAt61;
         Description = description;
@@ -40,6 +42,9 @@ public sealed class ImageFeatureNumbering
     /// <summary>Where <c>x86_cap_flags</c> was found, or null.</summary>
     public ulong? CapFlagsAddress { get; }
 
+    /// <summary>The generated numbering of another kernel line the image's names were checked against (Linux 6.12.118's), or null.</summary>
+    public FeatureNumbering? Line => line;
+
     /// <summary>Whether the numbering is Linux 6.1.176's (<see cref="CpuFeature"/>).</summary>
     public bool IsLinux61 => identity;
 
@@ -47,6 +52,13 @@ public sealed class ImageFeatureNumbering
     public Func<int, bool> HasFeature(CpuFeatures cpu)
     {
         ArgumentNullException.ThrowIfNull(cpu);
+        if (line is { } l)
+        {
+            var byNumber = new int[FeatureLimit];
+            for (int i = 0; i < byNumber.Length; i++)
+                byNumber[i] = l.TryMapTo(FeatureNumbering.Linux61, i, out int n61) ? n61 : -1;
+            return n => n >= 0 && n < byNumber.Length && byNumber[n] >= 0 && cpu.Has((CpuFeature)byNumber[n]);
+        }
         if (identity)
             return n => n >= 0 && n < CpuFeatureTable.TotalBits && cpu.Has((CpuFeature)n);
         var map = new int[capNames.Length];
@@ -67,6 +79,8 @@ public sealed class ImageFeatureNumbering
     /// </summary>
     public string? FeatureName(int n)
     {
+        if (line is { } l)
+            return l.NameOf(n);
         if (identity)
             return FeatureNumbering.Linux61.NameOf(n);
         string? name = n >= 0 && n < capNames.Length ? capNames[n]
@@ -87,6 +101,17 @@ public sealed class ImageFeatureNumbering
     {
         ArgumentNullException.ThrowIfNull(image);
         bool seedEra = image.Tables.AltFormat is AltInstrFormat.AbsoluteByteCpuid or AltInstrFormat.AbsoluteWordCpuid;
+        if (KernelLines.Linux612.Matches(image.Version, image.Tables.AltFormat))
+        {
+            try
+            {
+                return For612(image);
+            }
+            catch (KernelPatchException)
+            {
+                // names that are not 6.12.118's: read the image's own, below
+            }
+        }
         var (capAddr, caps) = FindNameArray(image.Elf, "fpu", "vme");
         if (capAddr is null)
         {
@@ -106,6 +131,8 @@ public sealed class ImageFeatureNumbering
     public static ImageFeatureNumbering For(KernelImage image, KernelBootRules rules)
     {
         ArgumentNullException.ThrowIfNull(image);
+        if (rules == KernelBootRules.Linux612)
+            return For612(image);
         var (capAddr, caps) = FindNameArray(image.Elf, "fpu", "vme");
         if (rules == KernelBootRules.Linux61)
         {
@@ -125,6 +152,44 @@ public sealed class ImageFeatureNumbering
             throw new KernelPatchException(
                 $"{image.Name}: no x86_cap_flags table in the image: its feature numbering is unknown (Altpatch has no 2.6.22 numbering table), so alternatives cannot be decided");
         return OwnNumbering(caps, capAddr.Value);
+    }
+
+    /// <summary>
+    /// The numbering of a Linux 6.12 image: Linux 6.12.118's (<see cref="FeatureNumbering.Linux612"/>, generated from its
+    /// <c>cpufeatures.h</c>), checked against the image's <c>x86_cap_flags</c>/<c>x86_bug_flags</c> (from 6.11 on only the
+    /// flags with a quoted name in <c>cpufeatures.h</c> are named).
+    /// </summary>
+    /// <exception cref="KernelPatchException">A name of the image sits at another number than 6.12.118 gives it.</exception>
+    public static ImageFeatureNumbering For612(KernelImage image)
+    {
+        ArgumentNullException.ThrowIfNull(image);
+        var n612 = FeatureNumbering.Linux612;
+        int limit = (n612.CapabilityWords + n612.BugWords) * 32;
+        var (capAddr, caps) = FindNameArray(image.Elf, "fpu", "vme");
+        if (capAddr is null)
+            return new ImageFeatureNumbering($"{n612.Name} (assumed: no x86_cap_flags table found in the image)", [], identity: false, limit, null, line: n612);
+        var (bugAddr, bugs) = FindNameArray(image.Elf, "f00f", "fdiv");
+        var problems = new List<string>();
+        void Check(string?[] names, int first)
+        {
+            for (int i = 0; i < names.Length; i++)
+            {
+                if (names[i] is not { } name)
+                    continue;
+                int want = first + i;
+                if (n612.CpuInfoNameOf(want) != name)
+                    problems.Add($"'{name}' is at {want / 32}*32+{want % 32} in the image but {n612.Name} names that number '{n612.CpuInfoNameOf(want) ?? "nothing"}'");
+            }
+        }
+        Check(caps.Length > n612.CapabilityWords * 32 ? caps[..(n612.CapabilityWords * 32)] : caps, 0);
+        if (bugAddr is not null)
+            Check(bugs.Length > n612.BugWords * 32 ? bugs[..(n612.BugWords * 32)] : bugs, n612.CapabilityWords * 32);
+        if (problems.Count > 0)
+            throw new KernelPatchException(
+                $"{image.Name}: the image's feature numbering (x86_cap_flags at 0x{capAddr:x}) is not {n612.Name}'s: {problems.Count} name(s) differ, e.g. {problems[0]}");
+        return new ImageFeatureNumbering(
+            $"{n612.Name} (x86_cap_flags at 0x{capAddr:x}{(bugAddr is { } b ? $", x86_bug_flags at 0x{b:x}" : "")} match)",
+            caps, identity: false, limit, capAddr, bugs, line: n612);
     }
 
     private const int Limit61 = (CpuFeatureTable.CapabilityWords + CpuFeatureTable.BugWords) * 32;
@@ -165,7 +230,7 @@ public sealed class ImageFeatureNumbering
     }
 
     /// <summary>Shorthand for the rules <see cref="KernelBootPatcher.RulesFor"/> picks.</summary>
-    public static ImageFeatureNumbering For(KernelImage image) => For(image, KernelBootPatcher.RulesFor(image));
+    public static ImageFeatureNumbering For(KernelImage image) => KernelLines.For(image).NumberingOf(image);
 
     /// <summary>
     /// Finds an array of string pointers whose first two entries point at <paramref name="first"/> and

@@ -5,13 +5,16 @@ using Altpatch.Text;
 
 namespace Altpatch.Images.Boot;
 
-/// <summary>Which kernel's boot-time rules to apply to an image.</summary>
+/// <summary>Which kernel line's boot-time rules to apply to an image (the identifier of a <see cref="KernelLine"/>).</summary>
 public enum KernelBootRules
 {
     /// <summary>Linux 6.1 (6.1.176 with its backports: ITS, SRSO, RETBleed, BHI, …).</summary>
     Linux61,
     /// <summary>Linux 2.6.22, the seed's era: copy + <c>add_nops()</c>, the era's NOP tables, SMP locks to NOP, <c>paravirt_patch_default()</c>.</summary>
     Linux2622,
+    /// <summary>Linux 6.12 (6.12.118 with its backports): 14-byte <c>alt_instr</c> with <c>ft_flags</c>, paravirt calls as
+    /// alternatives, call depth tracking, ENDBR sealing, runtime constants.</summary>
+    Linux612,
 }
 
 /// <summary>
@@ -22,23 +25,9 @@ public enum KernelBootRules
 /// </summary>
 public static class KernelBootPatcher
 {
-    /// <summary>The rules for an image: 6.1 for a 6.1 kernel (12-byte relative <c>alt_instr</c>), 2.6.22 for the
-    /// absolute-pointer layouts of the 2.6 era.</summary>
-    /// <exception cref="KernelPatchException">Another kernel version: its rules are not implemented.</exception>
-    public static KernelBootRules RulesFor(KernelImage image)
-    {
-        ArgumentNullException.ThrowIfNull(image);
-        var format = image.Tables.AltFormat;
-        var v = image.Version;
-        if (format is AltInstrFormat.AbsoluteByteCpuid or AltInstrFormat.AbsoluteWordCpuid)
-            return KernelBootRules.Linux2622;
-        if (v is { Major: 6, Minor: 1 } && format is null or AltInstrFormat.Relative12)
-            return KernelBootRules.Linux61;
-        if (v is null && format is AltInstrFormat.Relative12)
-            return KernelBootRules.Linux61;
-        throw new KernelPatchException(
-            $"{image.Name}: {(v is null ? "unknown kernel version" : $"Linux {v.Release}")} with {format?.ShortName() ?? "no"} alt_instr: Altpatch implements the boot-time rules of Linux 6.1 (6.1.176) and of the 2.6.22 era only");
-    }
+    /// <summary>The rules for an image: its kernel line's (<see cref="KernelLines.For"/>), from its version and table formats.</summary>
+    /// <exception cref="KernelPatchException">No line has rules for the image's version: the message names it and the lines supported.</exception>
+    public static KernelBootRules RulesFor(KernelImage image) => KernelLines.For(image).Id;
 
     /// <summary>
     /// Patches a copy of <paramref name="image"/>'s ELF bytes for the machine <paramref name="description"/> describes:
@@ -52,16 +41,45 @@ public static class KernelBootPatcher
     /// <exception cref="ImageFormatException">A table is malformed or points outside the code.</exception>
     /// <exception cref="PatchException">A site cannot be patched; the message names the site.</exception>
     /// <exception cref="KernelPatchException">The image cannot be patched as asked (version, numbering, KVM symbols).</exception>
-    public static KernelPatchResult Patch(KernelImage image, KernelCpuDescription description, IProgress<BootPass>? progress = null)
+    public static KernelPatchResult Patch(KernelImage image, KernelCpuDescription description, IProgress<BootPass>? progress = null) =>
+        Patch(image, description, null, progress);
+
+    /// <summary>Like <see cref="Patch(KernelImage, KernelCpuDescription, IProgress{BootPass}?)"/> with the rules of
+    /// <paramref name="rules"/> (null: the image's own line, <see cref="KernelLines.For"/>).</summary>
+    /// <param name="image">The kernel image (bzImage or vmlinux).</param>
+    /// <param name="description">The machine.</param>
+    /// <param name="rules">The kernel line to apply (<c>--rules</c>); null for the image's own.</param>
+    /// <param name="progress">Told each pass before it runs.</param>
+    /// <exception cref="ImageFormatException">As for <see cref="Patch(KernelImage, KernelCpuDescription, IProgress{BootPass}?)"/>.</exception>
+    /// <exception cref="PatchException">As for <see cref="Patch(KernelImage, KernelCpuDescription, IProgress{BootPass}?)"/>.</exception>
+    /// <exception cref="KernelPatchException">As for <see cref="Patch(KernelImage, KernelCpuDescription, IProgress{BootPass}?)"/>.</exception>
+    public static KernelPatchResult Patch(KernelImage image, KernelCpuDescription description, KernelLine? rules, IProgress<BootPass>? progress = null)
     {
         ArgumentNullException.ThrowIfNull(image);
         ArgumentNullException.ThrowIfNull(description);
+        var line = rules ?? KernelLines.For(image);
         var thunks = KernelThunks.Find(image);
+        var state = DeriveState(image, description, thunks, line);
+        return Patch(image, state, thunks, KernelTextOptions.Default with { Rules = rules }, progress);
+    }
+
+    /// <summary>The boot CPU for <paramref name="description"/> under <paramref name="line"/>'s rules, with KVM's pv_ops
+    /// choices when the machine is a KVM guest.</summary>
+    /// <param name="image">The image.</param>
+    /// <param name="description">The machine.</param>
+    /// <param name="thunks">The image's thunks.</param>
+    /// <param name="line">The kernel line (null: the image's own).</param>
+    /// <exception cref="KernelPatchException">No rules for the image, or KVM symbols missing.</exception>
+    public static KernelBootState DeriveState(KernelImage image, KernelCpuDescription description, KernelThunks thunks, KernelLine? line = null)
+    {
+        ArgumentNullException.ThrowIfNull(image);
+        ArgumentNullException.ThrowIfNull(description);
+        ArgumentNullException.ThrowIfNull(thunks);
+        line ??= KernelLines.For(image);
         var pvOps = description.Hypervisor == KernelHypervisor.Kvm
             ? KvmGuest.Plan(image, description.KvmFeatures, description.Cpus, description.Symbols)
             : KvmPvOps.None;
-        var state = KernelBootCpu.Derive(description, KernelBuildInfo.Infer(image, thunks), pvOps);
-        return Patch(image, state, thunks, KernelTextOptions.Default, progress);
+        return line.DeriveState(image, description, thunks, pvOps);
     }
 
     /// <summary>
@@ -111,13 +129,13 @@ public static class KernelBootPatcher
         ArgumentNullException.ThrowIfNull(state);
         ArgumentNullException.ThrowIfNull(thunks);
         ArgumentNullException.ThrowIfNull(text);
-        var tables = image.Tables;   // read (and checked) from the unpatched bytes
-        var rules = RulesFor(image);
+        _ = image.Tables;   // read (and checked) from the unpatched bytes
+        var line = text.Rules ?? KernelLines.For(image);
         var copy = LargeBuffer.Copy(image.ElfBytes.Span);
         var work = ElfFile.Parse(copy, image.Elf.Name);
         var poker = new ImagePoker(work);
-        var numbering = ImageFeatureNumbering.For(image, rules);
-        var ctx = new BootContext(image, poker, state, thunks, NopsFor(image, rules, state.Features), numbering);
+        var numbering = line.NumberingOf(image);
+        var ctx = new BootContext(image, poker, state, thunks, line.NopsFor(image, state.Features), numbering);
 
         var results = ImmutableArray.CreateBuilder<BootPassResult>();
         void Run(BootPass pass, int sites, Func<BootContext, PatchPlan> planner)
@@ -128,59 +146,21 @@ public static class KernelBootPatcher
             results.Add(new BootPassResult(pass, sites, plan));
         }
 
-        TextPassContext? tctx = null;
-        if (rules == KernelBootRules.Linux61)
-        {
-            if (text.Enabled)
-            {
-                var symbols = text.Symbols ?? (image.TryGetSymbols(out var kallsyms) ? kallsyms : null);
-                tctx = new TextPassContext(KernelTextTables.Read(image.Elf, ctx.Nops, symbols), symbols, KernelTextRules.Linux61, state.CommandLine);
-                RunTextPasses(tctx, Run);
-            }
-            Run(BootPass.Paravirt, tables.Paravirt.Length, Linux61Passes.Paravirt);
-            Run(BootPass.Retpolines, tables.Retpolines.Length, Linux61Passes.Retpolines);
-            Run(BootPass.Returns, tables.Returns.Length, Linux61Passes.Returns);
-            Run(BootPass.Alternatives, tables.Alternatives.Length, Linux61Passes.Alternatives);
-            Run(BootPass.IbtEndbr, Linux61Passes.IbtSealCount(image), Linux61Passes.IbtEndbr);
-            Run(BootPass.SmpLocks, tables.SmpLocks.Length, Linux61Passes.SmpLocks);
-        }
-        else
-        {
-            // 2.6.22 alternative_instructions(): alternatives, the SMP switch, then apply_paravirt().
-            Run(BootPass.Alternatives, tables.Alternatives.Length, Linux2622Passes.Alternatives);
-            Run(BootPass.SmpLocks, tables.SmpLocks.Length, Linux2622Passes.SmpLocks);
-            Run(BootPass.Paravirt, tables.Paravirt.Length, Linux2622Passes.Paravirt);
-        }
+        var run = new BootRun(ctx, text, Run);
+        line.RunPasses(run);
+        var tctx = run.TextContext;
         var passes = results.ToImmutable();
-        return new KernelPatchResult(image, work, state, thunks, passes, rules == KernelBootRules.Linux61 ? "Linux 6.1" : "Linux 2.6.22", numbering)
+        return new KernelPatchResult(image, work, state, thunks, passes, line.Name, numbering)
         {
+            Line = line,
+            Warning = text.Rules is { } forced ? KernelLines.ForcedWarning(image, forced) : null,
             TextTables = tctx?.Tables,
             TextDecisions = tctx is null ? [] : [.. tctx.Decisions],
-            TextSites = tctx is null ? [] : Linux61TextPasses.Sites(image, work, state, thunks, ctx.Nops, tctx, passes),
+            TextSites = [.. tctx is null ? [] : Linux61TextPasses.Sites(image, work, state, thunks, ctx.Nops, tctx, passes), .. line.BootValueSites(image, work)],
             Preempt = tctx?.PreemptResult,
         };
     }
 
-    /// <summary>The writers of <c>setup_arch()</c> and <c>start_kernel()</c> before <c>alternative_instructions()</c>, in
-    /// the kernel's order: <c>jump_label_init()</c>, <c>static_call_init()</c>, (<c>preempt=</c> while the command line is
-    /// parsed), <c>ftrace_init()</c>, (<c>preempt_dynamic_init()</c> in <c>sched_init()</c>).</summary>
-    private static void RunTextPasses(TextPassContext t, Action<BootPass, int, Func<BootContext, PatchPlan>> run)
-    {
-        var tables = t.Tables;
-        run(BootPass.JumpLabels, tables.JumpEntries.Length, c => Linux61TextPasses.JumpLabels(c, t));
-        run(BootPass.StaticCalls, tables.StaticCalls.Length, c => Linux61TextPasses.StaticCallInit(c, t));
-        if (t.Preempt is not null)
-            run(BootPass.PreemptDynamic, t.Rules.PreemptCalls.Length, c => Linux61TextPasses.PreemptDynamic(c, t));
-        run(BootPass.Ftrace, tables.Mcount.Length, c => Linux61TextPasses.Ftrace(c, t));
-        if (t.Preempt is null)
-            run(BootPass.PreemptDynamic, t.Rules.PreemptCalls.Length, c => Linux61TextPasses.PreemptDynamic(c, t));
-    }
-
-    /// <summary>The NOP table the kernel pads with: 6.1's <c>x86_nops[]</c> for the image's bitness; in the 2.6.22 era
-    /// the table <c>find_nop_table()</c> picks for the CPU.</summary>
-    internal static NopTable NopsFor(KernelImage image, KernelBootRules rules, CpuFeatures cpu) => rules switch
-    {
-        KernelBootRules.Linux2622 => NopTable.FindSeedEra(cpu.Vendor, cpu.Family, image.Bitness == 64),
-        _ => image.Bitness == 64 ? NopTable.X86_64Linux61 : NopTable.X86_32,
-    };
+    /// <summary>The NOP table the kernel pads with: that of <paramref name="rules"/>' line.</summary>
+    internal static NopTable NopsFor(KernelImage image, KernelBootRules rules, CpuFeatures cpu) => KernelLines.Of(rules).NopsFor(image, cpu);
 }

@@ -16,6 +16,8 @@ public enum ReturnThunkKind
     SrsoAlias,
     /// <summary><c>its_return_thunk</c>: Indirect Target Selection "aligned thunks" (Intel).</summary>
     Its,
+    /// <summary><c>call_depth_return_thunk</c> (6.2+: <c>retbleed=stuff</c>, call depth tracking).</summary>
+    CallDepth,
 }
 
 /// <summary>The return thunks' kernel symbols.</summary>
@@ -28,6 +30,7 @@ public static class ReturnThunkKinds
         ReturnThunkKind.Retbleed => "retbleed_return_thunk",
         ReturnThunkKind.Srso => "srso_return_thunk",
         ReturnThunkKind.SrsoAlias => "srso_alias_return_thunk",
+        ReturnThunkKind.CallDepth => "call_depth_return_thunk",
         _ => "__x86_return_thunk",
     };
 }
@@ -99,4 +102,59 @@ public sealed class KernelBootState
 
     /// <summary>Shorthand for <c>boot_cpu_has(f)</c>.</summary>
     public bool Has(CpuFeature f) => Features.Has(f);
+
+    /// <summary>The final <c>boot_cpu_data.x86_capability[]</c> in the image's own numbering, when the line's numbering is
+    /// not Linux 6.1.176's (6.12: <see cref="Features"/> is then the 6.1-numbered view of the features both have); null
+    /// for 6.1 and 2.6.22.</summary>
+    public ImageFeatureBits? ImageFeatures { get; init; }
+
+    /// <summary>Whether the boot CPU has the feature <paramref name="macro"/> (<c>X86_FEATURE_CALL_DEPTH</c>) of the image's
+    /// numbering; without <see cref="ImageFeatures"/>, of Linux 6.1.176's.</summary>
+    public bool HasMacro(string macro) =>
+        ImageFeatures is { } bits ? bits.Has(macro)
+        : FeatureNumbering.Linux61.TryGetNumber(macro, out int n) && Features.Has((CpuFeature)n);
+}
+
+/// <summary>A capability bitmap (<c>x86_capability[]</c>, NCAPINTS + NBUGINTS words) in the numbering of one kernel line.</summary>
+public sealed class ImageFeatureBits
+{
+    private readonly bool[] bits;
+
+    /// <summary>A bitmap of <paramref name="numbering"/> with the numbers <paramref name="set"/>.</summary>
+    public ImageFeatureBits(FeatureNumbering numbering, IEnumerable<int> set)
+    {
+        ArgumentNullException.ThrowIfNull(numbering);
+        ArgumentNullException.ThrowIfNull(set);
+        Numbering = numbering;
+        bits = new bool[(numbering.CapabilityWords + numbering.BugWords) * 32];
+        foreach (int n in set)
+        {
+            if (n >= 0 && n < bits.Length)
+                bits[n] = true;
+        }
+    }
+
+    /// <summary>The numbering.</summary>
+    public FeatureNumbering Numbering { get; }
+
+    /// <summary><c>boot_cpu_has(n)</c>.</summary>
+    public bool Has(int n) => n >= 0 && n < bits.Length && bits[n];
+
+    /// <summary>Whether the feature named <paramref name="macro"/> (or cpuinfo name) is set; false when the numbering has no such feature.</summary>
+    public bool Has(string macro) => Numbering.TryGetNumber(macro, out int n) && Has(n);
+
+    /// <summary>The set numbers, ascending.</summary>
+    public IEnumerable<int> Numbers => Enumerable.Range(0, bits.Length).Where(i => bits[i]);
+
+    /// <summary>The 32-bit word <paramref name="w"/> of the bitmap.</summary>
+    public uint Word(int w)
+    {
+        uint v = 0;
+        for (int b = 0; b < 32; b++)
+        {
+            if (bits[w * 32 + b])
+                v |= 1u << b;
+        }
+        return v;
+    }
 }

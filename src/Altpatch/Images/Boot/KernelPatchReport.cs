@@ -30,6 +30,9 @@ public static class KernelPatchReport
         w.WriteString("version", r.Image.Version?.Release);
         w.WriteString("architecture", r.Image.Architecture.MachineName());
         w.WriteString("rules", r.Rules);
+        w.WriteString("rulesReference", r.Line.Reference);
+        if (r.Warning is { } warning)
+            w.WriteString("warning", warning);
         w.WriteString("numbering", r.Numbering.Description);
         w.WriteString("output", outputPath);
         w.WriteNumber("outputSize", outputSize);
@@ -59,7 +62,7 @@ public static class KernelPatchReport
         {
             w.WriteStartObject();
             w.WriteString("pass", p.Pass.ShortName());
-            w.WriteString("function", p.Pass.KernelFunction());
+            w.WriteString("function", r.Line.KernelFunction(p.Pass));
             w.WriteNumber("sites", p.Sites);
             w.WriteNumber("pokes", p.Pokes);
             w.WriteNumber("bytes", p.Bytes);

@@ -65,6 +65,12 @@ public sealed class KernelPatchResult
     /// <summary>Which kernel's rules were applied, e.g. "Linux 6.1".</summary>
     public string Rules { get; }
 
+    /// <summary>The kernel line whose rules were applied.</summary>
+    public KernelLine Line { get; init; } = KernelLines.Linux61;
+
+    /// <summary>Why the result is unverified (a line forced with <c>--rules</c> that is not the image's own), or null.</summary>
+    public string? Warning { get; init; }
+
     /// <summary>The tables of the text passes (jump labels, static calls, mcount, trampolines); null when they did not run
     /// (2.6.22 rules, or turned off).</summary>
     public KernelTextTables? TextTables { get; init; }
@@ -80,8 +86,31 @@ public sealed class KernelPatchResult
     /// <summary>The PREEMPT_DYNAMIC mode the static calls were set for; null without PREEMPT_DYNAMIC (or unknown).</summary>
     public PreemptMode? Preempt { get; init; }
 
-    /// <summary>Every site of every table, in table order (alt, para, retpoline, return, lock), with before/after bytes and writers.</summary>
+    /// <summary>Every site of every table, in table order (alt, para, retpoline, return, lock; then, where the image has
+    /// them, call, endbr, runtime_const), with before/after bytes and writers.</summary>
     public IEnumerable<KernelSiteOutcome> Sites()
+    {
+        foreach (var o in TableSites())
+            yield return o;
+        var elf = Image.Elf;
+        foreach (var (kind, section, len) in new[] { (KernelSiteKind.CallSite, ".call_sites", 5), (KernelSiteKind.Endbr, Linux61Passes.IbtSealTable, 4) })
+        {
+            if (elf.FindSection(section) is not { } sec || !sec.HasFileBytes)
+                continue;
+            var table = Image.ReadBytes(sec.Address, (int)sec.Size).ToArray();
+            for (int i = 0; i + 4 <= table.Length; i += 4)
+            {
+                ulong addr = elf.AddressPlus(sec.Address + (ulong)i, System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(table.AsSpan(i)));
+                if (elf.TryReadBytes(addr, len, out _))
+                    yield return Outcome(kind, i / 4, addr, len);
+            }
+        }
+        int k = 0;
+        foreach (var (_, _, address, width) in Linux612Passes.RuntimeConstSites(Image))
+            yield return Outcome(KernelSiteKind.RuntimeConst, k++, address, width);
+    }
+
+    private IEnumerable<KernelSiteOutcome> TableSites()
     {
         var t = Image.Tables;
         foreach (var a in t.Alternatives)

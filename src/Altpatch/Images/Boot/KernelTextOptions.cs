@@ -18,4 +18,8 @@ public sealed record KernelTextOptions
     /// <summary>Whether to run the text passes at all (false: only <c>alternative_instructions()</c>'s, as before
     /// whole-text patching existed).</summary>
     public bool Enabled { get; init; } = true;
+
+    /// <summary>The kernel line whose rules to apply (<c>--rules</c>); null: the image's own (<see cref="KernelLines.For"/>).
+    /// A line that is not the image's own makes the result carry a warning that it is unverified.</summary>
+    public KernelLine? Rules { get; init; }
 }

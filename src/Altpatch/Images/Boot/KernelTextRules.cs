@@ -74,4 +74,8 @@ public sealed record KernelTextRules
         }.ToImmutableDictionary(),
         FtraceCallers = ["ftrace_caller", "ftrace_regs_caller"],
     };
+
+    /// <summary>Linux 6.12 (6.12.118): the same PREEMPT_DYNAMIC static calls and modes as 6.1 (<c>__sched_dynamic_update()</c>),
+    /// the same ftrace callers; <c>jump_label_init()</c> still writes nothing on x86.</summary>
+    public static KernelTextRules Linux612 { get; } = Linux61 with { Name = "Linux 6.12" };
 }

@@ -19,6 +19,9 @@ public enum KernelTextStateForm
     /// <summary>The opcode (<c>e8</c>) and a rel32 to a trampoline the running kernel allocated (an ftrace_ops or
     /// direct-call trampoline, outside the image's text).</summary>
     BranchToTrampoline,
+    /// <summary>A value the kernel computed from a boot-time allocation or the memory size (6.12's dentry hash runtime
+    /// constants): an 8-byte kernel-half address, or a 1-byte shift of 1..31; <c>Bytes</c> gives only the length.</summary>
+    BootValue,
 }
 
 /// <summary>One state a dynamic site may legally be in at run time.</summary>
@@ -36,6 +39,15 @@ public readonly record struct KernelTextState(string Name, KernelTextStateForm F
     {
         if (Form == KernelTextStateForm.Bytes)
             return code.SequenceEqual(Bytes.Span);
+        if (Form == KernelTextStateForm.BootValue)
+        {
+            return code.Length == Bytes.Length && code.Length switch
+            {
+                8 => System.Buffers.Binary.BinaryPrimitives.ReadUInt64LittleEndian(code) >= 0xff00_0000_0000_0000UL,   // the kernel half with 5-level paging (4-level: 0xffff8...)
+                1 => code[0] is >= 1 and <= 31,
+                _ => false,
+            };
+        }
         if (code.Length <= Bytes.Length || !code.StartsWith(Bytes.Span))
             return false;
         return Form switch

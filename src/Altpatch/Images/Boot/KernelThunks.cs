@@ -56,17 +56,21 @@ public sealed class KernelThunks
         ReturnThunkKind.Retbleed => RetbleedReturnThunk,
         ReturnThunkKind.Srso => SrsoReturnThunk,
         ReturnThunkKind.SrsoAlias => SrsoAliasReturnThunk,
+        ReturnThunkKind.CallDepth => CallDepthReturnThunk,
         _ => ReturnThunk,
     };
 
+    /// <summary><c>call_depth_return_thunk</c> (6.2+, <c>retbleed=stuff</c>), from the image's symbols; null without.</summary>
+    public ulong? CallDepthReturnThunk { get; private init; }
+
     /// <summary>
     /// Every thunk and range boundary this class finds, by its kernel symbol, in a fixed order: the return thunks
-    /// (the default one, then ITS, RETBleed, SRSO, SRSO alias), the two thunk arrays, <c>_paravirt_nop</c>,
+    /// (the default one, then ITS, RETBleed, SRSO, SRSO alias, call depth), the two thunk arrays, <c>_paravirt_nop</c>,
     /// <c>_text</c> and <c>_etext</c>.
     /// </summary>
     public IReadOnlyList<(string Symbol, ulong? Address)> Symbols =>
     [
-        .. ((ReturnThunkKind[])[ReturnThunkKind.Default, ReturnThunkKind.Its, ReturnThunkKind.Retbleed, ReturnThunkKind.Srso, ReturnThunkKind.SrsoAlias])
+        .. ((ReturnThunkKind[])[ReturnThunkKind.Default, ReturnThunkKind.Its, ReturnThunkKind.Retbleed, ReturnThunkKind.Srso, ReturnThunkKind.SrsoAlias, ReturnThunkKind.CallDepth])
             .Select(k => (k.Symbol(), Address(k))),
         ("__x86_indirect_thunk_array", RetpolineThunkArray),
         ("__x86_indirect_its_thunk_array", ItsThunkArray),
@@ -108,9 +112,22 @@ public sealed class KernelThunks
         var (retbleed, srso) = FindUntrainThunks(elf, tables, bitness);
         ulong? srsoAlias = FindSrsoAliasThunk(elf, tables, bitness);
         var (pvNop, candidates) = FindParavirtNop(image, ret);
+        ulong? callDepthRet = null;
+        if (tables.AltFormat == AltInstrFormat.Relative14 && image.TryGetSymbols(out var symbols))
+        {
+            // 6.3+ layouts (6.12): the untraining thunks are no longer where the 6.1 scans look; take the
+            // symbols where the image names them (the scans' results, where they found one, are kept).
+            ulong? Sym(string name) => symbols.TryGetAddress(name, out var a) ? a : null;
+            retbleed ??= Sym(ReturnThunkKind.Retbleed.Symbol());
+            srso ??= Sym(ReturnThunkKind.Srso.Symbol());
+            srsoAlias = Sym(ReturnThunkKind.SrsoAlias.Symbol()) ?? srsoAlias;
+            itsRet ??= Sym(ReturnThunkKind.Its.Symbol());
+            callDepthRet = Sym(ReturnThunkKind.CallDepth.Symbol());
+        }
 
         return new KernelThunks
         {
+            CallDepthReturnThunk = callDepthRet,
             ReturnThunk = ret,
             ItsReturnThunk = itsRet,
             RetbleedReturnThunk = retbleed,

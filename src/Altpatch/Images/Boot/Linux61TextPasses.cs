@@ -585,14 +585,7 @@ internal static class Linux61TextPasses
     private static bool KeyEnabled(ElfFile elf, ulong key) =>
         elf.TryReadBytes(key, 4, out var b) && BinaryPrimitives.ReadInt32LittleEndian(b) > 0;
 
-    private static ulong? ReturnThunkOrNull(KernelBootState state, KernelThunks th) => state.ReturnThunk switch
-    {
-        ReturnThunkKind.Its => th.ItsReturnThunk,
-        ReturnThunkKind.Retbleed => th.RetbleedReturnThunk,
-        ReturnThunkKind.Srso => th.SrsoReturnThunk,
-        ReturnThunkKind.SrsoAlias => th.SrsoAliasReturnThunk,
-        _ => th.ReturnThunk,
-    };
+    private static ulong? ReturnThunkOrNull(KernelBootState state, KernelThunks th) => th.Address(state.ReturnThunk);
 
     private static bool TryBranch(byte op, ulong at, ulong target, int bitness, Span<byte> bytes)
     {

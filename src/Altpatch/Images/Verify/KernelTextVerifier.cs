@@ -110,7 +110,8 @@ public static class KernelTextVerifier
         var pvOps = cpu.Hypervisor == KernelHypervisor.Kvm
             ? KvmGuest.Plan(runtime, cpu.KvmFeatures, cpu.Cpus, kvmSymbols)
             : KvmPvOps.None;
-        var state = KernelBootCpu.Derive(cpu, KernelBuildInfo.Infer(runtime, thunks), pvOps);
+        var line = text.Rules ?? KernelLines.For(runtime);
+        var state = line.DeriveState(runtime, cpu, thunks, pvOps);
         // The text passes take the image's own kallsyms (runtime addresses on a moved image) unless given symbols.
         return KernelBootPatcher.Patch(runtime, state, thunks, text);
     }
