@@ -103,8 +103,11 @@ public sealed class ElfCore : IDisposable
             throw new ImageFormatException($"{name}: no program headers: a core file describes memory with PT_LOAD segments");
         if (phentsize < want)
             throw new ImageFormatException($"{name}: ELF header: e_phentsize {phentsize} is smaller than {want}");
-        var ph = new byte[phnum * phentsize];
-        if (phoff > long.MaxValue || file.Read(ph, (long)phoff) != ph.Length)
+        long table = (long)phnum * phentsize;     // up to 65535 x 65535: checked before anything is allocated
+        if (phoff > long.MaxValue || table > int.MaxValue || (length > 0 && (long)phoff > length - table))
+            throw new ImageFormatException($"{name}: program header table at offset 0x{phoff:x} ({phnum} x {phentsize} bytes) runs past the end of the file");
+        var ph = new byte[table];
+        if (file.Read(ph, (long)phoff) != ph.Length)
             throw new ImageFormatException($"{name}: program header table at offset 0x{phoff:x} ({phnum} x {phentsize} bytes) runs past the end of the file");
         var loads = new List<ElfSegment>();
         for (int i = 0; i < phnum; i++)
