@@ -88,7 +88,7 @@ internal sealed class Linux612Line : KernelLine
         run.Run(BootPass.Alternatives, tables.Alternatives.Length, Linux612Passes.Alternatives);
         run.Run(BootPass.CallThunks, Linux612Passes.CallSiteCount(ctx.Image), Linux612Passes.CallThunks);
         run.Run(BootPass.IbtEndbr, Linux61Passes.IbtSealCount(ctx.Image), Linux612Passes.SealEndbr);
-        run.Run(BootPass.SmpLocks, tables.SmpLocks.Length, c => Linux612Passes.SmpLocks(c, c.State.CommandLine));
+        run.Run(BootPass.SmpLocks, tables.SmpLocks.Length, Linux612Passes.SmpLocks);
         run.Run(BootPass.RuntimeConst, Linux612Passes.RuntimeConstCount(ctx.Image), Linux612Passes.RuntimeConsts);
     }
 }

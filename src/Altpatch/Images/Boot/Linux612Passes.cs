@@ -456,30 +456,10 @@ internal static class Linux612Passes
 
     // ------------------------------------------------------------------ SMP locks
 
-    /// <summary>6.12's UP switch: unless <c>noreplace-smp</c>, with one present CPU (or <c>maxcpus</c> ≤ 1),
-    /// <c>alternatives_smp_unlock()</c> over <c>[_text, _etext)</c>, as in 6.1.</summary>
-    public static PatchPlan SmpLocks(BootContext ctx, KernelCommandLine cmdline)
-    {
-        if (cmdline.NoReplaceSmp)
-            return PatchPlan.Empty;
-        var sites = ctx.Tables.SmpLocks;
-        if (sites.IsEmpty || (ctx.State.Cpus != 1 && cmdline.MaxCpus is not (0 or 1)))
-            return PatchPlan.Empty;
-        var text = new PassText(ctx.Poker);
-        ulong start = ctx.Thunks.TextStart, end = ctx.Thunks.TextEnd;
-        Span<byte> b = stackalloc byte[1];
-        ReadOnlySpan<byte> ds = [X86.DsPrefix];
-        foreach (var l in sites)
-        {
-            if (l.Address < start || l.Address >= end)
-                continue;
-            var site = new SiteRef(SiteKind.Lock, l.Index, KernelPatchTables.SmpLocksSection);
-            text.Read(l.Address, b, site);
-            if (b[0] == X86.LockPrefix)
-                text.Write(l.Address, ds, site, "UP: lock -> ds");
-        }
-        return text.ToPlan();
-    }
+    /// <summary>6.12's UP switch: the same condition as 6.1's (<c>!noreplace_smp &amp;&amp; (num_present_cpus() == 1 ||
+    /// setup_max_cpus &lt;= 1)</c>, decided once in <see cref="KernelBootState.Smp"/>) and the same
+    /// <c>alternatives_smp_unlock()</c> over <c>[_text, _etext)</c>.</summary>
+    public static PatchPlan SmpLocks(BootContext ctx) => Linux61Passes.SmpLocks(ctx);
 
     // ------------------------------------------------------------------ runtime_const_init
 
