@@ -27,7 +27,7 @@ namespace Altpatch.Bench;
 public unsafe class HookBench
 {
     private const int Many = 1000, Stride = 16, Calls = 1000;
-    private ExecutableMemory code = null!, targets = null!;
+    private ExecutableMemory code = null!, targets = null!, second = null!;
     private nint page;
     private NativeHook one = null!, called = null!;
     private List<NativeHook> many = [];
@@ -62,16 +62,42 @@ public unsafe class HookBench
         });
         one = NativeHook.Create((nint)(targets.Address + Many * Stride), (nint)zero);
         plain = targets.Address + (Many + 1) * Stride;
-        var second = ExecutableMemory.Allocate(4096, "bench-hook-called");
+        second = ExecutableMemory.Allocate(4096, "bench-hook-called");
         hooked = Put(second, 0, a => { a.mov(eax, 7); a.ret(); });
         called = NativeHook.Create((nint)hooked, (nint)detour);
         *(ulong*)(code.WritableAddress + 60 * 1024) = (ulong)called.Original;
         called.Enable();
-        many = [.. Enumerable.Range(0, Many).Select(i => NativeHook.Create((nint)(targets.Address + (ulong)(i * Stride)), (nint)zero))];
+        try
+        {
+            many = [.. Enumerable.Range(0, Many).Select(i => NativeHook.Create((nint)(targets.Address + (ulong)(i * Stride)), (nint)zero))];
+        }
+        catch (HookException) when (Environment.GetEnvironmentVariable("ALTPATCH_BENCH_MAPS") is not null)
+        {
+            ulong lo = targets.Address - (1UL << 31), hi = targets.Address + (1UL << 31);
+            foreach (var r in MemoryMap.Read().Regions)
+                if (r.End > lo && r.Start < hi) Console.Error.WriteLine($"maps: {r.Start:x}-{r.End:x} {r.Permissions} {r.Path}");
+            throw;
+        }
         jump = one.PatchBytes.ToArray();
         original = one.OriginalBytes.ToArray();
         page = Libc.Mmap(0, 4096, Libc.ProtRead | Libc.ProtExec, Libc.MapPrivate | Libc.MapAnonymous, -1, 0);
         CoreSync.TrySyncAllCores();
+    }
+
+    /// <summary>Takes the hooks off and frees what <see cref="Setup"/> made (BenchmarkDotNet runs every case's setup in this one process).</summary>
+    [GlobalCleanup]
+    public void Cleanup()
+    {
+        NativeHook.DisableAll(many);
+        foreach (var h in many) h.Dispose();
+        one.Dispose();
+        called.Dispose();
+        bool released = many.Append(one).Append(called).All(h => h.WaitUntilReleased(TimeSpan.FromSeconds(10)));
+        Libc.Munmap(page, 4096);
+        if (!released) return; // a thread may still be in a trampoline: keep the code it could return to
+        code.Dispose();
+        targets.Dispose();
+        second.Dispose();
     }
 
     /// <summary>Peers' way, one jump in and out: mprotect RWX, copy, mprotect RX (twice).</summary>

@@ -2,7 +2,7 @@
 # The NativeAOT build of the CLI against the managed one (docs/cli.md#native-executable): publishes
 # src/Altpatch.Cli as one native executable (no trimming/AOT warning allowed), then runs both on the demo
 # and on `kernel patch` / `kernel symbols` of the shared 6.1 cloud-amd64 (LZ4) and 686 (XZ) images, and compares their output
-# bytes. Prints one line per check and "aot: N checks ok, N failed" last; exits with the number of failed checks.
+# bytes, and runs tests/Altpatch.AotHooks published native (hooks of NativeAOT code). Prints one line per check and "aot: N checks ok, N failed" last; exits with the number of failed checks.
 # Usage: tools/aot/check.sh [OUTDIR]   (default artifacts/aot; the managed CLI is built in Release)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -68,6 +68,22 @@ if [ "$(cat "$work/native/exit")" = 0 ] && same stdout "$mask"; then
   ok "demo: same output (addresses and TSC values masked)"
 else
   fail "demo ($(exits))"; diff <(sed -E "$mask" "$work/managed/stdout") <(sed -E "$mask" "$work/native/stdout") | head -20
+fi
+
+# 2b. Hooks of NativeAOT-compiled code (docs/hooks.md): tests/Altpatch.AotHooks, published native, hooks a function of its
+# own AOT code and libc's abs live while threads call them; each target's line is a check.
+if dotnet publish tests/Altpatch.AotHooks -c Release -o "$work/aothooks" >"$work/aothooks.log" 2>&1; then
+  "$work/aothooks/Altpatch.AotHooks" >"$work/aothooks.out" 2>&1; hooks_rc=$?
+  while IFS= read -r line; do
+    case "$line" in
+      "aot-hooks: ok: "*) ok "${line#aot-hooks: ok: }" ;;
+      "aot-hooks: skipped: "*) echo "aot: skipped: hooks of NativeAOT code: ${line#aot-hooks: skipped: }" ;;
+      "aot-hooks: FAILED: "*) fail "${line#aot-hooks: FAILED: }" ;;
+    esac
+  done <"$work/aothooks.out"
+  if [ "$hooks_rc" -ne 0 ] && ! grep -q "FAILED" "$work/aothooks.out"; then fail "Altpatch.AotHooks exited $hooks_rc"; cat "$work/aothooks.out"; fi
+else
+  fail "dotnet publish tests/Altpatch.AotHooks"; tail -20 "$work/aothooks.log"
 fi
 
 # 3. kernel patch and kernel symbols of the real images (LZ4 and, when there, the XZ 686 image): the same bytes out.

@@ -1,3 +1,5 @@
+using System.Runtime.InteropServices;
+
 namespace Altpatch.Native;
 
 /// <summary>
@@ -44,13 +46,20 @@ public static class NearMemory
     {
         long page = Environment.SystemPageSize;
         ulong first = (near - (ulong)mapped) & ~((ulong)page - 1);
-        if (TryMap(first, mapped, prot, flags, fd, near, span, out ulong at)) return at;
+        int errno = 0, tried = 0, regions = 0;
+        if (TryMap(first, mapped, prot, flags, fd, near, span, out ulong at, ref errno)) return at;
         for (int round = 0; round < 4; round++)
         {
-            foreach (ulong gap in FreeGapsNear(MemoryMap.Read(), near, span, mapped, (ulong)page))
-                if (TryMap(gap, mapped, prot, flags | MapFixedNoReplace, fd, near, span, out at)) return at;
+            var map = MemoryMap.Read();
+            regions = map.Regions.Count;
+            foreach (ulong gap in FreeGapsNear(map, near, span, mapped, (ulong)page))
+            {
+                tried++;
+                if (TryMap(gap, mapped, prot, flags | MapFixedNoReplace, fd, near, span, out at, ref errno)) return at;
+            }
         }
-        throw new NativeException($"no free memory for {what} within rel32 reach of 0x{near:x}", 0);
+        string last = errno == 0 ? "each place it gave was out of reach" : $"the last failed with {Libc.ErrorText(errno)}";
+        throw new NativeException($"no free memory for {what} within rel32 reach of 0x{near:x} ({tried} free gaps tried among {regions} mappings; mmap: {last})", errno);
     }
 
     /// <summary>Unmaps what <see cref="Map"/> returned.</summary>
@@ -85,11 +94,15 @@ public static class NearMemory
         return candidates.OrderBy(c => c < near ? near - c : c - near);
     }
 
-    private static bool TryMap(ulong hint, int size, int prot, int flags, int fd, ulong near, long span, out ulong address)
+    private static bool TryMap(ulong hint, int size, int prot, int flags, int fd, ulong near, long span, out ulong address, ref int errno)
     {
         address = 0;
         nint p = Libc.Mmap((nint)hint, (nuint)size, prot, flags, fd, 0);
-        if (p == Libc.MapFailed) return false;
+        if (p == Libc.MapFailed)
+        {
+            errno = Marshal.GetLastPInvokeError();
+            return false;
+        }
         ulong a = (ulong)p;
         bool inReach = Math.Abs((long)(a - near)) < Reach - span - size && Math.Abs((long)(a + (ulong)size - near)) < Reach - span - size;
         if (!inReach)
