@@ -19,17 +19,17 @@ public sealed class ModuleCliTests : IDisposable
 
     public void Dispose() => Directory.Delete(dir, recursive: true);
 
-    private static string Truth(string name) => Path.Combine(ModuleTruth.Data, Config, name);
+    private static string Truth(string name) => Path.Combine(ModuleTruth.Linux61.Data, Config, name);
 
-    private static string Ko(string name) => ModuleTruth.Modules(Config).Single(m => m.Name == name).Path;
+    private static string Ko(string name) => ModuleTruth.Linux61.Modules(Config).Single(m => m.Name == name).Path;
 
-    private static string Base => ModuleTruth.Boot(Config)["stext"];
+    private static string Base => ModuleTruth.Linux61.Boot(Config)["stext"];
 
     private string Out(string name) => Path.Combine(dir, name);
 
     private static string[] Machine => ["--kernel-base", Base, "--cpuinfo", Truth("cpuinfo"), "--smp", "2"];
 
-    private static void SkipUnlessPackage() => Skip.IfNot(ModuleTruth.HavePackage, ModuleTruth.NoPackage);
+    private static void SkipUnlessPackage() => Skip.IfNot(ModuleTruth.Linux61.HavePackage, ModuleTruth.Linux61.NoPackage);
 
     private void AssertRefused((int Exit, string Out, string Err) r, string expected)
     {
@@ -42,7 +42,7 @@ public sealed class ModuleCliTests : IDisposable
     }
 
     private (int Exit, string Out, string Err) Module(string ko, string sections, params string[] more) =>
-        CliRunner.Run([.. (string[])["kernel", "module", ModuleTruth.KernelPath, ko, "--sections", sections, .. Machine, "-o", Out("out.ko")], .. more]);
+        CliRunner.Run([.. (string[])["kernel", "module", ModuleTruth.Linux61.KernelPath, ko, "--sections", sections, .. Machine, "-o", Out("out.ko")], .. more]);
 
     [SkippableFact]
     public void Out_is_an_elf_file_whose_sections_are_at_their_load_addresses_with_the_booted_bytes()
@@ -52,7 +52,7 @@ public sealed class ModuleCliTests : IDisposable
         Assert.True(r.Exit == 0, r.Err);
         Assert.Contains("static_call_add_module", r.Out, StringComparison.Ordinal);
         var elf = ElfFile.Parse(File.ReadAllBytes(Out("out.ko")), "out.ko");
-        var saved = ModuleTruth.Saved(Config, "tls");
+        var saved = ModuleTruth.Linux61.Saved(Config, "tls");
         Assert.NotEmpty(saved);
         foreach (var (name, (address, bytes)) in saved)
         {
@@ -96,7 +96,7 @@ public sealed class ModuleCliTests : IDisposable
         var r = Module(plain + "." + ext, Truth("tun.sections"));
         Assert.True(r.Exit == 0, r.Err);
         var elf = ElfFile.Parse(File.ReadAllBytes(Out("out.ko")), "out.ko");
-        var (address, bytes) = ModuleTruth.Saved(Config, "tun")[".text"];
+        var (address, bytes) = ModuleTruth.Linux61.Saved(Config, "tun")[".text"];
         Assert.Equal(address, elf.FindSection(".text")!.Value.Address);
         Assert.True(elf.SectionBytes(elf.FindSection(".text")!.Value).Span.SequenceEqual(bytes));
     }
@@ -116,10 +116,10 @@ public sealed class ModuleCliTests : IDisposable
     public void Verify_module_is_clean_on_the_booted_text_and_catches_an_inline_hook()
     {
         SkipUnlessPackage();
-        var (address, bytes) = ModuleTruth.Saved(Config, "tls")[".text"];
+        var (address, bytes) = ModuleTruth.Linux61.Saved(Config, "tls")[".text"];
         var dump = Out("tls.text");
         File.WriteAllBytes(dump, bytes);
-        string[] args = ["kernel", "verify", ModuleTruth.KernelPath, "--module", Ko("tls"), "--sections", Truth("tls.sections"), "--text", dump, "--base", $"0x{address:x}", .. Machine];
+        string[] args = ["kernel", "verify", ModuleTruth.Linux61.KernelPath, "--module", Ko("tls"), "--sections", Truth("tls.sections"), "--text", dump, "--base", $"0x{address:x}", .. Machine];
         var clean = CliRunner.Run(args);
         Assert.True(clean.Exit == 0, clean.Out + clean.Err);
         Assert.Contains("unexplained 0", clean.Out, StringComparison.Ordinal);
