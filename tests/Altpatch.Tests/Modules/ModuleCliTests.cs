@@ -19,15 +19,15 @@ public sealed class ModuleCliTests : IDisposable
 
     public void Dispose() => Directory.Delete(dir, recursive: true);
 
-    private static string Truth(string name) => Path.Combine(ModuleTruth.Linux61.Data, Config, name);
+    private static string Truth(string name, ModuleTruth? truth = null) => Path.Combine((truth ?? ModuleTruth.Linux61).Data, Config, name);
 
-    private static string Ko(string name) => ModuleTruth.Linux61.Modules(Config).Single(m => m.Name == name).Path;
-
-    private static string Base => ModuleTruth.Linux61.Boot(Config)["stext"];
+    private static string Ko(string name, ModuleTruth? truth = null) => (truth ?? ModuleTruth.Linux61).Modules(Config).Single(m => m.Name == name).Path;
 
     private string Out(string name) => Path.Combine(dir, name);
 
-    private static string[] Machine => ["--kernel-base", Base, "--cpuinfo", Truth("cpuinfo"), "--smp", "2"];
+    private static string[] MachineOf(ModuleTruth truth) => ["--kernel-base", truth.Boot(Config)["stext"], "--cpuinfo", Truth("cpuinfo", truth), "--smp", "2"];
+
+    private static string[] Machine => MachineOf(ModuleTruth.Linux61);
 
     private static void SkipUnlessPackage() => Skip.IfNot(ModuleTruth.Linux61.HavePackage, ModuleTruth.Linux61.NoPackage);
 
@@ -63,6 +63,30 @@ public sealed class ModuleCliTests : IDisposable
         var placed = KernelModuleSections.Read(Truth("tls.sections"));
         Assert.All(elf.Sections.Where(s => s.IsAllocated && s.Size > 0 && s.Name != ".modinfo" && s.Name != "__versions"),
             s => Assert.Equal(placed[s.Name], s.Address));
+    }
+
+    [SkippableFact]
+    public void A_612_module_is_loaded_by_612s_module_finalize_and_equals_the_booted_bytes()
+    {
+        var truth = ModuleTruth.Linux612;
+        Skip.IfNot(truth.HavePackage, truth.NoPackage);
+        var ko = Ko("crc32c_generic", truth);
+        var r = CliRunner.Run([.. (string[])["kernel", "module", truth.KernelPath, ko, "--sections", Truth("crc32c_generic.sections", truth), .. MachineOf(truth), "-o", Out("out.ko")]]);
+        Assert.True(r.Exit == 0, r.Err);
+        Assert.Contains("rules: Linux 6.12", r.Out, StringComparison.Ordinal);
+        foreach (var fn in new[] { "callthunks_patch_module_calls", "apply_seal_endbr", "ftrace_module_init" })
+            Assert.Contains(fn, r.Out, StringComparison.Ordinal);
+        Assert.DoesNotContain("apply_paravirt", r.Out, StringComparison.Ordinal);   // 6.12 has no .parainstructions
+        Assert.Contains($"ftrace_module_init({Path.GetFullPath(ko)}): ", r.Out.Replace("\n", "", StringComparison.Ordinal), StringComparison.Ordinal);
+        var elf = ElfFile.Parse(File.ReadAllBytes(Out("out.ko")), "out.ko");
+        var saved = truth.Saved(Config, "crc32c_generic");
+        Assert.NotEmpty(saved);
+        foreach (var (name, (address, bytes)) in saved)
+        {
+            var s = elf.FindSection(name)!.Value;
+            Assert.Equal(address, s.Address);
+            Assert.True(elf.SectionBytes(s).Span.SequenceEqual(bytes), $"{name} differs from the booted bytes");
+        }
     }
 
     [SkippableTheory]
@@ -112,14 +136,17 @@ public sealed class ModuleCliTests : IDisposable
         AssertRefused(Module(Ko("xfs"), Truth("xfs.sections")), "unresolved symbol(s): crc32c");
     }
 
-    [SkippableFact]
-    public void Verify_module_is_clean_on_the_booted_text_and_catches_an_inline_hook()
+    [SkippableTheory]
+    [InlineData("6.1.0-50-amd64")]
+    [InlineData("6.12.118+deb12-amd64")]
+    public void Verify_module_is_clean_on_the_booted_text_and_catches_an_inline_hook(string release)
     {
-        SkipUnlessPackage();
-        var (address, bytes) = ModuleTruth.Linux61.Saved(Config, "tls")[".text"];
+        var truth = ModuleTruth.For(release);
+        Skip.IfNot(truth.HavePackage, truth.NoPackage);
+        var (address, bytes) = truth.Saved(Config, "tls")[".text"];
         var dump = Out("tls.text");
         File.WriteAllBytes(dump, bytes);
-        string[] args = ["kernel", "verify", ModuleTruth.Linux61.KernelPath, "--module", Ko("tls"), "--sections", Truth("tls.sections"), "--text", dump, "--base", $"0x{address:x}", .. Machine];
+        string[] args = ["kernel", "verify", truth.KernelPath, "--module", Ko("tls", truth), "--sections", Truth("tls.sections", truth), "--text", dump, "--base", $"0x{address:x}", .. MachineOf(truth)];
         var clean = CliRunner.Run(args);
         Assert.True(clean.Exit == 0, clean.Out + clean.Err);
         Assert.Contains("unexplained 0", clean.Out, StringComparison.Ordinal);

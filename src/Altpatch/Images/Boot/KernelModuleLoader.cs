@@ -39,6 +39,19 @@ public sealed class KernelModuleResult
 
     /// <summary>One line per decision, in the order taken.</summary>
     public ImmutableArray<string> Decisions { get; }
+
+    /// <summary>The kernel function that runs <paramref name="pass"/> on a module of this kernel's line
+    /// (<c>alternatives_smp_module_add</c>, <c>ftrace_module_init</c>, <c>callthunks_patch_module_calls</c>, the notifiers;
+    /// the boot's function for the passes <c>module_finalize()</c> shares with the boot).</summary>
+    public string KernelFunction(BootPass pass) => pass switch
+    {
+        BootPass.SmpLocks => "alternatives_smp_module_add",
+        BootPass.Ftrace => "ftrace_module_init",
+        BootPass.JumpLabels => "jump_label_add_module",
+        BootPass.StaticCalls => "static_call_add_module",
+        BootPass.CallThunks => "callthunks_patch_module_calls",
+        _ => Kernel.Line.KernelFunction(pass),
+    };
 }
 
 /// <summary>
@@ -176,7 +189,7 @@ public static class KernelModuleLoader
         if (textEnd > textStart)                                // if (locks && text) alternatives_smp_module_add(...)
             Run(BootPass.SmpLocks, tables.SmpLocks.Length, Linux61Passes.SmpLocks);
         // ftrace_module_init(), then the MODULE_STATE_COMING notifiers (jump labels: priority 1, static calls: 0)
-        Run(BootPass.Ftrace, t.Tables.Mcount.Length, c => Linux61TextPasses.Ftrace(c, t));
+        Run(BootPass.Ftrace, t.Tables.Mcount.Length, c => Linux61TextPasses.Ftrace(c, t, link.Module.SourcePath ?? link.Module.FileName));
         Run(BootPass.JumpLabels, t.Tables.JumpEntries.Length, c => JumpLabels(c, t, module));
         Run(BootPass.StaticCalls, t.Tables.StaticCalls.Length, c => StaticCalls(c, t, kernel, module, others));
 
