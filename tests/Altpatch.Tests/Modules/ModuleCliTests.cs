@@ -168,6 +168,29 @@ public sealed class ModuleCliTests : IDisposable
     }
 
     [SkippableFact]
+    public void An_unexplained_range_inside_an_instruction_is_disassembled_from_the_modules_function()
+    {
+        SkipUnlessPackage();
+        var truth = ModuleTruth.Linux61;
+        var image = truth.OpenKernel()!;
+        var (kernel, cmdline) = truth.Kernel(Config, image);
+        var loaded = Altpatch.Images.Verify.KernelModuleVerifier.Load(kernel, [(KernelModule.Open(Ko("tls")), KernelModuleSections.Read(Truth("tls.sections")))], cmdline);
+        var (address, bytes) = truth.Saved(Config, "tls")[".text"];
+        var hooked = (byte[])bytes.Clone();
+        const int at = 0x105;                            // inside tls_getsockopt's "jne" at +0x43
+        hooked[at] = 0xe9;
+        BinaryPrimitives.WriteInt32LittleEndian(hooked.AsSpan(at + 1), 0x12345);
+        var v = Altpatch.Images.Verify.KernelModuleVerifier.Verify(loaded, hooked, address, "tls.text");
+        var range = Assert.Single(v.Unexplained);
+        Assert.Equal(address + at, range.Address);
+        Assert.StartsWith("tls_getsockopt+0x45/", range.Symbol, StringComparison.Ordinal);
+        // decoded from the function's start, the listing starts at the instruction holding the range, not at its first byte
+        // (which would read 02 00 00 48 8b as "add al, [rax]; …")
+        Assert.StartsWith("jne ", range.ExpectedCode, StringComparison.Ordinal);
+        Assert.StartsWith("jne ", range.FoundCode, StringComparison.Ordinal);
+    }
+
+    [SkippableFact]
     public void Another_builds_module_is_refused_by_its_vermagic()
     {
         SkipUnlessPackage();

@@ -159,7 +159,8 @@ public static class KernelModuleVerifier
         var dynamicSites = KernelTextExpectations.DynamicSites(sites, kernel.Image.Bitness, a => code.Any(r => a >= r.Address && a < r.EndAddress), FunctionAt, kernelSymbols);
         var tables = KernelPatchTables.Read(loaded.Link.Elf, kernel.Image.Version);
         var c = KernelTextVerifier.Compare(patched.SectionBytes(section), found[..n], address, kernel.Image.Bitness, dynamicSites,
-            () => KernelTextExpectations.Sites(tables, loaded.TextSites, a => BranchLength(patched, a)), Describe, kernelSymbols);
+            () => KernelTextExpectations.Sites(tables, loaded.TextSites, a => BranchLength(patched, a)), Describe, kernelSymbols,
+            a => own.FindLastIndex(x => x.Address <= a && x.Function) is var i and >= 0 ? own[i].Address : null);   // decode from the module's function
         return new KernelModuleVerifyResult(loaded, section.Name, source, address, n, c.DynamicBytes, c.UnexplainedBytes, c.Unexplained, c.DynamicChanged, c.DynamicSites);
     }
 
