@@ -1,3 +1,4 @@
+using System.Collections.Immutable;
 using System.Buffers.Binary;
 using Altpatch.Code;
 using Altpatch.Sites;
@@ -75,6 +76,31 @@ internal static class Linux612CallThunks
         return true;
     }
 
+    /// <summary><c>call_get_dest()</c>: the callee of the call at <paramref name="addr"/>; null for a patched-out call or a
+    /// callee <c>skip_addr()</c> names.</summary>
+    private static ulong? CallGetDest(BootContext ctx, PassText text, Setup setup, ulong addr, byte[] window, SiteRef site)
+    {
+        var code = Linux61Passes.ReadWindow(text, addr, window, site);
+        var insn = KernelInsn.Decode(code, addr, ctx.Bitness);
+        if (!insn.IsValid || insn.Op1 != X86.Call)
+            return null;                                    // "Patched out call?"
+        return setup.Skips(insn.Target) ? null : insn.Target;
+    }
+
+    /// <summary>The calls <c>callthunks_setup()</c> walks: every <c>.call_sites</c> entry of <paramref name="elf"/>, then every
+    /// <c>.altinstructions</c> site.</summary>
+    private static IEnumerable<(ulong Address, SiteRef Site)> CallSites(ElfFile elf, ImmutableArray<KernelAltSite> alternatives)
+    {
+        if (elf.FindSection(".call_sites") is { } sec && sec.HasFileBytes)
+        {
+            var table = elf.SectionBytes(sec).ToArray();
+            for (int i = 0; i + 4 <= table.Length; i += 4)
+                yield return (elf.AddressPlus(sec.Address + (ulong)i, BinaryPrimitives.ReadInt32LittleEndian(table.AsSpan(i))), new SiteRef(new SiteKind("call"), i / 4, ".call_sites"));
+        }
+        foreach (var a in alternatives)
+            yield return (a.Address, new SiteRef(SiteKind.Alternative, a.Index, KernelPatchTables.AltInstructions));
+    }
+
     /// <summary>Entries of a module's <c>.call_sites</c>.</summary>
     public static int CallSiteCount(ElfFile elf) => elf.FindSection(".call_sites") is { } s && s.HasFileBytes ? (int)(s.Size / 4) : 0;
 
@@ -108,12 +134,7 @@ internal static class Linux612CallThunks
         {
             if (addr < ctStart || addr >= ctEnd)
                 return;                                     // !within_coretext(ct, addr)
-            var code = Linux61Passes.ReadWindow(text, addr, window, site);
-            var insn = KernelInsn.Decode(code, addr, ctx.Bitness);
-            if (!insn.IsValid || insn.Op1 != X86.Call)
-                return;                                     // "Patched out call?"
-            ulong dest = insn.Target;
-            if (setup.Skips(dest))
+            if (CallGetDest(ctx, text, setup, addr, window, site) is not { } dest)
                 return;
             bool direct = dest >= ctStart && dest < ctEnd;
             ulong padAt = dest - (ulong)setup.Size;
@@ -137,17 +158,8 @@ internal static class Linux612CallThunks
             patched++;
         }
 
-        if (module.FindSection(".call_sites") is { } sec && sec.HasFileBytes)
-        {
-            var table = module.SectionBytes(sec).ToArray();
-            for (int i = 0; i + 4 <= table.Length; i += 4)
-            {
-                ulong addr = module.AddressPlus(sec.Address + (ulong)i, BinaryPrimitives.ReadInt32LittleEndian(table.AsSpan(i)));
-                PatchCall(addr, new SiteRef(new SiteKind("call"), i / 4, ".call_sites"));
-            }
-        }
-        foreach (var a in ctx.Tables.Alternatives)
-            PatchCall(a.Address, new SiteRef(SiteKind.Alternative, a.Index, KernelPatchTables.AltInstructions));
+        foreach (var (addr, site) in CallSites(module, ctx.Tables.Alternatives))
+            PatchCall(addr, site);
         decisions.Add($"callthunks_patch_module_calls(): {patched} calls aimed at their callee's accounting thunk, {pads} thunks written into the module's padding");
         return text.ToPlan();
     }
@@ -208,12 +220,7 @@ internal static class Linux612CallThunks
         {
             if (addr < textStart || addr >= textEnd)
                 return;
-            var code = Linux61Passes.ReadWindow(text, addr, window, site);
-            var insn = KernelInsn.Decode(code, addr, ctx.Bitness);
-            if (!insn.IsValid || insn.Op1 != X86.Call)
-                return;                                     // "Patched out call?"
-            ulong dest = insn.Target;
-            if (setup.Skips(dest))
+            if (CallGetDest(ctx, text, setup, addr, window, site) is not { } dest)
                 return;
             if (dest < textStart || dest >= textEnd)
                 return;                                     // !is_coretext()
@@ -229,17 +236,8 @@ internal static class Linux612CallThunks
             text.Write(addr, call, site, $"call the accounting thunk of 0x{dest:x}");
         }
 
-        if (image.Elf.FindSection(".call_sites") is { } sec && sec.HasFileBytes)
-        {
-            var table = image.ReadBytes(sec.Address, (int)sec.Size).ToArray();
-            for (int i = 0; i + 4 <= table.Length; i += 4)
-            {
-                ulong addr = image.Elf.AddressPlus(sec.Address + (ulong)i, BinaryPrimitives.ReadInt32LittleEndian(table.AsSpan(i)));
-                PatchCall(addr, new SiteRef(new SiteKind("call"), i / 4, ".call_sites"));
-            }
-        }
-        foreach (var a in ctx.Tables.Alternatives)
-            PatchCall(a.Address, new SiteRef(SiteKind.Alternative, a.Index, KernelPatchTables.AltInstructions));
+        foreach (var (addr, site) in CallSites(image.Elf, ctx.Tables.Alternatives))
+            PatchCall(addr, site);
         return text.ToPlan();
     }
 }
