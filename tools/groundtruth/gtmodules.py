@@ -18,7 +18,8 @@ Usage:
   --timeout S  boot timeout (default 900)
 
 Outputs (<image> = file name without "vmlinuz-"):
-  DATA_DIR/<image>/<cfg>/boot.txt           command line, KASLR, _stext, modules, QEMU command, seconds
+  DATA_DIR/<image>/<cfg>/boot.txt           command line, KASLR, _stext, the preempt mode the boot printed
+                                            (PREEMPT_DYNAMIC), modules, QEMU command, seconds
   DATA_DIR/<image>/<cfg>/cpuinfo            the guest's /proc/cpuinfo
   DATA_DIR/<image>/<cfg>/<NAME>.sections    /sys/module/NAME/sections as "SECTION ADDRESS" lines
   DATA_DIR/<image>/<cfg>/<NAME>.text.sha256 "<section> <address> <size> <sha256>" per saved section
@@ -72,6 +73,20 @@ def percpu_base(ko, name, kallsyms):
     return None
 
 
+def decompressed(work, path):
+    """A .ko.xz/.ko.zst as a plain .ko in WORK (gtinit.c calls finit_module() without
+    MODULE_INIT_COMPRESSED_FILE; the kernel would load the same bytes either way)."""
+    base = os.path.basename(path)
+    for ext, tool in ((".ko.xz", ["xz", "-dc"]), (".ko.zst", ["zstd", "-dcq"])):
+        if base.endswith(ext):
+            os.makedirs(os.path.join(work, "ko"), exist_ok=True)
+            out = os.path.join(work, "ko", base[:-len(ext)] + ".ko")
+            with open(out, "wb") as f:
+                subprocess.run(tool + [path], stdout=f, check=True)
+            return out
+    return path
+
+
 def build_initrd(work, modules):
     root = os.path.join(work, "root")
     for d in ("proc", "sys", "dev", "modules"):
@@ -119,7 +134,8 @@ def main():
     os.makedirs(ddir, exist_ok=True)
 
     with tempfile.TemporaryDirectory(prefix="gtmod.") as work:
-        initrd = build_initrd(work, args.modules)
+        files = [decompressed(work, m) for m in args.modules]
+        initrd = build_initrd(work, files)
         serial = os.path.join(work, "serial.log")
         sock = os.path.join(work, "qmp.sock")
         errp = os.path.join(work, "qemu.stderr")
@@ -144,7 +160,7 @@ def main():
             stext = gtboot.kallsyms_addr(ks, "_stext")
             q.cmd("stop")
             saved = []
-            for m in args.modules:
+            for m, ko in zip(args.modules, files):
                 name = module_name(m)
                 sec_text = blocks.get("sections_" + name)
                 if not sec_text:
@@ -153,13 +169,13 @@ def main():
                 for line in sec_text.splitlines():
                     k, v = line.split(": ", 1)
                     addrs[k] = int(v.strip(), 16)
-                pcpu = percpu_base(m, name, ks)
+                pcpu = percpu_base(ko, name, ks)
                 with open(os.path.join(ddir, f"{name}.sections"), "w") as f:
                     for k in sorted(addrs, key=lambda k: (addrs[k], k)):
                         f.write(f"{k} 0x{addrs[k]:x}\n")
                     if pcpu is not None:
                         f.write(f"# not in sysfs: the per-CPU base, from a per-CPU symbol in /proc/kallsyms\n.data..percpu 0x{pcpu:x}\n")
-                elf = Elf(m)
+                elf = Elf(ko)
                 sums = []
                 for s in elf.sections:
                     if not (s["flags"] & SHF_ALLOC and s["flags"] & SHF_EXECINSTR) or s["size"] == 0:
@@ -188,6 +204,9 @@ def main():
                 f.write(f"image: {os.path.basename(args.image)}\nconfig: {cfg}\ncpu: {args.cpu}\nsmp: {args.smp}\n")
                 f.write(f"kernel_cmdline: {blocks['cmdline'].strip()}\nkaslr: {'yes' if args.kaslr else 'no'}\n")
                 f.write(f"stext: 0x{stext:x}\n")
+                pm = re.search(r"Dynamic Preempt: (\w+)", text)
+                if pm:
+                    f.write(f"preempt: {pm.group(1)}\n")
                 f.write("modules: " + " ".join(module_name(m) for m in args.modules) + "\n")
                 f.write("module_files: " + " ".join(os.path.relpath(m, os.path.dirname(os.path.dirname(m))) for m in args.modules) + "\n")
                 f.write("proc_modules: " + " | ".join(blocks.get("modules", "").splitlines()) + "\n")

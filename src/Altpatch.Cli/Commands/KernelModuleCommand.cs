@@ -28,7 +28,7 @@ public static class KernelModuleCommand
         var ignoreCrc = KernelCommand.IgnoreCrcOption();
 
         var cmd = new Command("module",
-            "Load a kernel module as the kernel does: link it where /sys/module/NAME/sections says (apply_relocate_add against the kernel's kallsyms and the modules given with --dep), then module_finalize (paravirt, retpolines, returns, alternatives, ENDBR, SMP locks to UP on one CPU), ftrace (mcount to NOPs), jump labels and static calls for the CPU and command line; write the module as it is in memory.");
+            "Load a kernel module as the kernel does: link it where /sys/module/NAME/sections says (apply_relocate_add against the kernel's kallsyms and the modules given with --dep), then module_finalize (6.1: paravirt, retpolines, returns, alternatives, ENDBR, SMP locks to UP on one CPU; 6.12: retpolines, returns, alternatives, call depth thunks, ENDBR sealing, SMP locks), ftrace (mcount to NOPs), jump labels and static calls for the CPU and command line; write the module as it is in memory.");
         cmd.Arguments.Add(image);
         cmd.Arguments.Add(module);
         placement.AddTo(cmd, _ => true);
@@ -86,21 +86,11 @@ public static class KernelModuleCommand
             .AddColumn("pass").AddColumn("kernel function").AddColumn(new TableColumn("sites").RightAligned())
             .AddColumn(new TableColumn("pokes").RightAligned()).AddColumn(new TableColumn("bytes").RightAligned());
         foreach (var p in r.Passes)
-            t.AddRow(p.Pass.ShortName(), ModuleFunction(p.Pass), p.Sites.ToString("N0", inv), p.Pokes.ToString("N0", inv), p.Bytes.ToString("N0", inv));
+            t.AddRow(p.Pass.ShortName(), r.KernelFunction(p.Pass), p.Sites.ToString("N0", inv), p.Pokes.ToString("N0", inv), p.Bytes.ToString("N0", inv));
         console.Write(t);
         foreach (var d in r.Decisions)
             Terminal.Field(console, "Decision", d);
         Terminal.Field(console, "Wrote", string.Create(inv, $"{output.FullName} ({r.Patched.Bytes.Length:N0} bytes)"));
         Terminal.Field(console, "Time", string.Create(inv, $"{total.TotalMilliseconds:F0} ms"));
     }
-
-    /// <summary>The kernel function that runs a pass on a module.</summary>
-    private static string ModuleFunction(BootPass pass) => pass switch
-    {
-        BootPass.SmpLocks => "alternatives_smp_module_add",
-        BootPass.Ftrace => "ftrace_module_init",
-        BootPass.JumpLabels => "jump_label_add_module",
-        BootPass.StaticCalls => "static_call_add_module",
-        _ => pass.KernelFunction(),
-    };
 }

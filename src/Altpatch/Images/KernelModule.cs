@@ -32,6 +32,9 @@ public sealed class KernelModule
     /// <summary>The file name (for messages).</summary>
     public string FileName { get; }
 
+    /// <summary>The full path of the file it was opened from (<see cref="Open"/>); null for one read from memory.</summary>
+    public string? SourcePath { get; private set; }
+
     /// <summary>The module's ELF file (the decompressed bytes for <c>.ko.xz</c>/<c>.ko.zst</c>).</summary>
     public ElfFile Elf { get; }
 
@@ -81,7 +84,9 @@ public sealed class KernelModule
         long size = new FileInfo(path).Length;
         if (size > ImageLimits.MaxFileSize)
             throw new ImageFormatException($"{Path.GetFileName(path)}: {size} bytes is more than the {ImageLimits.MaxFileSize} bytes Altpatch reads as a module");
-        return Load(File.ReadAllBytes(path), Path.GetFileName(path));
+        var m = Load(File.ReadAllBytes(path), Path.GetFileName(path));
+        m.SourcePath = Path.GetFullPath(path);
+        return m;
     }
 
     /// <summary>Reads a module already in memory (a plain buffer is used in place).</summary>

@@ -17,9 +17,11 @@ public sealed class LiveModulesTests : IDisposable
 
     public void Dispose() => Directory.Delete(dir, recursive: true);
 
-    private (KernelLiveModules Live, byte[] Core, Dictionary<string, ulong> Text) Machine(IEnumerable<string> withoutKo, Action<string, byte[]>? tamper = null)
+    private (KernelLiveModules Live, byte[] Core, Dictionary<string, ulong> Text) Machine(IEnumerable<string> withoutKo, Action<string, byte[]>? tamper = null,
+        ModuleTruth? truth = null)
     {
-        var modules = ModuleTruth.Modules(Config);
+        truth ??= ModuleTruth.Linux61;
+        var modules = truth.Modules(Config);
         var proc = Directory.CreateDirectory(Path.Combine(dir, "proc")).FullName;
         var sys = Path.Combine(dir, "sys");
         var lib = Directory.CreateDirectory(Path.Combine(dir, "lib")).FullName;
@@ -30,21 +32,21 @@ public sealed class LiveModulesTests : IDisposable
         foreach (var (name, path) in modules)
         {
             var sections = Directory.CreateDirectory(Path.Combine(sys, "module", name, "sections")).FullName;
-            foreach (var line in File.ReadAllLines(Path.Combine(ModuleTruth.Data, Config, name + ".sections")).Where(l => l.Length > 0 && l[0] != '#'))
+            foreach (var line in File.ReadAllLines(Path.Combine(truth.Data, Config, name + ".sections")).Where(l => l.Length > 0 && l[0] != '#'))
             {
                 var f = line.Split(' ');
                 if (f[0] != ".data..percpu")
                     File.WriteAllText(Path.Combine(sections, f[0]), f[1] + "\n");
             }
-            string rel = Path.GetRelativePath(Path.Combine(ModuleTruth.ModulesDir, ".."), path);
+            string rel = Path.GetRelativePath(Path.Combine(truth.ModulesDir, ".."), path);
             if (!withoutKo.Contains(name))
             {
                 Directory.CreateDirectory(Path.GetDirectoryName(Path.Combine(lib, rel))!);
                 File.Copy(path, Path.Combine(lib, rel));
-                string deps = string.Join(' ', new KernelModuleDeps().Of(name).Select(d => Path.GetRelativePath(Path.Combine(ModuleTruth.ModulesDir, ".."), modules.Single(m => m.Name == d).Path)));
+                string deps = string.Join(' ', new KernelModuleDeps().Of(name).Select(d => Path.GetRelativePath(Path.Combine(truth.ModulesDir, ".."), modules.Single(m => m.Name == d).Path)));
                 dep.Add($"{rel}: {deps}".TrimEnd());
             }
-            var saved = ModuleTruth.Saved(Config, name);
+            var saved = truth.Saved(Config, name);
             var (addr, bytes) = saved[".text"];
             tamper?.Invoke(name, bytes);
             segments.Add((addr, bytes));
@@ -53,8 +55,10 @@ public sealed class LiveModulesTests : IDisposable
         }
         File.WriteAllLines(Path.Combine(proc, "modules"), procModules);
         File.WriteAllLines(Path.Combine(lib, "modules.dep"), dep);
-        // kvm's per-CPU base, as /proc/kallsyms lists a per-CPU symbol of it
-        File.WriteAllLines(Path.Combine(proc, "kallsyms"), ["0000000000035008 a kvm_running_vcpu\t[kvm]"]);
+        // kvm's per-CPU base, as /proc/kallsyms lists a per-CPU symbol of it: the base plus the symbol's value in the .ko
+        ulong pcpu = ModuleTruth.Hex(File.ReadAllLines(Path.Combine(truth.Data, Config, "kvm.sections")).Single(l => l.StartsWith(".data..percpu ", StringComparison.Ordinal)).Split(' ')[1]);
+        ulong value = KernelModule.Open(modules.Single(m => m.Name == "kvm").Path).Elf.Symbols.First(x => x.Name == "kvm_running_vcpu").Value;
+        File.WriteAllLines(Path.Combine(proc, "kallsyms"), [$"{pcpu + value:x16} a kvm_running_vcpu\t[kvm]"]);
         return (new KernelLiveModules(proc, sys, lib), SyntheticCore.Build(true, segments), text);
     }
 
@@ -69,16 +73,19 @@ public sealed class LiveModulesTests : IDisposable
         };
     }
 
-    [SkippableFact]
-    public void Every_loaded_module_is_verified_and_one_without_its_ko_is_reported()
+    [SkippableTheory]
+    [InlineData("6.1.0-50-amd64")]
+    [InlineData("6.12.118+deb12-amd64")]
+    public void Every_loaded_module_is_verified_and_one_without_its_ko_is_reported(string release)
     {
-        Skip.IfNot(ModuleTruth.HavePackage, ModuleTruth.NoPackage);
-        var (live, core, _) = Machine(withoutKo: ["crc32c_generic"]);
+        var truth = ModuleTruth.For(release);
+        Skip.IfNot(truth.HavePackage, truth.NoPackage);
+        var (live, core, _) = Machine(withoutKo: ["crc32c_generic"], truth: truth);
         var listed = live.List();
         Assert.Equal(7, listed.Count);
         Assert.Equal(["irqbypass"], listed.Single(m => m.Name == "kvm").Dependencies.Select(KernelModule.NameFromFile));
-        var image = KernelImage.Open(ModuleTruth.KernelPath);
-        var (kernel, cmdline) = ModuleTruth.Kernel(Config, image);
+        var image = truth.OpenKernel()!;
+        var (kernel, cmdline) = truth.Kernel(Config, image);
         using var c = ElfCore.FromBytes(core, "kcore");
         var results = live.Verify(kernel, c, cmdline);
         Assert.Equal(7, results.Count);
@@ -91,14 +98,14 @@ public sealed class LiveModulesTests : IDisposable
     [SkippableFact]
     public void A_hook_in_a_loaded_module_is_caught()
     {
-        Skip.IfNot(ModuleTruth.HavePackage, ModuleTruth.NoPackage);
+        Skip.IfNot(ModuleTruth.Linux61.HavePackage, ModuleTruth.Linux61.NoPackage);
         var (live, core, text) = Machine(withoutKo: [], (name, bytes) =>
         {
             if (name == "tun")
                 bytes[0x40] = 0xcc;                          // an int3 in tun's .text
         });
-        var image = KernelImage.Open(ModuleTruth.KernelPath);
-        var (kernel, cmdline) = ModuleTruth.Kernel(Config, image);
+        var image = KernelImage.Open(ModuleTruth.Linux61.KernelPath);
+        var (kernel, cmdline) = ModuleTruth.Linux61.Kernel(Config, image);
         using var c = ElfCore.FromBytes(core, "kcore");
         var results = live.Verify(kernel, c, cmdline);
         var tun = results.Single(r => r.Module.Name == "tun");

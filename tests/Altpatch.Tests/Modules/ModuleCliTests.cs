@@ -19,17 +19,17 @@ public sealed class ModuleCliTests : IDisposable
 
     public void Dispose() => Directory.Delete(dir, recursive: true);
 
-    private static string Truth(string name) => Path.Combine(ModuleTruth.Data, Config, name);
+    private static string Truth(string name, ModuleTruth? truth = null) => Path.Combine((truth ?? ModuleTruth.Linux61).Data, Config, name);
 
-    private static string Ko(string name) => ModuleTruth.Modules(Config).Single(m => m.Name == name).Path;
-
-    private static string Base => ModuleTruth.Boot(Config)["stext"];
+    private static string Ko(string name, ModuleTruth? truth = null) => (truth ?? ModuleTruth.Linux61).Modules(Config).Single(m => m.Name == name).Path;
 
     private string Out(string name) => Path.Combine(dir, name);
 
-    private static string[] Machine => ["--kernel-base", Base, "--cpuinfo", Truth("cpuinfo"), "--smp", "2"];
+    private static string[] MachineOf(ModuleTruth truth) => ["--kernel-base", truth.Boot(Config)["stext"], "--cpuinfo", Truth("cpuinfo", truth), "--smp", "2"];
 
-    private static void SkipUnlessPackage() => Skip.IfNot(ModuleTruth.HavePackage, ModuleTruth.NoPackage);
+    private static string[] Machine => MachineOf(ModuleTruth.Linux61);
+
+    private static void SkipUnlessPackage() => Skip.IfNot(ModuleTruth.Linux61.HavePackage, ModuleTruth.Linux61.NoPackage);
 
     private void AssertRefused((int Exit, string Out, string Err) r, string expected)
     {
@@ -42,7 +42,7 @@ public sealed class ModuleCliTests : IDisposable
     }
 
     private (int Exit, string Out, string Err) Module(string ko, string sections, params string[] more) =>
-        CliRunner.Run([.. (string[])["kernel", "module", ModuleTruth.KernelPath, ko, "--sections", sections, .. Machine, "-o", Out("out.ko")], .. more]);
+        CliRunner.Run([.. (string[])["kernel", "module", ModuleTruth.Linux61.KernelPath, ko, "--sections", sections, .. Machine, "-o", Out("out.ko")], .. more]);
 
     [SkippableFact]
     public void Out_is_an_elf_file_whose_sections_are_at_their_load_addresses_with_the_booted_bytes()
@@ -52,7 +52,7 @@ public sealed class ModuleCliTests : IDisposable
         Assert.True(r.Exit == 0, r.Err);
         Assert.Contains("static_call_add_module", r.Out, StringComparison.Ordinal);
         var elf = ElfFile.Parse(File.ReadAllBytes(Out("out.ko")), "out.ko");
-        var saved = ModuleTruth.Saved(Config, "tls");
+        var saved = ModuleTruth.Linux61.Saved(Config, "tls");
         Assert.NotEmpty(saved);
         foreach (var (name, (address, bytes)) in saved)
         {
@@ -63,6 +63,30 @@ public sealed class ModuleCliTests : IDisposable
         var placed = KernelModuleSections.Read(Truth("tls.sections"));
         Assert.All(elf.Sections.Where(s => s.IsAllocated && s.Size > 0 && s.Name != ".modinfo" && s.Name != "__versions"),
             s => Assert.Equal(placed[s.Name], s.Address));
+    }
+
+    [SkippableFact]
+    public void A_612_module_is_loaded_by_612s_module_finalize_and_equals_the_booted_bytes()
+    {
+        var truth = ModuleTruth.Linux612;
+        Skip.IfNot(truth.HavePackage, truth.NoPackage);
+        var ko = Ko("crc32c_generic", truth);
+        var r = CliRunner.Run([.. (string[])["kernel", "module", truth.KernelPath, ko, "--sections", Truth("crc32c_generic.sections", truth), .. MachineOf(truth), "-o", Out("out.ko")]]);
+        Assert.True(r.Exit == 0, r.Err);
+        Assert.Contains("rules: Linux 6.12", r.Out, StringComparison.Ordinal);
+        foreach (var fn in new[] { "callthunks_patch_module_calls", "apply_seal_endbr", "ftrace_module_init" })
+            Assert.Contains(fn, r.Out, StringComparison.Ordinal);
+        Assert.DoesNotContain("apply_paravirt", r.Out, StringComparison.Ordinal);   // 6.12 has no .parainstructions
+        Assert.Contains($"ftrace_module_init({Path.GetFullPath(ko)}): ", r.Out.Replace("\n", "", StringComparison.Ordinal), StringComparison.Ordinal);
+        var elf = ElfFile.Parse(File.ReadAllBytes(Out("out.ko")), "out.ko");
+        var saved = truth.Saved(Config, "crc32c_generic");
+        Assert.NotEmpty(saved);
+        foreach (var (name, (address, bytes)) in saved)
+        {
+            var s = elf.FindSection(name)!.Value;
+            Assert.Equal(address, s.Address);
+            Assert.True(elf.SectionBytes(s).Span.SequenceEqual(bytes), $"{name} differs from the booted bytes");
+        }
     }
 
     [SkippableTheory]
@@ -96,7 +120,7 @@ public sealed class ModuleCliTests : IDisposable
         var r = Module(plain + "." + ext, Truth("tun.sections"));
         Assert.True(r.Exit == 0, r.Err);
         var elf = ElfFile.Parse(File.ReadAllBytes(Out("out.ko")), "out.ko");
-        var (address, bytes) = ModuleTruth.Saved(Config, "tun")[".text"];
+        var (address, bytes) = ModuleTruth.Linux61.Saved(Config, "tun")[".text"];
         Assert.Equal(address, elf.FindSection(".text")!.Value.Address);
         Assert.True(elf.SectionBytes(elf.FindSection(".text")!.Value).Span.SequenceEqual(bytes));
     }
@@ -112,14 +136,17 @@ public sealed class ModuleCliTests : IDisposable
         AssertRefused(Module(Ko("xfs"), Truth("xfs.sections")), "unresolved symbol(s): crc32c");
     }
 
-    [SkippableFact]
-    public void Verify_module_is_clean_on_the_booted_text_and_catches_an_inline_hook()
+    [SkippableTheory]
+    [InlineData("6.1.0-50-amd64")]
+    [InlineData("6.12.118+deb12-amd64")]
+    public void Verify_module_is_clean_on_the_booted_text_and_catches_an_inline_hook(string release)
     {
-        SkipUnlessPackage();
-        var (address, bytes) = ModuleTruth.Saved(Config, "tls")[".text"];
+        var truth = ModuleTruth.For(release);
+        Skip.IfNot(truth.HavePackage, truth.NoPackage);
+        var (address, bytes) = truth.Saved(Config, "tls")[".text"];
         var dump = Out("tls.text");
         File.WriteAllBytes(dump, bytes);
-        string[] args = ["kernel", "verify", ModuleTruth.KernelPath, "--module", Ko("tls"), "--sections", Truth("tls.sections"), "--text", dump, "--base", $"0x{address:x}", .. Machine];
+        string[] args = ["kernel", "verify", truth.KernelPath, "--module", Ko("tls", truth), "--sections", Truth("tls.sections", truth), "--text", dump, "--base", $"0x{address:x}", .. MachineOf(truth)];
         var clean = CliRunner.Run(args);
         Assert.True(clean.Exit == 0, clean.Out + clean.Err);
         Assert.Contains("unexplained 0", clean.Out, StringComparison.Ordinal);
@@ -138,6 +165,29 @@ public sealed class ModuleCliTests : IDisposable
         Assert.Equal($"0x{address + at:x}", u[0].GetProperty("address").GetString());
         Assert.Contains("[tls]", u[0].GetProperty("symbol").GetString(), StringComparison.Ordinal);
         Assert.False(doc.RootElement.GetProperty("clean").GetBoolean());
+    }
+
+    [SkippableFact]
+    public void An_unexplained_range_inside_an_instruction_is_disassembled_from_the_modules_function()
+    {
+        SkipUnlessPackage();
+        var truth = ModuleTruth.Linux61;
+        var image = truth.OpenKernel()!;
+        var (kernel, cmdline) = truth.Kernel(Config, image);
+        var loaded = Altpatch.Images.Verify.KernelModuleVerifier.Load(kernel, [(KernelModule.Open(Ko("tls")), KernelModuleSections.Read(Truth("tls.sections")))], cmdline);
+        var (address, bytes) = truth.Saved(Config, "tls")[".text"];
+        var hooked = (byte[])bytes.Clone();
+        const int at = 0x105;                            // inside tls_getsockopt's "jne" at +0x43
+        hooked[at] = 0xe9;
+        BinaryPrimitives.WriteInt32LittleEndian(hooked.AsSpan(at + 1), 0x12345);
+        var v = Altpatch.Images.Verify.KernelModuleVerifier.Verify(loaded, hooked, address, "tls.text");
+        var range = Assert.Single(v.Unexplained);
+        Assert.Equal(address + at, range.Address);
+        Assert.StartsWith("tls_getsockopt+0x45/", range.Symbol, StringComparison.Ordinal);
+        // decoded from the function's start, the listing starts at the instruction holding the range, not at its first byte
+        // (which would read 02 00 00 48 8b as "add al, [rax]; …")
+        Assert.StartsWith("jne ", range.ExpectedCode, StringComparison.Ordinal);
+        Assert.StartsWith("jne ", range.FoundCode, StringComparison.Ordinal);
     }
 
     [SkippableFact]

@@ -39,6 +39,19 @@ public sealed class KernelModuleResult
 
     /// <summary>One line per decision, in the order taken.</summary>
     public ImmutableArray<string> Decisions { get; }
+
+    /// <summary>The kernel function that runs <paramref name="pass"/> on a module of this kernel's line
+    /// (<c>alternatives_smp_module_add</c>, <c>ftrace_module_init</c>, <c>callthunks_patch_module_calls</c>, the notifiers;
+    /// the boot's function for the passes <c>module_finalize()</c> shares with the boot).</summary>
+    public string KernelFunction(BootPass pass) => pass switch
+    {
+        BootPass.SmpLocks => "alternatives_smp_module_add",
+        BootPass.Ftrace => "ftrace_module_init",
+        BootPass.JumpLabels => "jump_label_add_module",
+        BootPass.StaticCalls => "static_call_add_module",
+        BootPass.CallThunks => "callthunks_patch_module_calls",
+        _ => Kernel.Line.KernelFunction(pass),
+    };
 }
 
 /// <summary>
@@ -107,24 +120,42 @@ public static class KernelModuleLoader
     /// <param name="commandLine">The kernel command line (the text passes' options); null: the one <paramref name="kernel"/> was derived with.</param>
     /// <exception cref="ImageFormatException">A table of the module is malformed.</exception>
     /// <exception cref="PatchException">A site cannot be patched; the message names it.</exception>
-    /// <exception cref="KernelPatchException">The kernel has no Linux 6.1 rules.</exception>
-    public static KernelModuleResult Load(KernelPatchResult kernel, KernelModuleLink link, KernelCommandLine? commandLine = null)
+    /// <exception cref="KernelPatchException">The kernel has no Linux 6.1 or 6.12 rules.</exception>
+    public static KernelModuleResult Load(KernelPatchResult kernel, KernelModuleLink link, KernelCommandLine? commandLine = null) =>
+        Load(kernel, link, [], commandLine);
+
+    /// <summary>Like <see cref="Load(KernelPatchResult, KernelModuleLink, KernelCommandLine?)"/> with the modules loaded before
+    /// this one (its dependencies): 6.12's call depth tracking aims a call into another module at the thunk in that
+    /// module's padding (<c>within_module_coretext()</c>), which it reads from them.</summary>
+    /// <param name="kernel">The kernel as its boot left it.</param>
+    /// <param name="link">The module, linked where it was loaded (against <paramref name="kernel"/>'s image).</param>
+    /// <param name="loaded">The modules already loaded (linked), for calls into them.</param>
+    /// <param name="commandLine">The kernel command line (the text passes' options); null: the one <paramref name="kernel"/> was derived with.</param>
+    /// <exception cref="ImageFormatException">A table of the module is malformed.</exception>
+    /// <exception cref="PatchException">A site cannot be patched; the message names it.</exception>
+    /// <exception cref="KernelPatchException">The kernel has no Linux 6.1 or 6.12 rules.</exception>
+    public static KernelModuleResult Load(KernelPatchResult kernel, KernelModuleLink link, IEnumerable<KernelModuleLink> loaded, KernelCommandLine? commandLine = null)
     {
         ArgumentNullException.ThrowIfNull(kernel);
         ArgumentNullException.ThrowIfNull(link);
+        ArgumentNullException.ThrowIfNull(loaded);
         var image = kernel.Image;
-        if (KernelBootPatcher.RulesFor(image) != KernelBootRules.Linux61)
-            throw new KernelPatchException($"{image.Name}: module loading is implemented for Linux 6.1 only");
+        var rules = KernelBootPatcher.RulesFor(image);
+        if (rules is not (KernelBootRules.Linux61 or KernelBootRules.Linux612))
+            throw new KernelPatchException($"{image.Name}: module loading is implemented for Linux 6.1 and 6.12 only");
+        bool v612 = rules == KernelBootRules.Linux612;
         var module = link.Elf;
         var tables = KernelPatchTables.Read(module, image.Version).WithPvOps(image.Tables.PvOps);
         var work = ElfFile.Parse(module.Bytes.ToArray(), module.Name);
         var poker = new ImagePoker(work);
-        var text = module.FindSection(".text");
-        var thunks = kernel.Thunks.WithText(text?.Address ?? 0, text?.EndAddress ?? 0);
-        var nops = KernelBootPatcher.NopsFor(image, KernelBootRules.Linux61, kernel.State.Features);
+        var (textStart, textEnd) = ModuleText(module);
+        var thunks = kernel.Thunks.WithText(textStart, textEnd);
+        var nops = KernelBootPatcher.NopsFor(image, rules, kernel.State.Features);
         var ctx = new BootContext(image, poker, kernel.State, thunks, nops, kernel.Numbering, tables, module);
         var symbols = image.TryGetSymbols(out var ks) ? ks : null;
-        var t = new TextPassContext(KernelTextTables.ReadModule(module, nops, image.Elf), symbols, KernelTextRules.Linux61, commandLine ?? kernel.State.CommandLine);
+        var t = new TextPassContext(KernelTextTables.ReadModule(module, nops, image.Elf), symbols, v612 ? KernelTextRules.Linux612 : KernelTextRules.Linux61,
+            commandLine ?? kernel.State.CommandLine);
+        var others = loaded.Select(l => l.Elf).ToList();
 
         var results = ImmutableArray.CreateBuilder<BootPassResult>();
         void Run(BootPass pass, int sites, Func<BootContext, PatchPlan> planner)
@@ -134,22 +165,52 @@ public static class KernelModuleLoader
             results.Add(new BootPassResult(pass, sites, plan));
         }
 
-        // module_finalize(), in its order
-        Run(BootPass.Paravirt, tables.Paravirt.Length, Linux61Passes.Paravirt);
-        Run(BootPass.Retpolines, tables.Retpolines.Length, Linux61Passes.Retpolines);
-        Run(BootPass.Returns, tables.Returns.Length, Linux61Passes.Returns);
-        Run(BootPass.Alternatives, tables.Alternatives.Length, Linux61Passes.Alternatives);
-        Run(BootPass.IbtEndbr, module.FindSection(Linux61Passes.IbtSealTable) is { } ibt ? (int)(ibt.Size / 4) : 0, Linux61Passes.IbtEndbr);
-        if (text is not null)                                   // if (locks && text) alternatives_smp_module_add(...)
+        int ibtSeals = module.FindSection(Linux61Passes.IbtSealTable) is { } ibt ? (int)(ibt.Size / 4) : 0;
+        if (!v612)
+        {
+            // 6.1 module_finalize(), in its order
+            Run(BootPass.Paravirt, tables.Paravirt.Length, Linux61Passes.Paravirt);
+            Run(BootPass.Retpolines, tables.Retpolines.Length, Linux61Passes.Retpolines);
+            Run(BootPass.Returns, tables.Returns.Length, Linux61Passes.Returns);
+            Run(BootPass.Alternatives, tables.Alternatives.Length, Linux61Passes.Alternatives);
+            Run(BootPass.IbtEndbr, ibtSeals, Linux61Passes.IbtEndbr);
+        }
+        else
+        {
+            // 6.12 module_finalize(): its_init_mod(); apply_fineibt() (nothing: Debian's GCC build has no .cfi_sites);
+            // apply_retpolines(); its_fini_mod(); apply_returns(); apply_alternatives() (paravirt calls are alternatives);
+            // callthunks_patch_module_calls(); apply_seal_endbr(); alternatives_smp_module_add()
+            Run(BootPass.Retpolines, tables.Retpolines.Length, Linux612Passes.Retpolines);
+            Run(BootPass.Returns, tables.Returns.Length, Linux612Passes.Returns);
+            Run(BootPass.Alternatives, tables.Alternatives.Length, Linux612Passes.Alternatives);
+            Run(BootPass.CallThunks, Linux612CallThunks.CallSiteCount(module), c => Linux612CallThunks.PatchModule(c, kernel, others, t.Decisions));
+            Run(BootPass.IbtEndbr, ibtSeals, Linux612Passes.SealEndbr);
+        }
+        if (textEnd > textStart)                                // if (locks && text) alternatives_smp_module_add(...)
             Run(BootPass.SmpLocks, tables.SmpLocks.Length, Linux61Passes.SmpLocks);
         // ftrace_module_init(), then the MODULE_STATE_COMING notifiers (jump labels: priority 1, static calls: 0)
-        Run(BootPass.Ftrace, t.Tables.Mcount.Length, c => Linux61TextPasses.Ftrace(c, t));
+        Run(BootPass.Ftrace, t.Tables.Mcount.Length, c => Linux61TextPasses.Ftrace(c, t, link.Module.SourcePath ?? link.Module.FileName));
         Run(BootPass.JumpLabels, t.Tables.JumpEntries.Length, c => JumpLabels(c, t, module));
-        Run(BootPass.StaticCalls, t.Tables.StaticCalls.Length, c => StaticCalls(c, t, kernel, module));
+        Run(BootPass.StaticCalls, t.Tables.StaticCalls.Length, c => StaticCalls(c, t, kernel, module, others));
 
         var passes = results.ToImmutable();
         var sites = Linux61TextPasses.Sites(module, image.Bitness, work, kernel.State, thunks, nops, t, passes);
         return new KernelModuleResult(kernel, link, work, passes, sites, [.. t.Decisions]);
+    }
+
+    /// <summary>The module's core text (<c>mod-&gt;mem[MOD_TEXT]</c> in 6.12, <c>core_layout</c>'s text in 6.1): from the
+    /// first to the end of the last executable section the loader keeps (not <c>.init.*</c>); (0, 0) without one.</summary>
+    internal static (ulong Start, ulong End) ModuleText(ElfFile module)
+    {
+        ulong start = ulong.MaxValue, end = 0;
+        foreach (var s in module.Sections)
+        {
+            if (!s.IsAllocated || !s.IsExecutable || s.Size == 0 || s.Address == 0 || s.Name.StartsWith(".init", StringComparison.Ordinal))
+                continue;
+            start = Math.Min(start, s.Address);
+            end = Math.Max(end, s.EndAddress);
+        }
+        return end == 0 ? (0, 0) : (start, end);
     }
 
     private static bool InModule(ElfFile module, ulong address) =>
@@ -213,9 +274,10 @@ public static class KernelModuleLoader
     /// <c>arch_static_call_transform(site, NULL, key-&gt;func, tail)</c> with RETHUNK as the CPU has it. A key of the
     /// module: its <c>func</c> in the module's data. A key of the kernel (or its trampoline, for a key that is not exported:
     /// <c>tramp_key_lookup()</c>): the function the kernel's <c>__SCT__</c> trampoline jumps to after the kernel's boot (a
-    /// return form is NULL).
+    /// return form is NULL). 6.12 with call depth tracking: <c>arch_static_call_transform()</c> first takes
+    /// <c>callthunks_translate_call_dest(func)</c>, the accounting thunk in the function's padding.
     /// </summary>
-    private static PatchPlan StaticCalls(BootContext ctx, TextPassContext t, KernelPatchResult kernel, ElfFile module)
+    private static PatchPlan StaticCalls(BootContext ctx, TextPassContext t, KernelPatchResult kernel, ElfFile module, IReadOnlyList<ElfFile> others)
     {
         var sites = t.Tables.StaticCalls;
         if (sites.IsEmpty)
@@ -236,6 +298,8 @@ public static class KernelModuleLoader
             }
             else if (!funcs.TryGetValue(s.Key, out func))
                 funcs[s.Key] = func = KernelKeyFunc(ctx, t, kernel, s.Key, site, s.Address);
+            if (t.Rules == KernelTextRules.Linux612 && func != 0)
+                func = Linux612CallThunks.TranslateCallDest(ctx, func, kernel, others, text);
             var c = cur[..s.Length];
             text.Read(s.Address, c, site);
             int n = Linux61TextPasses.Transform(ctx, t, s.Address, c, s.Tail, func, rethunk: true, buf, site, isTrampoline: false, out string why);

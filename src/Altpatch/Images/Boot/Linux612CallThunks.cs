@@ -1,3 +1,4 @@
+using System.Collections.Immutable;
 using System.Buffers.Binary;
 using Altpatch.Code;
 using Altpatch.Sites;
@@ -20,10 +21,19 @@ internal static class Linux612CallThunks
     /// <summary><c>KEXEC_CONTROL_CODE_MAX_SIZE</c>.</summary>
     private const ulong KexecControlCodeMaxSize = 2048;
 
-    public static PatchPlan Patch(BootContext ctx)
+    /// <summary>What <c>patch_dest()</c> needs: the template (<c>skl_call_thunk_template</c>) and its size, and the callees
+    /// <c>skip_addr()</c> leaves alone.</summary>
+    private sealed record Setup(ulong Template, byte[] TemplateBytes, HashSet<ulong> Skip, ulong? Kexec)
+    {
+        public int Size => TemplateBytes.Length;
+
+        /// <summary><c>skip_addr()</c>.</summary>
+        public bool Skips(ulong dest) => Skip.Contains(dest) || (Kexec is { } k && dest >= k && dest < k + KexecControlCodeMaxSize);
+    }
+
+    private static Setup Prepare(BootContext ctx, SiteRef anySite)
     {
         var image = ctx.Image;
-        var anySite = new SiteRef(new SiteKind("call"), 0, ".call_sites");
         if (!image.TryGetSymbols(out var symbols))
             throw new PatchException(anySite, 0, "call depth tracking needs the image's symbols (kallsyms): skl_call_thunk_template and the skipped callees");
         ulong Sym(string name) => symbols.TryGetAddress(name, out var a) ? a
@@ -39,61 +49,195 @@ internal static class Linux612CallThunks
                 skip.Add(a);
         }
         ulong? kexec = symbols.TryGetAddress("relocate_kernel", out var rk) ? rk : null;
-        var templateBytes = image.ReadBytes(template, tsize).ToArray();
+        return new Setup(template, image.ReadBytes(template, tsize).ToArray(), skip, kexec);
+    }
+
+    /// <summary><c>patch_dest()</c>'s thunk: the template relocated for the padding at <paramref name="padAt"/>.</summary>
+    private static byte[] ThunkFor(BootContext ctx, Setup setup, ulong padAt, SiteRef site)
+    {
+        var buf = new byte[64];
+        setup.TemplateBytes.CopyTo(buf, 0);
+        Linux612Passes.ApplyRelocation(ctx, buf, padAt, setup.Size, setup.Template, setup.Size, site);
+        Linux612Passes.OptimizeNops(ctx, buf, setup.Size, padAt, default);
+        return buf[..setup.Size];
+    }
+
+    /// <summary><c>patch_dest()</c> on padding bytes <paramref name="pad"/>: "already patched" or all NOPs is the pad (which
+    /// then holds the thunk), anything else is NULL ("Invalid padding area").</summary>
+    private static bool PadUsable(ReadOnlySpan<byte> pad, ReadOnlySpan<byte> thunk)
+    {
+        if (pad.SequenceEqual(thunk))
+            return true;
+        foreach (byte b in pad)
+        {
+            if (b != X86.Nop)
+                return false;
+        }
+        return true;
+    }
+
+    /// <summary><c>call_get_dest()</c>: the callee of the call at <paramref name="addr"/>; null for a patched-out call or a
+    /// callee <c>skip_addr()</c> names.</summary>
+    private static ulong? CallGetDest(BootContext ctx, PassText text, Setup setup, ulong addr, byte[] window, SiteRef site)
+    {
+        var code = Linux61Passes.ReadWindow(text, addr, window, site);
+        var insn = KernelInsn.Decode(code, addr, ctx.Bitness);
+        if (!insn.IsValid || insn.Op1 != X86.Call)
+            return null;                                    // "Patched out call?"
+        return setup.Skips(insn.Target) ? null : insn.Target;
+    }
+
+    /// <summary>The calls <c>callthunks_setup()</c> walks: every <c>.call_sites</c> entry of <paramref name="elf"/>, then every
+    /// <c>.altinstructions</c> site.</summary>
+    private static IEnumerable<(ulong Address, SiteRef Site)> CallSites(ElfFile elf, ImmutableArray<KernelAltSite> alternatives)
+    {
+        if (elf.FindSection(".call_sites") is { } sec && sec.HasFileBytes)
+        {
+            var table = elf.SectionBytes(sec).ToArray();
+            for (int i = 0; i + 4 <= table.Length; i += 4)
+                yield return (elf.AddressPlus(sec.Address + (ulong)i, BinaryPrimitives.ReadInt32LittleEndian(table.AsSpan(i))), new SiteRef(new SiteKind("call"), i / 4, ".call_sites"));
+        }
+        foreach (var a in alternatives)
+            yield return (a.Address, new SiteRef(SiteKind.Alternative, a.Index, KernelPatchTables.AltInstructions));
+    }
+
+    /// <summary>Entries of a module's <c>.call_sites</c>.</summary>
+    public static int CallSiteCount(ElfFile elf) => elf.FindSection(".call_sites") is { } s && s.HasFileBytes ? (int)(s.Size / 4) : 0;
+
+    /// <summary>
+    /// 6.12 <c>callthunks_patch_module_calls()</c> → <c>callthunks_setup(cs, ct)</c> with the module's core text as
+    /// <c>ct</c>: nothing unless the boot initialised the thunks (<c>X86_FEATURE_CALL_DEPTH</c>); then every call of the
+    /// module's <c>.call_sites</c> and <c>.altinstructions</c> inside its core text whose callee is core text (the module's,
+    /// the kernel's, or another loaded module's: <c>is_coretext()</c>) and not skipped is aimed at the thunk in the callee's
+    /// padding, which is written into the module when the callee is the module's (<c>direct</c>; the kernel's and other
+    /// modules' paddings are poked in their own text, outside the module).
+    /// </summary>
+    /// <param name="ctx">The module's context (its tables, its poker).</param>
+    /// <param name="kernel">The kernel as booted (its text range and patched bytes: a kernel callee's padding).</param>
+    /// <param name="others">Modules loaded before, linked (their paddings as built).</param>
+    /// <param name="decisions">Where the pass says what it did.</param>
+    public static PatchPlan PatchModule(BootContext ctx, KernelPatchResult kernel, IReadOnlyList<ElfFile> others, List<string> decisions)
+    {
+        var module = ctx.TableElf;
+        if (!ctx.State.HasMacro("X86_FEATURE_CALL_DEPTH"))
+            return PatchPlan.Empty;                         // !thunks_initialized
+        var anySite = new SiteRef(new SiteKind("call"), 0, ".call_sites");
+        var setup = Prepare(ctx, anySite);
+        var text = new PassText(ctx.Poker);
+        var window = new byte[16];
+        var call = new byte[5];
+        var pad = new byte[setup.Size];
+        ulong ctStart = ctx.Thunks.TextStart, ctEnd = ctx.Thunks.TextEnd;
+        int patched = 0, pads = 0;
+
+        void PatchCall(ulong addr, SiteRef site)
+        {
+            if (addr < ctStart || addr >= ctEnd)
+                return;                                     // !within_coretext(ct, addr)
+            if (CallGetDest(ctx, text, setup, addr, window, site) is not { } dest)
+                return;
+            bool direct = dest >= ctStart && dest < ctEnd;
+            ulong padAt = dest - (ulong)setup.Size;
+            var thunk = ThunkFor(ctx, setup, padAt, site);
+            if (direct)
+            {
+                text.Read(padAt, pad, site);
+                if (!PadUsable(pad, thunk))
+                    return;
+                if (!pad.AsSpan().SequenceEqual(thunk))
+                {
+                    text.Write(padAt, thunk, site, "call depth accounting thunk");
+                    pads++;
+                }
+            }
+            else if (!OtherPadUsable(kernel, others, dest, padAt, thunk))
+                return;                                     // !is_coretext() or invalid padding
+            call[0] = X86.Call;
+            BinaryPrimitives.WriteInt32LittleEndian(call.AsSpan(1), ctx.Rel32(addr, X86.CallSize, padAt, site));
+            text.Write(addr, call, site, $"call the accounting thunk of 0x{dest:x}");
+            patched++;
+        }
+
+        foreach (var (addr, site) in CallSites(module, ctx.Tables.Alternatives))
+            PatchCall(addr, site);
+        decisions.Add($"callthunks_patch_module_calls(): {patched} calls aimed at their callee's accounting thunk, {pads} thunks written into the module's padding");
+        return text.ToPlan();
+    }
+
+    /// <summary>For a callee outside the module: whether it is core text of the kernel or of a module loaded before
+    /// (<c>is_coretext()</c>) and its padding is NOPs or the thunk already.</summary>
+    private static bool OtherPadUsable(KernelPatchResult kernel, IReadOnlyList<ElfFile> others, ulong dest, ulong padAt, byte[] thunk)
+    {
+        if (dest >= kernel.Thunks.TextStart && dest < kernel.Thunks.TextEnd)
+            return kernel.Patched.TryReadBytes(padAt, thunk.Length, out var kb) && PadUsable(kb, thunk);
+        foreach (var o in others)
+        {
+            var (s, e) = KernelModuleLoader.ModuleText(o);
+            if (dest >= s && dest < e)
+                return o.TryReadBytes(padAt, thunk.Length, out var ob) && PadUsable(ob, thunk);
+        }
+        return false;
+    }
+
+    /// <summary>6.12 <c>callthunks_translate_call_dest()</c> for a module's static call: with the thunks initialised, a core
+    /// text callee that is not skipped becomes its padding's thunk when the padding can hold it (a callee of the module
+    /// gets the thunk written into its padding, <c>patch_dest(dest, false)</c>); else the callee itself.</summary>
+    public static ulong TranslateCallDest(BootContext ctx, ulong dest, KernelPatchResult kernel, IReadOnlyList<ElfFile> others, PassText moduleText)
+    {
+        if (!ctx.State.HasMacro("X86_FEATURE_CALL_DEPTH"))
+            return dest;
+        var site = new SiteRef(SiteKind.Raw, 0, KernelTextTables.StaticCallSites);
+        var setup = Prepare(ctx, site);
+        if (setup.Skips(dest))
+            return dest;
+        ulong padAt = dest - (ulong)setup.Size;
+        var thunk = ThunkFor(ctx, setup, padAt, site);
+        var (s, e) = KernelModuleLoader.ModuleText(ctx.TableElf);
+        if (dest >= s && dest < e)
+        {
+            var pad = new byte[setup.Size];
+            moduleText.Read(padAt, pad, site);
+            if (!PadUsable(pad, thunk))
+                return dest;
+            moduleText.Write(padAt, thunk, site, "callthunks_translate_call_dest: call depth accounting thunk");
+            return padAt;
+        }
+        return OtherPadUsable(kernel, others, dest, padAt, thunk) ? padAt : dest;
+    }
+
+    public static PatchPlan Patch(BootContext ctx)
+    {
+        var image = ctx.Image;
+        var anySite = new SiteRef(new SiteKind("call"), 0, ".call_sites");
+        var setup = Prepare(ctx, anySite);
         ulong textStart = ctx.Thunks.TextStart, textEnd = ctx.Thunks.TextEnd;
         var text = new PassText(ctx.Poker);
         var window = new byte[16];
         var call = new byte[5];
-        var buf = new byte[64];
-        var pad = new byte[32];
+        var pad = new byte[setup.Size];
 
         void PatchCall(ulong addr, SiteRef site)
         {
             if (addr < textStart || addr >= textEnd)
                 return;
-            var code = Linux61Passes.ReadWindow(text, addr, window, site);
-            var insn = KernelInsn.Decode(code, addr, ctx.Bitness);
-            if (!insn.IsValid || insn.Op1 != X86.Call)
-                return;                                     // "Patched out call?"
-            ulong dest = insn.Target;
-            if (skip.Contains(dest) || (kexec is { } k && dest >= k && dest < k + KexecControlCodeMaxSize))
+            if (CallGetDest(ctx, text, setup, addr, window, site) is not { } dest)
                 return;
             if (dest < textStart || dest >= textEnd)
                 return;                                     // !is_coretext()
-            ulong padAt = dest - (ulong)tsize;
-            // patch_dest(): the template relocated for the pad
-            Array.Clear(buf);
-            templateBytes.CopyTo(buf, 0);
-            Linux612Passes.ApplyRelocation(ctx, buf, padAt, tsize, template, tsize, site);
-            Linux612Passes.OptimizeNops(ctx, buf, tsize, padAt, default);
-            var want = buf.AsSpan(0, tsize);
-            var cur = pad.AsSpan(0, tsize);
-            text.Read(padAt, cur, site);
-            if (!cur.SequenceEqual(want))
-            {
-                foreach (byte b in cur)
-                {
-                    if (b != X86.Nop)
-                        return;                             // "Invalid padding area"
-                }
+            ulong padAt = dest - (ulong)setup.Size;
+            var want = ThunkFor(ctx, setup, padAt, site);   // patch_dest()
+            text.Read(padAt, pad, site);
+            if (!PadUsable(pad, want))
+                return;                                     // "Invalid padding area"
+            if (!pad.AsSpan().SequenceEqual(want))
                 text.Write(padAt, want, site, "call depth accounting thunk");
-            }
             call[0] = X86.Call;
             BinaryPrimitives.WriteInt32LittleEndian(call.AsSpan(1), ctx.Rel32(addr, X86.CallSize, padAt, site));
             text.Write(addr, call, site, $"call the accounting thunk of 0x{dest:x}");
         }
 
-        if (image.Elf.FindSection(".call_sites") is { } sec && sec.HasFileBytes)
-        {
-            var table = image.ReadBytes(sec.Address, (int)sec.Size).ToArray();
-            for (int i = 0; i + 4 <= table.Length; i += 4)
-            {
-                ulong addr = image.Elf.AddressPlus(sec.Address + (ulong)i, BinaryPrimitives.ReadInt32LittleEndian(table.AsSpan(i)));
-                PatchCall(addr, new SiteRef(new SiteKind("call"), i / 4, ".call_sites"));
-            }
-        }
-        foreach (var a in ctx.Tables.Alternatives)
-            PatchCall(a.Address, new SiteRef(SiteKind.Alternative, a.Index, KernelPatchTables.AltInstructions));
+        foreach (var (addr, site) in CallSites(image.Elf, ctx.Tables.Alternatives))
+            PatchCall(addr, site);
         return text.ToPlan();
     }
 }

@@ -239,12 +239,16 @@ internal static class Linux61TextPasses
     /// must be <c>call __fentry__</c> (<c>ftrace_verify_code()</c>) and become <c>x86_nops[5]</c>. A record that is not is
     /// the kernel's <c>ftrace_bug()</c>: ftrace is disabled and that record and all later ones keep their call.
     /// </summary>
-    public static PatchPlan Ftrace(BootContext ctx, TextPassContext t)
+    /// <param name="ctx">The pass context.</param>
+    /// <param name="t">The text passes' tables and decisions.</param>
+    /// <param name="module">For a module: its file, and the decision lines name <c>ftrace_module_init()</c> and it.</param>
+    public static PatchPlan Ftrace(BootContext ctx, TextPassContext t, string? module = null)
     {
+        string fn = module is null ? "ftrace_init()" : $"ftrace_module_init({module})";
         var sites = t.Tables.Mcount;
         if (sites.IsEmpty)
             return PatchPlan.Empty;
-        ulong fentry = t.Tables.Fentry ?? throw new KernelPatchException("ftrace_init(): __fentry__ could not be located");
+        ulong fentry = t.Tables.Fentry ?? throw new KernelPatchException($"{fn}: __fentry__ could not be located");
         var text = new PassText(ctx.Poker);
         Span<byte> cur = stackalloc byte[5];
         Span<byte> old = stackalloc byte[5];
@@ -259,14 +263,14 @@ internal static class Linux61TextPasses
             if (!cur.SequenceEqual(old))
             {
                 t.FtraceDisabled = true;
-                t.Decisions.Add($"ftrace_init(): ftrace bug: record {s.Index} at 0x{s.Address:x} holds {Hex(cur)}, not call __fentry__ (0x{fentry:x}): "
+                t.Decisions.Add($"{fn}: ftrace bug: record {s.Index} at 0x{s.Address:x} holds {Hex(cur)}, not call __fentry__ (0x{fentry:x}): "
                     + $"ftrace_bug() disables ftrace; {done} of {sites.Length} records became NOPs, the rest keep their call");
                 return text.ToPlan();
             }
             text.Write(s.Address, nop, site, "ftrace_init: NOP");
             done++;
         }
-        t.Decisions.Add($"ftrace_init(): {done} call __fentry__ (0x{fentry:x}) to NOP ({Hex(nop)})");
+        t.Decisions.Add($"{fn}: {done} call __fentry__ (0x{fentry:x}) to NOP ({Hex(nop)})");
         if (t.CommandLine.Ftrace is { } tracer)
             t.Decisions.Add($"ftrace={tracer}: the boot tracer starts in early_trace_init() and turns the traced records"
                 + (t.CommandLine.FtraceFilters.IsEmpty ? "" : $" ({string.Join(" ", t.CommandLine.FtraceFilters)})")

@@ -94,7 +94,7 @@ public static class KernelModuleVerifier
 
     /// <summary>Loads a module and its dependencies into the kernel: each must be of the kernel's build
     /// (<see cref="KernelModuleLoader.CheckVermagic"/>), each is linked against the kernel and the ones before it, and the
-    /// last is loaded (<see cref="KernelModuleLoader.Load"/>).</summary>
+    /// last is loaded after them (<see cref="KernelModuleLoader.Load(KernelPatchResult, KernelModuleLink, IEnumerable{KernelModuleLink}, KernelCommandLine?)"/>).</summary>
     /// <param name="kernel">The kernel, e.g. <see cref="PredictKernel"/>.</param>
     /// <param name="modules">The dependencies first, the module last, each with where it was loaded.</param>
     /// <param name="commandLine">The kernel command line.</param>
@@ -115,7 +115,7 @@ public static class KernelModuleVerifier
         var linked = new List<KernelModuleLink>();
         foreach (var (m, s) in modules)
             linked.Add(KernelModuleLinker.Link(m, s, KernelModuleLoader.Resolver(symbols, linked)));
-        return KernelModuleLoader.Load(kernel, linked[^1], commandLine);
+        return KernelModuleLoader.Load(kernel, linked[^1], linked[..^1], commandLine);
     }
 
     /// <summary>Verifies a dump of one of a loaded module's sections against the prediction.</summary>
@@ -159,7 +159,8 @@ public static class KernelModuleVerifier
         var dynamicSites = KernelTextExpectations.DynamicSites(sites, kernel.Image.Bitness, a => code.Any(r => a >= r.Address && a < r.EndAddress), FunctionAt, kernelSymbols);
         var tables = KernelPatchTables.Read(loaded.Link.Elf, kernel.Image.Version);
         var c = KernelTextVerifier.Compare(patched.SectionBytes(section), found[..n], address, kernel.Image.Bitness, dynamicSites,
-            () => KernelTextExpectations.Sites(tables, loaded.TextSites, a => BranchLength(patched, a)), Describe, kernelSymbols);
+            () => KernelTextExpectations.Sites(tables, loaded.TextSites, a => BranchLength(patched, a)), Describe, kernelSymbols,
+            a => own.FindLastIndex(x => x.Address <= a && x.Function) is var i and >= 0 ? own[i].Address : null);   // decode from the module's function
         return new KernelModuleVerifyResult(loaded, section.Name, source, address, n, c.DynamicBytes, c.UnexplainedBytes, c.Unexplained, c.DynamicChanged, c.DynamicSites);
     }
 

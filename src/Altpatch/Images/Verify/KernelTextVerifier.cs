@@ -145,7 +145,8 @@ public static class KernelTextVerifier
     /// <paramref name="textAddress"/>, a kernel's <c>.text</c> or a module's section): as predicted, a dynamic site in a legal
     /// state, or unexplained (merged into ranges, named and disassembled).</summary>
     internal static Comparison Compare(ReadOnlyMemory<byte> predictedMemory, ReadOnlyMemory<byte> foundMemory, ulong textAddress, int bitness,
-        ImmutableArray<KernelDynamicSite> dynamicSites, Func<ImmutableArray<KernelSiteSpan>> allSites, Func<ulong, string>? describe, KernelSymbols? symbols)
+        ImmutableArray<KernelDynamicSite> dynamicSites, Func<ImmutableArray<KernelSiteSpan>> allSites, Func<ulong, string>? describe, KernelSymbols? symbols,
+        Func<ulong, ulong?>? symbolStart = null)
     {
         int n = predictedMemory.Length;
         var predicted = predictedMemory.Span[..n];
@@ -236,7 +237,8 @@ public static class KernelTextVerifier
         }
 
         var sites = merged.Count > 0 ? allSites() : [];
-        var disassembler = new RangeDisassembler(predictedMemory[..n], foundMemory[..n], textAddress, bitness, symbols);
+        symbolStart ??= a => symbols is not null && symbols.TryFind(a, out var sym, out _) ? sym.Address : null;
+        var disassembler = new RangeDisassembler(predictedMemory[..n], foundMemory[..n], textAddress, bitness, symbolStart);
         var ranges = ImmutableArray.CreateBuilder<KernelUnexplainedRange>(merged.Count);
         foreach (var (s, e) in merged)
         {
@@ -285,7 +287,7 @@ public static class KernelTextVerifier
 
     /// <summary>
     /// Disassembles the predicted and found code around a range, decoding from an instruction boundary: the start of
-    /// the symbol holding it (kallsyms), swept forward in address order so a function is decoded once however many
+    /// the symbol holding it (kallsyms; a module's own symbols for a module), swept forward in address order so a function is decoded once however many
     /// ranges it has.
     /// </summary>
     private sealed class RangeDisassembler
@@ -293,7 +295,7 @@ public static class KernelTextVerifier
         private readonly byte[] predictedBytes, foundBytes;
         private readonly int predictedStart, foundStart, textLength;
         private readonly ulong textBase;
-        private readonly KernelSymbols? symbolTable;
+        private readonly Func<ulong, ulong?> symbolStartOf;
         private readonly Decoder decoder;
         private readonly ArrayCodeReader reader = new();
         private readonly Formatter formatter;
@@ -301,13 +303,13 @@ public static class KernelTextVerifier
         private int sweepAt = -1;        // an instruction boundary of the predicted code reached by the last sweep
         private ulong sweepSymbol = ulong.MaxValue;
 
-        public RangeDisassembler(ReadOnlyMemory<byte> predicted, ReadOnlyMemory<byte> found, ulong textAddress, int bitness, KernelSymbols? symbols)
+        public RangeDisassembler(ReadOnlyMemory<byte> predicted, ReadOnlyMemory<byte> found, ulong textAddress, int bitness, Func<ulong, ulong?> symbolStart)
         {
             (predictedBytes, predictedStart) = ArrayOf(predicted);
             (foundBytes, foundStart) = ArrayOf(found);
             textLength = predicted.Length;
             textBase = textAddress;
-            symbolTable = symbols;
+            symbolStartOf = symbolStart;
             decoder = Decoder.Create(bitness, reader, DecoderOptions.None);
             formatter = Disassembler.CreateFormatter();
         }
@@ -320,9 +322,10 @@ public static class KernelTextVerifier
             // A boundary at or before the range: the symbol's start (or the last sweep inside the same symbol).
             int boundary = start;
             ulong symbolStart = ulong.MaxValue;
-            if (symbolTable is not null && symbolTable.TryFind(textBase + (ulong)start, out var sym, out ulong off) && off <= 0x10000 && off <= (ulong)start)
+            ulong at = textBase + (ulong)start;
+            if (symbolStartOf(at) is { } symAddress && symAddress <= at && at - symAddress is var off && off <= 0x10000 && off <= (ulong)start)
             {
-                symbolStart = sym.Address;
+                symbolStart = symAddress;
                 boundary = start - (int)off;
                 if (sweepSymbol == symbolStart && sweepAt >= boundary && sweepAt <= start)
                     boundary = sweepAt;
