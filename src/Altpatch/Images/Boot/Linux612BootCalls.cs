@@ -388,13 +388,18 @@ internal static class Linux612BootCalls
     private static string? FindBuiltinOrder(BootContext ctx, IEnumerable<LsmInfo> lsms)
     {
         var names = lsms.Select(l => l.Name).ToHashSet(StringComparer.Ordinal);
+        var data = ctx.Image.Elf.Sections.Where(s => s.IsAllocated && !s.IsExecutable && s.HasFileBytes && s.Size > 0).ToList();
+        // a string literal: .rodata first (where Debian's build has it), every data section only if it is not there
+        return FindBuiltinOrder(ctx, data.Where(s => s.Name == ".rodata"), names) ?? FindBuiltinOrder(ctx, data, names);
+    }
+
+    private static string? FindBuiltinOrder(BootContext ctx, IEnumerable<ElfSection> sections, HashSet<string> names)
+    {
         string? best = null;
         int bestScore = 1;
         bool tie = false;
-        foreach (var sec in ctx.Image.Elf.Sections)
+        foreach (var sec in sections)
         {
-            if (!sec.IsAllocated || sec.IsExecutable || !sec.HasFileBytes || sec.Size == 0)
-                continue;
             var b = ctx.Image.Elf.SectionBytes(sec).Span;
             int i = 0;
             while (i < b.Length)
