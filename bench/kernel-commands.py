@@ -42,7 +42,7 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 IMAGES = {
     "cloud-amd64": ("6.1.0-50-cloud-amd64", "Icelake-Server-smp2"),
     "686": ("6.1.0-50-686", "Icelake-Server-smp2"),
-    "6.12": ("6.12.118+deb12-cloud-amd64", None),   # kernel patch/verify refuse 6.12 (issue 9): symbols only
+    "6.12": ("6.12.118+deb12-cloud-amd64", "Icelake-Server-smp2"),
 }
 REBUILD = """
 import sys

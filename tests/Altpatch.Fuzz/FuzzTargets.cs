@@ -39,7 +39,7 @@ public static class FuzzTargets
         new("core", "ELF core files (/proc/kcore, dump-guest-memory -p): ElfCore headers, segments, reads; KernelTextLocator.Find of the real i386 kernel's text", Core,
             [typeof(ImageFormatException), typeof(Altpatch.Images.Verify.KernelVerifyException)], NeedsSharedImages: true),
         new("text-tables", "KernelTextTables in a real vmlinux (first byte: frame; second: __jump_table, .static_call_sites or __mcount_loc) with the table's bytes rewritten by the input, found by the image's kallsyms or by the scans", TextTables, Image, NeedsSharedImages: true),
-        new("command-line", "kernel command line text: KernelCommandLine.Parse (early_param, __setup and cmdline_find_option semantics)", CommandLine, []),
+        new("command-line", "kernel command line text: KernelCommandLine.Parse with the 6.1 and 6.12 rules (early_param, __setup and cmdline_find_option semantics)", CommandLine, []),
         new("module", "kernel modules (.ko, .ko.xz, .ko.zst): KernelModule.Load (ELF, modinfo), then KernelModuleLinker.Link with every section placed and every symbol resolved (symbols, relocation tables, overflow checks)", Module,
             [typeof(ImageFormatException), typeof(KernelModuleException)]),
     ];
@@ -215,6 +215,8 @@ public static class FuzzTargets
     {
         var c = KernelCommandLine.Parse(Encoding.UTF8.GetString(input));
         _ = c.Unknown.Length + c.ClearedFeatures.Length;
+        var c612 = c.For(KernelBootRules.Linux612);   // 6.12's reading of the same text (pti/nopti as early params, …)
+        _ = c612.Unknown.Length + (int)c612.Pti;
     }
 
     private static void SystemMap(byte[] input) => _ = KvmGuest.ReadSymbols(Encoding.UTF8.GetString(input)).Count;

@@ -9,7 +9,7 @@ namespace Altpatch.Cli.Commands;
 /// </summary>
 internal sealed class KernelCmdlineOptions
 {
-    public Option<string?> Cmdline { get; } = new("--cmdline") { Description = "The kernel command line, e.g. \"mitigations=off preempt=full\": options that change patched text are read as the kernel reads them, others ignored." };
+    public Option<string?> Cmdline { get; } = new("--cmdline") { Description = "The kernel command line, e.g. \"mitigations=off preempt=full\": options that change patched text are read as the image's kernel line (6.1 or 6.12) reads them, others ignored." };
     public Option<FileInfo?> CmdlineFile { get; } = new("--cmdline-file") { Description = "Read the kernel command line from a file, e.g. a saved /proc/cmdline." };
 
     /// <summary>Adds the options and their check to <paramref name="cmd"/>.</summary>

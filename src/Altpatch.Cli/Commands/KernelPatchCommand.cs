@@ -172,6 +172,13 @@ public static class KernelPatchCommand
         Terminal.Field(console, "CPU", string.Create(inv, $"{cpu.Vendor} family {cpu.Family} model {cpu.Model} stepping {cpu.Stepping}{(cpu.ModelName is { } mn ? $" ({mn})" : "")}, {s.Cpus} CPU(s), hypervisor {s.Hypervisor.ToString().ToLowerInvariant()}"));
         var hidden = cpu.Features.Where(f => CpuFeatureInfo.CpuInfoName(f) is null)
             .Select(f => CpuFeatureInfo.MacroName(f).Replace("X86_FEATURE_", "", StringComparison.Ordinal));
+        // The line's own features that 6.1's numbering has no bit for (6.12's X86_FEATURE_CALL_DEPTH).
+        if (s.ImageFeatures is { } bits && bits.Numbering != FeatureNumbering.Linux61)
+        {
+            hidden = hidden.Concat(bits.Numbers.Where(n => !bits.Numbering.TryMapTo(FeatureNumbering.Linux61, n, out _))
+                .Select(n => bits.Numbering.NameOf(n)).OfType<string>().Where(m => m.StartsWith("X86_FEATURE_", StringComparison.Ordinal))
+                .Select(m => m["X86_FEATURE_".Length..]));
+        }
         Terminal.Field(console, "Hidden bits", string.Join(' ', hidden));
         if (s.CommandLine.Text.Length > 0)
             Terminal.Field(console, "Command line", s.CommandLine.Text);

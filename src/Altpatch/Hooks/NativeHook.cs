@@ -128,7 +128,8 @@ public sealed unsafe class NativeHook : IDisposable
     /// Prepares a hook of <paramref name="target"/> that sends its calls to <paramref name="detour"/>, writing nothing
     /// at the target: the checks, the trampoline (<see cref="Original"/>) and the relay are done and built here.
     /// Throws <see cref="HookException"/> with the reason for bad input (null, unmapped or non-executable target or
-    /// detour, a target in the middle of an instruction) and for a prologue that cannot be moved safely.
+    /// detour, a target in the middle of an instruction), for a prologue that cannot be moved safely, and for a C
+    /// library function that the C library calls with every signal blocked (<see cref="NativeHookOptions.AllowSignalBlockedTargets"/>).
     /// </summary>
     public static NativeHook Create(nint target, nint detour, NativeHookOptions? options = null)
     {
@@ -142,6 +143,7 @@ public sealed unsafe class NativeHook : IDisposable
         if (detourCode.IsEmpty) throw new HookException(t, $"the detour 0x{d:x} is not in readable, executable memory: {detourWhere}");
         if (d == t) throw new HookException(t, "the detour is the target itself");
         CodeSymbols.RefuseMidInstruction(t);
+        if (!options.AllowSignalBlockedTargets && SignalBlockedTargets.Reason(t) is { } blocked) throw new HookException(t, blocked);
 
         lock (Gate)
         {

@@ -34,6 +34,15 @@ public sealed record NativeHookOptions
     /// <summary>How library text is written (default <see cref="ForeignTextMode.Remap"/>).</summary>
     public ForeignTextMode ForeignText { get; init; } = ForeignTextMode.Remap;
 
+    /// <summary>
+    /// Hook one of the C library functions that the C library itself calls with every signal blocked (<c>free</c>,
+    /// <c>munmap</c>, <c>madvise</c>, <c>getpagesize</c> on a thread's exit; <c>getpid</c> in <c>pthread_kill</c>;
+    /// <c>clone</c> in <c>pthread_create</c>). A thread that reaches a live batch's <c>int3</c> with SIGTRAP blocked
+    /// is killed by the kernel, and the process with it, so such targets are refused unless this is set: set it only
+    /// when no thread can exit, be created or be signalled that way while the hook is enabled or disabled.
+    /// </summary>
+    public bool AllowSignalBlockedTargets { get; init; }
+
     /// <summary>How long a live batch waits for threads stopped inside the bytes it rewrites (the live poker's timeout).</summary>
     public TimeSpan QuiescenceTimeout { get; init; } = TimeSpan.FromSeconds(5);
 }

@@ -1,8 +1,14 @@
 using System.Text.Json;
 using Altpatch.Cpu;
+using Altpatch.Tests.Live;
 
 namespace Altpatch.Tests.Cli;
 
+/// <summary>
+/// The demo runs in this process: it live-patches its own code and hooks libc's abs, so it runs in the live collection,
+/// never beside the hook tests that hook abs too or the tests that swap the SIGTRAP handler.
+/// </summary>
+[Collection(LiveCollection.Name)]
 public class DemoCommandTests
 {
     /// <summary>Runs <c>demo --json</c>: it must succeed, print nothing on stderr and write JSON that parses.</summary>
@@ -136,5 +142,15 @@ public class DemoCommandTests
         Assert.Equal(0, exit);
         Assert.Contains("demo", stdout);
         Assert.NotEqual(0, CliRunner.Run("no-such-command").Exit);
+    }
+
+    [Fact]
+    public void Altpatch_alone_runs_the_built_in_default_the_demo()
+    {
+        var (exit, stdout, stderr) = CliRunner.Run();
+        Assert.Equal("", stderr);
+        Assert.Equal(0, exit);
+        Assert.StartsWith("altpatch: no command given: running 'altpatch demo'", stdout, StringComparison.Ordinal);
+        Assert.Contains("are back exactly", stdout, StringComparison.Ordinal);
     }
 }

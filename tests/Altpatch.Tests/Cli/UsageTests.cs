@@ -54,16 +54,6 @@ public class UsageTests
     }
 
     [Fact]
-    public void Altpatch_alone_runs_the_built_in_default_the_demo()
-    {
-        var (exit, stdout, stderr) = CliRunner.Run();
-        Assert.Equal("", stderr);
-        Assert.Equal(0, exit);
-        Assert.StartsWith("altpatch: no command given: running 'altpatch demo'", stdout, StringComparison.Ordinal);
-        Assert.Contains("are back exactly", stdout, StringComparison.Ordinal);
-    }
-
-    [Fact]
     public void A_cpuinfo_file_that_is_not_one_is_named_in_the_error()
     {
         var path = Path.Combine(Path.GetTempPath(), $"altpatch-not-cpuinfo-{Environment.ProcessId}.txt");

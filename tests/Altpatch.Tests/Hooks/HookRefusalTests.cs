@@ -72,6 +72,28 @@ public unsafe class HookRefusalTests
     private static ulong DetourAddress(ExecutableMemory mem) => mem.Address; // the xor eax,eax; ret above
 
     [SkippableFact]
+    public void C_library_functions_it_runs_with_every_signal_blocked_are_refused_unless_allowed()
+    {
+        Skip.IfNot(CoreSync.IsAllCoresSyncAvailable, CoreSync.UnavailableReason);
+        using var mem = ExecutableMemory.Allocate(4096, "refusals-blocked");
+        var (detour, _) = Altpatch.Tests.Live.Emit.At(mem, 0, a => { a.xor(eax, eax); a.ret(); });
+        // A live int3 reached with SIGTRAP blocked kills the process: glibc's thread exit runs these with every signal
+        // blocked, and pthread_kill runs getpid so (the runtime's GC suspension calls it all the time).
+        foreach (var (name, caller) in new[] { ("getpagesize", "a thread's exit"), ("free", "a detached thread's exit"), ("munmap", "a thread's exit"),
+                                               ("madvise", "a thread's exit"), ("getpid", "pthread_kill"), ("clone", "pthread_create") })
+            Refused((ulong)Libc(name), (nint)detour, $"the C library's {name}, which the C library itself calls with every signal blocked ({caller}");
+        // Allowed on request: Create prepares it (writing nothing); it is never switched here, so no thread can meet its int3.
+        nint getpid = Libc("getpid");
+        var before = Bytes((ulong)getpid, 16);
+        using (var hook = NativeHook.Create(getpid, (nint)detour, new NativeHookOptions { AllowSignalBlockedTargets = true }))
+            Assert.False(hook.IsEnabled);
+        Assert.Equal(before, Bytes((ulong)getpid, 16));
+        // The functions the torture test hooks instead are not on the list.
+        foreach (string name in new[] { "__libc_current_sigrtmin", "getppid", "strlen", "abs", "atoi" })
+            using (NativeHook.Create(Libc(name), (nint)detour)) { }
+    }
+
+    [SkippableFact]
     public void Relative_prologues_are_relocated_jrcxz_loop_short_jcc_and_rip_relative()
     {
         Skip.IfNot(CoreSync.IsAllCoresSyncAvailable, CoreSync.UnavailableReason);

@@ -75,7 +75,7 @@ public class CommandLineTests
         Assert.Equal(ItsCommand.Force, c.Its);
         Assert.Equal(TsaCommand.Vm, c.Tsa);
         Assert.Equal(VmscapeCommand.IbpbExitToUser, c.Vmscape);
-        Assert.False(c.SpectreBhi);
+        Assert.Equal(BhiCommand.Off, c.SpectreBhi);
         Assert.True(c.Gds);
         Assert.False(c.Rfds);
         Assert.True(c.SrbdsOff);

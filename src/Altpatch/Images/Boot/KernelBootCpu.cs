@@ -20,25 +20,33 @@ public static class KernelBootCpu
     /// <param name="build">The image's build options (<see cref="KernelBuildInfo.Infer"/>).</param>
     /// <param name="pvOps">The pv_ops changes of a KVM guest (<see cref="KvmGuest.Plan"/>); none on bare metal.</param>
     /// <exception cref="ArgumentNullException">An argument is null.</exception>
-    public static KernelBootState Derive(KernelCpuDescription description, KernelBuildInfo build, KvmPvOps? pvOps = null)
+    public static KernelBootState Derive(KernelCpuDescription description, KernelBuildInfo build, KvmPvOps? pvOps = null) =>
+        DeriveFor(description, build, pvOps, KernelBootRules.Linux61, null);
+
+    /// <summary>Derives the boot state with the mitigation rules of <paramref name="rules"/> (6.1.176, or 6.12.118 where
+    /// its <c>cpu/bugs.c</c> and <c>amd.c</c> decide differently): the command line is read with that line's rules
+    /// (<see cref="KernelCommandLine.For"/>). Features the line sets that 6.1's numbering has no bit for
+    /// (<c>X86_FEATURE_CALL_DEPTH</c>) are added to <paramref name="lineFeatures"/> by macro name.</summary>
+    internal static KernelBootState DeriveFor(KernelCpuDescription description, KernelBuildInfo build, KvmPvOps? pvOps, KernelBootRules rules, ISet<string>? lineFeatures)
     {
         ArgumentNullException.ThrowIfNull(description);
         ArgumentNullException.ThrowIfNull(build);
         pvOps ??= KvmPvOps.None;
+        var cmdline = description.CommandLine.For(rules);
         if (description.Exact)
         {
             var exact = Apply(description.Cpu, description);
             var thunk = ReturnThunkFromFeatures(exact);
-            var smp = KernelSmpSwitch.Decide(description.Cpus, description.CommandLine);
+            var smp = KernelSmpSwitch.Decide(description.Cpus, cmdline);
             return new KernelBootState(exact, thunk, description.Cpus, description.Hypervisor,
                 [$"exact: the given features are boot_cpu_data; return thunk {thunk} inferred from them", .. pvOps.Notes, $"SMP: {smp.Decision}"],
-                pvOps.Overrides, description.CommandLine);
+                pvOps.Overrides, cmdline);
         }
-        var d = new Derivation(description, build, pvOps);
+        var d = new Derivation(description, build, pvOps, cmdline, lineFeatures ?? new HashSet<string>());
         d.Run();
         var features = Apply(d.Result(), description);
-        d.Log.Add($"SMP: {KernelSmpSwitch.Decide(description.Cpus, description.CommandLine).Decision}");
-        return new KernelBootState(features, d.ReturnThunk, description.Cpus, description.Hypervisor, d.Log, pvOps.Overrides, description.CommandLine);
+        d.Log.Add($"SMP: {KernelSmpSwitch.Decide(description.Cpus, cmdline).Decision}");
+        return new KernelBootState(features, d.ReturnThunk, description.Cpus, description.Hypervisor, d.Log, pvOps.Overrides, cmdline);
     }
 
     /// <summary>The return thunk the kernel would have chosen for a final feature set: SRSO alias / SRSO safe RET,
@@ -70,13 +78,25 @@ public static class KernelBootCpu
 
     private enum SpectreV2 { None, Retpoline, Lfence, Eibrs, EibrsLfence, EibrsRetpoline, Ibrs }
 
-    private enum Retbleed { None, Unret, Ibpb, Ibrs, Eibrs }
+    private enum Retbleed { None, Unret, Ibpb, Ibrs, Eibrs, Stuff }
 
     private enum Srso { None, Microcode, SafeRet, Ibpb, IbpbOnVmexit }
 
     /// <summary>The derivation, function by function, in the kernel's order.</summary>
-    private sealed class Derivation(KernelCpuDescription desc, KernelBuildInfo build, KvmPvOps pvOps)
+    private sealed class Derivation(KernelCpuDescription desc, KernelBuildInfo build, KvmPvOps pvOps, KernelCommandLine cmd, ISet<string> lineFeatures)
     {
+        /// <summary>Whether 6.12.118's rules decide (else 6.1.176's).</summary>
+        private readonly bool l612 = cmd.Rules == KernelBootRules.Linux612;
+
+        /// <summary><c>X86_FEATURE_CALL_DEPTH</c> (6.12; no bit in 6.1's numbering: kept in <c>lineFeatures</c>).</summary>
+        private bool CallDepth => lineFeatures.Contains("X86_FEATURE_CALL_DEPTH");
+
+        private void SetCallDepth(string why)
+        {
+            if (lineFeatures.Add("X86_FEATURE_CALL_DEPTH"))
+                Log.Add($"set X86_FEATURE_CALL_DEPTH: {why}");
+        }
+
         private readonly HashSet<F> bits = [.. desc.Cpu.Features];
         private readonly CpuVendor vendor = desc.Cpu.Vendor;
         private readonly int family = desc.Cpu.Family;
@@ -85,7 +105,6 @@ public static class KernelBootCpu
         private readonly ulong archCap = desc.ArchCapabilities;
         private SpectreV2 spectreV2 = SpectreV2.None;
         private SpectreV2Command? spectreV2Cmd;   // spectre_v2_cmd: null for SPECTRE_V2_CMD_NONE (0), its value until spectre_v2_select_mitigation() sets it
-        private readonly KernelCommandLine cmd = desc.CommandLine;
         private Retbleed retbleed = Retbleed.None;
         private Srso srso = Srso.None;
         private bool rrsbaDisabled;
@@ -289,6 +308,17 @@ public static class KernelBootCpu
                 Set(z, $"bsp_init_amd(): family 0x{family:x} model 0x{model:x}");
                 Set(F.Zen, "init_amd_zen_common()");
             }
+            if (l612 && !Has(F.Hypervisor) && !Has(F.IbpbBrtype))
+            {
+                // 6.12 early_init_amd(): the IBPB-extending microcode is detected here, whatever the SRSO bug or the command line.
+                if (family == 0x17 && Has(F.AmdIbpb))
+                    Set(F.IbpbBrtype, "early_init_amd() (6.12): family 0x17 with AMD_IBPB");
+                else if (family >= 0x19)
+                {
+                    Set(F.IbpbBrtype, "early_init_amd() (6.12): the SBPB write to MSR_IA32_PRED_CMD succeeds");
+                    Set(F.Sbpb, "early_init_amd() (6.12): the SBPB write to MSR_IA32_PRED_CMD succeeds");
+                }
+            }
             if (Has(F.Xmm2))
                 Set(F.LfenceRdtsc, "init_amd(): SSE2, LFENCE made serializing");
             ClearBit(F.ApicMsrsFence, "init_amd(): AMD CPUs need no fencing after x2APIC/TSC_DEADLINE MSR writes");
@@ -369,6 +399,8 @@ public static class KernelBootCpu
                 Set(F.BugIts, "its_parse_cmdline(): indirect_target_selection=force");
             if (cmd.Vmscape == VmscapeCommand.Force)
                 Set(F.BugVmscape, "vmscape_parse_cmdline(): vmscape=force");
+            if (cmd.RetbleedForce)
+                Set(F.BugRetbleed, "retbleed_parse_cmdline() (6.12): retbleed=force");
             if (cmd.NoSmtForce == true)
                 smtForceDisabled = true;
             if (MitigationsOff)
@@ -464,7 +496,8 @@ public static class KernelBootCpu
                 SpectreV2Command.EibrsLfence => SpectreV2.EibrsLfence,
                 SpectreV2Command.EibrsRetpoline => SpectreV2.EibrsRetpoline,
                 _ when Has(F.IbrsEnhanced) => SpectreV2.Eibrs,   // AUTO, FORCE
-                _ when build.CpuIbrsEntry && Has(F.BugRetbleed) && cmd.Retbleed != RetbleedCommand.Off && Has(F.Ibrs) && vendor == CpuVendor.Intel => SpectreV2.Ibrs,
+                _ when build.CpuIbrsEntry && Has(F.BugRetbleed) && cmd.Retbleed is not (RetbleedCommand.Off or RetbleedCommand.Stuff)
+                    && Has(F.Ibrs) && vendor == CpuVendor.Intel => SpectreV2.Ibrs,
                 _ => SpectreV2SelectRetpoline(),
             };
 
@@ -537,7 +570,8 @@ public static class KernelBootCpu
 
         private void BhiSelectMitigation()
         {
-            if (!(cmd.SpectreBhi ?? build.MitigationSpectreBhi))
+            var bhi = cmd.SpectreBhi ?? (build.MitigationSpectreBhi ? BhiCommand.On : BhiCommand.Off);
+            if (bhi == BhiCommand.Off)
             {
                 Note("Spectre BHI: off (spectre_bhi=off or not compiled in)");
                 return;
@@ -553,6 +587,11 @@ public static class KernelBootCpu
             if (Has(F.BhiCtrl))
             {
                 Set(F.ClearBhbHw, "spec_ctrl_bhi_dis(): BHI_DIS_S");
+                return;
+            }
+            if (bhi == BhiCommand.VmexitOnly)
+            {
+                Set(F.ClearBhbLoopOnVmexit, "bhi_select_mitigation() (6.12): spectre_bhi=vmexit, SW BHB clearing on VM exit only");
                 return;
             }
             Set(F.ClearBhbLoopOnVmexit, "bhi_select_mitigation(): SW BHB clearing on vm exit");
@@ -592,6 +631,16 @@ public static class KernelBootCpu
                         auto = true;
                     }
                     break;
+                case RetbleedCommand.Stuff:
+                    if (build.CallDepthTracking && spectreV2 == SpectreV2.Retpoline)
+                        retbleed = Retbleed.Stuff;
+                    else
+                    {
+                        Note(build.CallDepthTracking ? "RETBleed: retbleed=stuff depends on spectre_v2=retpoline"
+                            : "RETBleed: retbleed=stuff: kernel not compiled with MITIGATION_CALL_DEPTH_TRACKING");
+                        auto = true;
+                    }
+                    break;
                 default:
                     auto = true;
                     break;
@@ -608,8 +657,13 @@ public static class KernelBootCpu
                 case Retbleed.Unret:
                     Set(F.Rethunk, "retbleed_select_mitigation(): untrained return thunk");
                     Set(F.Unret, "retbleed_select_mitigation(): untrained return thunk");
-                    if (build.Rethunk)
+                    if (build.Rethunk || l612)
                         SetReturnThunk(ReturnThunkKind.Retbleed, "retbleed");
+                    break;
+                case Retbleed.Stuff:
+                    Set(F.Rethunk, "retbleed_select_mitigation(): call depth tracking (retbleed=stuff)");
+                    SetCallDepth("retbleed_select_mitigation(): retbleed=stuff");
+                    SetReturnThunk(ReturnThunkKind.CallDepth, "retbleed=stuff");
                     break;
                 case Retbleed.Ibpb:
                     Set(F.EntryIbpb, "retbleed_select_mitigation(): IBPB");
@@ -623,10 +677,12 @@ public static class KernelBootCpu
             }
             if (vendor == CpuVendor.Intel)
             {
+                // 6.12: any other Spectre v2 mode leaves RETBleed unmitigated, except call depth tracking.
                 retbleed = spectreV2 switch
                 {
                     SpectreV2.Ibrs => Retbleed.Ibrs,
                     SpectreV2.Eibrs or SpectreV2.EibrsRetpoline or SpectreV2.EibrsLfence => Retbleed.Eibrs,
+                    _ when l612 && retbleed != Retbleed.Stuff => Retbleed.None,
                     _ => retbleed,
                 };
             }
@@ -719,12 +775,19 @@ public static class KernelBootCpu
                 Note("Speculative Return Stack Overflow: mitigations=off: vulnerable");
                 return;
             }
-            bool hasMicrocode = Has(F.IbpbBrtype) || CpuHasIbpbBrtypeMicrocode();
+            if (l612 && cmd.Srso == SrsoCommand.Off)
+            {
+                Note("Speculative Return Stack Overflow: spec_rstack_overflow=off");
+                return;
+            }
+            // 6.12 reads the microcode's IBPB_BRTYPE as early_init_amd() left it; 6.1 probes it here.
+            bool hasMicrocode = Has(F.IbpbBrtype) || (!l612 && CpuHasIbpbBrtypeMicrocode());
             if (!hasMicrocode)
                 Note("Speculative Return Stack Overflow: IBPB-extending microcode not applied");
             else
             {
-                Set(F.IbpbBrtype, "srso_select_mitigation(): IBPB-extending microcode");
+                if (!l612)
+                    Set(F.IbpbBrtype, "srso_select_mitigation(): IBPB-extending microcode");
                 // Zen1/2 without SMT are not vulnerable once the microcode is there (cpu_smt_possible() is false
                 // when cpu_smt_check_topology() found one thread per core, or with nosmt=force). Unknown SMT counts as possible.
                 if (family < 0x19 && (desc.Smt == false || smtForceDisabled))
@@ -834,6 +897,11 @@ public static class KernelBootCpu
         {
             if (!Has(F.BugIts) || MitigationsOff)
                 return;
+            if (l612 && Has(F.Retpoline) && CallDepth)
+            {
+                Note("ITS: Mitigation: Retpolines, Stuffing RSB (retpolines with call depth tracking)");
+                return;
+            }
             if (!build.MitigationIts)
             {
                 Note("ITS: not compiled in");
@@ -858,6 +926,22 @@ public static class KernelBootCpu
             {
                 Note("ITS: not compatible with lfence mitigation");
                 return;
+            }
+            if (cmd.Its == ItsCommand.Stuff)
+            {
+                if (Has(F.Retpoline) && build.CallDepthTracking)
+                {
+                    Set(F.Rethunk, "its_select_mitigation() (6.12): indirect_target_selection=stuff");
+                    SetCallDepth("its_select_mitigation(): indirect_target_selection=stuff");
+                    SetReturnThunk(ReturnThunkKind.CallDepth, "ITS: retpolines, stuffing RSB");
+                    if (retbleed == Retbleed.None)
+                    {
+                        retbleed = Retbleed.Stuff;
+                        Note("RETBleed: Retbleed mitigation updated to stuffing");
+                    }
+                    return;
+                }
+                Note("ITS: RSB stuff mitigation not supported, using default");
             }
             if (cmd.Its == ItsCommand.Vmexit && Has(F.BugItsNativeOnly))
             {

@@ -4,9 +4,11 @@ namespace Altpatch.Images.Boot;
 
 /// <summary>
 /// The boot CPU as Linux 6.12.118 leaves it (<c>identify_boot_cpu()</c>, <c>cpu_select_mitigations()</c> of
-/// <c>arch/x86/kernel/cpu/bugs.c</c> 6.12.118): where 6.12's logic is 6.1.176's (with their common backports),
-/// <see cref="KernelBootCpu.Derive"/> decides, and its result is carried into 6.12's numbering
-/// (<see cref="FeatureNumbering.Linux612"/>) by name; what 6.12 decides differently is done here on top.
+/// <c>arch/x86/kernel/cpu/bugs.c</c> 6.12.118): <see cref="KernelBootCpu"/>'s derivation with the 6.12 rules (the command
+/// line read as 6.12 reads it, <see cref="KernelCommandLine.For"/>; <c>retbleed=stuff</c>, <c>spectre_bhi=vmexit</c>, ITS
+/// with call depth tracking, <c>early_init_amd()</c>'s IBPB_BRTYPE, … where 6.12's <c>bugs.c</c> differs from 6.1.176's),
+/// its result carried into 6.12's numbering (<see cref="FeatureNumbering.Linux612"/>) by name, with the features 6.1's
+/// numbering has no bit for (<c>X86_FEATURE_CALL_DEPTH</c>); what is 6.12's alone beyond that is done here on top.
 /// </summary>
 internal static class KernelBootCpu612
 {
@@ -35,7 +37,8 @@ internal static class KernelBootCpu612
         ArgumentNullException.ThrowIfNull(image);
         ArgumentNullException.ThrowIfNull(description);
         var build = InferBuild(image, thunks);
-        var s61 = KernelBootCpu.Derive(description, build, pvOps);
+        var lineFeatures = new HashSet<string>(StringComparer.Ordinal);
+        var s61 = KernelBootCpu.DeriveFor(description, build, pvOps, KernelBootRules.Linux612, lineFeatures);
         var log = new List<string>(s61.Decisions);
         var set = new HashSet<int>();
         foreach (var f in s61.Features.Features)
@@ -43,6 +46,8 @@ internal static class KernelBootCpu612
             if (FeatureNumbering.Linux61.TryMapTo(FeatureNumbering.Linux612, (int)f, out int n))
                 set.Add(n);
         }
+        foreach (var macro in lineFeatures)
+            set.Add(N(macro));
         Apply612(description, set, log);
         var bits = new ImageFeatureBits(FeatureNumbering.Linux612, set);
         return new KernelBootState(s61.Features, s61.ReturnThunk, s61.Cpus, s61.Hypervisor, log, s61.PvOpsOverrides, s61.CommandLine) { ImageFeatures = bits };

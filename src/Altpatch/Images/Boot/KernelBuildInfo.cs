@@ -34,6 +34,9 @@ public sealed record KernelBuildInfo
     /// <summary>CONFIG_MITIGATION_ITS: the ITS thunk array and <c>its_return_thunk</c> found.</summary>
     public bool MitigationIts { get; init; }
 
+    /// <summary>CONFIG_MITIGATION_CALL_DEPTH_TRACKING (6.2+): <c>call_depth_return_thunk</c> found.</summary>
+    public bool CallDepthTracking { get; init; }
+
     /// <summary>CONFIG_MITIGATION_SPECTRE_BHI (Debian default: y).</summary>
     public bool MitigationSpectreBhi { get; init; } = true;
 
@@ -79,6 +82,7 @@ public sealed record KernelBuildInfo
             CpuIbrsEntry = is64 && Uses(CpuFeature.KernelIbrs),
             CpuSrso = thunks.SrsoReturnThunk is not null,
             MitigationIts = thunks.ItsReturnThunk is not null,
+            CallDepthTracking = thunks.CallDepthReturnThunk is not null,
             PageTableIsolation = is64 || pae,
             PgtableLevelsAbove2 = is64 || pae,
             Pae = pae,

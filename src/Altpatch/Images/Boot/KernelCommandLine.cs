@@ -44,6 +44,20 @@ public enum RetbleedCommand
     Unret,
     /// <summary><c>ibpb</c>.</summary>
     Ibpb,
+    /// <summary><c>stuff</c> (6.2+, read by the 6.12 rules only): call depth tracking (RSB stuffing), with
+    /// <c>spectre_v2=retpoline</c>.</summary>
+    Stuff,
+}
+
+/// <summary><c>spectre_bhi=</c> (<c>spectre_bhi_parse_cmdline()</c>).</summary>
+public enum BhiCommand
+{
+    /// <summary><c>off</c>.</summary>
+    Off,
+    /// <summary><c>on</c> (the default with CONFIG_MITIGATION_SPECTRE_BHI).</summary>
+    On,
+    /// <summary><c>vmexit</c> (read by the 6.12 rules only): the BHB is cleared on VM exit only.</summary>
+    VmexitOnly,
 }
 
 /// <summary><c>spec_store_bypass_disable=</c> / <c>nospec_store_bypass_disable</c> (<c>ssb_parse_cmdline()</c>).</summary>
@@ -100,6 +114,8 @@ public enum ItsCommand
     Force,
     /// <summary><c>vmexit</c>.</summary>
     Vmexit,
+    /// <summary><c>stuff</c> (read by the 6.12 rules only): retpolines with call depth tracking.</summary>
+    Stuff,
 }
 
 /// <summary><c>tsa=</c> (<c>tsa_parse_cmdline()</c>).</summary>
@@ -153,8 +169,10 @@ public enum TsxCommand
 }
 
 /// <summary>
-/// A kernel command line read the way Linux 6.1.176 reads it, for every option that changes the text the kernel
-/// patches at boot. Three mechanisms, as in the kernel:
+/// A kernel command line read the way one kernel line reads it (<see cref="Rules"/>: Linux 6.1.176 by default, or
+/// 6.12.118, <see cref="Parse(string, KernelBootRules)"/>), for every option that changes the text the kernel patches at
+/// boot. Each line's derivation re-reads the text with its own rules (<see cref="For"/>), so one command line given for
+/// an image is read as that image's kernel reads it. Three mechanisms, as in the kernel:
 /// <list type="bullet">
 /// <item><c>early_param()</c> handlers, run by <c>parse_early_param()</c> for each <c>name[=value]</c> before <c>--</c>
 /// (names compared with <c>-</c> = <c>_</c>, <c>parameq()</c>; quotes as <c>next_arg()</c> strips them); each occurrence
@@ -166,6 +184,10 @@ public enum TsxCommand
 /// caller's buffer; a boolean option is a whole word.</item>
 /// </list>
 /// Options the kernel does not know are ignored, as it ignores them (<see cref="Unknown"/> lists them).
+/// What 6.12.118 reads differently from 6.1.176: <c>retbleed=stuff</c> and <c>retbleed=force</c>,
+/// <c>indirect_target_selection=stuff</c>, <c>spectre_bhi=vmexit</c>, and <c>pti=</c>/<c>nopti</c> as early parameters
+/// (the last of them wins, with <c>-</c>/<c>_</c> and quotes as <c>parse_early_param()</c> reads them; 6.1 looks for
+/// <c>pti=</c> first, then <c>nopti</c>, in the raw text); 6.1 ignores the values it does not know.
 /// </summary>
 public sealed class KernelCommandLine
 {
@@ -175,7 +197,15 @@ public sealed class KernelCommandLine
     /// <summary>The empty command line (every default).</summary>
     public static KernelCommandLine Empty { get; } = Parse("");
 
-    private KernelCommandLine(string text) => Text = text;
+    private KernelCommandLine(string text, KernelBootRules rules)
+    {
+        Text = text;
+        Rules = rules;
+    }
+
+    /// <summary>The kernel line whose rules read this command line (<see cref="KernelBootRules.Linux61"/> for
+    /// <see cref="Parse(string)"/>; 2.6.22 images are read with 6.1's rules).</summary>
+    public KernelBootRules Rules { get; }
 
     /// <summary>The command line as the kernel holds it (<c>boot_command_line</c>, truncated to 2047 characters).</summary>
     public string Text { get; }
@@ -202,13 +232,16 @@ public sealed class KernelCommandLine
     public SpectreV2UserCommand SpectreV2User { get; private init; } = SpectreV2UserCommand.Auto;
 
     /// <summary><c>spectre_bhi=</c>: null for the build's default (on with CONFIG_MITIGATION_SPECTRE_BHI).</summary>
-    public bool? SpectreBhi { get; private init; }
+    public BhiCommand? SpectreBhi { get; private init; }
 
     /// <summary><c>retbleed=</c>.</summary>
     public RetbleedCommand Retbleed { get; private init; } = RetbleedCommand.Auto;
 
     /// <summary><c>retbleed=…,nosmt</c>.</summary>
     public bool RetbleedNosmt { get; private init; }
+
+    /// <summary><c>retbleed=…,force</c> (6.12 rules): <c>setup_force_cpu_bug(X86_BUG_RETBLEED)</c>.</summary>
+    public bool RetbleedForce { get; private init; }
 
     /// <summary><c>spec_rstack_overflow=</c>.</summary>
     public SrsoCommand Srso { get; private init; } = SrsoCommand.SafeRet;
@@ -308,17 +341,32 @@ public sealed class KernelCommandLine
 
     // ------------------------------------------------------------------ parsing
 
-    /// <summary>Reads a command line (e.g. the text of <c>/proc/cmdline</c>; a trailing newline is ignored).</summary>
+    /// <summary>Reads a command line as Linux 6.1 reads it (e.g. the text of <c>/proc/cmdline</c>; a trailing newline is
+    /// ignored). A line's derivation re-reads it with its own rules (<see cref="For"/>).</summary>
     /// <param name="text">The command line.</param>
-    public static KernelCommandLine Parse(string text)
+    public static KernelCommandLine Parse(string text) => Parse(text, KernelBootRules.Linux61);
+
+    /// <summary>Reads a command line as the kernel line <paramref name="rules"/> reads it (2.6.22: as 6.1).</summary>
+    /// <param name="text">The command line (a trailing newline is ignored).</param>
+    /// <param name="rules">The kernel line.</param>
+    public static KernelCommandLine Parse(string text, KernelBootRules rules)
     {
         ArgumentNullException.ThrowIfNull(text);
         text = text.TrimEnd('\n', '\r');
         if (text.Length > CommandLineSize - 1)
             text = text[..(CommandLineSize - 1)];
         var args = NextArgs(text);
-        var p = new Builder(text, args);
+        var p = new Builder(text, args, rules == KernelBootRules.Linux612 ? KernelBootRules.Linux612 : KernelBootRules.Linux61);
         return p.Build();
+    }
+
+    /// <summary>This command line as the kernel line <paramref name="rules"/> reads it: itself when it was read with
+    /// those rules, else its <see cref="Text"/> read again.</summary>
+    /// <param name="rules">The kernel line.</param>
+    public KernelCommandLine For(KernelBootRules rules)
+    {
+        var r = rules == KernelBootRules.Linux612 ? KernelBootRules.Linux612 : KernelBootRules.Linux61;
+        return r == Rules ? this : Parse(Text, r);
     }
 
     /// <summary><c>next_arg()</c> over the whole text; stops at <c>--</c> as <c>parse_args()</c> does.</summary>
@@ -433,8 +481,11 @@ public sealed class KernelCommandLine
     private static bool MatchOption((string Value, int Length) arg, string option) =>
         arg.Length == option.Length && arg.Value.StartsWith(option, StringComparison.Ordinal);
 
-    private sealed class Builder(string text, ImmutableArray<(string Name, string? Value)> args)
+    private sealed class Builder(string text, ImmutableArray<(string Name, string? Value)> args, KernelBootRules rules)
     {
+        /// <summary>Whether the 6.12 rules read the command line.</summary>
+        private readonly bool l612 = rules == KernelBootRules.Linux612;
+
         private readonly HashSet<int> used = [];
 
         /// <summary>The values of every occurrence of an early param, in order (<c>do_early_param()</c>).</summary>
@@ -572,17 +623,7 @@ public sealed class KernelCommandLine
                 ssb = table.FirstOrDefault(t => MatchOption(s, t.Option)) is { Option: not null } hit ? hit.Cmd : SsbCommand.Auto;
             }
 
-            // pti_check_boottime_disable(): char arg[5]; pti= before nopti/mitigations=off
-            var pti = PtiCommand.Auto;
-            var p = Find("pti", 5);
-            if (p is { Length: 3, Value: "off" })
-                pti = PtiCommand.Off;
-            else if (p is { Length: 2, Value: "on" })
-                pti = PtiCommand.On;
-            else if (p is { Length: 4, Value: "auto" })
-                pti = PtiCommand.Auto;
-            else if (FindBool("nopti") | off)
-                pti = PtiCommand.Off;
+            var pti = l612 ? Pti612(off) : Pti61(off);
 
             // tsx_init(): char arg[5]
             var tsx = TsxCommand.Default;
@@ -590,7 +631,7 @@ public sealed class KernelCommandLine
                 tsx = t.Value switch { "on" => TsxCommand.On, "off" => TsxCommand.Off, "auto" => TsxCommand.Auto, _ => TsxCommand.Off };
 
             // retbleed=a,b,c: each comma part
-            bool retbleedNosmt = false;
+            bool retbleedNosmt = false, retbleedForce = false;
             var retbleed = RetbleedCommand.Auto;
             foreach (var v in Early("retbleed"))
             {
@@ -604,7 +645,9 @@ public sealed class KernelCommandLine
                         case "auto": retbleed = RetbleedCommand.Auto; break;
                         case "unret": retbleed = RetbleedCommand.Unret; break;
                         case "ibpb": retbleed = RetbleedCommand.Ibpb; break;
+                        case "stuff" when l612: retbleed = RetbleedCommand.Stuff; break;
                         case "nosmt": retbleedNosmt = true; break;
+                        case "force" when l612: retbleedForce = true; break;
                     }
                 }
             }
@@ -663,16 +706,23 @@ public sealed class KernelCommandLine
                     filters.Add(f + v);
             }
 
-            var result = new KernelCommandLine(text)
+            var result = new KernelCommandLine(text, rules)
             {
                 Arguments = args,
                 Mitigations = mitigations,
                 NoSpectreV1 = Early("nospectre_v1").Count > 0,
                 SpectreV2 = v2,
                 SpectreV2User = v2user,
-                SpectreBhi = FoldNullable(Early("spectre_bhi"), v => v switch { "off" => false, "on" => true, _ => (bool?)null }),
+                SpectreBhi = FoldNullable(Early("spectre_bhi"), v => v switch
+                {
+                    "off" => BhiCommand.Off,
+                    "on" => BhiCommand.On,
+                    "vmexit" when l612 => BhiCommand.VmexitOnly,
+                    _ => (BhiCommand?)null,
+                }),
                 Retbleed = retbleed,
                 RetbleedNosmt = retbleedNosmt,
+                RetbleedForce = retbleedForce,
                 Srso = Fold(Early("spec_rstack_overflow"), SrsoCommand.SafeRet, v => v switch
                 {
                     "off" => SrsoCommand.Off,
@@ -706,6 +756,7 @@ public sealed class KernelCommandLine
                     "on" => ItsCommand.On,
                     "force" => ItsCommand.Force,
                     "vmexit" => ItsCommand.Vmexit,
+                    "stuff" when l612 => ItsCommand.Stuff,
                     _ => (ItsCommand?)null,
                 }),
                 Tsa = FoldNullable(Early("tsa"), v => v switch
@@ -742,6 +793,45 @@ public sealed class KernelCommandLine
             };
             return result;
         }
+
+        /// <summary>6.1's <c>pti_check_boottime_disable()</c>: <c>cmdline_find_option("pti")</c> into <c>char arg[5]</c>
+        /// first (the last <c>pti=</c> of the raw text), then <c>nopti</c> as a whole word or <c>mitigations=off</c>.</summary>
+        private PtiCommand Pti61(bool off)
+        {
+            var p = Find("pti", 5);
+            if (p is { Length: 3, Value: "off" })
+                return PtiCommand.Off;
+            if (p is { Length: 2, Value: "on" })
+                return PtiCommand.On;
+            if (p is { Length: 4, Value: "auto" })
+                return PtiCommand.Auto;
+            return FindBool("nopti") | off ? PtiCommand.Off : PtiCommand.Auto;
+        }
+
+        /// <summary>6.12's <c>early_param("pti")</c> and <c>early_param("nopti")</c>: each occurrence runs its handler in
+        /// order (<c>pti=</c> with a value other than off/on/auto is refused and changes nothing; <c>nopti</c> with or without
+        /// a value is FORCE_OFF), then <c>pti_check_boottime_disable()</c> turns <c>mitigations=off</c> into FORCE_OFF.</summary>
+        private PtiCommand Pti612(bool off)
+        {
+            var mode = PtiCommand.Auto;
+            for (int i = 0; i < args.Length; i++)
+            {
+                var (name, value) = args[i];
+                if (IsEarly(name, "pti"))
+                {
+                    used.Add(i);
+                    mode = value switch { "off" => PtiCommand.Off, "on" => PtiCommand.On, "auto" => PtiCommand.Auto, _ => mode };
+                }
+                else if (IsEarly(name, "nopti"))
+                {
+                    used.Add(i);
+                    mode = PtiCommand.Off;
+                }
+            }
+            return off ? PtiCommand.Off : mode;
+        }
+
+        private static bool IsEarly(string name, string param) => name.Length == param.Length && ParamEq(name, param, param.Length);
 
         /// <summary><c>get_option()</c>: a leading (signed, base-detecting) integer, or null.</summary>
         private static int? GetOption(string? v)

@@ -38,6 +38,11 @@ public abstract class KernelLine
     /// <summary>The kernel command-line options the line's rules read (the others are ignored, and reported).</summary>
     public abstract ImmutableArray<string> CommandLineOptions { get; }
 
+    /// <summary>A command line read as this line's kernel reads it (<see cref="KernelCommandLine.Parse(string, KernelBootRules)"/>;
+    /// the derivation re-reads any given command line this way).</summary>
+    /// <param name="text">The command line.</param>
+    public KernelCommandLine ReadCommandLine(string text) => KernelCommandLine.Parse(text, Id);
+
     /// <summary>Whether the line's text passes (jump labels, static calls, ftrace, preempt) run.</summary>
     public virtual bool HasTextPasses => false;
 

@@ -32,14 +32,16 @@ internal sealed class Linux612Line : KernelLine
         BootPass.BootCalls,
     ];
 
-    /// <summary>What the 6.12 rules read: the 6.1 options that 6.12 has too (the command line is parsed by
-    /// <see cref="KernelCommandLine"/>), with <c>retbleed=stuff</c>.</summary>
+    /// <summary>What <see cref="KernelCommandLine"/> reads with the 6.12 rules (<see cref="KernelCommandLine.Parse(string, KernelBootRules)"/>):
+    /// the options 6.1 reads, with 6.12's values and mechanisms (<c>retbleed=stuff</c>/<c>force</c>,
+    /// <c>indirect_target_selection=stuff</c>, <c>spectre_bhi=vmexit</c>, <c>pti=</c>/<c>nopti</c> as early parameters).</summary>
     public override ImmutableArray<string> CommandLineOptions { get; } =
     [
         "mitigations", "nospectre_v1", "nospectre_v2", "spectre_v2", "spectre_v2_user", "spectre_bhi", "retbleed",
-        "spec_rstack_overflow", "nospec_store_bypass_disable", "spec_store_bypass_disable", "l1tf", "mds",
-        "tsx_async_abort", "mmio_stale_data", "reg_file_data_sampling", "gather_data_sampling", "indirect_target_selection",
-        "pti", "nopti", "clearcpuid", "noreplace-smp", "maxcpus", "nosmp", "preempt", "ftrace",
+        "spec_rstack_overflow", "nospec_store_bypass_disable", "spec_store_bypass_disable", "l1tf", "l1d_flush", "mds",
+        "tsx_async_abort", "mmio_stale_data", "reg_file_data_sampling", "srbds", "gather_data_sampling", "indirect_target_selection",
+        "tsa", "vmscape", "pti", "nopti", "tsx", "nosmt", "clearcpuid", "nopku", "noreplace-smp", "maxcpus", "nosmp",
+        "nr_cpus", "possible_cpus", "preempt", "ftrace", "ftrace_filter", "ftrace_notrace",
     ];
 
     public override bool HasTextPasses => true;
