@@ -103,12 +103,22 @@ public class Linux612GroundTruthTests(ITestOutputHelper output)
     private static string Names(IEnumerable<int> numbers) =>
         string.Join(" ", numbers.Order().Select(n => FeatureNumbering.Linux612.NameOf(n) ?? $"{n / 32}*32+{n % 32}"));
 
-    /// <summary>Sites whose final state a writer after the panic point or a boot-time allocation decides: the static-call
-    /// trampolines <c>static_call_update()</c> may re-aim (their <c>apply_returns()</c> state is overwritten), and the dentry
-    /// hash's runtime constants (<c>dcache_init_early()</c>: the table's address and the memory-dependent shift).</summary>
+    /// <summary>Sites whose final state the boot decides in a way the prediction leaves dynamic: the static-call trampolines
+    /// of the calls the boot-calls pass says it left dynamic (<c>x86_idle</c> with MWAIT, <c>apic_call_*</c> with x2APIC,
+    /// the LSM hooks without their tables; every other trampoline, re-aimed by the boot's <c>static_call_update()</c>s or
+    /// not, is compared), and the dentry hash's runtime constants (<c>dcache_init_early()</c>: the table's address and the
+    /// memory-dependent shift).</summary>
     internal static Func<KernelSiteOutcome, bool> DynamicSites(KernelPatchResult result)
     {
-        var trampolines = result.TextSites.Where(t => t.Dynamic && t.Kind == KernelSiteKind.StaticCallTrampoline).Select(t => t.Address).ToHashSet();
+        var left = new List<string>();
+        if (result.TextDecisions.Any(d => d.Contains("x86_idle is left as dynamic", StringComparison.Ordinal)))
+            left.Add("__SCT__x86_idle");
+        if (result.TextDecisions.Any(d => d.Contains("apic_call_* static calls are left as dynamic", StringComparison.Ordinal)))
+            left.Add("__SCT__apic_call_");
+        if (result.TextDecisions.Any(d => d.Contains("LSM static calls are left as dynamic", StringComparison.Ordinal)))
+            left.Add("__SCT__lsm_static_call_");
+        var trampolines = result.TextSites.Where(t => t.Kind == KernelSiteKind.StaticCallTrampoline && left.Any(p => t.Detail.StartsWith(p, StringComparison.Ordinal)))
+            .Select(t => t.Address).ToHashSet();
         var dentry = result.Image.Elf.Sections.Where(s => s.Name is "runtime_shift_d_hash_shift" or "runtime_ptr_dentry_hashtable")
             .Sum(s => (int)(s.Size / 4));
         var repl = result.Image.Elf.FindSection(".altinstr_replacement");

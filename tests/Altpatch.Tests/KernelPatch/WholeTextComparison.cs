@@ -16,17 +16,22 @@ internal sealed class WholeTextComparison
     public int Dynamic { get; set; }
     public Dictionary<KernelSiteKind, int> DynamicByKind { get; } = [];
     public List<string> Unexplained { get; } = [];
+    /// <summary>Dynamic sites in another legal state than Altpatch's, by kind (up to 200): what the running kernel changed.</summary>
+    public List<string> DynamicSites { get; } = [];
     public int UnexplainedBytes { get; set; }
     public double Percent => 100.0 * Differing / Size;
 
     /// <summary>Compares <paramref name="patched"/>'s section with the truth. Positions compared: every byte of a run (the
     /// kernel changed it) and every byte Altpatch changed; elsewhere both left the (relocated) vmlinux alone.
-    /// <paramref name="functionStarts"/>: addresses a static call may go to (text symbols); null: any target.</summary>
-    public static WholeTextComparison Compare(KernelPatchResult result, ElfFile patched, WholeTextTruth.Section truth, IReadOnlySet<ulong>? functionStarts)
+    /// <paramref name="functionStarts"/>: addresses a static call may go to (text symbols); null: any target.
+    /// <paramref name="delta"/>: the truth's KASLR offset when <paramref name="result"/> patched the image relocated for it
+    /// (<see cref="KernelImage.Relocate"/>): the section is then read at its runtime address.</summary>
+    public static WholeTextComparison Compare(KernelPatchResult result, ElfFile patched, WholeTextTruth.Section truth, IReadOnlySet<ulong>? functionStarts, long delta = 0)
     {
         var img = result.Image;
-        var v = img.Elf.ReadBytes(truth.Address, truth.Size);
-        var m = patched.ReadBytes(truth.Address, truth.Size);
+        ulong address = unchecked(truth.Address + (ulong)delta);
+        var v = img.Elf.ReadBytes(address, truth.Size);
+        var m = patched.ReadBytes(address, truth.Size);
         var final = v.ToArray();               // the truth, as far as it can be built without the relocation table
         var compare = new bool[truth.Size];
         foreach (var (off, bytes) in truth.Runs)
@@ -52,18 +57,20 @@ internal sealed class WholeTextComparison
             if (!compare[i] || m[i] == final[i])
                 continue;
             c.Differing++;
-            ulong a = truth.Address + (ulong)i;
+            ulong a = address + (ulong)i;
             if (siteAt.TryGetValue(a, out var s) && s.Dynamic)
             {
                 if (!judged.TryGetValue(s, out bool legal))
                 {
                     // Explained only when both are states the site may be in: Altpatch's (its boot state) and the kernel's
                     // (where the running kernel moved it). Either one illegal is an error.
-                    var found = final.AsSpan((int)(s.Address - truth.Address), s.Length).ToArray();
-                    var mine = m.Slice((int)(s.Address - truth.Address), s.Length).ToArray();
+                    var found = final.AsSpan((int)(s.Address - address), s.Length).ToArray();
+                    var mine = m.Slice((int)(s.Address - address), s.Length).ToArray();
                     bool foundLegal = IsLegal(img, s, found, functionStarts), mineLegal = IsLegal(img, s, mine, functionStarts);
                     legal = foundLegal && mineLegal;
                     judged[s] = legal;
+                    if (legal && c.DynamicSites.Count < 200)
+                        c.DynamicSites.Add($"0x{s.Address:x} {s.Kind} ({s.Detail}): predicted {Convert.ToHexString(mine)}, found {Convert.ToHexString(found)}");
                     if (!legal)
                         c.Unexplained.Add($"0x{s.Address:x} {s.Kind} ({s.Detail}): expected {Convert.ToHexString(mine)}, found {Convert.ToHexString(found)}: "
                             + (mineLegal ? "the kernel's bytes are" : "Altpatch's bytes are") + " not a legal state");

@@ -30,13 +30,17 @@ public enum BootPass
     /// <summary><c>callthunks_patch_builtin_calls()</c> (6.2+, <c>X86_FEATURE_CALL_DEPTH</c>): the accounting thunks in the
     /// padding before functions, and every <c>.call_sites</c> call redirected to its callee's thunk.</summary>
     CallThunks,
+    /// <summary>The static calls and keys the boot code sets (6.12: <c>apic_setup_apic_calls()</c>,
+    /// <c>select_idle_routine()</c>, <c>security_init()</c>'s LSM hooks), each by <c>static_call_update()</c> /
+    /// <c>static_branch_enable()</c>.</summary>
+    BootCalls,
 }
 
 /// <summary>Names of the passes.</summary>
 public static class BootPasses
 {
     /// <summary>Every pass, in the kernel's order.</summary>
-    public static IReadOnlyList<BootPass> All { get; } = [BootPass.JumpLabels, BootPass.StaticCalls, BootPass.Ftrace, BootPass.PreemptDynamic, BootPass.Paravirt, BootPass.Retpolines, BootPass.Returns, BootPass.Alternatives, BootPass.CallThunks, BootPass.IbtEndbr, BootPass.SmpLocks, BootPass.RuntimeConst];
+    public static IReadOnlyList<BootPass> All { get; } = [BootPass.JumpLabels, BootPass.StaticCalls, BootPass.Ftrace, BootPass.PreemptDynamic, BootPass.Paravirt, BootPass.Retpolines, BootPass.Returns, BootPass.Alternatives, BootPass.CallThunks, BootPass.IbtEndbr, BootPass.SmpLocks, BootPass.RuntimeConst, BootPass.BootCalls];
 
     /// <summary>The kernel function that does the pass, e.g. <c>apply_paravirt</c>.</summary>
     public static string KernelFunction(this BootPass pass) => pass switch
@@ -53,11 +57,12 @@ public static class BootPasses
         BootPass.SmpLocks => "alternatives_smp_unlock",
         BootPass.RuntimeConst => "runtime_const_init",
         BootPass.CallThunks => "callthunks_patch_builtin_calls",
+        BootPass.BootCalls => "static_call_update",
         _ => pass.ToString(),
     };
 
     /// <summary>Short lower-case name used in reports and the CLI: jump-labels, static-calls, ftrace, preempt, paravirt,
-    /// retpolines, returns, alternatives, call-thunks, ibt-endbr, smp-locks, runtime-const.</summary>
+    /// retpolines, returns, alternatives, call-thunks, ibt-endbr, smp-locks, runtime-const, boot-calls.</summary>
     public static string ShortName(this BootPass pass) => pass switch
     {
         BootPass.JumpLabels => "jump-labels",
@@ -72,6 +77,7 @@ public static class BootPasses
         BootPass.SmpLocks => "smp-locks",
         BootPass.RuntimeConst => "runtime-const",
         BootPass.CallThunks => "call-thunks",
+        BootPass.BootCalls => "boot-calls",
         _ => pass.ToString(),
     };
 }

@@ -50,6 +50,11 @@ public sealed record KernelTextRules
     /// <c>sched_dynamic_update()</c> is the build's default mode) and that function.</summary>
     public (string Caller, string Update) PreemptDefault { get; init; } = ("sched_init", "sched_dynamic_update");
 
+    /// <summary>Other functions whose call from <see cref="PreemptDefault"/>'s caller, with the mode as its argument, is the
+    /// default mode's update: <c>__sched_dynamic_update</c> in 6.12, where <c>sched_dynamic_update()</c> (a mutex around it)
+    /// is inlined into <c>sched_init()</c>.</summary>
+    public ImmutableArray<string> PreemptUpdateInlined { get; init; } = [];
+
     /// <summary>The ftrace callers an mcount site may call at run time.</summary>
     public ImmutableArray<string> FtraceCallers { get; init; } = [];
 
@@ -76,6 +81,7 @@ public sealed record KernelTextRules
     };
 
     /// <summary>Linux 6.12 (6.12.118): the same PREEMPT_DYNAMIC static calls and modes as 6.1 (<c>__sched_dynamic_update()</c>),
-    /// the same ftrace callers; <c>jump_label_init()</c> still writes nothing on x86.</summary>
-    public static KernelTextRules Linux612 { get; } = Linux61 with { Name = "Linux 6.12" };
+    /// the same ftrace callers; <c>jump_label_init()</c> still writes nothing on x86. Debian's build inlines
+    /// <c>sched_dynamic_update()</c> into <c>sched_init()</c>, which then calls <c>__sched_dynamic_update(1)</c>.</summary>
+    public static KernelTextRules Linux612 { get; } = Linux61 with { Name = "Linux 6.12", PreemptUpdateInlined = ["__sched_dynamic_update"] };
 }

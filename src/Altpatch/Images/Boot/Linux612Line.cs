@@ -9,7 +9,8 @@ namespace Altpatch.Images.Boot;
 /// <c>.parainstructions</c>), today's NOPs (longest 11 bytes), the text passes, then <c>alternative_instructions()</c>:
 /// <c>apply_retpolines</c>, <c>apply_returns</c>, <c>apply_alternatives</c>, <c>callthunks_patch_builtin_calls</c>,
 /// <c>apply_seal_endbr</c>, the SMP-lock switch; <c>runtime_const_init()</c> from <c>start_kernel()</c>
-/// (<see cref="Linux612Passes"/>).</summary>
+/// (<see cref="Linux612Passes"/>); then the static calls and keys the boot code sets (APIC driver, idle routine, LSM
+/// hooks: <see cref="Linux612BootCalls"/>).</summary>
 internal sealed class Linux612Line : KernelLine
 {
     public override KernelBootRules Id => KernelBootRules.Linux612;
@@ -28,6 +29,7 @@ internal sealed class Linux612Line : KernelLine
     [
         BootPass.JumpLabels, BootPass.StaticCalls, BootPass.Ftrace, BootPass.PreemptDynamic,
         BootPass.Retpolines, BootPass.Returns, BootPass.Alternatives, BootPass.CallThunks, BootPass.IbtEndbr, BootPass.SmpLocks, BootPass.RuntimeConst,
+        BootPass.BootCalls,
     ];
 
     /// <summary>What <see cref="KernelCommandLine"/> reads with the 6.12 rules (<see cref="KernelCommandLine.Parse(string, KernelBootRules)"/>):
@@ -92,5 +94,7 @@ internal sealed class Linux612Line : KernelLine
         run.Run(BootPass.IbtEndbr, Linux61Passes.IbtSealCount(ctx.Image), Linux612Passes.SealEndbr);
         run.Run(BootPass.SmpLocks, tables.SmpLocks.Length, Linux612Passes.SmpLocks);
         run.Run(BootPass.RuntimeConst, Linux612Passes.RuntimeConstCount(ctx.Image), Linux612Passes.RuntimeConsts);
+        if (run.TextContext is { } t)
+            run.Run(BootPass.BootCalls, Linux612BootCalls.Count(t), c => Linux612BootCalls.Plan(c, t));
     }
 }

@@ -137,6 +137,9 @@ internal static class Linux61TextPasses
         return text.ToPlan();
     }
 
+    /// <summary><c>key-&gt;func</c> as the image holds it, 0 for a key without bytes (<c>.bss</c>) or not found.</summary>
+    internal static ulong KeyFuncOrZero(BootContext ctx, ulong key) => ctx.Image.Elf.TryReadPointer(key, out ulong func) ? func : 0;
+
     /// <summary><c>key-&gt;func</c> as the image holds it (0 for a key in <c>.bss</c>).</summary>
     private static ulong KeyFunc(BootContext ctx, ulong key, SiteRef site, ulong at)
     {
@@ -398,7 +401,12 @@ internal static class Linux61TextPasses
     {
         var (callerName, updateName) = t.Rules.PreemptDefault;
         ulong caller = t.Need(callerName, "the default preempt= mode");
-        ulong update = t.Need(updateName, "the default preempt= mode");
+        var updates = new Dictionary<ulong, string> { [t.Need(updateName, "the default preempt= mode")] = updateName };
+        foreach (var inlined in t.Rules.PreemptUpdateInlined)
+        {
+            if (t.Symbol(inlined) is { } a)
+                updates.TryAdd(a, inlined);
+        }
         ulong end = t.Symbols!.TryFind(caller, out _, out ulong at, out ulong size) && at == 0 && size > 0 ? caller + size : caller + 0x4000;
         var elf = ctx.Image.Elf;
         int len = (int)Math.Min(end - caller, 0x4000);
@@ -416,14 +424,14 @@ internal static class Linux61TextPasses
             if (insn.IsInvalid)
                 break;
             if (insn.Mnemonic == Iced.Intel.Mnemonic.Call && insn.Op0Kind is Iced.Intel.OpKind.NearBranch64 or Iced.Intel.OpKind.NearBranch32
-                && insn.NearBranchTarget == update)
+                && updates.TryGetValue(insn.NearBranchTarget, out var calledName))
             {
                 long? value = prev.Mnemonic == Iced.Intel.Mnemonic.Mov && prev.Op0Register == arg && prev.Op1Kind == Iced.Intel.OpKind.Immediate32 ? prev.Immediate32
                     : prev.Mnemonic == Iced.Intel.Mnemonic.Xor && prev.Op0Register == arg && prev.Op1Register == arg ? 0
                     : null;
                 if (value is >= 0 and <= 2)
-                    return ((PreemptMode)value.Value, $"the build's default: {callerName}+0x{insn.IP - caller:x} calls {updateName}({value})");
-                throw new KernelPatchException($"the default preempt= mode: {callerName}+0x{insn.IP - caller:x} calls {updateName} with an argument Altpatch cannot read ({prev})");
+                    return ((PreemptMode)value.Value, $"the build's default: {callerName}+0x{insn.IP - caller:x} calls {calledName}({value})");
+                throw new KernelPatchException($"the default preempt= mode: {callerName}+0x{insn.IP - caller:x} calls {calledName} with an argument Altpatch cannot read ({prev})");
             }
             prev = insn;
         }
@@ -431,7 +439,7 @@ internal static class Linux61TextPasses
     }
 
     /// <summary><c>kernel_text_address()</c> during boot: <c>.text</c> (<c>_stext</c>..<c>_etext</c>) or <c>.init.text</c>.</summary>
-    private static bool IsKernelText(BootContext ctx, ulong addr)
+    internal static bool IsKernelText(BootContext ctx, ulong addr)
     {
         if (addr >= ctx.Thunks.TextStart && addr < ctx.Thunks.TextEnd)
             return true;
