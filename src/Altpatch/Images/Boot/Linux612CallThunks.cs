@@ -39,7 +39,7 @@ internal static class Linux612CallThunks
                 skip.Add(a);
         }
         ulong? kexec = symbols.TryGetAddress("relocate_kernel", out var rk) ? rk : null;
-        var templateBytes = image.ReadBytes(template, tsize).ToArray();
+        var templateBytes = ctx.ReadOriginal(template, tsize);
         ulong textStart = ctx.Thunks.TextStart, textEnd = ctx.Thunks.TextEnd;
         var text = new PassText(ctx.Poker);
         var window = new byte[16];
