@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using Altpatch.Sites;
 using Altpatch.Text;
 
@@ -14,19 +15,35 @@ namespace Altpatch.Images.Boot;
 /// </summary>
 internal sealed class PassText
 {
+    private const int ChunkSize = 1 << 16;
     private readonly ImagePoker image;
     private readonly List<Segment> segments = [];   // sorted by Start, non-overlapping
+    private byte[] chunk = [];                      // the segments' bytes, in 64 KiB chunks (not an array per site)
+    private int used;
 
-    private sealed class Segment(ulong start, byte[] data, SiteRef site, string why)
+    private struct Segment(ulong start, Memory<byte> data, SiteRef site, string why)
     {
         public ulong Start = start;
-        public byte[] Data = data;
+        public Memory<byte> Data = data;
         public SiteRef Site = site;
         public string Why = why;
-        public ulong End => Start + (ulong)Data.Length;
+        public readonly ulong End => Start + (ulong)Data.Length;
     }
 
     public PassText(ImagePoker image) => this.image = image;
+
+    /// <summary>Room for <paramref name="length"/> bytes of a segment.</summary>
+    private Memory<byte> Store(int length)
+    {
+        if (length > chunk.Length - used)
+        {
+            chunk = new byte[Math.Max(ChunkSize, length)];
+            used = 0;
+        }
+        var m = new Memory<byte>(chunk, used, length);
+        used += length;
+        return m;
+    }
 
     /// <summary>The current bytes of [address, address + destination.Length), with this pass's writes applied.</summary>
     /// <exception cref="PatchException">The range is not inside one executable section.</exception>
@@ -36,11 +53,12 @@ internal sealed class PassText
         if (segments.Count == 0)
             return;
         ulong end = address + (ulong)destination.Length;
-        for (int i = FirstOverlapping(address); i < segments.Count && segments[i].Start < end; i++)
+        var all = CollectionsMarshal.AsSpan(segments);
+        for (int i = FirstOverlapping(address); i < all.Length && all[i].Start < end; i++)
         {
-            var s = segments[i];
+            ref readonly var s = ref all[i];
             ulong from = Math.Max(s.Start, address), to = Math.Min(s.End, end);
-            s.Data.AsSpan((int)(from - s.Start), (int)(to - from)).CopyTo(destination[(int)(from - address)..]);
+            s.Data.Span.Slice((int)(from - s.Start), (int)(to - from)).CopyTo(destination[(int)(from - address)..]);
         }
     }
 
@@ -76,16 +94,18 @@ internal sealed class PassText
             last++;
         if (first == last)
         {
-            segments.Insert(first, new Segment(address, bytes.ToArray(), site, why));
+            var stored = Store(bytes.Length);
+            bytes.CopyTo(stored.Span);
+            segments.Insert(first, new Segment(address, stored, site, why));
             return true;
         }
         // Merge with the overlapping segments into one: union range, this write on top.
         ulong start = Math.Min(address, segments[first].Start);
         ulong stop = Math.Max(end, segments[last - 1].End);
-        var data = new byte[stop - start];
-        Read(start, data, site);
-        bytes.CopyTo(data.AsSpan((int)(address - start)));
-        var keep = segments[first];
+        var data = Store((int)(stop - start));
+        Read(start, data.Span, site);
+        bytes.CopyTo(data.Span[(int)(address - start)..]);
+        ref var keep = ref CollectionsMarshal.AsSpan(segments)[first];
         keep.Start = start;
         keep.Data = data;
         keep.Why += "; " + why;
@@ -97,11 +117,11 @@ internal sealed class PassText
     public PatchPlan ToPlan()
     {
         var builder = new PlanBuilder(segments.Count);
-        foreach (var s in segments)
+        foreach (ref readonly var s in CollectionsMarshal.AsSpan(segments))
         {
             var old = image.Read(s.Start, s.Data.Length, s.Site);
-            if (!old.SequenceEqual(s.Data))
-                builder.Add(s.Start, old, s.Data, s.Site, s.Why);
+            if (!old.SequenceEqual(s.Data.Span))
+                builder.Add(s.Start, old, s.Data.Span, s.Site, s.Why);
         }
         return builder.Build();
     }
@@ -109,11 +129,12 @@ internal sealed class PassText
     /// <summary>Index of the first segment whose end is after <paramref name="address"/>.</summary>
     private int FirstOverlapping(ulong address)
     {
-        int lo = 0, hi = segments.Count;
+        var all = CollectionsMarshal.AsSpan(segments);
+        int lo = 0, hi = all.Length;
         while (lo < hi)
         {
             int mid = (lo + hi) >>> 1;
-            if (segments[mid].End <= address)
+            if (all[mid].End <= address)
                 lo = mid + 1;
             else
                 hi = mid;
