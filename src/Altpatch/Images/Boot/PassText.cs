@@ -16,8 +16,12 @@ namespace Altpatch.Images.Boot;
 internal sealed class PassText
 {
     private const int ChunkSize = 1 << 16;
+    private const int BlockSize = 256;
     private readonly ImagePoker image;
-    private readonly List<Segment> segments = [];   // sorted by Start, non-overlapping
+    // The writes so far, sorted by Start and non-overlapping, in blocks of at most 2 × BlockSize: the tables are in link
+    // order, which runs backwards hundreds of times (6.1's .return_sites: 931 times in 48,017 entries), and an insert
+    // moves the rest of its block only, not of the whole list.
+    private readonly List<List<Segment>> blocks = [];
     private byte[] chunk = [];                      // the segments' bytes, in 64 KiB chunks (not an array per site)
     private int used;
 
@@ -50,15 +54,19 @@ internal sealed class PassText
     public void Read(ulong address, Span<byte> destination, SiteRef site)
     {
         image.Read(address, destination.Length, site).CopyTo(destination);
-        if (segments.Count == 0)
-            return;
         ulong end = address + (ulong)destination.Length;
-        var all = CollectionsMarshal.AsSpan(segments);
-        for (int i = FirstOverlapping(address); i < all.Length && all[i].Start < end; i++)
+        var (b, i) = FirstOverlapping(address);
+        for (; b < blocks.Count; b++, i = 0)
         {
-            ref readonly var s = ref all[i];
-            ulong from = Math.Max(s.Start, address), to = Math.Min(s.End, end);
-            s.Data.Span.Slice((int)(from - s.Start), (int)(to - from)).CopyTo(destination[(int)(from - address)..]);
+            var block = CollectionsMarshal.AsSpan(blocks[b]);
+            for (; i < block.Length; i++)
+            {
+                ref readonly var s = ref block[i];
+                if (s.Start >= end)
+                    return;
+                ulong from = Math.Max(s.Start, address), to = Math.Min(s.End, end);
+                s.Data.Span.Slice((int)(from - s.Start), (int)(to - from)).CopyTo(destination[(int)(from - address)..]);
+            }
         }
     }
 
@@ -74,71 +82,116 @@ internal sealed class PassText
         if (bytes.IsEmpty)
             return false;
         ulong end = address + (ulong)bytes.Length;
-        int first = FirstOverlapping(address);
-        if (first == segments.Count || segments[first].Start >= end)
+        var (b, i) = FirstOverlapping(address);
+        bool overlaps = b < blocks.Count && blocks[b][i].Start < end;
+        if (!overlaps)
         {
             // Nothing of this pass there yet: compare with the image directly.
             if (image.Read(address, bytes.Length, site).SequenceEqual(bytes))
                 return false;
-        }
-        else
-        {
-            Span<byte> current = bytes.Length <= 256 ? stackalloc byte[bytes.Length] : new byte[bytes.Length];
-            Read(address, current, site);
-            if (current.SequenceEqual(bytes))
-                return false;
-        }
-        // Touching neighbours (s.End == address) are not merged: they are separate sites.
-        int last = first;
-        while (last < segments.Count && segments[last].Start < end)
-            last++;
-        if (first == last)
-        {
             var stored = Store(bytes.Length);
             bytes.CopyTo(stored.Span);
-            segments.Insert(first, new Segment(address, stored, site, why));
+            Insert(b, i, new Segment(address, stored, site, why));
             return true;
         }
-        // Merge with the overlapping segments into one: union range, this write on top.
-        ulong start = Math.Min(address, segments[first].Start);
-        ulong stop = Math.Max(end, segments[last - 1].End);
+        Span<byte> current = bytes.Length <= 256 ? stackalloc byte[bytes.Length] : new byte[bytes.Length];
+        Read(address, current, site);
+        if (current.SequenceEqual(bytes))
+            return false;
+        // Merge with the overlapping segments into one: union range, this write on top. (Touching neighbours,
+        // s.End == address, are not merged: they are separate sites.)
+        ulong start = Math.Min(address, blocks[b][i].Start), stop = end;
+        int count = 0;
+        for (var (cb, ci) = (b, i); cb < blocks.Count && blocks[cb][ci].Start < end; count++)
+        {
+            stop = Math.Max(stop, blocks[cb][ci].End);
+            if (++ci == blocks[cb].Count)
+                (cb, ci) = (cb + 1, 0);
+        }
         var data = Store((int)(stop - start));
         Read(start, data.Span, site);
         bytes.CopyTo(data.Span[(int)(address - start)..]);
-        ref var keep = ref CollectionsMarshal.AsSpan(segments)[first];
+        ref var keep = ref CollectionsMarshal.AsSpan(blocks[b])[i];
         keep.Start = start;
         keep.Data = data;
         keep.Why += "; " + why;
-        segments.RemoveRange(first + 1, last - first - 1);
+        // Remove the other count - 1 merged segments, which follow it.
+        int next = i + 1;
+        for (int k = 1; k < count; k++)
+        {
+            if (next == blocks[b].Count)
+                (b, next) = (b + 1, 0);
+            blocks[b].RemoveAt(next);
+            if (blocks[b].Count == 0)
+                blocks.RemoveAt(b);
+        }
         return true;
     }
 
     /// <summary>The pass's pokes: old bytes from the image, new bytes from the writes (unchanged ranges dropped).</summary>
     public PatchPlan ToPlan()
     {
-        var builder = new PlanBuilder(segments.Count);
-        foreach (ref readonly var s in CollectionsMarshal.AsSpan(segments))
+        var builder = new PlanBuilder(blocks.Sum(x => x.Count));
+        foreach (var block in blocks)
         {
-            var old = image.Read(s.Start, s.Data.Length, s.Site);
-            if (!old.SequenceEqual(s.Data.Span))
-                builder.Add(s.Start, old, s.Data.Span, s.Site, s.Why);
+            foreach (ref readonly var s in CollectionsMarshal.AsSpan(block))
+            {
+                var old = image.Read(s.Start, s.Data.Length, s.Site);
+                if (!old.SequenceEqual(s.Data.Span))
+                    builder.Add(s.Start, old, s.Data.Span, s.Site, s.Why);
+            }
         }
         return builder.Build();
     }
 
-    /// <summary>Index of the first segment whose end is after <paramref name="address"/>.</summary>
-    private int FirstOverlapping(ulong address)
+    /// <summary>Inserts at position <paramref name="i"/> of block <paramref name="b"/> (<c>b == blocks.Count</c>: at the
+    /// end), splitting a block that grows past twice <see cref="BlockSize"/>.</summary>
+    private void Insert(int b, int i, Segment segment)
     {
-        var all = CollectionsMarshal.AsSpan(segments);
-        int lo = 0, hi = all.Length;
+        if (blocks.Count == 0)
+        {
+            blocks.Add(new List<Segment>(BlockSize) { segment });
+            return;
+        }
+        if (b == blocks.Count)
+            (b, i) = (b - 1, blocks[b - 1].Count);
+        var block = blocks[b];
+        block.Insert(i, segment);
+        if (block.Count > 2 * BlockSize)
+        {
+            var tail = new List<Segment>(2 * BlockSize);
+            tail.AddRange(CollectionsMarshal.AsSpan(block)[BlockSize..]);
+            block.RemoveRange(BlockSize, block.Count - BlockSize);
+            blocks.Insert(b + 1, tail);
+        }
+    }
+
+    /// <summary>Block and index of the first segment whose end is after <paramref name="address"/>; (blocks.Count, 0)
+    /// when there is none.</summary>
+    private (int Block, int Index) FirstOverlapping(ulong address)
+    {
+        int lo = 0, hi = blocks.Count;
         while (lo < hi)
         {
             int mid = (lo + hi) >>> 1;
-            if (all[mid].End <= address)
+            var block = blocks[mid];
+            if (block[^1].End <= address)
                 lo = mid + 1;
             else
                 hi = mid;
         }
-        return lo;
+        if (lo == blocks.Count)
+            return (lo, 0);
+        var all = CollectionsMarshal.AsSpan(blocks[lo]);
+        int l = 0, h = all.Length;
+        while (l < h)
+        {
+            int mid = (l + h) >>> 1;
+            if (all[mid].End <= address)
+                l = mid + 1;
+            else
+                h = mid;
+        }
+        return (lo, l);
     }
 }
