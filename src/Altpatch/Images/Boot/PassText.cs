@@ -16,9 +16,9 @@ namespace Altpatch.Images.Boot;
 internal sealed class PassText
 {
     private const int ChunkSize = 1 << 16;
-    private const int BlockSize = 256;
+    private const int BlockMax = 256;
     private readonly ImagePoker image;
-    // The writes so far, sorted by Start and non-overlapping, in blocks of at most 2 × BlockSize: the tables are in link
+    // The writes so far, sorted by Start and non-overlapping, in blocks of at most BlockMax: the tables are in link
     // order, which runs backwards hundreds of times (6.1's .return_sites: 931 times in 48,017 entries), and an insert
     // moves the rest of its block only, not of the whole list.
     private readonly List<List<Segment>> blocks = [];
@@ -145,25 +145,33 @@ internal sealed class PassText
     }
 
     /// <summary>Inserts at position <paramref name="i"/> of block <paramref name="b"/> (<c>b == blocks.Count</c>: at the
-    /// end), splitting a block that grows past twice <see cref="BlockSize"/>.</summary>
+    /// end). A full block (<see cref="BlockMax"/>) is split in two first, or, when the segment goes after its last one,
+    /// followed by a new block: the lists never grow past the capacity they are made with.</summary>
     private void Insert(int b, int i, Segment segment)
     {
         if (blocks.Count == 0)
         {
-            blocks.Add(new List<Segment>(BlockSize) { segment });
+            blocks.Add(new List<Segment>(BlockMax) { segment });
             return;
         }
         if (b == blocks.Count)
             (b, i) = (b - 1, blocks[b - 1].Count);
         var block = blocks[b];
-        block.Insert(i, segment);
-        if (block.Count > 2 * BlockSize)
+        if (block.Count == BlockMax)
         {
-            var tail = new List<Segment>(2 * BlockSize);
-            tail.AddRange(CollectionsMarshal.AsSpan(block)[BlockSize..]);
-            block.RemoveRange(BlockSize, block.Count - BlockSize);
+            if (i == BlockMax)
+            {
+                blocks.Insert(b + 1, new List<Segment>(BlockMax) { segment });
+                return;
+            }
+            var tail = new List<Segment>(BlockMax);
+            tail.AddRange(CollectionsMarshal.AsSpan(block)[(BlockMax / 2)..]);
+            block.RemoveRange(BlockMax / 2, BlockMax - BlockMax / 2);
             blocks.Insert(b + 1, tail);
+            if (i > BlockMax / 2)
+                (block, i) = (tail, i - BlockMax / 2);
         }
+        block.Insert(i, segment);
     }
 
     /// <summary>Block and index of the first segment whose end is after <paramref name="address"/>; (blocks.Count, 0)
