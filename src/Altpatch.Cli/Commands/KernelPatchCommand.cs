@@ -73,9 +73,14 @@ public static class KernelPatchCommand
         {
             ("open + decompress", () => img = KernelCommand.Open(o.Image, parse, ignoreCrc)),
             ("read tables", () => _ = img!.Tables),
-            ("patch", () => result = KernelBootPatcher.Patch(img!, description, KernelCommand.Rules(parse, rulesOption, img!))),
+            // Without a report nothing needs the unpatched bytes again: the image's own buffer is patched (no copy of it).
+            ("patch", () => result = o.Report is null
+                ? KernelBootPatcher.PatchInPlace(img!, description, KernelCommand.Rules(parse, rulesOption, img!))
+                : KernelBootPatcher.Patch(img!, description, KernelCommand.Rules(parse, rulesOption, img!))),
             ("write output", () => written.Add((WriteTemporary(o.Output, s => wrote = ElfSymtabWriter.WriteVmlinux(s, img!, result!.Patched, !o.NoSymtab)), o.Output))),
         };
+        if (StepProfile.Enabled)
+            steps.Insert(2, ("kallsyms", () => img!.TryGetSymbols(out _)));   // decoded here, not inside the first pass that needs them
         if (o.Report is { } rep)
             steps.Add(("write report", () => written.Add((WriteTemporary(rep, s => WriteReport(s, result!, o, wrote)), rep))));
         try
@@ -99,11 +104,13 @@ public static class KernelPatchCommand
     private static List<(string Name, TimeSpan Time)> RunSteps(IAnsiConsole console, bool interactive, List<(string Name, Action Body)> steps)
     {
         var times = new List<(string Name, TimeSpan Time)>();
+        var profile = StepProfile.Start();
         void Step(int i)
         {
             var sw = Stopwatch.StartNew();
             steps[i].Body();
             times.Add((steps[i].Name, sw.Elapsed));
+            profile?.Step(steps[i].Name);
         }
         if (interactive)
         {

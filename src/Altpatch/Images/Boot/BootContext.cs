@@ -14,8 +14,36 @@ internal sealed class BootContext(KernelImage image, ImagePoker poker, KernelBoo
     /// <summary>The ELF file the tables are read from (the image's, or the linked module's).</summary>
     public ElfFile TableElf { get; } = tableElf ?? image.Elf;
 
-    /// <summary>The image: tables and the original (unpatched) bytes.</summary>
+    /// <summary>The image: tables and the original (unpatched) bytes; when patched in place
+    /// (<see cref="KernelBootPatcher.PatchInPlace"/>) its code holds what the passes so far wrote: read the original
+    /// code with <see cref="ReadOriginal"/>.</summary>
     public KernelImage Image { get; } = image;
+
+    /// <summary>The plans written so far, in order, when the passes write the image's own bytes (<see cref="Poker"/>
+    /// writes <see cref="Image"/>'s ELF file); null when they write a copy.</summary>
+    public List<PatchPlan>? InPlaceWrites { get; init; }
+
+    /// <summary>The image's code bytes at [address, address + length) as built, before any pass: read from the image,
+    /// and, when the passes write the image in place, with every plan written so far undone (last first: each poke's
+    /// old bytes are what the range held before its plan).</summary>
+    /// <exception cref="ImageFormatException">The range is not inside one section with file bytes.</exception>
+    public byte[] ReadOriginal(ulong address, int length)
+    {
+        var bytes = Image.ReadBytes(address, length).ToArray();
+        if (InPlaceWrites is not { } writes)
+            return bytes;
+        ulong end = address + (ulong)length;
+        for (int k = writes.Count - 1; k >= 0; k--)
+        {
+            foreach (ref readonly var p in writes[k].AsSpan())
+            {
+                ulong from = Math.Max(p.Address, address), to = Math.Min(p.End, end);
+                if (from < to)
+                    p.Old.Span.Slice((int)(from - p.Address), (int)(to - from)).CopyTo(bytes.AsSpan((int)(from - address)));
+            }
+        }
+        return bytes;
+    }
 
     /// <summary>The tables the passes walk: the image's, or a module's.</summary>
     public KernelPatchTables Tables { get; } = tables ?? image.Tables;

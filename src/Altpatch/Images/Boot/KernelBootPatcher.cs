@@ -63,6 +63,32 @@ public static class KernelBootPatcher
         return Patch(image, state, thunks, KernelTextOptions.Default with { Rules = rules }, progress);
     }
 
+    /// <summary>
+    /// Like <see cref="Patch(KernelImage, KernelCpuDescription, KernelLine?, IProgress{BootPass}?)"/>, but writes
+    /// <paramref name="image"/>'s own ELF bytes instead of a copy of them: no second image-sized buffer (what
+    /// <c>altpatch kernel patch</c> does when it writes no report). The passes and the patched bytes are the same (a
+    /// pass that reads the image's code as built reads it with the earlier plans undone). Afterwards the image holds the
+    /// patched file (<see cref="KernelPatchResult.Patched"/> is its ELF file): the result's <see cref="KernelPatchResult.Sites"/>
+    /// and <see cref="KernelPatchResult.TextSites"/>, which compare with the original bytes, are not available.
+    /// </summary>
+    /// <param name="image">The kernel image; its bytes are patched.</param>
+    /// <param name="description">The machine.</param>
+    /// <param name="rules">The kernel line to apply (<c>--rules</c>); null for the image's own.</param>
+    /// <param name="progress">Told each pass before it runs.</param>
+    /// <exception cref="ImageFormatException">As for <see cref="Patch(KernelImage, KernelCpuDescription, IProgress{BootPass}?)"/>.</exception>
+    /// <exception cref="PatchException">As for <see cref="Patch(KernelImage, KernelCpuDescription, IProgress{BootPass}?)"/>;
+    /// the passes before the failing one have been written into the image.</exception>
+    /// <exception cref="KernelPatchException">As for <see cref="Patch(KernelImage, KernelCpuDescription, IProgress{BootPass}?)"/>.</exception>
+    public static KernelPatchResult PatchInPlace(KernelImage image, KernelCpuDescription description, KernelLine? rules = null, IProgress<BootPass>? progress = null)
+    {
+        ArgumentNullException.ThrowIfNull(image);
+        ArgumentNullException.ThrowIfNull(description);
+        var line = rules ?? KernelLines.For(image);
+        var thunks = KernelThunks.Find(image);
+        var state = DeriveState(image, description, thunks, line);
+        return Patch(image, state, thunks, KernelTextOptions.Default with { Rules = rules }, progress, inPlace: true);
+    }
+
     /// <summary>The boot CPU for <paramref name="description"/> under <paramref name="line"/>'s rules, with KVM's pv_ops
     /// choices when the machine is a KVM guest.</summary>
     /// <param name="image">The image.</param>
@@ -123,7 +149,10 @@ public static class KernelBootPatcher
     /// static call or mcount table.</exception>
     /// <exception cref="PatchException">As for <see cref="Patch(KernelImage, KernelBootState, IProgress{BootPass}?)"/>, and a static call site the kernel would BUG() on.</exception>
     /// <exception cref="KernelPatchException">As for <see cref="Patch(KernelImage, KernelBootState, IProgress{BootPass}?)"/>, and a symbol the preempt mode needs is missing.</exception>
-    public static KernelPatchResult Patch(KernelImage image, KernelBootState state, KernelThunks thunks, KernelTextOptions text, IProgress<BootPass>? progress = null)
+    public static KernelPatchResult Patch(KernelImage image, KernelBootState state, KernelThunks thunks, KernelTextOptions text, IProgress<BootPass>? progress = null) =>
+        Patch(image, state, thunks, text, progress, inPlace: false);
+
+    private static KernelPatchResult Patch(KernelImage image, KernelBootState state, KernelThunks thunks, KernelTextOptions text, IProgress<BootPass>? progress, bool inPlace)
     {
         ArgumentNullException.ThrowIfNull(image);
         ArgumentNullException.ThrowIfNull(state);
@@ -131,11 +160,13 @@ public static class KernelBootPatcher
         ArgumentNullException.ThrowIfNull(text);
         _ = image.Tables;   // read (and checked) from the unpatched bytes
         var line = text.Rules ?? KernelLines.For(image);
-        var copy = LargeBuffer.Copy(image.ElfBytes.Span);
-        var work = ElfFile.Parse(copy, image.Elf.Name);
-        var poker = new ImagePoker(work);
         var numbering = line.NumberingOf(image);
-        var ctx = new BootContext(image, poker, state, thunks, line.NopsFor(image, state.Features), numbering);
+        var work = inPlace ? image.Elf : ElfFile.Parse(LargeBuffer.Copy(image.ElfBytes.Span), image.Elf.Name);
+        var poker = new ImagePoker(work);
+        var ctx = new BootContext(image, poker, state, thunks, line.NopsFor(image, state.Features), numbering)
+        {
+            InPlaceWrites = inPlace ? [] : null,
+        };
 
         var results = ImmutableArray.CreateBuilder<BootPassResult>();
         void Run(BootPass pass, int sites, Func<BootContext, PatchPlan> planner)
@@ -143,6 +174,7 @@ public static class KernelBootPatcher
             progress?.Report(pass);
             var plan = planner(ctx);
             poker.Apply(plan);
+            ctx.InPlaceWrites?.Add(plan);
             results.Add(new BootPassResult(pass, sites, plan));
         }
 
@@ -150,13 +182,18 @@ public static class KernelBootPatcher
         line.RunPasses(run);
         var tctx = run.TextContext;
         var passes = results.ToImmutable();
+        var nops = ctx.Nops;
         return new KernelPatchResult(image, work, state, thunks, passes, line.Name, numbering)
         {
             Line = line,
             Warning = text.Rules is { } forced ? KernelLines.ForcedWarning(image, forced) : null,
             TextTables = tctx?.Tables,
             TextDecisions = tctx is null ? [] : [.. tctx.Decisions],
-            TextSites = [.. tctx is null ? [] : Linux61TextPasses.Sites(image, work, state, thunks, ctx.Nops, tctx, passes), .. line.BootValueSites(image, work)],
+            // Built on first use (neither the image nor the patched copy changes any more): kernel patch without a
+            // report never needs them. In place, the original bytes they compare with are gone.
+            TextSitesFactory = inPlace ? null : () =>
+                [.. tctx is null ? [] : Linux61TextPasses.Sites(image, work, state, thunks, nops, tctx, passes), .. line.BootValueSites(image, work)],
+            InPlace = inPlace,
             Preempt = tctx?.PreemptResult,
         };
     }

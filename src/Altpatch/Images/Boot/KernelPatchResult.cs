@@ -81,14 +81,48 @@ public sealed class KernelPatchResult
 
     /// <summary>Every site of the text passes after patching (mcount, jump labels, static calls, trampolines, in that order),
     /// with whether the running kernel decides its state and the states it may legally be in.</summary>
-    public ImmutableArray<KernelTextSite> TextSites { get; init; } = [];
+    /// <exception cref="InvalidOperationException">The image was patched in place (<see cref="InPlace"/>).</exception>
+    public ImmutableArray<KernelTextSite> TextSites
+    {
+        get
+        {
+            if (InPlace)
+                throw new InvalidOperationException(InPlaceMessage("text sites"));
+            return textSites?.Value ?? [];
+        }
+        init => textSites = new Lazy<ImmutableArray<KernelTextSite>>(value);
+    }
+
+    private Lazy<ImmutableArray<KernelTextSite>>? textSites;
+
+    /// <summary>Builds <see cref="TextSites"/> on first use.</summary>
+    internal Func<ImmutableArray<KernelTextSite>>? TextSitesFactory
+    {
+        init => textSites = value is null ? null : new Lazy<ImmutableArray<KernelTextSite>>(value);
+    }
+
+    /// <summary>Whether the image's own bytes were patched (<see cref="KernelBootPatcher.PatchInPlace"/>): then
+    /// <see cref="Image"/> holds the patched bytes too, and <see cref="Sites"/> and <see cref="TextSites"/>, which
+    /// need the original ones, are not available.</summary>
+    public bool InPlace { get; init; }
+
+    private string InPlaceMessage(string what) =>
+        $"{Image.Name}: the image was patched in place; its {what} (before and after) need a patch of a copy (KernelBootPatcher.Patch)";
 
     /// <summary>The PREEMPT_DYNAMIC mode the static calls were set for; null without PREEMPT_DYNAMIC (or unknown).</summary>
     public PreemptMode? Preempt { get; init; }
 
     /// <summary>Every site of every table, in table order (alt, para, retpoline, return, lock; then, where the image has
     /// them, call, endbr, runtime_const), with before/after bytes and writers.</summary>
+    /// <exception cref="InvalidOperationException">The image was patched in place (<see cref="InPlace"/>).</exception>
     public IEnumerable<KernelSiteOutcome> Sites()
+    {
+        if (InPlace)
+            throw new InvalidOperationException(InPlaceMessage("sites"));
+        return AllSites();
+    }
+
+    private IEnumerable<KernelSiteOutcome> AllSites()
     {
         foreach (var o in TableSites())
             yield return o;

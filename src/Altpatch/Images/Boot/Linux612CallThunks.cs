@@ -49,7 +49,7 @@ internal static class Linux612CallThunks
                 skip.Add(a);
         }
         ulong? kexec = symbols.TryGetAddress("relocate_kernel", out var rk) ? rk : null;
-        return new Setup(template, image.ReadBytes(template, tsize).ToArray(), skip, kexec);
+        return new Setup(template, ctx.ReadOriginal(template, tsize), skip, kexec);
     }
 
     /// <summary><c>patch_dest()</c>'s thunk: the template relocated for the padding at <paramref name="padAt"/>.</summary>

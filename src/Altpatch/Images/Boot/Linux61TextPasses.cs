@@ -388,7 +388,7 @@ internal static class Linux61TextPasses
                 throw new KernelPatchException($"sched_dynamic_update(): the sites calling {KernelTextTables.TrampolinePrefix}{name} name different keys");
             return KeyFunc(ctx, key, new SiteRef(SiteKind.Raw, sites[0].Index, KernelTextTables.StaticCallSites), sites[0].Address);
         }
-        var b = ctx.Image.ReadBytes(tramp, 5);
+        var b = ctx.ReadOriginal(tramp, 5).AsSpan();
         if (b[0] != Jmp32)
             return 0;
         ulong target = ctx.Image.Elf.AddressPlus(tramp + 5, BinaryPrimitives.ReadInt32LittleEndian(b[1..]));
@@ -412,9 +412,9 @@ internal static class Linux61TextPasses
         int len = (int)Math.Min(end - caller, 0x4000);
         if (elf.SectionContaining(caller) is { } sec)
             len = (int)Math.Min((ulong)len, sec.EndAddress - caller);   // not past the end of its section
-        if (!elf.TryReadBytes(caller, len, out var code))
+        if (!elf.TryReadBytes(caller, len, out _))
             throw new KernelPatchException($"the default preempt= mode: {callerName} at 0x{caller:x} has no bytes in the image");
-        var decoder = Iced.Intel.Decoder.Create(ctx.Bitness, new Iced.Intel.ByteArrayCodeReader(code.ToArray()));
+        var decoder = Iced.Intel.Decoder.Create(ctx.Bitness, new Iced.Intel.ByteArrayCodeReader(ctx.ReadOriginal(caller, len)));
         decoder.IP = caller;
         Iced.Intel.Instruction prev = default;
         var arg = ctx.Bitness == 64 ? Iced.Intel.Register.EDI : Iced.Intel.Register.EAX;

@@ -1,0 +1,49 @@
+using Altpatch.Images;
+using Altpatch.Images.Boot;
+
+namespace Altpatch.Tests.KernelPatch;
+
+/// <summary>
+/// <see cref="KernelBootPatcher.PatchInPlace"/> (what <c>kernel patch</c> does without a report, issue 14: no second
+/// image-sized buffer) gives the bytes and passes of <see cref="KernelBootPatcher.Patch(KernelImage, KernelCpuDescription, IProgress{BootPass}?)"/>,
+/// which patches a copy: on each shared image, with the build's default preempt mode (whose derivation reads the image's
+/// code as built after the jump label and static call passes have written it: the 686 reads the trampolines' bytes too),
+/// and with <c>preempt=full</c>.
+/// </summary>
+public sealed class InPlacePatchTests
+{
+    public static TheoryData<string, string, string> Cases => new()
+    {
+        { "vmlinuz-6.1.0-50-cloud-amd64", "6.1.0-50-cloud-amd64/Icelake-Server-smp2/cpuinfo", "" },
+        { "vmlinuz-6.1.0-50-686", "6.1.0-50-686/Icelake-Server-smp2/cpuinfo", "" },
+        { "vmlinuz-6.1.0-50-686", "6.1.0-50-686/Icelake-Server-smp2/cpuinfo", "preempt=full nosmp" },
+        { "vmlinuz-6.12.118+deb12-cloud-amd64", "6.12.118+deb12-cloud-amd64/Haswell-smp2/cpuinfo", "" },
+    };
+
+    [SkippableTheory]
+    [MemberData(nameof(Cases))]
+    public void In_place_writes_the_bytes_of_a_patched_copy(string image, string cpuinfo, string cmdline)
+    {
+        string path = Path.Combine(TestPaths.SharedLinux, image), cpu = Path.Combine(GroundTruth.Dir, cpuinfo);
+        Skip.IfNot(File.Exists(path), TestPaths.NoSharedImages);
+        Skip.IfNot(File.Exists(cpu), $"no {cpuinfo} in this checkout");
+        var description = KernelCpuDescription.FromCpuInfo(File.ReadAllText(cpu)) with { Cpus = 2, CommandLine = KernelCommandLine.Parse(cmdline) };
+
+        var original = KernelImage.Open(path);
+        var copy = KernelBootPatcher.Patch(original, description);
+        var own = KernelImage.Open(path);
+        var inPlace = KernelBootPatcher.PatchInPlace(own, description);
+
+        Assert.True(inPlace.InPlace);
+        Assert.Same(own.Elf, inPlace.Patched);
+        Assert.True(copy.Patched.Bytes.Span.SequenceEqual(own.ElfBytes.Span), "the image patched in place differs from the patched copy");
+        Assert.False(copy.Patched.Bytes.Span.SequenceEqual(original.ElfBytes.Span));   // something was patched
+        Assert.Equal(copy.Passes.Select(p => (p.Pass, p.Sites, p.Pokes, p.Bytes)), inPlace.Passes.Select(p => (p.Pass, p.Sites, p.Pokes, p.Bytes)));
+        Assert.Equal(string.Join("\n", copy.TextDecisions), string.Join("\n", inPlace.TextDecisions));
+        Assert.Equal(copy.Preempt, inPlace.Preempt);
+        // What needs the original bytes says so instead of comparing the patched bytes with themselves.
+        Assert.Contains("patched in place", Assert.Throws<InvalidOperationException>(() => inPlace.Sites().First()).Message, StringComparison.Ordinal);
+        Assert.Throws<InvalidOperationException>(() => inPlace.TextSites);
+        Assert.NotEmpty(copy.TextSites);
+    }
+}
