@@ -15,6 +15,24 @@ internal static unsafe class HookTestCode
     /// <summary>The address dlsym gives for <paramref name="name"/> (IFUNCs resolved).</summary>
     public static nint Libc(string name) => NativeLibrary.GetExport(LibcHandle, name);
 
+    /// <summary>
+    /// <see cref="NativeHook.Create"/>, or the test skips, saying so, when this process's layout leaves no free page
+    /// within rel32 reach of the target: in the test host the runtime's reservations (the GC's, the JIT's code range
+    /// near its libraries) and a thousand tests' mappings can fill the ±2 GiB around a library (docs/hooks.md, "Limits").
+    /// </summary>
+    public static NativeHook CreateOrSkip(nint target, nint detour, NativeHookOptions? options = null)
+    {
+        try
+        {
+            return NativeHook.Create(target, detour, options);
+        }
+        catch (HookException e) when (e.Message.Contains("no room for a trampoline within rel32 reach", StringComparison.Ordinal))
+        {
+            Skip.If(true, $"this process has no free page within rel32 reach of the target (docs/hooks.md, Limits): {e.Message}");
+            throw;
+        }
+    }
+
     /// <summary>The magic argument the detours answer themselves; every other call goes to Original.</summary>
     public const int Magic = -123457;
 
