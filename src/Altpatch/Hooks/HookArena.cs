@@ -4,7 +4,8 @@ namespace Altpatch.Hooks;
 
 /// <summary>
 /// Where hooks keep their trampolines and relays: W^X <see cref="ExecutableMemory"/> placed within rel32 reach of
-/// the targets (chunks of <see cref="ChunkSize"/> bytes, found or allocated near each target), cut into slots of
+/// the targets (chunks of <see cref="ChunkSize"/> bytes, found or allocated near each target; anywhere for a hook
+/// with the absolute jump), cut into slots of
 /// <see cref="SlotSize"/> bytes. A slot holds one hook's trampoline (<see cref="TrampolineOffset"/>) and its relay
 /// (<see cref="RelayOffset"/>, ending with its destination pointer); its in-flight counter is in ordinary memory
 /// (a cache line each), not in the code's page. Slots go back to
@@ -56,14 +57,21 @@ internal static class HookArena
         }
     }
 
-    /// <summary>A free slot whose every byte is within rel32 reach of [target, target + span).</summary>
-    public static Slot Rent(ulong target, int span)
+    /// <summary>
+    /// A free slot whose every byte is within rel32 reach of [target, target + span); false with the reason when no
+    /// chunk there has one and no page within reach can be mapped.
+    /// </summary>
+    public static bool TryRent(ulong target, int span, out Slot slot, out string problem)
     {
         lock (Gate)
         {
+            problem = "";
             foreach (var c in Chunks)
                 if (c.Free.Count > 0 && NearMemory.IsInReach(target, target + (ulong)span, c.Memory.Address, c.Memory.Size))
-                    return new Slot(c, c.Free.Pop());
+                {
+                    slot = new Slot(c, c.Free.Pop());
+                    return true;
+                }
             ExecutableMemory memory;
             try
             {
@@ -78,13 +86,32 @@ internal static class HookArena
                 }
                 catch (NativeException e)
                 {
-                    throw new HookException(target, $"no room for a trampoline within rel32 reach of the target: {e.Message}; nothing written", e);
+                    slot = default;
+                    problem = e.Message;
+                    return false;
                 }
             }
-            var chunk = new Chunk(memory);
-            Chunks.Add(chunk);
-            return new Slot(chunk, chunk.Free.Pop());
+            slot = Add(memory);
+            return true;
         }
+    }
+
+    /// <summary>A free slot anywhere (for a hook whose target reaches its relay by an absolute jump).</summary>
+    public static Slot RentAnywhere()
+    {
+        lock (Gate)
+        {
+            foreach (var c in Chunks)
+                if (c.Free.Count > 0) return new Slot(c, c.Free.Pop());
+            return Add(ExecutableMemory.Allocate(ChunkSize, "altpatch-hooks"));
+        }
+    }
+
+    private static Slot Add(ExecutableMemory memory)
+    {
+        var chunk = new Chunk(memory);
+        Chunks.Add(chunk);
+        return new Slot(chunk, chunk.Free.Pop());
     }
 
     /// <summary>Gives a slot back, filled with int3 again.</summary>

@@ -11,9 +11,18 @@ public sealed class HookException : AltpatchException
     /// <summary>The hooked function's address.</summary>
     public ulong Target { get; }
 
+    /// <summary>The problem alone, without the "hook of 0xTARGET: " the message starts with.</summary>
+    public string Problem { get; }
+
     /// <summary>Creates the exception: "hook of 0xTARGET: PROBLEM".</summary>
-    public HookException(ulong target, string problem) : base($"hook of 0x{target:x}: {problem}") => Target = target;
+    public HookException(ulong target, string problem) : this(target, problem, null)
+    {
+    }
 
     /// <summary>Creates the exception with the error that caused it.</summary>
-    public HookException(ulong target, string problem, Exception? inner) : base($"hook of 0x{target:x}: {problem}", inner) => Target = target;
+    public HookException(ulong target, string problem, Exception? inner) : base($"hook of 0x{target:x}: {problem}", inner)
+    {
+        Target = target;
+        Problem = problem;
+    }
 }

@@ -16,7 +16,9 @@ namespace Altpatch.Hooks;
 /// </summary>
 /// <remarks>
 /// The target is overwritten by a <c>jmp rel32</c> to the hook's relay (near the target), which jumps to the detour
-/// through an absolute pointer, so any detour address works. Two hooks of one target chain when
+/// through an absolute pointer, so any detour address works. When no page within 2 GiB of the target is free, the
+/// jump is the 14-byte <c>jmp qword ptr [rip+0]</c> and the relay's address, to a relay anywhere
+/// (<see cref="NativeHookOptions.Jump"/>). Two hooks of one target chain when
 /// <see cref="NativeHookOptions.Chain"/> is set: the later one runs first; its <see cref="Original"/> reaches the earlier.
 /// </remarks>
 public sealed unsafe class NativeHook : IDisposable
@@ -64,7 +66,7 @@ public sealed unsafe class NativeHook : IDisposable
     /// </summary>
     public nint Original => (nint)slot.Trampoline;
 
-    /// <summary>The relay near the target that the jump at the target reaches; it counts the call in and jumps to <see cref="Detour"/>.</summary>
+    /// <summary>The relay (near the target unless <see cref="IsAbsoluteJump"/>) that the jump at the target reaches; it counts the call in and jumps to <see cref="Detour"/>.</summary>
     public nint Relay => (nint)slot.Relay;
 
     /// <summary>The settings the hook was created with.</summary>
@@ -112,13 +114,16 @@ public sealed unsafe class NativeHook : IDisposable
         return entry.Released;
     }
 
-    /// <summary>Number of bytes of the target the jump overwrites (whole instructions, at least 5).</summary>
+    /// <summary>Number of bytes of the target the jump overwrites (whole instructions, at least 5; 14 for the absolute jump).</summary>
     public int PatchLength => prologue.Length;
+
+    /// <summary>True when the target's jump is the 14-byte absolute one (<see cref="HookJump"/>), false for <c>jmp rel32</c>.</summary>
+    public bool IsAbsoluteJump => prologue.Absolute;
 
     /// <summary>The target's bytes the hook overwrites, as they were when it was created (restored exactly).</summary>
     public ReadOnlyMemory<byte> OriginalBytes => prologue.Bytes;
 
-    /// <summary>The bytes the hook writes at the target: <c>jmp rel32</c> to the relay, <c>int3</c> after it.</summary>
+    /// <summary>The bytes the hook writes at the target: <c>jmp rel32</c> to the relay (or the absolute jump), <c>int3</c> after it.</summary>
     public ReadOnlyMemory<byte> PatchBytes => jump;
 
     /// <summary>The moved instructions, as text.</summary>
@@ -150,13 +155,11 @@ public sealed unsafe class NativeHook : IDisposable
             NativeHook? top = Placed.TryGetValue(t, out var chain) && chain.Count > 0 ? chain[^1] : null;
             if (top is not null && !options.Chain)
                 throw new HookException(t, $"the target is already hooked by Altpatch (detour 0x{top.Detour:x}); set NativeHookOptions.Chain to hook it again");
-            var prologue = Prologue.Analyse(code, t, options.Chain);
-            if (!prologue.StartsWithJump) prologue.RefuseBranchesInto(code);
-            var slot = HookArena.Rent(t, prologue.Length);
+            var (prologue, slot, farFallback) = Place(code, t, options);
             try
             {
                 var tramp = prologue.Trampoline(slot.Trampoline, out string error);
-                if (tramp is null) throw new HookException(t, error);
+                if (tramp is null) throw new HookException(t, farFallback is null ? error : $"{farFallback}, and {error}; nothing written");
                 if (tramp.Length > HookArena.TrampolineCapacity)
                     throw new HookException(t, $"the trampoline for {prologue.Text} takes {tramp.Length} bytes, more than the {HookArena.TrampolineCapacity} a slot holds");
                 var w = new Span<byte>((void*)slot.Writable, HookArena.SlotSize);
@@ -174,6 +177,37 @@ public sealed unsafe class NativeHook : IDisposable
                 throw;
             }
         }
+    }
+
+    /// <summary>
+    /// The prologue to move and the slot for its trampoline and relay: <c>jmp rel32</c> to a slot within reach, or the
+    /// absolute jump to a slot anywhere (<see cref="NativeHookOptions.Jump"/>). <c>farFallback</c> says why the
+    /// absolute jump was taken when the rel32 one was wanted, for the messages of what fails after.
+    /// </summary>
+    private static (Prologue Prologue, HookArena.Slot Slot, string? FarFallback) Place(ReadOnlySpan<byte> code, ulong t, NativeHookOptions options)
+    {
+        bool absolute = options.Jump == HookJump.Absolute;
+        var prologue = Analysed(code, t, options.Chain, absolute);
+        if (absolute) return (prologue, HookArena.RentAnywhere(), null);
+        if (HookArena.TryRent(t, prologue.Length, out var slot, out string noRoom)) return (prologue, slot, null);
+        string why = $"no room for a trampoline within rel32 reach of the target: {noRoom}";
+        if (options.Jump == HookJump.Relative) throw new HookException(t, $"{why}; nothing written");
+        try
+        {
+            prologue = Analysed(code, t, options.Chain, absolute: true);
+        }
+        catch (HookException e)
+        {
+            throw new HookException(t, $"{why}, and the {Prologue.AbsoluteJumpSize}-byte absolute jump cannot be used: {e.Problem}; nothing written", e);
+        }
+        return (prologue, HookArena.RentAnywhere(), $"{why}; the {Prologue.AbsoluteJumpSize}-byte absolute jump was tried");
+    }
+
+    private static Prologue Analysed(ReadOnlySpan<byte> code, ulong t, bool chain, bool absolute)
+    {
+        var prologue = Prologue.Analyse(code, t, chain, absolute);
+        if (!prologue.StartsWithJump) prologue.RefuseBranchesInto(code);
+        return prologue;
     }
 
     /// <summary><see cref="Create"/> then <see cref="Enable"/>; on a failure to enable, the hook is disposed and the error thrown.</summary>

@@ -18,10 +18,30 @@ public enum ForeignTextMode
     WritableExecutable,
 }
 
+/// <summary>Which jump a hook writes at its target.</summary>
+public enum HookJump
+{
+    /// <summary>
+    /// The default: a 5-byte <c>jmp rel32</c> to a relay within 2 GiB of the target; when no page there is free (the
+    /// address space around the target is taken), the 14-byte absolute jump, for a target whose first instructions
+    /// cover 14 bytes.
+    /// </summary>
+    Auto,
+
+    /// <summary>Only the 5-byte <c>jmp rel32</c>: a target with no free page within its reach is refused.</summary>
+    Relative,
+
+    /// <summary>
+    /// Always the 14-byte absolute jump (<c>jmp qword ptr [rip+0]</c> and the relay's address after it), with the
+    /// relay and trampoline anywhere: more of the function is moved, so fewer functions can be hooked this way.
+    /// </summary>
+    Absolute,
+}
+
 /// <summary>Settings of a <see cref="NativeHook"/>.</summary>
 public sealed record NativeHookOptions
 {
-    /// <summary>The defaults: no chaining, W^X remapping of library text, 5 s quiescence timeout.</summary>
+    /// <summary>The defaults: no chaining, W^X remapping of library text, rel32 jump with the absolute one as fallback, 5 s quiescence timeout.</summary>
     public static NativeHookOptions Default { get; } = new();
 
     /// <summary>
@@ -42,6 +62,9 @@ public sealed record NativeHookOptions
     /// when no thread can exit, be created or be signalled that way while the hook is enabled or disabled.
     /// </summary>
     public bool AllowSignalBlockedTargets { get; init; }
+
+    /// <summary>Which jump the hook writes at the target (default <see cref="HookJump.Auto"/>).</summary>
+    public HookJump Jump { get; init; } = HookJump.Auto;
 
     /// <summary>How long a live batch waits for threads stopped inside the bytes it rewrites (the live poker's timeout).</summary>
     public TimeSpan QuiescenceTimeout { get; init; } = TimeSpan.FromSeconds(5);

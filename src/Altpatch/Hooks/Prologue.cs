@@ -13,13 +13,17 @@ internal sealed class Prologue
     /// <summary>How far the scan for branches back into the overwritten bytes follows a function.</summary>
     internal const int ScanWindow = 4096;
 
+    /// <summary>Size of the absolute jump: <c>jmp qword ptr [rip+0]</c> (6 bytes), then the destination (8 bytes).</summary>
+    internal const int AbsoluteJumpSize = 14;
+
     private const int ScanLimit = 20_000;
 
     private readonly Instruction[] instructions;
 
-    private Prologue(ulong target, Instruction[] instructions, byte[] bytes)
+    private Prologue(ulong target, Instruction[] instructions, byte[] bytes, bool absolute)
     {
         Target = target;
+        Absolute = absolute;
         this.instructions = instructions;
         Bytes = bytes;
     }
@@ -27,7 +31,10 @@ internal sealed class Prologue
     /// <summary>The function's address.</summary>
     public ulong Target { get; }
 
-    /// <summary>The whole instructions the jump overwrites (at least 5 bytes).</summary>
+    /// <summary>True for the 14-byte absolute jump, false for <c>jmp rel32</c>.</summary>
+    public bool Absolute { get; }
+
+    /// <summary>The whole instructions the jump overwrites (at least 5 bytes; 14 for the absolute jump).</summary>
     public byte[] Bytes { get; }
 
     /// <summary>Number of bytes overwritten: whole instructions, at least a <c>jmp rel32</c>.</summary>
@@ -44,21 +51,21 @@ internal sealed class Prologue
 
     /// <summary>
     /// Decodes the instructions at <paramref name="target"/> (<paramref name="code"/> holds what is readable from it)
-    /// until they cover a <c>jmp rel32</c>. Throws <see cref="HookException"/> with the reason for what cannot be
+    /// until they cover a <c>jmp rel32</c> (the 14-byte absolute jump when <paramref name="absolute"/>). Throws <see cref="HookException"/> with the reason for what cannot be
     /// moved: undecodable bytes, <c>int3</c> or <c>ud2</c> (padding, not code), a function that ends (<c>ret</c>, a
     /// jump) before 5 bytes, a jump at the entry (already hooked) unless <paramref name="chain"/>.
     /// </summary>
-    public static Prologue Analyse(ReadOnlySpan<byte> code, ulong target, bool chain)
+    public static Prologue Analyse(ReadOnlySpan<byte> code, ulong target, bool chain, bool absolute = false)
     {
-        const int Need = X86.Jmp32Size;
+        int need = absolute ? AbsoluteJumpSize : X86.Jmp32Size;
         var d = DecoderCache.Current.Start(code, target, 64);
         ulong end = target + (ulong)code.Length;
         var list = new List<Instruction>(4);
         int length = 0;
-        while (length < Need)
+        while (length < need)
         {
             if (d.IP >= end)
-                throw new HookException(target, $"only {length} bytes of code are readable there; the jump needs {Need}");
+                throw new HookException(target, $"only {length} bytes of code are readable there; the jump needs {need}");
             ulong ip = d.IP;
             d.Decode(out var insn);
             int at = (int)(ip - target);
@@ -72,10 +79,10 @@ internal sealed class Prologue
                 throw new HookException(target, $"the function starts with a jump ({Disassembler.Text(code[..insn.Length], target)}): it is already hooked (by another NativeHook or someone else) or a thunk; set NativeHookOptions.Chain to hook it anyway");
             list.Add(insn);
             length = (int)(insn.NextIP - target);
-            if (length < Need && EndsFlow(insn))
-                throw new HookException(target, $"the function is only {length} bytes long up to its {insn.Mnemonic.ToString().ToLowerInvariant()} ({Disassembler.Text(code[..length], target)}); the jump needs {Need}");
+            if (length < need && EndsFlow(insn))
+                throw new HookException(target, $"the function is only {length} bytes long up to its {insn.Mnemonic.ToString().ToLowerInvariant()} ({Disassembler.Text(code[..length], target)}); the jump needs {need}");
         }
-        return new Prologue(target, [.. list], code[..length].ToArray());
+        return new Prologue(target, [.. list], code[..length].ToArray(), absolute);
     }
 
     /// <summary>
@@ -132,11 +139,22 @@ internal sealed class Prologue
         return writer.Written.ToArray();
     }
 
-    /// <summary>The bytes a hook writes over the prologue: <c>jmp rel32</c> to <paramref name="relay"/>, then <c>int3</c> up to <see cref="Length"/>.</summary>
+    /// <summary>
+    /// The bytes a hook writes over the prologue: <c>jmp rel32</c> to <paramref name="relay"/> (or, when
+    /// <see cref="Absolute"/>, <c>jmp qword ptr [rip+0]</c> and the relay's address), then <c>int3</c> up to <see cref="Length"/>.
+    /// </summary>
     public byte[] Jump(ulong relay)
     {
         var bytes = new byte[Length];
         bytes.AsSpan().Fill(X86.Int3);
+        if (Absolute)
+        {
+            bytes[0] = X86.IndirectBranch;
+            bytes[1] = X86.JmpRipModRm;
+            bytes.AsSpan(2, 4).Clear();
+            System.Buffers.Binary.BinaryPrimitives.WriteUInt64LittleEndian(bytes.AsSpan(6), relay);
+            return bytes;
+        }
         if (!X86.TryWriteBranch(bytes, X86.Jmp32, Target, relay))
             throw new HookException(Target, $"the relay at 0x{relay:x} is beyond rel32 reach");
         return bytes;
