@@ -187,8 +187,8 @@ public static class KernelPatchCommand
                 .Select(m => m["X86_FEATURE_".Length..]));
         }
         Terminal.Field(console, "Hidden bits", string.Join(' ', hidden));
-        if (s.CommandLine.Text.Length > 0)
-            Terminal.Field(console, "Command line", s.CommandLine.Text);
+        if (s.CommandLine.Text.Length > 0 || r.Preempt is not null)
+            Terminal.Field(console, "Command line", (s.CommandLine.Text.Length == 0 ? "(none)" : s.CommandLine.Text) + (r.Preempt is { } pm ? $"; preempt mode {pm.ToString().ToLowerInvariant()}" : ""));
         Terminal.Field(console, "SMP", s.Smp.Decision);
         Terminal.Field(console, "Return thunk", $"{s.ReturnThunk.Symbol()}{(r.Thunks.Address(s.ReturnThunk) is { } ta ? $" at {Terminal.Addr(ta)}" : "")}");
         var t = new Table().Border(TableBorder.Simple)

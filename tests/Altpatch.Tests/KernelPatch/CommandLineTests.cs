@@ -124,6 +124,10 @@ public class CommandLineTests
         Assert.Equal(PreemptMode.Full, P("preempt=full").Preempt);
         Assert.Equal(PreemptMode.None, P("preempt=none preempt=lazy").Preempt);   // "unsupported mode": ignored
         Assert.Null(P("-- preempt=full").Preempt);                                  // after "--": init's arguments
+        // 6.12: the lazy preemption modes are names too (whether the build knows them is the pass's to say)
+        var l612 = KernelCommandLine.Parse("preempt=none preempt=bogus preempt=lazy preempt=laziest", KernelBootRules.Linux612);
+        Assert.Equal(PreemptMode.Laziest, l612.Preempt);
+        Assert.Equal([PreemptMode.None, PreemptMode.Lazy, PreemptMode.Laziest], l612.PreemptRequests.AsEnumerable());
         var c = P("ftrace=function ftrace_filter=vfs_* ftrace_notrace=\"a b\"");
         Assert.Equal("function", c.Ftrace);
         Assert.Equal(["ftrace_filter=vfs_*", "ftrace_notrace=a b"], c.FtraceFilters.AsEnumerable());

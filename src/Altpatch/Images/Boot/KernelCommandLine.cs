@@ -328,9 +328,14 @@ public sealed class KernelCommandLine
 
     // ---- PREEMPT_DYNAMIC, ftrace
 
-    /// <summary><c>preempt=</c>: the last supported mode (an unsupported one is ignored, "Dynamic Preempt:
-    /// unsupported mode"); null when none.</summary>
+    /// <summary><c>preempt=</c>: the last mode named (an unknown name is ignored, "Dynamic Preempt: unsupported mode");
+    /// null when none. Which modes a build accepts depends on it (<c>lazy</c> and <c>laziest</c> only with the lazy
+    /// preemption patches, <c>none</c> and <c>voluntary</c> not with <c>PREEMPT_RT</c> then): the pass takes the last
+    /// of <see cref="PreemptRequests"/> that the image's <c>sched_dynamic_mode()</c> accepts.</summary>
     public PreemptMode? Preempt { get; private init; }
+
+    /// <summary>Every <c>preempt=</c> with a mode name, in order (<c>setup_preempt_mode()</c> runs for each).</summary>
+    public ImmutableArray<PreemptMode> PreemptRequests { get; private init; } = [];
 
     /// <summary><c>ftrace=</c>: the boot tracer's name, or null.</summary>
     public string? Ftrace { get; private init; }
@@ -689,13 +694,16 @@ public sealed class KernelCommandLine
             int? nrCpus = FoldNullable<int>(Early("nr_cpus"), v => GetOption(v) is > 0 and var n ? n : null);
             int? possible = FoldNullable<int>(Early("possible_cpus"), v => GetOption(v));
 
-            var preempt = FoldNullable(Setup("preempt="), v => v switch
+            var preemptRequests = Setup("preempt=").Select(v => v switch
             {
                 "none" => PreemptMode.None,
                 "voluntary" => PreemptMode.Voluntary,
                 "full" => PreemptMode.Full,
+                "lazy" when l612 => PreemptMode.Lazy,
+                "laziest" when l612 => PreemptMode.Laziest,
                 _ => (PreemptMode?)null,
-            });
+            }).OfType<PreemptMode>().ToImmutableArray();
+            PreemptMode? preempt = preemptRequests.IsEmpty ? null : preemptRequests[^1];
             string? ftrace = null;
             foreach (var v in Setup("ftrace="))
                 ftrace = v.Length > 0 ? v : ftrace;
@@ -787,6 +795,7 @@ public sealed class KernelCommandLine
                 NrCpus = nrCpus,
                 PossibleCpus = possible,
                 Preempt = preempt,
+                PreemptRequests = preemptRequests,
                 Ftrace = ftrace,
                 FtraceFilters = filters.ToImmutable(),
                 Unknown = UnknownArguments(),   // last: every reader above has marked what it read

@@ -6,7 +6,8 @@ namespace Altpatch.Images.Boot;
 /// <summary>
 /// The JSON report of a kernel patch (what <c>altpatch kernel patch --report</c> writes), its schema in one place:
 /// the image and its rules and numbering, the CPU as derived (identity, visible flags and bugs, hidden bits, the
-/// capability words), the derivation's decisions, the chosen return thunk and every thunk found, each pass, and every
+/// capability words), the derivation's decisions, the text passes' decisions (<c>textDecisions</c>: jump labels, static calls,
+/// ftrace, the <c>preempt=</c> mode, the boot's static-call updates), the chosen return thunk and every thunk found, each pass, and every
 /// site with its bytes before and after and the passes that wrote them. Addresses are <c>"0x…"</c> strings, bytes
 /// lower-case hex. <c>docs/cli.md</c> describes the fields.
 /// </summary>
@@ -41,6 +42,12 @@ public static class KernelPatchReport
         KernelReportJson.WriteCpu(w, s);
         w.WriteStartArray("decisions");
         foreach (var d in s.Decisions)
+            w.WriteStringValue(d);
+        w.WriteEndArray();
+        if (r.Preempt is { } preempt)
+            w.WriteString("preempt", preempt.ToString().ToLowerInvariant());
+        w.WriteStartArray("textDecisions");
+        foreach (var d in r.TextDecisions)
             w.WriteStringValue(d);
         w.WriteEndArray();
         w.WriteStartObject("returnThunk");

@@ -11,6 +11,11 @@ public enum PreemptMode
     Voluntary = 1,
     /// <summary><c>preempt=full</c> (<c>preempt_dynamic_full</c>, 2).</summary>
     Full = 2,
+    /// <summary><c>preempt=lazy</c> (<c>preempt_dynamic_lazy</c>, 3): the lazy preemption patches of the 6.12 real-time
+    /// tree (Debian's <c>-rt</c> flavour; upstream from 6.13).</summary>
+    Lazy = 3,
+    /// <summary><c>preempt=laziest</c> (<c>preempt_dynamic_laziest</c>, 4): the same patches.</summary>
+    Laziest = 4,
 }
 
 /// <summary>One static call <c>sched_dynamic_update()</c> switches: <c>preempt_dynamic_enable(f)</c> is
@@ -39,6 +44,22 @@ public sealed record KernelTextRules
 
     /// <summary>Per mode, which of <see cref="PreemptCalls"/> end enabled (same order).</summary>
     public ImmutableDictionary<PreemptMode, ImmutableArray<bool>> PreemptModes { get; init; } = ImmutableDictionary<PreemptMode, ImmutableArray<bool>>.Empty;
+
+    /// <summary>
+    /// The static keys <c>__sched_dynamic_update()</c> switches besides the calls, when the build has them
+    /// (<c>preempt_dynamic_key_enable(f)</c> is <c>static_key_enable(&amp;sk_dynamic_##f.key)</c>): the lazy preemption
+    /// patches' <c>sk_dynamic_preempt_lazy</c> and <c>sk_dynamic_preempt_promote</c>. A build without them knows no
+    /// <see cref="PreemptKeyModes"/>.
+    /// </summary>
+    public ImmutableArray<string> PreemptKeys { get; init; } = [];
+
+    /// <summary>The modes that need <see cref="PreemptKeys"/>, with which of them end enabled (same order); every other
+    /// mode leaves them disabled.</summary>
+    public ImmutableDictionary<PreemptMode, ImmutableArray<bool>> PreemptKeyModes { get; init; } = ImmutableDictionary<PreemptMode, ImmutableArray<bool>>.Empty;
+
+    /// <summary>The modes <c>sched_dynamic_mode()</c> refuses under <c>CONFIG_PREEMPT_RT</c> in a build with
+    /// <see cref="PreemptKeys"/> (the lazy patches compile <c>none</c> and <c>voluntary</c> out there).</summary>
+    public ImmutableArray<PreemptMode> PreemptNotRealTime { get; init; } = [];
 
     /// <summary>The function <c>DEFINE_STATIC_CALL_RET0</c> keys start with and whose call form is <c>xor5rax</c>.</summary>
     public string Return0 { get; init; } = "__static_call_return0";
@@ -83,5 +104,24 @@ public sealed record KernelTextRules
     /// <summary>Linux 6.12 (6.12.118): the same PREEMPT_DYNAMIC static calls and modes as 6.1 (<c>__sched_dynamic_update()</c>),
     /// the same ftrace callers; <c>jump_label_init()</c> still writes nothing on x86. Debian's build inlines
     /// <c>sched_dynamic_update()</c> into <c>sched_init()</c>, which then calls <c>__sched_dynamic_update(1)</c>.</summary>
-    public static KernelTextRules Linux612 { get; } = Linux61 with { Name = "Linux 6.12", PreemptUpdateInlined = ["__sched_dynamic_update"] };
+    /// <remarks>Debian's <c>-rt</c> flavour carries the real-time tree's lazy preemption patches ("sched: Add Lazy
+    /// preemption model", "sched: Add laziest preempt model"): modes <c>lazy</c> (3) and <c>laziest</c> (4) switch the calls
+    /// as <c>full</c> does, then <c>sk_dynamic_preempt_lazy</c> on (both) and <c>sk_dynamic_preempt_promote</c> on (lazy
+    /// only); with <c>PREEMPT_RT</c>, <c>none</c> and <c>voluntary</c> are unknown modes. Read from the
+    /// 6.12.118+deb12-rt-amd64 build's <c>__sched_dynamic_update</c> and <c>sched_dynamic_mode</c>.</remarks>
+    public static KernelTextRules Linux612 { get; } = Linux61 with
+    {
+        Name = "Linux 6.12",
+        PreemptUpdateInlined = ["__sched_dynamic_update"],
+        PreemptModes = Linux61.PreemptModes
+            .Add(PreemptMode.Lazy, Linux61.PreemptModes[PreemptMode.Full])
+            .Add(PreemptMode.Laziest, Linux61.PreemptModes[PreemptMode.Full]),
+        PreemptKeys = ["sk_dynamic_preempt_lazy", "sk_dynamic_preempt_promote"],
+        PreemptKeyModes = new Dictionary<PreemptMode, ImmutableArray<bool>>
+        {
+            [PreemptMode.Lazy] = [true, true],
+            [PreemptMode.Laziest] = [true, false],
+        }.ToImmutableDictionary(),
+        PreemptNotRealTime = [PreemptMode.None, PreemptMode.Voluntary],
+    };
 }

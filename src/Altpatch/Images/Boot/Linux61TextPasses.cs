@@ -310,16 +310,25 @@ internal static class Linux61TextPasses
             t.Decisions.Add($"no CONFIG_PREEMPT_DYNAMIC static calls (no {KernelTextTables.TrampolinePrefix}{rules.PreemptCalls[0].Name} or {rules.PreemptDefault.Update})");
             return PatchPlan.Empty;
         }
+        var keys = PreemptKeyAddresses(t);
+        bool realTime = IsPreemptRt(ctx);
         PreemptMode mode;
         string source;
-        if (t.Preempt is { } given)
+        var accepted = t.CommandLine.PreemptRequests.Where(m => PreemptModeAccepted(t, keys, realTime, m)).ToList();
+        foreach (var refused in t.CommandLine.PreemptRequests.Where(m => !PreemptModeAccepted(t, keys, realTime, m)).Distinct())
+            t.Decisions.Add($"preempt={refused.ToString().ToLowerInvariant()}: not a mode this build's sched_dynamic_mode() knows"
+                + (realTime ? " (PREEMPT_RT)" : keys is null ? " (no lazy preemption)" : "") + ": \"Dynamic Preempt: unsupported mode\", ignored");
+        if (accepted.Count > 0)
         {
-            mode = given;
+            mode = accepted[^1];
             source = "preempt= on the command line (setup_preempt_mode())";
         }
         else
         {
             (mode, source) = DefaultPreemptMode(ctx, t);
+            if (!PreemptModeAccepted(t, keys, realTime, mode))
+                throw new KernelPatchException($"the default preempt= mode: {source} names mode {(int)mode} ({mode.ToString().ToLowerInvariant()}), which this build's rules do not define"
+                    + (keys is null ? $" without its static keys ({string.Join(", ", t.Rules.PreemptKeys)})" : ""));
         }
         t.PreemptResult = mode;
         var text = new PassText(ctx.Poker);
@@ -370,10 +379,77 @@ internal static class Linux61TextPasses
                     writes++;
             }
         }
+        string keyText = "";
+        if (keys is not null)
+        {
+            // static_key_disable() of every key, then the mode's static_key_enable()s: the keys start disabled (.bss).
+            var on = t.Rules.PreemptKeyModes.TryGetValue(mode, out var k) ? k : [.. keys.Select(_ => false)];
+            var enabled = keys.Where((_, i) => on[i]).ToHashSet();
+            int labels = StaticBranchEnable(ctx, t, text, enabled, "sched_dynamic_update(): static_key_enable()");
+            keyText = "; " + string.Join(", ", t.Rules.PreemptKeys.Select((name, i) => $"{name} {(on[i] ? "enabled" : "disabled")}"))
+                + $" ({labels} jump labels rewritten)";
+        }
         t.Decisions.Add($"Dynamic Preempt: {mode.ToString().ToLowerInvariant()} ({source}): "
             + string.Join(", ", calls.Select((c, i) => $"{c.Name} = {(en[i] ? c.Enabled : c.Disabled ?? "NULL")}"))
-            + $"; {writes} sites and trampolines rewritten");
+            + $"; {writes} sites and trampolines rewritten" + keyText);
         return text.ToPlan();
+    }
+
+    /// <summary>The addresses of <see cref="KernelTextRules.PreemptKeys"/>, or null when the build has not all of them.</summary>
+    private static ulong[]? PreemptKeyAddresses(TextPassContext t)
+    {
+        if (t.Rules.PreemptKeys.IsEmpty)
+            return null;
+        var addresses = t.Rules.PreemptKeys.Select(t.Symbol).ToArray();
+        return addresses.All(a => a is not null) ? [.. addresses.Select(a => a!.Value)] : null;
+    }
+
+    /// <summary><c>CONFIG_PREEMPT_RT</c>: the build's version string says so (<c>scripts/mkcompile_h</c> adds
+    /// <c>PREEMPT_RT</c> to <c>UTS_VERSION</c>, "#1 SMP PREEMPT_RT Debian ...").</summary>
+    private static bool IsPreemptRt(BootContext ctx) =>
+        ctx.Image.Version?.Banner.Split(' ').Contains("PREEMPT_RT") == true;
+
+    /// <summary>Whether this build's <c>sched_dynamic_mode()</c> knows <paramref name="mode"/>: the modes of the rules
+    /// whose static keys the build has, without <see cref="KernelTextRules.PreemptNotRealTime"/> under PREEMPT_RT there.</summary>
+    private static bool PreemptModeAccepted(TextPassContext t, ulong[]? keys, bool realTime, PreemptMode mode) =>
+        t.Rules.PreemptModes.ContainsKey(mode)
+        && (keys is not null || !t.Rules.PreemptKeyModes.ContainsKey(mode))
+        && !(keys is not null && realTime && t.Rules.PreemptNotRealTime.Contains(mode));
+
+    /// <summary>
+    /// <c>static_branch_enable()</c> at boot of every key of <paramref name="keys"/> that the image holds disabled: each
+    /// of its jump labels in kernel text becomes <c>JUMP_LABEL_JMP</c> when <c>enabled ^ branch</c> (a jump to its
+    /// target, 2 or 5 bytes), else the NOP of its size (<c>arch_jump_label_transform()</c>). Returns how many it rewrote.
+    /// </summary>
+    internal static int StaticBranchEnable(BootContext ctx, TextPassContext t, PassText text, IReadOnlySet<ulong> keys, string why)
+    {
+        int labels = 0;
+        Span<byte> jb = stackalloc byte[5];
+        foreach (var e in t.Tables.JumpEntries)
+        {
+            if (!keys.Contains(e.Key) || KeyEnabled(ctx, e.Key) || !IsKernelText(ctx, e.Code))
+                continue;
+            var site = new SiteRef(SiteKind.Raw, e.Index, KernelTextTables.JumpTable);
+            var code = jb[..e.Length];
+            if (!e.Branch)
+            {
+                code[0] = e.Length == 2 ? Jmp8 : Jmp32;
+                long rel = unchecked((long)(e.Target - (e.Code + (ulong)e.Length)));
+                if (e.Length == 2)
+                {
+                    if (rel is < sbyte.MinValue or > sbyte.MaxValue)
+                        throw new PatchException(site, e.Code, "a 2-byte jump label's target is out of reach");
+                    code[1] = unchecked((byte)(sbyte)rel);
+                }
+                else
+                    BinaryPrimitives.WriteInt32LittleEndian(code[1..], ctx.Rel32(e.Code, 5, e.Target, site));
+            }
+            else
+                ctx.Nops[e.Length].CopyTo(code);
+            if (text.Write(e.Code, code, site, why))
+                labels++;
+        }
+        return labels;
     }
 
     /// <summary>The key's initial <c>func</c>: from the key of the call's sites (x86-64), else what the trampoline's
@@ -429,7 +505,7 @@ internal static class Linux61TextPasses
                 long? value = prev.Mnemonic == Iced.Intel.Mnemonic.Mov && prev.Op0Register == arg && prev.Op1Kind == Iced.Intel.OpKind.Immediate32 ? prev.Immediate32
                     : prev.Mnemonic == Iced.Intel.Mnemonic.Xor && prev.Op0Register == arg && prev.Op1Register == arg ? 0
                     : null;
-                if (value is >= 0 and <= 2)
+                if (value is >= 0 and <= (int)PreemptMode.Laziest)
                     return ((PreemptMode)value.Value, $"the build's default: {callerName}+0x{insn.IP - caller:x} calls {calledName}({value})");
                 throw new KernelPatchException($"the default preempt= mode: {callerName}+0x{insn.IP - caller:x} calls {calledName} with an argument Altpatch cannot read ({prev})");
             }
