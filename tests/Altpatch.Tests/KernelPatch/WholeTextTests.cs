@@ -102,10 +102,6 @@ public class WholeTextTests(ITestOutputHelper output)
     public void Whole_text_differs_only_in_dynamic_sites_in_a_legal_state_and_at_most_0_02_percent(string image, string config, string boot)
     {
         var (result, truth, symbols) = Patch(image, config, boot);
-        Skip.If(result.State.HasMacro("X86_FEATURE_CALL_DEPTH"),
-            "call depth tracking (6.12 retbleed=stuff): the boot's static_call_update()s and the second static_call_init() aim calls at the "
-            + "callees' accounting thunks (callthunks_translate_call_dest()) and write them into their padding, which neither boot-calls nor the "
-            + "static-call legal states model yet (issue 9); VerifyGroundTruthTests checks that nothing else differs");
         var starts = FunctionStarts(symbols);
         foreach (var section in truth.Sections.Where(s => s.Name == ".text"))
         {
