@@ -259,6 +259,44 @@ internal static class Linux612CallThunks
         return padAt => ThunkFor(ctx, setup, padAt, site);
     }
 
+    /// <summary>
+    /// For <c>kernel verify</c> with call depth tracking: the padding of every function in <c>[_text, _etext)</c> that
+    /// <c>skip_addr()</c> does not name and whose last <c>tsize</c> padding bytes are still NOPs after the boot passes. The
+    /// running kernel may aim a static call at any such function later (<c>static_call_update()</c> →
+    /// <c>callthunks_translate_call_dest()</c>) and then writes the thunk there, so each is dynamic: NOPs or that thunk.
+    /// Paddings the boot already gave the thunk are predicted as they are (a thunk is never taken out again).
+    /// </summary>
+    /// <param name="ctx">The kernel's context after the passes (its poker holds the patched bytes).</param>
+    /// <param name="original">The image's ELF as built.</param>
+    /// <param name="patched">The patched ELF.</param>
+    /// <param name="symbols">The kernel's symbols (the function starts).</param>
+    public static IEnumerable<KernelTextSite> PaddingSites(BootContext ctx, ElfFile original, ElfFile patched, KernelSymbols symbols)
+    {
+        if (!ctx.State.HasMacro("X86_FEATURE_CALL_DEPTH") || TemplateSize(symbols) is not (> 0 and var tsize))
+            yield break;
+        var thunkAt = Thunks(ctx);
+        ulong start = ctx.Thunks.TextStart, end = ctx.Thunks.TextEnd;
+        var nops = new byte[tsize];
+        Array.Fill(nops, X86.Nop);
+        ulong last = 0;
+        int index = 0;
+        foreach (var f in symbols.All.Where(s => s.IsText && s.Address >= start + (ulong)tsize && s.Address < end).OrderBy(s => s.Address))
+        {
+            if (f.Address == last || f.Name.StartsWith("__pfx_", StringComparison.Ordinal) || f.Name.StartsWith("__cfi_", StringComparison.Ordinal)
+                || IsSkippedName(f.Name))
+                continue;
+            last = f.Address;
+            ulong padAt = f.Address - (ulong)tsize;
+            if (!patched.TryReadBytes(padAt, tsize, out var after) || !after.SequenceEqual(nops))
+                continue;
+            var thunk = thunkAt(padAt);
+            var before = original.ReadBytes(padAt, tsize).ToArray();
+            yield return new KernelTextSite(KernelSiteKind.CallThunk, index++, padAt, tsize, before, nops, Dynamic: true,
+                [new KernelTextState("nops", KernelTextStateForm.Bytes, nops), new KernelTextState("accounting thunk", KernelTextStateForm.Bytes, thunk)],
+                [], 0, $"padding of {f.Name}");
+        }
+    }
+
     public static PatchPlan Patch(BootContext ctx)
     {
         var image = ctx.Image;
