@@ -56,7 +56,8 @@ public class WholeTextTests(ITestOutputHelper output)
         return Images.GetOrAdd(image, _ => KernelImage.Open(path));
     }
 
-    /// <summary>The last configuration patched (its run and panic truths are checked one after the other).</summary>
+    /// <summary>The last configuration patched (its run and panic truths are checked one after the other), with the KASLR
+    /// offset it was patched for (a KASLR configuration's two boots have different ones).</summary>
     private static (string Key, KernelPatchResult Result)? last;
     private static readonly Lock LastLock = new();
 
@@ -67,7 +68,7 @@ public class WholeTextTests(ITestOutputHelper output)
         var truth = WholeTextTruth.Read(Path.Combine(Dir, image, config, boot + ".wtext.gz"));
         lock (LastLock)
         {
-            if (last is { } l && l.Key == image + "/" + config)
+            if (last is { } l && l.Key == $"{image}/{config}/{truth.KaslrDelta:x}")
                 return (l.Result, truth, l.Result.Image.Symbols);
         }
         var img = ImageOf(image);
@@ -91,7 +92,7 @@ public class WholeTextTests(ITestOutputHelper output)
         var state = KernelBootPatcher.DeriveState(img, description, thunks);
         var result = KernelBootPatcher.Patch(img, state, thunks, KernelTextOptions.Default);
         lock (LastLock)
-            last = (image + "/" + config, result);
+            last = ($"{image}/{config}/{truth.KaslrDelta:x}", result);
         return (result, truth, symbols);
     }
 
