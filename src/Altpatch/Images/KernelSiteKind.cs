@@ -32,6 +32,9 @@ public enum KernelSiteKind
     Endbr,
     /// <summary>A <c>runtime_ptr_*</c> (8-byte immediate) or <c>runtime_shift_*</c> (1 byte) entry (6.9+), in section order.</summary>
     RuntimeConst,
+    /// <summary>The call depth accounting thunk's place in a function's padding (6.12, <c>retbleed=stuff</c>): NOPs, or the
+    /// thunk that <c>callthunks_translate_call_dest()</c> writes when a static call is aimed at the function.</summary>
+    CallThunk,
 }
 
 /// <summary>
@@ -62,6 +65,7 @@ public static class KernelSiteKinds
         KernelSiteKind.CallSite => "call",
         KernelSiteKind.Endbr => "endbr",
         KernelSiteKind.RuntimeConst => "runtime_const",
+        KernelSiteKind.CallThunk => "callthunk",
         _ => kind.ToString(),
     };
 

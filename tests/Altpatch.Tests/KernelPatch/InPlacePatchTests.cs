@@ -8,7 +8,7 @@ namespace Altpatch.Tests.KernelPatch;
 /// image-sized buffer) gives the bytes and passes of <see cref="KernelBootPatcher.Patch(KernelImage, KernelCpuDescription, IProgress{BootPass}?)"/>,
 /// which patches a copy: on each shared image, with the build's default preempt mode (whose derivation reads the image's
 /// code as built after the jump label and static call passes have written it: the 686 reads the trampolines' bytes too),
-/// and with <c>preempt=full</c>.
+/// with <c>preempt=full</c>, and 6.12 with <c>retbleed=stuff</c> (call depth tracking).
 /// </summary>
 public sealed class InPlacePatchTests
 {
@@ -18,6 +18,8 @@ public sealed class InPlacePatchTests
         { "vmlinuz-6.1.0-50-686", "6.1.0-50-686/Icelake-Server-smp2/cpuinfo", "" },
         { "vmlinuz-6.1.0-50-686", "6.1.0-50-686/Icelake-Server-smp2/cpuinfo", "preempt=full nosmp" },
         { "vmlinuz-6.12.118+deb12-cloud-amd64", "6.12.118+deb12-cloud-amd64/Haswell-smp2/cpuinfo", "" },
+        // call depth tracking: callthunks reads the template as built, the second static_call_init() the paddings as patched
+        { "vmlinuz-6.12.118+deb12-cloud-amd64", "6.12.118+deb12-cloud-amd64/Skylake-Client-smp2+retbleed-stuff/cpuinfo", "retbleed=stuff" },
     };
 
     [SkippableTheory]

@@ -97,6 +97,7 @@ internal sealed class WholeTextComparison
         s.States.Any(st => st.Matches(code, s, s.Address, img.Bitness) && st.Form switch
         {
             KernelTextStateForm.BranchToFunction => functionStarts is null || functionStarts.Contains(st.BranchTarget(code, s.Address, img.Bitness)),
+            KernelTextStateForm.BranchToFunctionThunk => functionStarts is null || functionStarts.Contains(st.BranchTarget(code, s.Address, img.Bitness) + st.Target),
             KernelTextStateForm.BranchToTrampoline => img.Elf.SectionContaining(st.BranchTarget(code, s.Address, img.Bitness)) is not { IsExecutable: true },
             _ => true,
         });

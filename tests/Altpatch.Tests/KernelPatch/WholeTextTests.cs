@@ -56,7 +56,8 @@ public class WholeTextTests(ITestOutputHelper output)
         return Images.GetOrAdd(image, _ => KernelImage.Open(path));
     }
 
-    /// <summary>The last configuration patched (its run and panic truths are checked one after the other).</summary>
+    /// <summary>The last configuration patched (its run and panic truths are checked one after the other), with the KASLR
+    /// offset it was patched for (a KASLR configuration's two boots have different ones).</summary>
     private static (string Key, KernelPatchResult Result)? last;
     private static readonly Lock LastLock = new();
 
@@ -67,7 +68,7 @@ public class WholeTextTests(ITestOutputHelper output)
         var truth = WholeTextTruth.Read(Path.Combine(Dir, image, config, boot + ".wtext.gz"));
         lock (LastLock)
         {
-            if (last is { } l && l.Key == image + "/" + config)
+            if (last is { } l && l.Key == $"{image}/{config}/{truth.KaslrDelta:x}")
                 return (l.Result, truth, l.Result.Image.Symbols);
         }
         var img = ImageOf(image);
@@ -91,7 +92,7 @@ public class WholeTextTests(ITestOutputHelper output)
         var state = KernelBootPatcher.DeriveState(img, description, thunks);
         var result = KernelBootPatcher.Patch(img, state, thunks, KernelTextOptions.Default);
         lock (LastLock)
-            last = (image + "/" + config, result);
+            last = ($"{image}/{config}/{truth.KaslrDelta:x}", result);
         return (result, truth, symbols);
     }
 
@@ -102,10 +103,6 @@ public class WholeTextTests(ITestOutputHelper output)
     public void Whole_text_differs_only_in_dynamic_sites_in_a_legal_state_and_at_most_0_02_percent(string image, string config, string boot)
     {
         var (result, truth, symbols) = Patch(image, config, boot);
-        Skip.If(result.State.HasMacro("X86_FEATURE_CALL_DEPTH"),
-            "call depth tracking (6.12 retbleed=stuff): the boot's static_call_update()s and the second static_call_init() aim calls at the "
-            + "callees' accounting thunks (callthunks_translate_call_dest()) and write them into their padding, which neither boot-calls nor the "
-            + "static-call legal states model yet (issue 9); VerifyGroundTruthTests checks that nothing else differs");
         var starts = FunctionStarts(symbols);
         foreach (var section in truth.Sections.Where(s => s.Name == ".text"))
         {

@@ -32,7 +32,8 @@ public enum BootPass
     CallThunks,
     /// <summary>The static calls and keys the boot code sets (6.12: <c>apic_setup_apic_calls()</c>,
     /// <c>select_idle_routine()</c>, <c>security_init()</c>'s LSM hooks), each by <c>static_call_update()</c> /
-    /// <c>static_branch_enable()</c>.</summary>
+    /// <c>static_branch_enable()</c>; then <c>static_call_init()</c> again (<c>static_call_force_reinit()</c>): NULL tail
+    /// calls to the return thunk and, with call depth tracking, every static call to its callee's accounting thunk.</summary>
     BootCalls,
 }
 

@@ -192,7 +192,7 @@ public static class KernelBootPatcher
             // Built on first use (neither the image nor the patched copy changes any more): kernel patch without a
             // report never needs them. In place, the original bytes they compare with are gone.
             TextSitesFactory = inPlace ? null : () =>
-                [.. tctx is null ? [] : Linux61TextPasses.Sites(image, work, state, thunks, nops, tctx, passes), .. line.BootValueSites(image, work)],
+                [.. tctx is null ? [] : Linux61TextPasses.Sites(image, work, state, thunks, nops, tctx, passes), .. line.BootValueSites(image, work, ctx, tctx)],
             InPlace = inPlace,
             Preempt = tctx?.PreemptResult,
         };

@@ -68,9 +68,14 @@ public abstract class KernelLine
     /// <exception cref="KernelPatchException">The image's names contradict the line's numbering.</exception>
     public abstract ImageFeatureNumbering NumberingOf(KernelImage image);
 
-    /// <summary>Sites besides the text passes' whose value the booting kernel computes from what no image holds (6.12's
-    /// dentry hash runtime constants), as dynamic text sites with their legal values; none by default.</summary>
-    internal virtual IEnumerable<KernelTextSite> BootValueSites(KernelImage image, ElfFile patched) => [];
+    /// <summary>Sites besides the text passes' whose value the running kernel decides from what no image holds (6.12's
+    /// dentry hash runtime constants; with call depth tracking, the accounting thunks a later static call writes into
+    /// function paddings), as dynamic text sites with their legal values; none by default.</summary>
+    /// <param name="image">The image as built.</param>
+    /// <param name="patched">The patched ELF.</param>
+    /// <param name="ctx">The context the passes ran in.</param>
+    /// <param name="t">The text passes' context (symbols), or null.</param>
+    internal virtual IEnumerable<KernelTextSite> BootValueSites(KernelImage image, ElfFile patched, BootContext ctx, TextPassContext? t) => [];
 
     /// <summary>Runs the passes in order through <paramref name="run"/>.</summary>
     internal abstract void RunPasses(BootRun run);

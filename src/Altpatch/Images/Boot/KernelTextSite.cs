@@ -16,6 +16,10 @@ public enum KernelTextStateForm
     /// <summary>The opcode (<c>e8</c>, <c>e9</c>, <c>0f 8x</c>) and a rel32 to the start of any function of the kernel (what
     /// <c>static_call_update()</c> may point a static call at).</summary>
     BranchToFunction,
+    /// <summary>The opcode (<c>e8</c>) and a rel32 to <see cref="KernelTextState.Target"/> bytes before the start of any
+    /// function of the kernel that call depth tracking does not skip: its accounting thunk in the function's padding,
+    /// where 6.12's <c>callthunks_translate_call_dest()</c> aims a static call (<c>retbleed=stuff</c>).</summary>
+    BranchToFunctionThunk,
     /// <summary>The opcode (<c>e8</c>) and a rel32 to a trampoline the running kernel allocated (an ftrace_ops or
     /// direct-call trampoline, outside the image's text).</summary>
     BranchToTrampoline,
@@ -28,7 +32,8 @@ public enum KernelTextStateForm
 /// <param name="Name">What the state is, e.g. "nop", "jmp target", "call ftrace_caller", "call any function".</param>
 /// <param name="Form">How <paramref name="Bytes"/> is matched.</param>
 /// <param name="Bytes">The whole site's bytes (<see cref="KernelTextStateForm.Bytes"/>), or the opcode before the displacement.</param>
-/// <param name="Target">For <see cref="KernelTextStateForm.BranchToAddress"/>: the address; else 0.</param>
+/// <param name="Target">For <see cref="KernelTextStateForm.BranchToAddress"/>: the address; for
+/// <see cref="KernelTextStateForm.BranchToFunctionThunk"/>: the thunk's size (how far before the function it is); else 0.</param>
 public readonly record struct KernelTextState(string Name, KernelTextStateForm Form, ReadOnlyMemory<byte> Bytes, ulong Target = 0)
 {
     /// <summary>Whether <paramref name="code"/>, the bytes of <paramref name="site"/> found at <paramref name="address"/>

@@ -555,8 +555,14 @@ internal static class Linux612BootCalls
     /// <c>static_call_init()</c> runs again as an <c>early_initcall</c> (after <c>security_init()</c>): every site (all
     /// sections) is transformed once more for its key's function, now with <c>X86_FEATURE_RETHUNK</c> set, so a NULL tail
     /// call becomes <c>jmp x86_return_thunk</c> where <c>cpu_wants_rethunk_at()</c> says so (a NULL <c>jcc</c> goes to the
-    /// return thunk instead of <c>__static_call_return</c>). Sites with a function keep their bytes (call depth tracking's
-    /// <c>callthunks_translate_call_dest()</c> is not modelled).
+    /// return thunk instead of <c>__static_call_return</c>).
+    /// <para>With call depth tracking (<c>retbleed=stuff</c>, which sets <c>X86_FEATURE_RETHUNK</c> too) the thunks are
+    /// initialised by then, so each non-tail site with a function goes through <c>callthunks_translate_call_dest()</c>:
+    /// <c>call F</c> becomes <c>call F - tsize</c> and the accounting thunk is written into <c>F</c>'s padding
+    /// (<see cref="Linux612CallThunks.KernelTranslator"/>). That includes <c>__static_call_return0</c>: translated first,
+    /// it is no longer <c>&amp;__static_call_return0</c>, so its sites get the call instead of <c>xor5rax</c>. The
+    /// trampolines (<c>JMP</c>/<c>RET</c>) and tail calls are never translated. The static calls <c>security_init()</c>
+    /// updated after <c>callthunks_patch_builtin_calls()</c> were translated then already: the same final bytes.</para>
     /// </summary>
     private static void ForceReinit(BootContext ctx, TextPassContext t, PassText text)
     {
@@ -564,15 +570,34 @@ internal static class Linux612BootCalls
             return;
         ulong? scr = t.Symbol(t.Rules.StaticCallReturn);
         ulong? thunk = ctx.Thunks.ReturnThunk, chosen = ctx.Thunks.Address(ctx.State.ReturnThunk);
+        ulong? return0 = t.Symbol(t.Rules.Return0);
+        var translate = Linux612CallThunks.KernelTranslator(ctx, text);
         Span<byte> cur = stackalloc byte[6];
         Span<byte> buf = stackalloc byte[6];
-        int n = 0;
+        int n = 0, translated = 0;
         foreach (var s in t.Tables.StaticCalls)
         {
-            if (!s.Tail)
-                continue;
             var site = new SiteRef(SiteKind.Raw, s.Index, KernelTextTables.StaticCallSites);
             var c = cur[..s.Length];
+            if (!s.Tail)
+            {
+                if (translate is null || s.Length != 5)
+                    continue;
+                text.Read(s.Address, c, site);
+                // the key's function as static_call_init() left it: call F, or xor5rax (__static_call_return0); a NOP is NULL
+                ulong? func = c[0] == X86Call ? ctx.Image.Elf.AddressPlus(s.Address + 5, BinaryPrimitives.ReadInt32LittleEndian(c[1..]))
+                    : c.SequenceEqual(KernelTextTables.Xor5Rax) ? return0 : null;
+                if (func is not { } f)
+                    continue;
+                ulong dest = translate(f, site);
+                if (dest == f)
+                    continue;                               // skipped, not core text, or no usable padding: as it was
+                buf[0] = X86Call;
+                BinaryPrimitives.WriteInt32LittleEndian(buf[1..5], ctx.Rel32(s.Address, 5, dest, site));
+                if (text.Write(s.Address, buf[..5], site, $"static_call_init() again: callthunks_translate_call_dest(0x{f:x}): call 0x{dest:x}"))
+                    translated++;
+                continue;
+            }
             text.Read(s.Address, c, site);
             bool isNull = s.Length == 6
                 ? c[0] == 0x0f && (c[1] & 0xf0) == 0x80 && ctx.Image.Elf.AddressPlus(s.Address + 6, BinaryPrimitives.ReadInt32LittleEndian(c[2..])) is var jt && (jt == scr || jt == thunk || jt == chosen)
@@ -583,8 +608,11 @@ internal static class Linux612BootCalls
             if (text.Write(s.Address, buf[..len], site, "static_call_force_reinit(): " + why))
                 n++;
         }
-        t.Decisions.Add($"static_call_force_reinit() (apply_returns() with RETHUNK) and static_call_init() again as an early_initcall: {n} NULL tail-call sites rewritten for the return thunk");
+        t.Decisions.Add($"static_call_force_reinit() (apply_returns() with RETHUNK) and static_call_init() again as an early_initcall: {n} NULL tail-call sites rewritten for the return thunk"
+            + (translate is null ? "" : $"; call depth tracking: {translated} calls aimed at their callee's accounting thunk (callthunks_translate_call_dest())"));
     }
+
+    private const byte X86Call = 0xe8;
 
     private static ReadOnlySpan<byte> RetForm => [0xc3, 0xcc, 0xcc, 0xcc, 0xcc];
 

@@ -205,6 +205,98 @@ internal static class Linux612CallThunks
         return OtherPadUsable(kernel, others, dest, padAt, thunk) ? padAt : dest;
     }
 
+    /// <summary>
+    /// 6.12 <c>callthunks_translate_call_dest()</c> in the kernel once <c>callthunks_patch_builtin_calls()</c> has run
+    /// (<c>thunks_initialized</c>, <c>X86_FEATURE_CALL_DEPTH</c>): what <c>__static_call_transform(CALL)</c> aims a
+    /// static call at. A callee in <c>[_text, _etext)</c> that <c>skip_addr()</c> does not name and whose padding is NOPs
+    /// or the thunk already gets the thunk written into its padding (<c>patch_dest(dest, false)</c>) and the call aims at
+    /// it; any other callee is returned as it is. Null without call depth tracking.
+    /// </summary>
+    /// <param name="ctx">The kernel's context (the template is read as built).</param>
+    /// <param name="text">Where the thunks are written (and the paddings read as the boot left them so far).</param>
+    public static Func<ulong, SiteRef, ulong>? KernelTranslator(BootContext ctx, PassText text)
+    {
+        if (!ctx.State.HasMacro("X86_FEATURE_CALL_DEPTH"))
+            return null;
+        Setup? setup = null;
+        byte[]? pad = null;
+        ulong start = ctx.Thunks.TextStart, end = ctx.Thunks.TextEnd;
+        return (dest, site) =>
+        {
+            setup ??= Prepare(ctx, site);
+            pad ??= new byte[setup.Size];
+            if (setup.Skips(dest) || dest < start || dest >= end)
+                return dest;                                // skip_addr() or !is_coretext(NULL, dest)
+            ulong padAt = dest - (ulong)setup.Size;
+            var thunk = ThunkFor(ctx, setup, padAt, site);
+            text.Read(padAt, pad, site);
+            if (!PadUsable(pad, thunk))
+                return dest;                                // "Invalid padding area": patch_dest() is NULL
+            if (!pad.AsSpan().SequenceEqual(thunk))
+                text.Write(padAt, thunk, site, $"callthunks_translate_call_dest(): call depth accounting thunk of 0x{dest:x}");
+            return padAt;
+        };
+    }
+
+    /// <summary>The bytes of <c>skl_call_thunk_template</c> (<c>skl_call_thunk_tail - skl_call_thunk_template</c>), read
+    /// from the symbols; 0 when the image has no such symbols.</summary>
+    public static int TemplateSize(KernelSymbols symbols) =>
+        symbols.TryGetAddress("skl_call_thunk_template", out var t) && symbols.TryGetAddress("skl_call_thunk_tail", out var e) && e > t && e - t <= 32
+            ? (int)(e - t) : 0;
+
+    /// <summary>Whether <c>skip_addr()</c> names the function called <paramref name="name"/> (the kexec control code is
+    /// not a function start).</summary>
+    public static bool IsSkippedName(string name) => Skipped.Contains(name, StringComparer.Ordinal);
+
+    /// <summary>
+    /// 6.12 <c>patch_dest()</c>'s thunk for a padding (<c>skl_call_thunk_template</c> relocated to its address): what the
+    /// verifier allows in the padding of any function a static call may be aimed at.
+    /// </summary>
+    public static Func<ulong, byte[]> Thunks(BootContext ctx)
+    {
+        var site = new SiteRef(new SiteKind("call"), 0, ".call_sites");
+        var setup = Prepare(ctx, site);
+        return padAt => ThunkFor(ctx, setup, padAt, site);
+    }
+
+    /// <summary>
+    /// For <c>kernel verify</c> with call depth tracking: the padding of every function in <c>[_text, _etext)</c> that
+    /// <c>skip_addr()</c> does not name and whose last <c>tsize</c> padding bytes are still NOPs after the boot passes. The
+    /// running kernel may aim a static call at any such function later (<c>static_call_update()</c> →
+    /// <c>callthunks_translate_call_dest()</c>) and then writes the thunk there, so each is dynamic: NOPs or that thunk.
+    /// Paddings the boot already gave the thunk are predicted as they are (a thunk is never taken out again).
+    /// </summary>
+    /// <param name="ctx">The kernel's context after the passes (its poker holds the patched bytes).</param>
+    /// <param name="original">The image's ELF as built.</param>
+    /// <param name="patched">The patched ELF.</param>
+    /// <param name="symbols">The kernel's symbols (the function starts).</param>
+    public static IEnumerable<KernelTextSite> PaddingSites(BootContext ctx, ElfFile original, ElfFile patched, KernelSymbols symbols)
+    {
+        if (!ctx.State.HasMacro("X86_FEATURE_CALL_DEPTH") || TemplateSize(symbols) is not (> 0 and var tsize))
+            yield break;
+        var thunkAt = Thunks(ctx);
+        ulong start = ctx.Thunks.TextStart, end = ctx.Thunks.TextEnd;
+        var nops = new byte[tsize];
+        Array.Fill(nops, X86.Nop);
+        ulong last = 0;
+        int index = 0;
+        foreach (var f in symbols.All.Where(s => s.IsText && s.Address >= start + (ulong)tsize && s.Address < end).OrderBy(s => s.Address))
+        {
+            if (f.Address == last || f.Name.StartsWith("__pfx_", StringComparison.Ordinal) || f.Name.StartsWith("__cfi_", StringComparison.Ordinal)
+                || IsSkippedName(f.Name))
+                continue;
+            last = f.Address;
+            ulong padAt = f.Address - (ulong)tsize;
+            if (!patched.TryReadBytes(padAt, tsize, out var after) || !after.SequenceEqual(nops))
+                continue;
+            var thunk = thunkAt(padAt);
+            var before = original.ReadBytes(padAt, tsize).ToArray();
+            yield return new KernelTextSite(KernelSiteKind.CallThunk, index++, padAt, tsize, before, nops, Dynamic: true,
+                [new KernelTextState("nops", KernelTextStateForm.Bytes, nops), new KernelTextState("accounting thunk", KernelTextStateForm.Bytes, thunk)],
+                [], 0, $"padding of {f.Name}");
+        }
+    }
+
     public static PatchPlan Patch(BootContext ctx)
     {
         var image = ctx.Image;

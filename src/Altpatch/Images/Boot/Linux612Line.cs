@@ -64,8 +64,9 @@ internal sealed class Linux612Line : KernelLine
 
     /// <summary><c>dcache_init_early()</c>'s <c>runtime_const_init(shift, d_hash_shift)</c> and <c>(ptr, dentry_hashtable)</c>:
     /// the table is allocated at boot and its size follows the memory, so these immediates are left as built and are legal
-    /// as any kernel address / shift.</summary>
-    internal override IEnumerable<KernelTextSite> BootValueSites(KernelImage image, ElfFile patched)
+    /// as any kernel address / shift. With call depth tracking (<c>retbleed=stuff</c>), the paddings a later static call
+    /// may write the accounting thunk into (<see cref="Linux612CallThunks.PaddingSites"/>).</summary>
+    internal override IEnumerable<KernelTextSite> BootValueSites(KernelImage image, ElfFile patched, BootContext ctx, TextPassContext? t)
     {
         int k = 0;
         foreach (var (sec, index, address, width) in Linux612Passes.RuntimeConstSites(image))
@@ -79,6 +80,11 @@ internal sealed class Linux612Line : KernelLine
                 [new KernelTextState(width == 8 ? "dentry_hashtable" : "d_hash_shift", KernelTextStateForm.BootValue, before),
                  new KernelTextState("as built (the boot-time value is not known offline)", KernelTextStateForm.Bytes, before)], [], 0,
                 $"{sec.Name}[{index}], set by dcache_init_early()");
+        }
+        if (t?.Symbols is { } symbols)
+        {
+            foreach (var pad in Linux612CallThunks.PaddingSites(ctx, image.Elf, patched, symbols))
+                yield return pad;
         }
     }
 

@@ -593,6 +593,10 @@ internal static class Linux61TextPasses
             Exact("nop (NULL)", nops[5]),
             Exact("xor5rax (__static_call_return0)", KernelTextTables.Xor5Rax),
         ];
+        // call depth tracking (6.12 retbleed=stuff): static_call_update() and static_call_init() aim a call at the callee's
+        // accounting thunk, the thunk's size before it (callthunks_translate_call_dest())
+        if (state.HasMacro("X86_FEATURE_CALL_DEPTH") && t.Symbols is { } syms && Linux612CallThunks.TemplateSize(syms) is > 0 and var tsize)
+            nonTail = nonTail.Add(new KernelTextState("call the accounting thunk of any function", KernelTextStateForm.BranchToFunctionThunk, call, (ulong)tsize));
         var jcc = new Dictionary<byte, ImmutableArray<KernelTextState>>();
         var names = tables.Trampolines.Where(x => x.Name is not null).ToDictionary(x => x.Address, x => x.Name!);
         Span<byte> jr = stackalloc byte[5];

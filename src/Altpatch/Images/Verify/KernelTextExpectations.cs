@@ -71,6 +71,15 @@ public static class KernelTextExpectations
                                 return $"{Opcode(state.Name)} {fn}";
                             continue;
                         }
+                        case KernelTextStateForm.BranchToFunctionThunk:
+                        {
+                            // callthunks_translate_call_dest(): the accounting thunk in the padding of a function that
+                            // skip_addr() does not name
+                            ulong target = state.BranchTarget(found, s.Address, bitness) + state.Target;
+                            if (functionAt(target) is { } fn && !Linux612CallThunks.IsSkippedName(fn))
+                                return $"{Opcode(state.Name)} {fn}'s accounting thunk";
+                            continue;
+                        }
                         case KernelTextStateForm.BranchToTrampoline:
                         {
                             // An ftrace_ops or direct-call trampoline the running kernel allocated: never in the image's text.
