@@ -518,32 +518,7 @@ internal static class Linux612BootCalls
         }
         // static_branch_enable(): each jump label of the key to JUMP_LABEL_JMP when enabled ^ branch
         var enabled = u.Keys.Select(k => k.Key).ToHashSet();
-        int labels = 0;
-        Span<byte> jb = stackalloc byte[5];
-        foreach (var e in t.Tables.JumpEntries)
-        {
-            if (!enabled.Contains(e.Key) || Linux61TextPasses.KeyEnabled(ctx, e.Key) || !Linux61TextPasses.IsKernelText(ctx, e.Code))
-                continue;
-            var site = new SiteRef(SiteKind.Raw, e.Index, KernelTextTables.JumpTable);
-            var code = jb[..e.Length];
-            if (!e.Branch)
-            {
-                code[0] = e.Length == 2 ? Jmp8 : Jmp32;
-                long rel = unchecked((long)(e.Target - (e.Code + (ulong)e.Length)));
-                if (e.Length == 2)
-                {
-                    if (rel is < sbyte.MinValue or > sbyte.MaxValue)
-                        throw new PatchException(site, e.Code, "a 2-byte jump label's target is out of reach");
-                    code[1] = unchecked((byte)(sbyte)rel);
-                }
-                else
-                    BinaryPrimitives.WriteInt32LittleEndian(code[1..], ctx.Rel32(e.Code, 5, e.Target, site));
-            }
-            else
-                ctx.Nops[e.Length].CopyTo(code);
-            if (text.Write(e.Code, code, site, "static_branch_enable()"))
-                labels++;
-        }
+        int labels = Linux61TextPasses.StaticBranchEnable(ctx, t, text, enabled, "static_branch_enable()");
         if (final.Count > 0 || enabled.Count > 0)
             t.Decisions.Add($"boot static-call updates: {final.Count} static calls set ({writes} sites and trampolines rewritten), {enabled.Count} keys enabled ({labels} jump labels rewritten)");
         ForceReinit(ctx, t, text);
