@@ -149,18 +149,23 @@ public static class KernelVerifyCommand
 
         description = description with { CommandLine = cmdline };
         var textOptions = KernelTextOptions.Default with { Rules = KernelCommand.Rules(parse, rulesOption, img) };
+        // The image is moved and patched in its own buffer (no copies of it), except with --modules, whose loader reads
+        // the kernel as opened.
+        KernelVerifyResult Verify(IProgress<string>? progress) => o.Modules
+            ? KernelTextVerifier.Verify(img, found, at, source, description, textOptions, progress)
+            : KernelTextVerifier.VerifyInPlace(img, found, at, source, description, textOptions, progress);
         KernelVerifyResult result;
         if (console.Profile.Capabilities.Interactive && !o.Json)
         {
             KernelVerifyResult? r = null;
             console.Status().Start("checking the text", ctx =>
             {
-                r = KernelTextVerifier.Verify(img, found, at, source, description, textOptions, new StepProgress(s => ctx.Status(Markup.Escape(s))));
+                r = Verify(new StepProgress(s => ctx.Status(Markup.Escape(s))));
             });
             result = r!;
         }
         else
-            result = KernelTextVerifier.Verify(img, found, at, source, description, textOptions);
+            result = Verify(null);
 
         if (o.Json)
             Terminal.WriteJson(writer, w => KernelVerifyReport.Write(w, result, kind, cmdline.Text, steps));

@@ -70,7 +70,7 @@ public abstract class KernelLine
 
     /// <summary>Sites besides the text passes' whose value the booting kernel computes from what no image holds (6.12's
     /// dentry hash runtime constants), as dynamic text sites with their legal values; none by default.</summary>
-    internal virtual IEnumerable<KernelTextSite> BootValueSites(KernelImage image, ElfFile patched) => [];
+    internal virtual IEnumerable<KernelTextSite> BootValueSites(KernelImage image, ElfFile patched, ImmutableArray<BootPassResult> passes) => [];
 
     /// <summary>Runs the passes in order through <paramref name="run"/>.</summary>
     internal abstract void RunPasses(BootRun run);

@@ -65,7 +65,7 @@ internal sealed class Linux612Line : KernelLine
     /// <summary><c>dcache_init_early()</c>'s <c>runtime_const_init(shift, d_hash_shift)</c> and <c>(ptr, dentry_hashtable)</c>:
     /// the table is allocated at boot and its size follows the memory, so these immediates are left as built and are legal
     /// as any kernel address / shift.</summary>
-    internal override IEnumerable<KernelTextSite> BootValueSites(KernelImage image, ElfFile patched)
+    internal override IEnumerable<KernelTextSite> BootValueSites(KernelImage image, ElfFile patched, ImmutableArray<BootPassResult> passes)
     {
         int k = 0;
         foreach (var (sec, index, address, width) in Linux612Passes.RuntimeConstSites(image))
@@ -74,6 +74,8 @@ internal sealed class Linux612Line : KernelLine
             if (sec.Name is not ("runtime_shift_d_hash_shift" or "runtime_ptr_dentry_hashtable"))
                 continue;
             var before = image.ReadBytes(address, width).ToArray();
+            if (ReferenceEquals(image.Elf, patched))
+                KernelPatchResult.Undo(passes, address, before);   // patched in place
             var after = patched.ReadBytes(address, width).ToArray();
             yield return new KernelTextSite(KernelSiteKind.RuntimeConst, n, address, width, before, after, Dynamic: true,
                 [new KernelTextState(width == 8 ? "dentry_hashtable" : "d_hash_shift", KernelTextStateForm.BootValue, before),
