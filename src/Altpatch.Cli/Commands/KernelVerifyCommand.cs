@@ -235,13 +235,16 @@ public static class KernelVerifyCommand
     }
 
     /// <summary>The running kernel's .text and where it is.</summary>
-    private static (byte[] Text, ulong At, string Source, string Kind) ReadText(KernelImage img, Options o, KernelLiveSystem? sys)
+    private static (ReadOnlyMemory<byte> Text, ulong At, string Source, string Kind) ReadText(KernelImage img, Options o, KernelLiveSystem? sys)
     {
         var size = KernelTextLocator.TextSection(img).Size;
         if (o.Text is { } tf)
         {
+            // .text's size (or the whole of a shorter file, which the check refuses with its length): mapped (for the rest
+            // of the process, like the image), else read.
+            if (MappedFile.TryOpen(tf.FullName) is { } mapped)
+                return (mapped.Memory[..(int)Math.Min((ulong)mapped.Length, size)], o.Base!.Value, tf.FullName, "text");
             using var f = File.OpenRead(tf.FullName);
-            // Read .text's size (or the whole of a shorter file, which the check refuses with its length).
             var buf = new byte[(int)Math.Min((ulong)f.Length, size)];
             f.ReadExactly(buf);
             return (buf, o.Base!.Value, tf.FullName, "text");

@@ -61,6 +61,7 @@ public static class KernelTextVerifier
 
         var fit = Step("check", () => KernelTextLocator.CheckFit(image, found.Span, textAddress, source));
         var runtime = Step("relocate", () => inPlace ? image.RelocateInPlace(fit.Delta) : image.Relocate(fit.Delta));
+        runtime.DecodeSymbolsInBackground();   // beside the thunks, the boot CPU and the tables, before the text passes need them
         var prediction = Step("predict", () => predict(runtime));
         if (!ReferenceEquals(prediction.Image, runtime))
             throw new ArgumentException("the prediction must be made on the image it is given", nameof(predict));
@@ -271,11 +272,12 @@ public static class KernelTextVerifier
 
         var sites = merged.Count > 0 ? allSites() : [];
         symbolStart ??= a => symbols is not null && symbols.TryFind(a, out var sym, out _) ? sym.Address : null;
-        var disassembler = new RangeDisassembler(predictedMemory[..n], foundMemory[..n], textAddress, bitness, symbolStart);
+        RangeDisassembler? disassembler = null;   // only for unexplained ranges (it may copy the dump into an array)
         var ranges = ImmutableArray.CreateBuilder<KernelUnexplainedRange>(merged.Count);
         foreach (var (s, e) in merged)
         {
             ulong a = textAddress + (ulong)s;
+            disassembler ??= new RangeDisassembler(predictedMemory[..n], foundMemory[..n], textAddress, bitness, symbolStart);
             var (expectedCode, foundCode) = disassembler.Disassemble(s, e);
             var names = ImmutableArray.CreateBuilder<string>();
             foreach (var site in Overlapping(sites, a, (ulong)(e - s)))
