@@ -87,8 +87,8 @@ public static class ElfSymtabWriter
     }
 
     /// <summary>Largest single write: the kernel sizes a file's page-cache folios by the write (Linux 6.x, ext4 and xfs with
-    /// large folios), and one 50 MB write() took 50-130 ms of system time on the benchmark VM (its 2 MiB folios come from
-    /// memory the host has to back first), against 7 ms in 1 MiB writes (docs/benchmarks.md, third round).</summary>
+    /// large folios), and one 50 MB write() took 50-130 ms of system time on the benchmark VM (probably as large folios
+    /// come from memory the host has to back first), against 7 ms in 1 MiB writes (docs/benchmarks.md, third round).</summary>
     internal const int WriteChunk = 1 << 20;
 
     /// <summary>Writes <paramref name="bytes"/> in writes of at most <see cref="WriteChunk"/> bytes.</summary>
