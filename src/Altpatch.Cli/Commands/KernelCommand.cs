@@ -66,10 +66,39 @@ public static class KernelCommand
         if (!file.Exists)
             throw new FileNotFoundException($"{file.FullName}: no such file");
         bool ignore = parse is not null && ignoreCrc is not null && parse.GetValue(ignoreCrc);
-        var img = KernelImage.Open(file.FullName, new KernelImageOptions { IgnoreCrc = ignore });
+        var options = new KernelImageOptions { IgnoreCrc = ignore };
+        var img = OpenMapped(file, options) ?? KernelImage.Open(file.FullName, options);
         if (img.Integrity is { CrcMatches: false } bad && parse is not null)
             parse.InvocationConfiguration.Error.WriteLine($"altpatch: warning: {bad.FailureMessage(img.Name).Replace(" (--ignore-crc reads it anyway)", "", StringComparison.Ordinal)}; reading it anyway (--ignore-crc)");
         return img;
+    }
+
+    /// <summary>A bzImage read through a read-only mapping of the file instead of a copy of it (<see cref="MappedFile"/>): once
+    /// the payload is decompressed, the file's pages leave the resident set. The mapping stays for the rest of the process
+    /// (the image's <see cref="KernelImage.BzImage"/> views it; a command runs once per process). Null where the file is not
+    /// mapped (then it is read); a raw ELF file is copied by <see cref="KernelImage.Load(ReadOnlyMemory{byte}, string, KernelImageOptions)"/>
+    /// and its mapping closed.</summary>
+    private static KernelImage? OpenMapped(FileInfo file, KernelImageOptions options)
+    {
+        if (file.Length > ImageLimits.MaxFileSize)
+            return null;   // KernelImage.Open says so
+        var mapped = MappedFile.TryOpen(file.FullName);
+        if (mapped is null)
+            return null;
+        try
+        {
+            var img = KernelImage.Load(mapped.Memory, file.Name, options);
+            if (img.BzImage is null)
+                ((IDisposable)mapped).Dispose();
+            else
+                mapped.DropResidentPages();
+            return img;
+        }
+        catch
+        {
+            ((IDisposable)mapped).Dispose();
+            throw;
+        }
     }
 
     /// <summary>The architecture as the text output names it: "x86-64" or "i386".</summary>

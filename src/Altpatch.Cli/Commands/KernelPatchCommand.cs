@@ -71,7 +71,12 @@ public static class KernelPatchCommand
         var written = new List<(string Temporary, FileInfo Target)>();
         var steps = new List<(string Name, Action Body)>
         {
-            ("open + decompress", () => img = KernelCommand.Open(o.Image, parse, ignoreCrc)),
+            ("open + decompress", () =>
+            {
+                img = KernelCommand.Open(o.Image, parse, ignoreCrc);
+                if (!StepProfile.Enabled)
+                    img.DecodeSymbolsInBackground();   // beside reading the tables; the text passes and the .symtab wait for it
+            }),
             ("read tables", () => _ = img!.Tables),
             // Without a report nothing needs the unpatched bytes again: the image's own buffer is patched (no copy of it).
             ("patch", () => result = o.Report is null

@@ -149,18 +149,23 @@ public static class KernelVerifyCommand
 
         description = description with { CommandLine = cmdline };
         var textOptions = KernelTextOptions.Default with { Rules = KernelCommand.Rules(parse, rulesOption, img) };
+        // The image is moved and patched in its own buffer (no copies of it), except with --modules, whose loader reads
+        // the kernel as opened.
+        KernelVerifyResult Verify(IProgress<string>? progress) => o.Modules
+            ? KernelTextVerifier.Verify(img, found, at, source, description, textOptions, progress)
+            : KernelTextVerifier.VerifyInPlace(img, found, at, source, description, textOptions, progress);
         KernelVerifyResult result;
         if (console.Profile.Capabilities.Interactive && !o.Json)
         {
             KernelVerifyResult? r = null;
             console.Status().Start("checking the text", ctx =>
             {
-                r = KernelTextVerifier.Verify(img, found, at, source, description, textOptions, new StepProgress(s => ctx.Status(Markup.Escape(s))));
+                r = Verify(new StepProgress(s => ctx.Status(Markup.Escape(s))));
             });
             result = r!;
         }
         else
-            result = KernelTextVerifier.Verify(img, found, at, source, description, textOptions);
+            result = Verify(null);
 
         if (o.Json)
             Terminal.WriteJson(writer, w => KernelVerifyReport.Write(w, result, kind, cmdline.Text, steps));
@@ -230,13 +235,16 @@ public static class KernelVerifyCommand
     }
 
     /// <summary>The running kernel's .text and where it is.</summary>
-    private static (byte[] Text, ulong At, string Source, string Kind) ReadText(KernelImage img, Options o, KernelLiveSystem? sys)
+    private static (ReadOnlyMemory<byte> Text, ulong At, string Source, string Kind) ReadText(KernelImage img, Options o, KernelLiveSystem? sys)
     {
         var size = KernelTextLocator.TextSection(img).Size;
         if (o.Text is { } tf)
         {
+            // .text's size (or the whole of a shorter file, which the check refuses with its length): mapped (for the rest
+            // of the process, like the image), else read.
+            if (MappedFile.TryOpen(tf.FullName) is { } mapped)
+                return (mapped.Memory[..(int)Math.Min((ulong)mapped.Length, size)], o.Base!.Value, tf.FullName, "text");
             using var f = File.OpenRead(tf.FullName);
-            // Read .text's size (or the whole of a shorter file, which the check refuses with its length).
             var buf = new byte[(int)Math.Min((ulong)f.Length, size)];
             f.ReadExactly(buf);
             return (buf, o.Base!.Value, tf.FullName, "text");

@@ -68,22 +68,34 @@ public static class ElfSymtabWriter
         var bytes = elf.Bytes.Span;
         if (symbols is null || elf.Sections.Any(s => s.Type == ElfSection.TypeSymTab))
         {
-            output.Write(bytes);
+            WriteInChunks(output, bytes);
             return new ElfSymtabResult(bytes.Length, 0, 0, elf.ElfEnd, 0);
         }
 
         var (header, block, count, locals) = Build(elf, symbols);
         long end = elf.ElfEnd;
         output.Write(header);
-        output.Write(bytes[header.Length..(int)end]);
+        WriteInChunks(output, bytes[header.Length..(int)end]);
         long inserted = 0;
         foreach (var part in block)
         {
-            output.Write(part.Span);
+            WriteInChunks(output, part.Span);
             inserted += part.Length;
         }
-        output.Write(bytes[(int)end..]);
+        WriteInChunks(output, bytes[(int)end..]);
         return new ElfSymtabResult(bytes.Length + inserted, count, locals, end, inserted);
+    }
+
+    /// <summary>Largest single write: the kernel sizes a file's page-cache folios by the write (Linux 6.x, ext4 and xfs with
+    /// large folios), and one 50 MB write() took 50-130 ms of system time on the benchmark VM (probably as large folios
+    /// come from memory the host has to back first), against 7 ms in 1 MiB writes (docs/benchmarks.md, third round).</summary>
+    internal const int WriteChunk = 1 << 20;
+
+    /// <summary>Writes <paramref name="bytes"/> in writes of at most <see cref="WriteChunk"/> bytes.</summary>
+    internal static void WriteInChunks(Stream output, ReadOnlySpan<byte> bytes)
+    {
+        for (int i = 0; i < bytes.Length; i += WriteChunk)
+            output.Write(bytes.Slice(i, Math.Min(WriteChunk, bytes.Length - i)));
     }
 
     /// <summary>The new ELF header and the inserted block in parts (padding, .symtab, .strtab, .shstrtab, padding,

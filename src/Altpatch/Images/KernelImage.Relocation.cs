@@ -34,6 +34,31 @@ public sealed partial class KernelImage
             return this;
         if (Volatile.Read(ref lastRelocated) is { } last && last.RelocationDelta == delta)
             return last;
+        var moved = Move(delta, LargeBuffer.Copy(ElfBytes.Span));
+        Volatile.Write(ref lastRelocated, moved);
+        return moved;
+    }
+
+    /// <summary>Like <see cref="Relocate"/>, but moves this image's own bytes instead of a copy of them (no second
+    /// image-sized buffer): this image is consumed — its bytes are the moved image's afterwards, while its headers and
+    /// anything read from it before keep the link addresses. Nothing is remembered for a later <see cref="Relocate"/>.
+    /// 0 returns this image.</summary>
+    /// <param name="delta">As for <see cref="Relocate"/>.</param>
+    /// <exception cref="ArgumentOutOfRangeException">As for <see cref="Relocate"/> (checked before anything is written).</exception>
+    /// <exception cref="ImageFormatException">As for <see cref="Relocate"/> (the relocation table is read and checked
+    /// before anything is written).</exception>
+    internal KernelImage RelocateInPlace(long delta)
+    {
+        if (delta == 0)
+            return this;
+        if (!System.Runtime.InteropServices.MemoryMarshal.TryGetArray<byte>(ElfBytes, out var seg) || seg.Offset != 0 || seg.Count != seg.Array!.Length)
+            return Relocate(delta);   // not a whole array of its own: a copy
+        return Move(delta, seg.Array);
+    }
+
+    /// <summary>A new image over <paramref name="copy"/>, a buffer holding this image's ELF bytes, moved by <paramref name="delta"/>.</summary>
+    private KernelImage Move(long delta, byte[] copy)
+    {
         if (delta < 0 || delta % 4096 != 0)
             throw new ArgumentOutOfRangeException(nameof(delta), $"0x{delta:x}: a kernel moves up from its link address by a multiple of 4 KiB");
         var relocs = Relocations ?? throw new ImageFormatException(
@@ -44,12 +69,10 @@ public sealed partial class KernelImage
         if ((ulong)delta > limit || end > limit - (ulong)delta)
             throw new ArgumentOutOfRangeException(nameof(delta), $"0x{delta:x}: moves the image's end 0x{end:x} past 0x{limit:x}");
 
-        var copy = LargeBuffer.Copy(ElfBytes.Span);
         relocs.Apply(copy, delta);
         Rebase(copy, Elf, (ulong)delta);
         var moved = Load(copy, Name);
         moved.RelocationDelta = delta;
-        Volatile.Write(ref lastRelocated, moved);
         return moved;
     }
 

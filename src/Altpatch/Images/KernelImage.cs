@@ -102,18 +102,38 @@ public sealed partial class KernelImage
     public static KernelImage Load(byte[] file, string name, KernelImageOptions options)
     {
         ArgumentNullException.ThrowIfNull(file);
+        return Load(file, file, name, options);
+    }
+
+    /// <summary>Opens a bzImage or vmlinux ELF file in memory the caller owns, e.g. a file mapped read-only: a bzImage is
+    /// read in place (<see cref="BzImage.File"/> views <paramref name="file"/>, which must stay valid as long as the image
+    /// is used) and its payload decompressed into a new buffer; a raw ELF file is copied (its buffer must be writable).</summary>
+    /// <param name="file">The file's bytes.</param>
+    /// <param name="name">Name for messages.</param>
+    /// <param name="options">The options.</param>
+    /// <exception cref="ImageFormatException">As for <see cref="Open(string)"/>.</exception>
+    public static KernelImage Load(ReadOnlyMemory<byte> file, string name, KernelImageOptions options)
+    {
+        var span = file.Span;
+        return Load(file, span.Length > 0 && ElfFile.HasElfMagic(span) && span.Length <= ImageLimits.MaxFileSize ? LargeBuffer.Copy(span) : null, name, options);
+    }
+
+    /// <summary>Opens <paramref name="file"/>; <paramref name="writable"/> is its bytes as a writable array (a raw ELF
+    /// file is used in place), or null.</summary>
+    private static KernelImage Load(ReadOnlyMemory<byte> file, byte[]? writable, string name, KernelImageOptions options)
+    {
         ArgumentNullException.ThrowIfNull(name);
         ArgumentNullException.ThrowIfNull(options);
         if (file.Length == 0)
             throw new ImageFormatException($"{name}: empty file");
-        if (file.LongLength > ImageLimits.MaxFileSize)
-            throw new ImageFormatException(TooLarge(name, file.LongLength));
+        if (file.Length > ImageLimits.MaxFileSize)
+            throw new ImageFormatException(TooLarge(name, file.Length));
         BzImage? bz = null;
         BzImageIntegrity? integrity = null;
         byte[] elfBytes;
-        if (ElfFile.HasElfMagic(file))
-            elfBytes = file;
-        else if (BzImage.IsBzImage(file))
+        if (ElfFile.HasElfMagic(file.Span))
+            elfBytes = writable ?? LargeBuffer.Copy(file.Span);
+        else if (BzImage.IsBzImage(file.Span))
         {
             bz = BzImage.Parse(file, name);
             integrity = BzImageIntegrity.Check(bz);
@@ -139,7 +159,7 @@ public sealed partial class KernelImage
         };
         var version = KernelVersion.FindBanner(elf)
             ?? (bz?.Header.KernelVersion is { } kv ? KernelVersion.TryParse(kv) : null);
-        return new KernelImage(name, file.LongLength, bz, integrity, elf, arch, version);
+        return new KernelImage(name, file.Length, bz, integrity, elf, arch, version);
     }
 
     private static string TooLarge(string name, long size) =>

@@ -1,5 +1,4 @@
 using System.Buffers.Binary;
-using System.Runtime.InteropServices;
 using K4os.Compression.LZ4;
 
 namespace Altpatch.Images;
@@ -12,7 +11,7 @@ namespace Altpatch.Images;
 /// </summary>
 /// <remarks>Blocks are independent, so they are decoded in parallel straight into their final place
 /// in the output (each block's output offset is its index × 8 MiB). Each block is decoded with
-/// K4os <see cref="LZ4Codec.Decode(byte[], int, int, byte[], int, int)"/>, which is bounds-checked.</remarks>
+/// K4os <see cref="LZ4Codec.Decode(ReadOnlySpan{byte}, Span{byte})"/>, which is bounds-checked.</remarks>
 public static class Lz4LegacyFrame
 {
     /// <summary>The frame magic as a little-endian u32.</summary>
@@ -54,12 +53,10 @@ public static class Lz4LegacyFrame
         if (pos < src.Length && src[pos..].ContainsAnyExcept((byte)0))
             throw new ImageFormatException($"{context}: {src.Length - pos} stray bytes after the last lz4 block at offset 0x{pos:x}");
 
-        if (!MemoryMarshal.TryGetArray(input, out ArraySegment<byte> seg))
-            seg = new ArraySegment<byte>(input.ToArray());
-        return expectedSize >= 0 ? DecodeKnownSize(seg, blocks, expectedSize, context) : DecodeUnknownSize(seg, blocks, context);
+        return expectedSize >= 0 ? DecodeKnownSize(input, blocks, expectedSize, context) : DecodeUnknownSize(input.Span, blocks, context);
     }
 
-    private static byte[] DecodeKnownSize(ArraySegment<byte> seg, List<(int Offset, int Length)> blocks, int expectedSize, string context)
+    private static byte[] DecodeKnownSize(ReadOnlyMemory<byte> input, List<(int Offset, int Length)> blocks, int expectedSize, string context)
     {
         long need = ((long)expectedSize + BlockSize - 1) / BlockSize;
         if (blocks.Count != need)
@@ -69,7 +66,7 @@ public static class Lz4LegacyFrame
         var decoded = new int[blocks.Count];   // each block's result, so the error names one block's own
         int OutLength(int i) => Math.Min(BlockSize, expectedSize - i * BlockSize);
         void One(int i) =>
-            decoded[i] = LZ4Codec.Decode(seg.Array!, seg.Offset + blocks[i].Offset, blocks[i].Length, output, i * BlockSize, OutLength(i));
+            decoded[i] = LZ4Codec.Decode(input.Span.Slice(blocks[i].Offset, blocks[i].Length), output.AsSpan(i * BlockSize, OutLength(i)));
         if (blocks.Count > 1 && Environment.ProcessorCount > 1)
             Parallel.For(0, blocks.Count, One);
         else
@@ -85,13 +82,13 @@ public static class Lz4LegacyFrame
         return output;
     }
 
-    private static byte[] DecodeUnknownSize(ArraySegment<byte> seg, List<(int Offset, int Length)> blocks, string context)
+    private static byte[] DecodeUnknownSize(ReadOnlySpan<byte> input, List<(int Offset, int Length)> blocks, string context)
     {
         var buffer = new byte[BlockSize];
         using var output = new MemoryStream();
         for (int i = 0; i < blocks.Count; i++)
         {
-            int n = LZ4Codec.Decode(seg.Array!, seg.Offset + blocks[i].Offset, blocks[i].Length, buffer, 0, buffer.Length);
+            int n = LZ4Codec.Decode(input.Slice(blocks[i].Offset, blocks[i].Length), buffer);
             if (n < 0)
                 throw new ImageFormatException($"{context}: lz4 block {i} at offset 0x{blocks[i].Offset - 4:x} is corrupt");
             if (n != BlockSize && i != blocks.Count - 1)

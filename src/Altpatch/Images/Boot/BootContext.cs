@@ -15,7 +15,7 @@ internal sealed class BootContext(KernelImage image, ImagePoker poker, KernelBoo
     public ElfFile TableElf { get; } = tableElf ?? image.Elf;
 
     /// <summary>The image: tables and the original (unpatched) bytes; when patched in place
-    /// (<see cref="KernelBootPatcher.PatchInPlace"/>) its code holds what the passes so far wrote: read the original
+    /// (<see cref="KernelBootPatcher.PatchInPlace(KernelImage, KernelCpuDescription, KernelLine?, IProgress{BootPass}?)"/>) its code holds what the passes so far wrote: read the original
     /// code with <see cref="ReadOriginal"/>.</summary>
     public KernelImage Image { get; } = image;
 

@@ -68,8 +68,9 @@ public static class KernelBootPatcher
     /// <paramref name="image"/>'s own ELF bytes instead of a copy of them: no second image-sized buffer (what
     /// <c>altpatch kernel patch</c> does when it writes no report). The passes and the patched bytes are the same (a
     /// pass that reads the image's code as built reads it with the earlier plans undone). Afterwards the image holds the
-    /// patched file (<see cref="KernelPatchResult.Patched"/> is its ELF file): the result's <see cref="KernelPatchResult.Sites"/>
-    /// and <see cref="KernelPatchResult.TextSites"/>, which compare with the original bytes, are not available.
+    /// patched file (<see cref="KernelPatchResult.Patched"/> is its ELF file); the result's <see cref="KernelPatchResult.Sites"/>
+    /// and <see cref="KernelPatchResult.TextSites"/> give the bytes before the passes rebuilt from the plans
+    /// (<see cref="KernelPatchResult.ReadOriginal"/>).
     /// </summary>
     /// <param name="image">The kernel image; its bytes are patched.</param>
     /// <param name="description">The machine.</param>
@@ -88,6 +89,20 @@ public static class KernelBootPatcher
         var state = DeriveState(image, description, thunks, line);
         return Patch(image, state, thunks, KernelTextOptions.Default with { Rules = rules }, progress, inPlace: true);
     }
+
+    /// <summary>Like <see cref="PatchInPlace(KernelImage, KernelCpuDescription, KernelLine?, IProgress{BootPass}?)"/> for a
+    /// boot CPU already derived, with thunks found and the text passes' options (what <c>kernel verify</c> predicts with).</summary>
+    /// <param name="image">The kernel image; its bytes are patched.</param>
+    /// <param name="state">The boot CPU.</param>
+    /// <param name="thunks">The image's thunks (<see cref="KernelThunks.Find"/>).</param>
+    /// <param name="text">Symbols and options of the text passes.</param>
+    /// <param name="progress">Told each pass before it runs.</param>
+    /// <exception cref="ImageFormatException">As for <see cref="Patch(KernelImage, KernelBootState, KernelThunks, KernelTextOptions, IProgress{BootPass}?)"/>.</exception>
+    /// <exception cref="PatchException">As for <see cref="Patch(KernelImage, KernelBootState, KernelThunks, KernelTextOptions, IProgress{BootPass}?)"/>;
+    /// the passes before the failing one have been written into the image.</exception>
+    /// <exception cref="KernelPatchException">As for <see cref="Patch(KernelImage, KernelBootState, KernelThunks, KernelTextOptions, IProgress{BootPass}?)"/>.</exception>
+    public static KernelPatchResult PatchInPlace(KernelImage image, KernelBootState state, KernelThunks thunks, KernelTextOptions text, IProgress<BootPass>? progress = null) =>
+        Patch(image, state, thunks, text, progress, inPlace: true);
 
     /// <summary>The boot CPU for <paramref name="description"/> under <paramref name="line"/>'s rules, with KVM's pv_ops
     /// choices when the machine is a KVM guest.</summary>
@@ -190,9 +205,9 @@ public static class KernelBootPatcher
             TextTables = tctx?.Tables,
             TextDecisions = tctx is null ? [] : [.. tctx.Decisions],
             // Built on first use (neither the image nor the patched copy changes any more): kernel patch without a
-            // report never needs them. In place, the original bytes they compare with are gone.
-            TextSitesFactory = inPlace ? null : () =>
-                [.. tctx is null ? [] : Linux61TextPasses.Sites(image, work, state, thunks, nops, tctx, passes), .. line.BootValueSites(image, work, ctx, tctx)],
+            // report never needs them. In place, the bytes before are rebuilt from the plans.
+            TextSitesFactory = () =>
+                [.. tctx is null ? [] : Linux61TextPasses.Sites(image, work, state, thunks, nops, tctx, passes), .. line.BootValueSites(image, work, ctx, tctx, passes)],
             InPlace = inPlace,
             Preempt = tctx?.PreemptResult,
         };

@@ -72,10 +72,12 @@ public abstract class KernelLine
     /// dentry hash runtime constants; with call depth tracking, the accounting thunks a later static call writes into
     /// function paddings), as dynamic text sites with their legal values; none by default.</summary>
     /// <param name="image">The image as built.</param>
-    /// <param name="patched">The patched ELF.</param>
+    /// <param name="patched">The patched ELF (the image's own when patched in place).</param>
     /// <param name="ctx">The context the passes ran in.</param>
     /// <param name="t">The text passes' context (symbols), or null.</param>
-    internal virtual IEnumerable<KernelTextSite> BootValueSites(KernelImage image, ElfFile patched, BootContext ctx, TextPassContext? t) => [];
+    /// <param name="passes">The passes' results: in place, the bytes before are rebuilt from their plans.</param>
+    internal virtual IEnumerable<KernelTextSite> BootValueSites(KernelImage image, ElfFile patched, BootContext ctx, TextPassContext? t,
+        ImmutableArray<BootPassResult> passes) => [];
 
     /// <summary>Runs the passes in order through <paramref name="run"/>.</summary>
     internal abstract void RunPasses(BootRun run);

@@ -80,16 +80,11 @@ public sealed class KernelPatchResult
     public ImmutableArray<string> TextDecisions { get; init; } = [];
 
     /// <summary>Every site of the text passes after patching (mcount, jump labels, static calls, trampolines, in that order),
-    /// with whether the running kernel decides its state and the states it may legally be in.</summary>
-    /// <exception cref="InvalidOperationException">The image was patched in place (<see cref="InPlace"/>).</exception>
+    /// with whether the running kernel decides its state and the states it may legally be in. Patched in place
+    /// (<see cref="InPlace"/>), the bytes before are the patched ones with every pass's writes undone (<see cref="ReadOriginal"/>).</summary>
     public ImmutableArray<KernelTextSite> TextSites
     {
-        get
-        {
-            if (InPlace)
-                throw new InvalidOperationException(InPlaceMessage("text sites"));
-            return textSites?.Value ?? [];
-        }
+        get => textSites?.Value ?? [];
         init => textSites = new Lazy<ImmutableArray<KernelTextSite>>(value);
     }
 
@@ -101,28 +96,55 @@ public sealed class KernelPatchResult
         init => textSites = value is null ? null : new Lazy<ImmutableArray<KernelTextSite>>(value);
     }
 
-    /// <summary>Whether the image's own bytes were patched (<see cref="KernelBootPatcher.PatchInPlace"/>): then
-    /// <see cref="Image"/> holds the patched bytes too, and <see cref="Sites"/> and <see cref="TextSites"/>, which
-    /// need the original ones, are not available.</summary>
+    /// <summary>Whether the image's own bytes were patched (<see cref="KernelBootPatcher.PatchInPlace(KernelImage, KernelCpuDescription, KernelLine?, IProgress{BootPass}?)"/>): then
+    /// <see cref="Image"/> holds the patched bytes too, and what <see cref="Sites"/> and <see cref="TextSites"/> give as
+    /// the bytes before is rebuilt from the passes' plans (<see cref="ReadOriginal"/>).</summary>
     public bool InPlace { get; init; }
 
-    private string InPlaceMessage(string what) =>
-        $"{Image.Name}: the image was patched in place; its {what} (before and after) need a patch of a copy (KernelBootPatcher.Patch)";
+    /// <summary>The image's bytes at [<paramref name="address"/>, + <paramref name="length"/>) as they were before the
+    /// passes: the original image's, or, patched in place, the patched bytes with every pass's writes undone (last pass
+    /// first: each poke's old bytes are what its range held before its plan was written).</summary>
+    /// <exception cref="ImageFormatException">The range is not inside one section with file bytes.</exception>
+    public byte[] ReadOriginal(ulong address, int length)
+    {
+        var bytes = Image.ReadBytes(address, length).ToArray();
+        if (InPlace)
+            Undo(Passes, address, bytes);
+        return bytes;
+    }
+
+    /// <summary>Overwrites <paramref name="bytes"/>, the bytes at <paramref name="address"/> after every pass of
+    /// <paramref name="passes"/>, with the old bytes of each poke over them, last pass first: the bytes before the passes.</summary>
+    internal static void Undo(ImmutableArray<BootPassResult> passes, ulong address, Span<byte> bytes)
+    {
+        ulong end = address + (ulong)bytes.Length;
+        for (int k = passes.Length - 1; k >= 0; k--)
+        {
+            var pokes = passes[k].Plan.AsSpan();   // sorted by address, none overlapping
+            int lo = 0, hi = pokes.Length;
+            while (lo < hi)
+            {
+                int mid = (lo + hi) >>> 1;
+                if (pokes[mid].End <= address)
+                    lo = mid + 1;
+                else
+                    hi = mid;
+            }
+            for (int i = lo; i < pokes.Length && pokes[i].Address < end; i++)
+            {
+                var p = pokes[i];
+                ulong from = Math.Max(p.Address, address), to = Math.Min(p.End, end);
+                p.Old.Span.Slice((int)(from - p.Address), (int)(to - from)).CopyTo(bytes[(int)(from - address)..]);
+            }
+        }
+    }
 
     /// <summary>The PREEMPT_DYNAMIC mode the static calls were set for; null without PREEMPT_DYNAMIC (or unknown).</summary>
     public PreemptMode? Preempt { get; init; }
 
     /// <summary>Every site of every table, in table order (alt, para, retpoline, return, lock; then, where the image has
     /// them, call, endbr, runtime_const), with before/after bytes and writers.</summary>
-    /// <exception cref="InvalidOperationException">The image was patched in place (<see cref="InPlace"/>).</exception>
     public IEnumerable<KernelSiteOutcome> Sites()
-    {
-        if (InPlace)
-            throw new InvalidOperationException(InPlaceMessage("sites"));
-        return AllSites();
-    }
-
-    private IEnumerable<KernelSiteOutcome> AllSites()
     {
         foreach (var o in TableSites())
             yield return o;
@@ -159,15 +181,16 @@ public sealed class KernelPatchResult
             yield return Outcome(KernelSiteKind.SmpLock, l.Index, l.Address, 1);
     }
 
-    /// <summary>The length of the branch instruction a retpoline or return site names (5, or 6 for a Jcc).</summary>
+    /// <summary>The length of the branch instruction a retpoline or return site names (5, or 6 for a Jcc): decoded from
+    /// the bytes before the passes.</summary>
     public int BranchLength(ulong address)
     {
         // Up to 16 bytes, fewer at the end of a section.
         for (int n = 16; n > 0; n--)
         {
-            if (Image.Elf.TryReadBytes(address, n, out var code))
+            if (Image.Elf.TryReadBytes(address, n, out _))
             {
-                var insn = KernelInsn.Decode(code, address, Image.Bitness);
+                var insn = KernelInsn.Decode(ReadOriginal(address, n), address, Image.Bitness);
                 return insn.IsValid ? insn.Length : 1;
             }
         }
@@ -176,7 +199,7 @@ public sealed class KernelPatchResult
 
     private KernelSiteOutcome Outcome(KernelSiteKind kind, int index, ulong address, int length)
     {
-        var before = Image.ReadBytes(address, length).ToArray();
+        var before = ReadOriginal(address, length);
         var after = Patched.ReadBytes(address, length).ToArray();
         var writers = ImmutableArray.CreateBuilder<BootPass>();
         foreach (var p in Passes)

@@ -270,7 +270,9 @@ internal static class Linux612CallThunks
     /// <param name="original">The image's ELF as built.</param>
     /// <param name="patched">The patched ELF.</param>
     /// <param name="symbols">The kernel's symbols (the function starts).</param>
-    public static IEnumerable<KernelTextSite> PaddingSites(BootContext ctx, ElfFile original, ElfFile patched, KernelSymbols symbols)
+    /// <param name="passes">The passes' results (in place, the bytes before are rebuilt from their plans).</param>
+    public static IEnumerable<KernelTextSite> PaddingSites(BootContext ctx, ElfFile original, ElfFile patched, KernelSymbols symbols,
+        ImmutableArray<BootPassResult> passes)
     {
         if (!ctx.State.HasMacro("X86_FEATURE_CALL_DEPTH") || TemplateSize(symbols) is not (> 0 and var tsize))
             yield break;
@@ -291,6 +293,8 @@ internal static class Linux612CallThunks
                 continue;
             var thunk = thunkAt(padAt);
             var before = original.ReadBytes(padAt, tsize).ToArray();
+            if (ReferenceEquals(original, patched))
+                KernelPatchResult.Undo(passes, padAt, before);   // patched in place
             yield return new KernelTextSite(KernelSiteKind.CallThunk, index++, padAt, tsize, before, nops, Dynamic: true,
                 [new KernelTextState("nops", KernelTextStateForm.Bytes, nops), new KernelTextState("accounting thunk", KernelTextStateForm.Bytes, thunk)],
                 [], 0, $"padding of {f.Name}");

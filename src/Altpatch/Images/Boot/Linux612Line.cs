@@ -66,7 +66,8 @@ internal sealed class Linux612Line : KernelLine
     /// the table is allocated at boot and its size follows the memory, so these immediates are left as built and are legal
     /// as any kernel address / shift. With call depth tracking (<c>retbleed=stuff</c>), the paddings a later static call
     /// may write the accounting thunk into (<see cref="Linux612CallThunks.PaddingSites"/>).</summary>
-    internal override IEnumerable<KernelTextSite> BootValueSites(KernelImage image, ElfFile patched, BootContext ctx, TextPassContext? t)
+    internal override IEnumerable<KernelTextSite> BootValueSites(KernelImage image, ElfFile patched, BootContext ctx, TextPassContext? t,
+        ImmutableArray<BootPassResult> passes)
     {
         int k = 0;
         foreach (var (sec, index, address, width) in Linux612Passes.RuntimeConstSites(image))
@@ -75,6 +76,8 @@ internal sealed class Linux612Line : KernelLine
             if (sec.Name is not ("runtime_shift_d_hash_shift" or "runtime_ptr_dentry_hashtable"))
                 continue;
             var before = image.ReadBytes(address, width).ToArray();
+            if (ReferenceEquals(image.Elf, patched))
+                KernelPatchResult.Undo(passes, address, before);   // patched in place
             var after = patched.ReadBytes(address, width).ToArray();
             yield return new KernelTextSite(KernelSiteKind.RuntimeConst, n, address, width, before, after, Dynamic: true,
                 [new KernelTextState(width == 8 ? "dentry_hashtable" : "d_hash_shift", KernelTextStateForm.BootValue, before),
@@ -83,7 +86,7 @@ internal sealed class Linux612Line : KernelLine
         }
         if (t?.Symbols is { } symbols)
         {
-            foreach (var pad in Linux612CallThunks.PaddingSites(ctx, image.Elf, patched, symbols))
+            foreach (var pad in Linux612CallThunks.PaddingSites(ctx, image.Elf, patched, symbols, passes))
                 yield return pad;
         }
     }

@@ -536,7 +536,8 @@ internal static class Linux61TextPasses
 
     /// <summary>As <see cref="Sites(KernelImage, ElfFile, KernelBootState, KernelThunks, Code.NopTable, TextPassContext, ImmutableArray{BootPassResult})"/>
     /// for any ELF file before (<paramref name="original"/>) and after (<paramref name="patched"/>) the passes: a kernel's,
-    /// or a linked module's.</summary>
+    /// or a linked module's. When both are the same file (patched in place), the code before is the patched code with
+    /// <paramref name="passes"/>' writes undone (<see cref="KernelPatchResult.Undo"/>).</summary>
     public static ImmutableArray<KernelTextSite> Sites(ElfFile original, int bitness, ElfFile patched, KernelBootState state, KernelThunks thunks,
         Code.NopTable nops, TextPassContext t, ImmutableArray<BootPassResult> passes)
     {
@@ -548,8 +549,24 @@ internal static class Linux61TextPasses
         bool InExit(ulong a) => exit is { } e && e.Contains(a);
         int n = 0;
 
-        // Before/After are views of the original and the patched ELF bytes (neither changes any more).
+        // Before/After are views of the original and the patched ELF bytes (neither changes any more); patched in place,
+        // Before is rebuilt from the plans into one buffer for all sites.
         ReadOnlyMemory<byte> View(ElfFile f, ulong address, int length) => f.Bytes.Slice((int)f.FileOffsetOf(address, length), length);
+        bool inPlace = ReferenceEquals(original, patched);
+        byte[] originals = [];
+        int originalsUsed = 0;
+        ReadOnlyMemory<byte> Before(ulong address, int length)
+        {
+            if (!inPlace)
+                return View(elf, address, length);
+            if (originalsUsed + length > originals.Length)
+                Array.Resize(ref originals, Math.Max(originals.Length * 2, Math.Max(length, 4096)));
+            var into = originals.AsMemory(originalsUsed, length);
+            View(patched, address, length).Span.CopyTo(into.Span);
+            KernelPatchResult.Undo(passes, address, into.Span);
+            originalsUsed += length;
+            return into;
+        }
         void Add(KernelSiteKind kind, int index, ulong address, int length, bool dynamic, ImmutableArray<KernelTextState> states, ulong target, string detail) =>
             sites[n++] = new(kind, index, address, length, dynamic, states, target, detail);
 
@@ -605,7 +622,7 @@ internal static class Linux61TextPasses
             ImmutableArray<KernelTextState> states;
             if (s.Length == 6)
             {
-                byte cc = elf.ReadBytes(s.Address, 2)[1];
+                byte cc = Before(s.Address, 2).Span[1];
                 if (!jcc.TryGetValue(cc, out states))
                 {
                     var b = ImmutableArray.CreateBuilder<KernelTextState>();
@@ -660,7 +677,7 @@ internal static class Linux61TextPasses
         for (int i = 0; i < total; i++)
         {
             var p = sites[i];
-            result[i] = new KernelTextSite(p.Kind, p.Index, p.Address, p.Length, View(elf, p.Address, p.Length), View(patched, p.Address, p.Length),
+            result[i] = new KernelTextSite(p.Kind, p.Index, p.Address, p.Length, Before(p.Address, p.Length), View(patched, p.Address, p.Length),
                 p.Dynamic, p.Dynamic ? p.States : [], writers[i], p.Target, p.Detail);
         }
         return ImmutableArray.Create(result);

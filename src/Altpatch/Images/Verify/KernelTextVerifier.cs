@@ -39,7 +39,11 @@ public static class KernelTextVerifier
     /// <exception cref="KernelPatchException">The image cannot be patched as asked (as for <c>kernel patch</c>).</exception>
     /// <exception cref="ArgumentException"><paramref name="predict"/> returned a prediction of another image than the one it was given.</exception>
     public static KernelVerifyResult Verify(KernelImage image, ReadOnlyMemory<byte> found, ulong textAddress, string source,
-        Func<KernelImage, KernelPatchResult> predict, IProgress<string>? progress = null)
+        Func<KernelImage, KernelPatchResult> predict, IProgress<string>? progress = null) =>
+        Verify(image, found, textAddress, source, predict, progress, inPlace: false);
+
+    private static KernelVerifyResult Verify(KernelImage image, ReadOnlyMemory<byte> found, ulong textAddress, string source,
+        Func<KernelImage, KernelPatchResult> predict, IProgress<string>? progress, bool inPlace)
     {
         ArgumentNullException.ThrowIfNull(image);
         ArgumentNullException.ThrowIfNull(source);
@@ -56,7 +60,8 @@ public static class KernelTextVerifier
         }
 
         var fit = Step("check", () => KernelTextLocator.CheckFit(image, found.Span, textAddress, source));
-        var runtime = Step("relocate", () => image.Relocate(fit.Delta));
+        var runtime = Step("relocate", () => inPlace ? image.RelocateInPlace(fit.Delta) : image.Relocate(fit.Delta));
+        runtime.DecodeSymbolsInBackground();   // beside the thunks, the boot CPU and the tables, before the text passes need them
         var prediction = Step("predict", () => predict(runtime));
         if (!ReferenceEquals(prediction.Image, runtime))
             throw new ArgumentException("the prediction must be made on the image it is given", nameof(predict));
@@ -89,6 +94,32 @@ public static class KernelTextVerifier
     }
 
     /// <summary>
+    /// Like <see cref="Verify(KernelImage, ReadOnlyMemory{byte}, ulong, string, KernelCpuDescription, KernelTextOptions?, IProgress{string}?)"/>,
+    /// but moves and patches <paramref name="image"/>'s own bytes instead of copies of them (what <c>kernel verify</c>
+    /// does: no second and third image-sized buffer). The result is the same; the image is consumed: afterwards its
+    /// bytes are the prediction's (moved to the dump's base and patched), so use the result's
+    /// <see cref="KernelVerifyResult.Prediction"/>, whose <see cref="KernelPatchResult.ReadOriginal"/> and sites still
+    /// give the bytes before the passes, not the image.
+    /// </summary>
+    /// <param name="image">The kernel image as opened (link addresses); consumed.</param>
+    /// <param name="found">As for the other overloads.</param>
+    /// <param name="textAddress">As for the other overloads.</param>
+    /// <param name="source">As for the other overloads.</param>
+    /// <param name="cpu">As for the other overloads.</param>
+    /// <param name="text">As for the other overloads.</param>
+    /// <param name="progress">As for the other overloads.</param>
+    /// <exception cref="KernelVerifyException">As for <see cref="Verify(KernelImage, ReadOnlyMemory{byte}, ulong, string, Func{KernelImage, KernelPatchResult}, IProgress{string}?)"/>.</exception>
+    /// <exception cref="ImageFormatException">As for that overload.</exception>
+    /// <exception cref="Altpatch.Text.PatchException">As for that overload.</exception>
+    /// <exception cref="KernelPatchException">As for that overload.</exception>
+    public static KernelVerifyResult VerifyInPlace(KernelImage image, ReadOnlyMemory<byte> found, ulong textAddress, string source,
+        KernelCpuDescription cpu, KernelTextOptions? text = null, IProgress<string>? progress = null)
+    {
+        ArgumentNullException.ThrowIfNull(cpu);
+        return Verify(image, found, textAddress, source, img => PredictOn(img, cpu, text, inPlace: true), progress, inPlace: true);
+    }
+
+    /// <summary>
     /// The kernel's boot-time patching of an image at its runtime address (<see cref="KernelImage.Relocate"/>) for a CPU:
     /// <see cref="KernelBootPatcher.Patch(KernelImage, KernelBootState, KernelThunks, KernelTextOptions, IProgress{BootPass}?)"/>;
     /// the text passes take the image's own kallsyms (runtime addresses) unless <paramref name="text"/> gives symbols
@@ -100,7 +131,10 @@ public static class KernelTextVerifier
     /// <exception cref="ImageFormatException">A table is malformed.</exception>
     /// <exception cref="Altpatch.Text.PatchException">A site cannot be patched.</exception>
     /// <exception cref="KernelPatchException">The image cannot be patched as asked.</exception>
-    public static KernelPatchResult Predict(KernelImage runtime, KernelCpuDescription cpu, KernelTextOptions? text = null)
+    public static KernelPatchResult Predict(KernelImage runtime, KernelCpuDescription cpu, KernelTextOptions? text = null) =>
+        PredictOn(runtime, cpu, text, inPlace: false);
+
+    private static KernelPatchResult PredictOn(KernelImage runtime, KernelCpuDescription cpu, KernelTextOptions? text, bool inPlace)
     {
         ArgumentNullException.ThrowIfNull(runtime);
         ArgumentNullException.ThrowIfNull(cpu);
@@ -113,7 +147,7 @@ public static class KernelTextVerifier
         var line = text.Rules ?? KernelLines.For(runtime);
         var state = line.DeriveState(runtime, cpu, thunks, pvOps);
         // The text passes take the image's own kallsyms (runtime addresses on a moved image) unless given symbols.
-        return KernelBootPatcher.Patch(runtime, state, thunks, text);
+        return inPlace ? KernelBootPatcher.PatchInPlace(runtime, state, thunks, text) : KernelBootPatcher.Patch(runtime, state, thunks, text);
     }
 
     /// <summary>Link-time symbol addresses inside the kernel's image moved to where <paramref name="runtime"/> is.</summary>
@@ -238,11 +272,12 @@ public static class KernelTextVerifier
 
         var sites = merged.Count > 0 ? allSites() : [];
         symbolStart ??= a => symbols is not null && symbols.TryFind(a, out var sym, out _) ? sym.Address : null;
-        var disassembler = new RangeDisassembler(predictedMemory[..n], foundMemory[..n], textAddress, bitness, symbolStart);
+        RangeDisassembler? disassembler = null;   // only for unexplained ranges (it may copy the dump into an array)
         var ranges = ImmutableArray.CreateBuilder<KernelUnexplainedRange>(merged.Count);
         foreach (var (s, e) in merged)
         {
             ulong a = textAddress + (ulong)s;
+            disassembler ??= new RangeDisassembler(predictedMemory[..n], foundMemory[..n], textAddress, bitness, symbolStart);
             var (expectedCode, foundCode) = disassembler.Disassemble(s, e);
             var names = ImmutableArray.CreateBuilder<string>();
             foreach (var site in Overlapping(sites, a, (ulong)(e - s)))
