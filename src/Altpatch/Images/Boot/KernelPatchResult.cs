@@ -121,16 +121,7 @@ public sealed class KernelPatchResult
         for (int k = passes.Length - 1; k >= 0; k--)
         {
             var pokes = passes[k].Plan.AsSpan();   // sorted by address, none overlapping
-            int lo = 0, hi = pokes.Length;
-            while (lo < hi)
-            {
-                int mid = (lo + hi) >>> 1;
-                if (pokes[mid].End <= address)
-                    lo = mid + 1;
-                else
-                    hi = mid;
-            }
-            for (int i = lo; i < pokes.Length && pokes[i].Address < end; i++)
+            for (int i = FirstEndingAfter(pokes, address); i < pokes.Length && pokes[i].Address < end; i++)
             {
                 var p = pokes[i];
                 ulong from = Math.Max(p.Address, address), to = Math.Min(p.End, end);
@@ -210,9 +201,10 @@ public sealed class KernelPatchResult
         return new KernelSiteOutcome(kind, index, address, before, after, writers.ToImmutable());
     }
 
-    internal static bool Touches(PatchPlan plan, ulong address, int length)
+    /// <summary>The index of the first poke of <paramref name="pokes"/> (sorted by address, none overlapping) that ends
+    /// after <paramref name="address"/>; its length when none does.</summary>
+    private static int FirstEndingAfter(ReadOnlySpan<Poke> pokes, ulong address)
     {
-        var pokes = plan.AsSpan();
         int lo = 0, hi = pokes.Length;
         while (lo < hi)
         {
@@ -222,8 +214,14 @@ public sealed class KernelPatchResult
             else
                 hi = mid;
         }
+        return lo;
+    }
+
+    internal static bool Touches(PatchPlan plan, ulong address, int length)
+    {
+        var pokes = plan.AsSpan();
         ulong end = address + (ulong)length;
-        for (int i = lo; i < pokes.Length && pokes[i].Address < end; i++)
+        for (int i = FirstEndingAfter(pokes, address); i < pokes.Length && pokes[i].Address < end; i++)
         {
             // a merged poke may cover bytes it did not change: compare
             var p = pokes[i];
