@@ -34,11 +34,27 @@ internal sealed unsafe partial class LiveCode
         var rbDone = a.CreateLabel();
         var restore = a.CreateLabel();
 
+        // Profiling (benchmarks): when desc->Stamps is set, store the time-stamp counter at stamp k. Clobbers rax,
+        // rdx, r8; every place it is emitted has them free.
+        void Stamp(BatchStamp k)
+        {
+            var skip = a.CreateLabel();
+            a.mov(r8, __qword_ptr[rbx + Desc.Stamps]);
+            a.test(r8, r8);
+            a.jz(skip);
+            a.rdtsc();
+            a.shl(rdx, 32);
+            a.or(rax, rdx);
+            a.mov(__qword_ptr[r8 + (int)k * 8], rax);
+            a.Label(ref skip);
+        }
+
         a.Label(ref entry);
         a.PushAll(CalleeSaved);
         a.sub(rsp, 8);
         a.mov(rbx, rdi);
         a.mov(r15, ctl);
+        Stamp(BatchStamp.Entry);
         // Block signals on this thread: no handler may run here (it could run a site being patched).
         a.mov(eax, Sys.RtSigprocmask);
         a.xor(edi, edi);                                  // SIG_BLOCK
@@ -46,6 +62,7 @@ internal sealed unsafe partial class LiveCode
         a.lea(rdx, __[r15 + Ctl.SavedMask]);
         a.mov(r10d, 8);
         a.syscall();
+        Stamp(BatchStamp.Blocked);
 
         // Step 1: int3 over the first byte of every site longer than one byte, then serialise every core.
         a.mov(rcx, __qword_ptr[rbx + Desc.Count]);
@@ -62,9 +79,11 @@ internal sealed unsafe partial class LiveCode
         a.dec(rcx);
         a.jmp(step1);
         a.Label(ref step1Done);
+        Stamp(BatchStamp.Int3Written);
         a.call(sync);
         a.test(eax, eax);
         a.jnz(syncFailed);
+        Stamp(BatchStamp.Int3Synced);
 
         // Step 2 (when the sites have interior points): probe the other threads until none is at one.
         a.test(__qword_ptr[rbx + Desc.Flags], 1);
@@ -75,6 +94,7 @@ internal sealed unsafe partial class LiveCode
 
         // Step 3: bytes 1..n-1 of every site whose tail changes, then serialise (when any did).
         a.Label(ref step3);
+        Stamp(BatchStamp.Probed);
         a.xor(r12d, r12d);
         a.mov(r13, __qword_ptr[rbx + Desc.Count]);
         a.mov(r14, __qword_ptr[rbx + Desc.Entries]);
@@ -94,6 +114,7 @@ internal sealed unsafe partial class LiveCode
         a.dec(r13);
         a.jmp(step3Loop);
         a.Label(ref step3Done);
+        Stamp(BatchStamp.TailsWritten);
         a.xor(ebp, ebp);
         a.test(r12, r12);
         a.jz(step4);
@@ -105,6 +126,7 @@ internal sealed unsafe partial class LiveCode
 
         // Step 4: the first bytes (and the one-byte sites), then serialise.
         a.Label(ref step4);
+        Stamp(BatchStamp.TailsSynced);
         a.mov(rcx, __qword_ptr[rbx + Desc.Count]);
         a.mov(rsi, __qword_ptr[rbx + Desc.Entries]);
         a.Label(ref step4Loop);
@@ -123,12 +145,14 @@ internal sealed unsafe partial class LiveCode
         a.dec(rcx);
         a.jmp(step4Loop);
         a.Label(ref step4Done);
+        Stamp(BatchStamp.FirstWritten);
         a.call(sync);
         a.test(eax, eax);
         a.jz(finish);
         a.mov(__qword_ptr[rbx + Desc.OutErrno], rax);
         a.mov(ebp, (int)BatchResult.LateSyncFailed);
         a.Label(ref finish);
+        Stamp(BatchStamp.FirstSynced);
         a.mov(r12d, ebp);
         a.jmp(restore);
 
@@ -164,12 +188,14 @@ internal sealed unsafe partial class LiveCode
         a.xor(ecx, ecx);
         a.cpuid();
         a.pop(rbx);
+        Stamp(BatchStamp.SelfSerialised);
         a.mov(eax, Sys.RtSigprocmask);
         a.mov(edi, 2);                                    // SIG_SETMASK
         a.lea(rsi, __[r15 + Ctl.SavedMask]);
         a.xor(edx, edx);
         a.mov(r10d, 8);
         a.syscall();
+        Stamp(BatchStamp.Restored);
         a.mov(eax, r12d);
         a.add(rsp, 8);
         a.PopAll(CalleeSaved);

@@ -114,6 +114,40 @@ internal sealed unsafe partial class LiveCode
         public long OutErrno;
         /// <summary>Out: threads probed.</summary>
         public long OutThreads;
+        /// <summary>
+        /// Profiling (benchmarks only, null otherwise): when set, the routine stores a time-stamp counter reading
+        /// (<c>rdtsc</c>) here at each <see cref="BatchStamp"/>.
+        /// </summary>
+        public ulong* Stamps;
+    }
+
+    /// <summary>Where the batch routine reads the time-stamp counter when <see cref="BatchDescriptor.Stamps"/> is set (the index into it).</summary>
+    internal enum BatchStamp
+    {
+        /// <summary>On entry.</summary>
+        Entry,
+        /// <summary>This thread's signals blocked (<c>rt_sigprocmask</c>).</summary>
+        Blocked,
+        /// <summary>Step 1's <c>int3</c>s written.</summary>
+        Int3Written,
+        /// <summary>Step 1's serialisation done.</summary>
+        Int3Synced,
+        /// <summary>Step 2's probe done (or skipped).</summary>
+        Probed,
+        /// <summary>Step 3's tails written.</summary>
+        TailsWritten,
+        /// <summary>Step 3's serialisation done (or skipped).</summary>
+        TailsSynced,
+        /// <summary>Step 4's first bytes written.</summary>
+        FirstWritten,
+        /// <summary>Step 4's serialisation done (or skipped).</summary>
+        FirstSynced,
+        /// <summary>This core serialised.</summary>
+        SelfSerialised,
+        /// <summary>The signal mask restored, just before returning.</summary>
+        Restored,
+        /// <summary>How many stamps the routine writes.</summary>
+        Count,
     }
 
     /// <summary>One site of a batch (the kernel's <c>struct text_poke_loc</c>).</summary>
@@ -338,6 +372,7 @@ internal sealed unsafe partial class LiveCode
         public static readonly int OutStatus = Of(nameof(BatchDescriptor.OutStatus));
         public static readonly int OutErrno = Of(nameof(BatchDescriptor.OutErrno));
         public static readonly int OutThreads = Of(nameof(BatchDescriptor.OutThreads));
+        public static readonly int Stamps = Of(nameof(BatchDescriptor.Stamps));
 
         public static readonly int EntrySize = sizeof(BatchEntry);
         public static readonly int Rw = (int)Marshal.OffsetOf<BatchEntry>(nameof(BatchEntry.Rw));

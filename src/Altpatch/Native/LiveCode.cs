@@ -50,6 +50,12 @@ internal sealed unsafe partial class LiveCode
     /// <summary>Entry of <c>int batch(BatchDescriptor*)</c>.</summary>
     public nint Batch { get; }
 
+    /// <summary>Entry of <c>ulong tsc()</c>: the time-stamp counter (<c>rdtsc</c>), for profiling a batch beside the stamps the routine writes.</summary>
+    public nint Tsc { get; }
+
+    /// <summary>Reads the time-stamp counter (profiling).</summary>
+    public ulong ReadTsc() => ((delegate* unmanaged<ulong>)Tsc)();
+
     /// <summary>The two known-site tables (double-buffered: the handler reads one while the other is rebuilt).</summary>
     public KnownTable* KnownA => (KnownTable*)(Data + DataLayout.KnownAOffset);
 
@@ -91,13 +97,14 @@ internal sealed unsafe partial class LiveCode
     /// <summary>Runs <see cref="Batch"/> on a descriptor filled by <see cref="InitDescriptor"/> and the entries it names.</summary>
     public BatchResult RunBatch(BatchDescriptor* desc) => (BatchResult)((delegate* unmanaged<BatchDescriptor*, int>)Batch)(desc);
 
-    private LiveCode(nint data, ExecutableMemory code, nint trap, nint probe, nint batch)
+    private LiveCode(nint data, ExecutableMemory code, nint trap, nint probe, nint batch, nint tsc)
     {
         Data = data;
         Code = code;
         Trap = trap;
         Probe = probe;
         Batch = batch;
+        Tsc = tsc;
     }
 
     /// <summary>Maps the data, fills the constant parts of the control block and assembles the routines.</summary>
@@ -129,6 +136,12 @@ internal sealed unsafe partial class LiveCode
             EmitTrap(a, (ulong)data, ref trap, ref decided);
             EmitProbe(a, (ulong)data, ref probe);
             EmitBatch(a, (ulong)data, ref batch);
+            var tsc = a.CreateLabel("tsc");
+            a.Label(ref tsc);
+            a.rdtsc();
+            a.shl(Iced.Intel.AssemblerRegisters.rdx, 32);
+            a.or(Iced.Intel.AssemblerRegisters.rax, Iced.Intel.AssemblerRegisters.rdx);
+            a.ret();
 
             var writer = new ArrayCodeWriter();
             var result = a.Assemble(writer, code.Address, BlockEncoderOptions.ReturnNewInstructionOffsets);
@@ -137,7 +150,7 @@ internal sealed unsafe partial class LiveCode
             CoreSync.TrySyncAllCores();
             ctl->TrapStart = result.GetLabelRIP(trap);
             ctl->TrapDecided = result.GetLabelRIP(decided);
-            return new LiveCode(data, code, (nint)result.GetLabelRIP(trap), (nint)result.GetLabelRIP(probe), (nint)result.GetLabelRIP(batch));
+            return new LiveCode(data, code, (nint)result.GetLabelRIP(trap), (nint)result.GetLabelRIP(probe), (nint)result.GetLabelRIP(batch), (nint)result.GetLabelRIP(tsc));
         }
         catch
         {

@@ -98,6 +98,37 @@ public sealed unsafe class LivePoker : ITextPoker
     /// </summary>
     internal bool ProbeInteriorPoints { get; set; } = true;
 
+    /// <summary>
+    /// Profiling seam (benchmarks only; null otherwise): when set, <see cref="Apply"/> stores time-stamp counter
+    /// readings here, at the <see cref="ApplyStamp"/> indices, and the batch routine its own from
+    /// <see cref="ApplyStamp.Native"/> on (<see cref="BatchStamp"/>). At least <see cref="ApplyStamp.Size"/> entries.
+    /// </summary>
+    internal ulong* ProfileStamps { get; set; }
+
+    /// <summary>Where <see cref="Apply"/> reads the time-stamp counter when <see cref="ProfileStamps"/> is set.</summary>
+    internal enum ApplyStamp
+    {
+        /// <summary>The gate taken and the handlers installed.</summary>
+        Locked,
+        /// <summary>The plan validated (own code, registry or maps, old bytes).</summary>
+        Validated,
+        /// <summary>Interior points found, the known-site table and hazards published.</summary>
+        Prepared,
+        /// <summary>The descriptor and entries built: the batch routine is called next.</summary>
+        Described,
+        /// <summary>The batch routine returned and the report is made.</summary>
+        Returned,
+        /// <summary>The batch routine's own stamps start here.</summary>
+        Native = 8,
+        /// <summary>Entries <see cref="ProfileStamps"/> must have.</summary>
+        Size = Native + BatchStamp.Count,
+    }
+
+    private void Stamp(LiveCode live, ApplyStamp k)
+    {
+        if (ProfileStamps != null) ProfileStamps[(int)k] = live.ReadTsc();
+    }
+
     private static string? DefaultSyncCoreCheck() => CoreSync.IsAllCoresSyncAvailable ? null : CoreSync.UnavailableReason;
 
     /// <inheritdoc />
@@ -115,9 +146,11 @@ public sealed unsafe class LivePoker : ITextPoker
         lock (TrapHandler.Gate)
         {
             var live = TrapHandler.InstallLocked();
+            Stamp(live, ApplyStamp.Locked);
             RefuseOwnCode(plan, live);
             var aliases = new nint[pokes.Length];
             var map = PlanValidation.Validate(plan, aliases);
+            Stamp(live, ApplyStamp.Validated);
             List<PageProtection.PageRun>? opened = null;
             try
             {
@@ -202,6 +235,7 @@ public sealed unsafe class LivePoker : ITextPoker
         if (!live.PrepareBatch(CollectionsMarshal.AsSpan(trappable), CollectionsMarshal.AsSpan(untrappable), gen))
             throw new PatchException(pokes[0].Site, pokes[0].Address, $"the live poker already tracks {DataLayout.KnownCapacity} distinct sites; nothing written");
         live.PublishHazards(hazardCount);
+        Stamp(live, ApplyStamp.Prepared);
 
         // One buffer: the descriptor, the entries (the kernel's text_poke_loc vector), then the new tails.
         var desc = (BatchDescriptor*)Buffer((nuint)(sizeof(BatchDescriptor) + pokes.Length * sizeof(BatchEntry) + tailBytes));
@@ -224,6 +258,8 @@ public sealed unsafe class LivePoker : ITextPoker
         }
         bool probe = hazardCount > 0 && ProbeInteriorPoints;
         LiveCode.InitDescriptor(desc, pokes.Length, entries, probe, Options.QuiescenceTimeout);
+        if (ProfileStamps != null) desc->Stamps = ProfileStamps + (int)ApplyStamp.Native;
+        Stamp(live, ApplyStamp.Described);
 
         long probesBefore = TrapHandler.ProbesSent;
         Volatile.Write(ref live.Control->Inflight, gen);
@@ -231,6 +267,7 @@ public sealed unsafe class LivePoker : ITextPoker
         try { result = live.RunBatch(desc); }
         finally { Volatile.Write(ref live.Control->Inflight, 0UL); }
         LastBatch = new LiveBatchReport(pokes.Length, hazardCount, probe ? (int)desc->OutThreads : 0, TrapHandler.ProbesSent - probesBefore);
+        Stamp(live, ApplyStamp.Returned);
         if (result != BatchResult.Done) throw Failure(plan, result, desc);
     }
 

@@ -71,6 +71,7 @@ public unsafe class LiveCodeLayoutTests
         Assert.Equal(At(&p->OutStatus, p), Desc.OutStatus);
         Assert.Equal(At(&p->OutErrno, p), Desc.OutErrno);
         Assert.Equal(At(&p->OutThreads, p), Desc.OutThreads);
+        Assert.Equal(At(&p->Stamps, p), Desc.Stamps);
 
         BatchEntry e = default;
         var q = &e;
