@@ -83,6 +83,8 @@ internal sealed unsafe partial class LiveCode
         public long ProbesSent;
         /// <summary>Probes answered "inside a site".</summary>
         public long InsideAnswers;
+        /// <summary>Serialisations of every core (<c>membarrier(SYNC_CORE)</c> calls) the batch routine made.</summary>
+        public long Syncs;
         /// <summary><c>"/proc/self/task"</c>, NUL-terminated.</summary>
         public fixed byte ProcTaskPath[16];
     }
@@ -98,7 +100,10 @@ internal sealed unsafe partial class LiveCode
         public long Count;
         /// <summary>The entries, ascending by address.</summary>
         public BatchEntry* Entries;
-        /// <summary>Bit 0: step 2, probe the other threads until none is inside a site.</summary>
+        /// <summary>
+        /// Bit 0: step 2, probe the other threads until none is inside a site. Bit 1: serialise every core after step 4
+        /// (the batch has one-byte sites, whose old byte no int3 fenced off; docs/live.md).
+        /// </summary>
         public long Flags;
         /// <summary>How long step 2 may wait.</summary>
         public long TimeoutNs;
@@ -354,6 +359,7 @@ internal sealed unsafe partial class LiveCode
         public static readonly int WaitIterations = Of(nameof(ControlBlock.WaitIterations));
         public static readonly int ProbesSent = Of(nameof(ControlBlock.ProbesSent));
         public static readonly int InsideAnswers = Of(nameof(ControlBlock.InsideAnswers));
+        public static readonly int Syncs = Of(nameof(ControlBlock.Syncs));
         public static readonly int ProcTaskPath = Of(nameof(ControlBlock.ProcTaskPath));
 
         private static int Of(string field) => (int)Marshal.OffsetOf<ControlBlock>(field);

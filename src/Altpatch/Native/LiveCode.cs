@@ -79,20 +79,27 @@ internal sealed unsafe partial class LiveCode
 
     /// <summary>
     /// Fills a batch descriptor (the outputs cleared): <paramref name="count"/> entries at <paramref name="entries"/>,
-    /// whether step 2 probes the other threads and for how long, and the calling thread's id (the one thread not probed).
+    /// whether step 2 probes the other threads and for how long, whether step 4 serialises every core (needed when
+    /// the batch has one-byte sites), and the calling thread's id (the one thread not probed).
     /// </summary>
-    public static void InitDescriptor(BatchDescriptor* desc, long count, BatchEntry* entries, bool probe, TimeSpan timeout)
+    public static void InitDescriptor(BatchDescriptor* desc, long count, BatchEntry* entries, bool probe, TimeSpan timeout, bool finalSync = false)
     {
         *desc = new BatchDescriptor
         {
             Count = count,
             Entries = entries,
-            Flags = probe ? 1 : 0,
+            Flags = (probe ? 1 : 0) | (finalSync ? 2 : 0),
             // Bounded so that the routine's "now + timeout" deadline cannot overflow.
             TimeoutNs = (long)Math.Min(timeout.TotalMilliseconds * 1_000_000, long.MaxValue / 2),
-            SelfTid = Libc.Gettid(),
+            SelfTid = ThisThreadId(),
         };
     }
+
+    [ThreadStatic]
+    private static int threadId;
+
+    /// <summary>The calling thread's id, asked of the kernel once per thread (a system call per batch cost 0.9 µs on the PVM guest of docs/benchmarks.md).</summary>
+    private static int ThisThreadId() => threadId != 0 ? threadId : threadId = Libc.Gettid();
 
     /// <summary>Runs <see cref="Batch"/> on a descriptor filled by <see cref="InitDescriptor"/> and the entries it names.</summary>
     public BatchResult RunBatch(BatchDescriptor* desc) => (BatchResult)((delegate* unmanaged<BatchDescriptor*, int>)Batch)(desc);

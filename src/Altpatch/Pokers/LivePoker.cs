@@ -78,6 +78,11 @@ public sealed unsafe class LivePoker : ITextPoker
 {
     private static byte* buffer;
     private static nuint bufferSize;
+    // Per-batch scratch, reused (batches hold TrapHandler.Gate): where each site is written, and the sites that get
+    // an int3 or whose new first byte is one.
+    private static nint[] aliasBuffer = [];
+    private static readonly List<ulong> Trappable = [];
+    private static readonly List<ulong> Untrappable = [];
 
     /// <summary>Creates a live poker.</summary>
     public LivePoker(LivePokerOptions? options = null) => Options = options ?? LivePokerOptions.Default;
@@ -148,7 +153,8 @@ public sealed unsafe class LivePoker : ITextPoker
             var live = TrapHandler.InstallLocked();
             Stamp(live, ApplyStamp.Locked);
             RefuseOwnCode(plan, live);
-            var aliases = new nint[pokes.Length];
+            if (aliasBuffer.Length < pokes.Length) aliasBuffer = new nint[Math.Max(pokes.Length, aliasBuffer.Length * 2)];
+            var aliases = aliasBuffer.AsSpan(0, pokes.Length);
             var map = PlanValidation.Validate(plan, aliases);
             Stamp(live, ApplyStamp.Validated);
             List<PageProtection.PageRun>? opened = null;
@@ -184,7 +190,7 @@ public sealed unsafe class LivePoker : ITextPoker
         }
     }
 
-    private List<PageProtection.PageRun> OpenForeign(PatchPlan plan, nint[] aliases, MemoryMap map)
+    private List<PageProtection.PageRun> OpenForeign(PatchPlan plan, Span<nint> aliases, MemoryMap map)
     {
         var pokes = plan.AsSpan();
         var foreign = new List<Poke>();
@@ -202,12 +208,14 @@ public sealed unsafe class LivePoker : ITextPoker
         return runs;
     }
 
-    private void Write(PatchPlan plan, nint[] aliases, LiveCode live)
+    private void Write(PatchPlan plan, Span<nint> aliases, LiveCode live)
     {
         var pokes = plan.AsSpan();
         // Interior points (sorted: pokes ascend and do not overlap) and the sites that get an int3.
-        var trappable = new List<ulong>(pokes.Length);
-        var untrappable = new List<ulong>();
+        var trappable = Trappable;
+        var untrappable = Untrappable;
+        trappable.Clear();
+        untrappable.Clear();
         ulong* hazards = live.Hazards;
         int hazardCount = 0;
         long tailBytes = 0;
@@ -241,12 +249,13 @@ public sealed unsafe class LivePoker : ITextPoker
         var desc = (BatchDescriptor*)Buffer((nuint)(sizeof(BatchDescriptor) + pokes.Length * sizeof(BatchEntry) + tailBytes));
         var entries = (BatchEntry*)(desc + 1);
         byte* tails = (byte*)(entries + pokes.Length);
+        bool oneByte = false;
         for (int i = 0; i < pokes.Length; i++)
         {
             var p = pokes[i];
             BatchEntry* e = entries + i;
             *e = new BatchEntry { Rw = (byte*)aliases[i], NewFirst = p.New.Span[0], OldFirst = p.Old.Span[0] };
-            if (p.Length == 1) { e->Single = 1; continue; }
+            if (p.Length == 1) { e->Single = 1; oneByte = true; continue; }
             var newTail = p.New.Span[1..];
             if (!newTail.SequenceEqual(p.Old.Span[1..]))
             {
@@ -257,7 +266,7 @@ public sealed unsafe class LivePoker : ITextPoker
             }
         }
         bool probe = hazardCount > 0 && ProbeInteriorPoints;
-        LiveCode.InitDescriptor(desc, pokes.Length, entries, probe, Options.QuiescenceTimeout);
+        LiveCode.InitDescriptor(desc, pokes.Length, entries, probe, Options.QuiescenceTimeout, finalSync: oneByte);
         if (ProfileStamps != null) desc->Stamps = ProfileStamps + (int)ApplyStamp.Native;
         Stamp(live, ApplyStamp.Described);
 
