@@ -18,10 +18,12 @@ namespace Altpatch.Bench;
 /// time goes (time-stamp counter readings in <c>Apply</c> and in the batch routine);</item>
 /// <item>Floor: the same flip as bare C# on a site of the same bytes that no thread runs (an int3 over its first byte
 /// through the RW alias, membarrier(SYNC_CORE), the tail, membarrier, the first byte, membarrier, one cpuid): the
-/// kernel protocol's system calls and nothing else; and the same without the cpuid (the three membarriers alone).</item>
+/// kernel protocol's system calls and nothing else; the same without the cpuid (the three membarriers alone); and
+/// without the last membarrier, which the live poker no longer makes for sites longer than one byte (docs/live.md).</item>
 /// </list>
 /// Every batch is timed on its own: prints the mean, median, 90th and 99th percentile and min per batch, the min of the
-/// rounds' means, and the breakdown (median and mean per step), in µs.
+/// rounds' means, the share of batches above 20 µs and of the time they took, how often the poking thread was preempted
+/// (its involuntary context switches), and the breakdown (median and mean per step), in µs.
 /// </summary>
 internal static unsafe class LiveInterleaved
 {
@@ -67,7 +69,7 @@ internal static unsafe class LiveInterleaved
         int profiledCount = 0;
         bool liveFlipped = false, spareFlipped = false;
         byte* rw = (byte*)spare.WritableAddress;
-        void Floor(bool cpuid)
+        void Floor(bool cpuid, bool last = true)
         {
             var next = spareFlipped ? ImmA : ImmB;
             rw[0] = 0xCC;
@@ -75,7 +77,7 @@ internal static unsafe class LiveInterleaved
             next.AsSpan(1).CopyTo(new Span<byte>(rw + 1, next.Length - 1));
             Membarrier();
             rw[0] = next[0];
-            Membarrier();
+            if (last) Membarrier();
             if (cpuid) CoreSync.SerializeThisCore();
             spareFlipped = !spareFlipped;
         }
@@ -92,9 +94,11 @@ internal static unsafe class LiveInterleaved
             }),
             ("Floor: int3 + 3 membarrier + 1 cpuid", () => Floor(true)),
             ("Floor: int3 + 3 membarrier", () => Floor(false)),
+            ("Floor: int3 + 2 membarrier (the live poker's count for these sites)", () => Floor(false, last: false)),
         ];
         var perBatch = forms.Select(_ => new List<double>(total)).ToArray();
         var roundMeans = forms.Select(_ => new List<double>(rounds)).ToArray();
+        var preempted = new long[forms.Length];
         var random = new Random(14);
         for (int w = 0; w < 200; w++)
             foreach (var f in forms) f.Body();
@@ -108,6 +112,7 @@ internal static unsafe class LiveInterleaved
             {
                 var body = forms[k].Body;
                 var list = perBatch[k];
+                long switches = InvoluntarySwitches();
                 long roundStart = Stopwatch.GetTimestamp(), last = roundStart;
                 for (int i = 0; i < batches; i++)
                 {
@@ -117,6 +122,7 @@ internal static unsafe class LiveInterleaved
                     last = now;
                 }
                 roundMeans[k].Add((last - roundStart) * tickUs / batches);
+                preempted[k] += InvoluntarySwitches() - switches;
             }
         }
         double tscPerUs = (tsc.ReadTsc() - tsc0) / ((Stopwatch.GetTimestamp() - sw0) * tickUs);
@@ -127,13 +133,14 @@ internal static unsafe class LiveInterleaved
         string cpu = File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal))?.Split(':')[1].Trim() ?? "?";
         output.WriteLine(string.Create(inv, $"CPU {cpu}, {Environment.ProcessorCount} CPUs, load average {File.ReadAllText("/proc/loadavg").Split(' ')[0]}; {rounds} rounds of {batches} batches, 2 caller threads"));
         output.WriteLine("Per batch, µs:");
-        output.WriteLine("| form | mean | median | p90 | p99 | min | min of round means |");
-        output.WriteLine("|---|---:|---:|---:|---:|---:|---:|");
+        output.WriteLine("| form | mean | median | p90 | p99 | min | min of round means | batches > 20 µs | their share of the time | poker preempted per 1000 batches |");
+        output.WriteLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for (int k = 0; k < forms.Length; k++)
         {
             var s = perBatch[k];
+            double slow = s.Where(x => x > 20).Sum();
             s.Sort();
-            output.WriteLine(string.Create(inv, $"| {forms[k].Name} | {s.Average():F2} | {Quantile(s, 0.5):F2} | {Quantile(s, 0.9):F2} | {Quantile(s, 0.99):F2} | {s[0]:F2} | {roundMeans[k].Min():F2} |"));
+            output.WriteLine(string.Create(inv, $"| {forms[k].Name} | {s.Average():F2} | {Quantile(s, 0.5):F2} | {Quantile(s, 0.9):F2} | {Quantile(s, 0.99):F2} | {s[0]:F2} | {roundMeans[k].Min():F2} | {100.0 * s.Count(x => x > 20) / s.Count:F1}% | {100 * slow / s.Sum():F0}% | {1000.0 * preempted[k] / s.Count:F1} |"));
         }
 
         // The breakdown: the time between consecutive readings, per step.
@@ -181,6 +188,15 @@ internal static unsafe class LiveInterleaved
         }
         totals.Sort();
         output.WriteLine(string.Create(inv, $"| **whole Apply** | {totals.Average():F2} | {Quantile(totals, 0.5):F2} | {Quantile(totals, 0.9):F2} |"));
+    }
+
+    /// <summary>The calling thread's involuntary context switches so far (/proc/thread-self/status): times it was preempted.</summary>
+    private static long InvoluntarySwitches()
+    {
+        foreach (string line in File.ReadLines("/proc/thread-self/status"))
+            if (line.StartsWith("nonvoluntary_ctxt_switches:", StringComparison.Ordinal))
+                return long.Parse(line.AsSpan("nonvoluntary_ctxt_switches:".Length).Trim(), CultureInfo.InvariantCulture);
+        return 0;
     }
 
     private static double Quantile(List<double> sorted, double q) => sorted[Math.Min(sorted.Count - 1, (int)(q * sorted.Count))];
