@@ -6,7 +6,7 @@ using static Iced.Intel.AssemblerRegisters;
 namespace Altpatch.Native;
 
 // The batch: the whole write of a plan in the steps of docs/live.md (1. int3s, serialise; 2. probe; 3. tails,
-// serialise; 4. first bytes, serialise), with the poking thread's signals blocked.
+// serialise; 4. first bytes, serialised only when the batch has one-byte sites), with the poking thread's signals blocked.
 internal sealed unsafe partial class LiveCode
 {
     // int batch(BatchDescriptor* rdi). rbx = desc, r15 = control block throughout. The steps are docs/live.md's.

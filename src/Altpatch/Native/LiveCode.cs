@@ -20,7 +20,7 @@ namespace Altpatch.Native;
 /// <item><b>batch</b> (<c>LiveCode.Batch.cs</c>, its probe loop in <c>LiveCode.ProbeAll.cs</c>): the whole write
 /// of a plan, with the poker thread's signals blocked, in the steps of <c>docs/live.md</c>: 1. <c>int3</c> on every
 /// first byte, serialise; 2. probe until no thread is inside a site (only when the sites have interior points);
-/// 3. the other bytes, serialise; 4. the first bytes, serialise.</item>
+/// 3. the other bytes, serialise; 4. the first bytes (serialise only for one-byte sites).</item>
 /// </list>
 /// The data's layout is typed (<c>LiveCode.Layout.cs</c>: <see cref="ControlBlock"/>, <see cref="BatchDescriptor"/>,
 /// <see cref="BatchEntry"/>, ...); the known-site table's bookkeeping is in <c>LiveCode.KnownSites.cs</c>.

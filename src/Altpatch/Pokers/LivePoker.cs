@@ -59,7 +59,8 @@ public readonly record struct LiveBatchReport(int Sites, int InteriorPoints, int
 /// context on its stack: the kernel only patches single instructions this way, user code may be
 /// preempted anywhere;</item>
 /// <item>bytes 1..n-1 of every site, serialise;</item>
-/// <item>every first byte, serialise.</item>
+/// <item>every first byte; serialise only when the batch has one-byte sites (a late trap on an int3 is sent back to
+/// the site, which then holds the new code: docs/live.md).</item>
 /// </list>
 /// One-byte sites get no <c>int3</c>: they are written once in step 4 (an aligned byte store is atomic).
 /// The write runs in native code Altpatch emitted, with this thread's signals blocked, calling no libc
