@@ -100,7 +100,9 @@ internal static unsafe class LiveInterleaved
         var roundMeans = forms.Select(_ => new List<double>(rounds)).ToArray();
         var preempted = new long[forms.Length];
         var random = new Random(14);
-        for (int w = 0; w < 200; w++)
+        // Warm up for a second at least: tiered compilation promotes the poker's methods after a delay, in the background.
+        var warm = Stopwatch.StartNew();
+        for (int w = 0; w < 200 || warm.ElapsedMilliseconds < 1000; w++)
             foreach (var f in forms) f.Body();
         profiledCount = 0;
         double tickUs = 1e6 / Stopwatch.Frequency;
