@@ -137,6 +137,31 @@ public class LivePokerTests
     }
 
     [Fact]
+    public unsafe void A_late_trap_on_an_int3_a_finished_batch_replaced_goes_back_to_the_site()
+    {
+        // No membarrier follows step 4 for int3 sites, so a core may still run the int3 it saw after Apply returned.
+        // What the handler then gets: SIGTRAP from the kernel (SI_KERNEL), RIP just past the site's first byte. Called
+        // here with exactly that, it must send the thread back to the site (which holds the new code), not chain it.
+        using var mem = ExecutableMemory.Allocate(4096, "late");
+        byte[] one = [0xB8, 1, 0, 0, 0], two = [0xB8, 2, 0, 0, 0];
+        ulong fn = Emit.Bytes(mem, 0, [.. one, 0xC3]);
+        new LivePoker().Apply(new PatchPlan([new Poke(fn, one, two, new SiteRef(SiteKind.Raw, 0, "late"), "test")]));
+        Assert.Equal(0xB8, Run.Read(fn, 1)[0]); // the int3 is gone from memory
+
+        byte* info = stackalloc byte[128];
+        byte* context = stackalloc byte[1024];
+        new Span<byte>(info, 128).Clear();
+        new Span<byte>(context, 1024).Clear();
+        *(int*)(info + Signals.SiCodeOffset) = Signals.SiKernel;
+        *(ulong*)(context + Signals.UcRip) = fn + 1;
+        long handled = TrapHandler.TrapsHandled;
+        ((delegate* unmanaged<int, byte*, byte*, void>)TrapHandler.Code!.Trap)(Signals.SigTrap, info, context);
+        Assert.Equal(fn, *(ulong*)(context + Signals.UcRip)); // back to the site (chaining would leave RIP alone)
+        Assert.True(TrapHandler.TrapsHandled > handled);
+        Assert.Equal(2, Run.Call(fn));
+    }
+
+    [Fact]
     public void One_byte_sites_are_written_once_without_an_int3()
     {
         using var mem = ExecutableMemory.Allocate(8192, "lock");
