@@ -5,7 +5,7 @@ namespace Altpatch.Bench;
 /// <summary>
 /// Runs the benchmarks: <c>dotnet run -c Release --project bench/Altpatch.Bench -- --filter '*'</c>;
 /// <c>-- --interleaved [rounds]</c> runs the paravirt and lock loops round-robin instead (<see cref="Interleaved"/>);
-/// <c>-- --live-interleaved [rounds] [batches]</c> a one-site live batch beside its floor (<see cref="LiveInterleaved"/>).
+/// <c>-- --live-interleaved [rounds] [batches]</c> a one-site live batch beside its floor, with its breakdown (<see cref="LiveInterleaved"/>).
 /// </summary>
 public static class Program
 {

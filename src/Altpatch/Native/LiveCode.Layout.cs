@@ -83,6 +83,8 @@ internal sealed unsafe partial class LiveCode
         public long ProbesSent;
         /// <summary>Probes answered "inside a site".</summary>
         public long InsideAnswers;
+        /// <summary>Serialisations of every core (<c>membarrier(SYNC_CORE)</c> calls) the batch routine made.</summary>
+        public long Syncs;
         /// <summary><c>"/proc/self/task"</c>, NUL-terminated.</summary>
         public fixed byte ProcTaskPath[16];
     }
@@ -98,7 +100,10 @@ internal sealed unsafe partial class LiveCode
         public long Count;
         /// <summary>The entries, ascending by address.</summary>
         public BatchEntry* Entries;
-        /// <summary>Bit 0: step 2, probe the other threads until none is inside a site.</summary>
+        /// <summary>
+        /// Bit 0: step 2, probe the other threads until none is inside a site. Bit 1: serialise every core after step 4
+        /// (the batch has one-byte sites, whose old byte no int3 fenced off; docs/live.md).
+        /// </summary>
         public long Flags;
         /// <summary>How long step 2 may wait.</summary>
         public long TimeoutNs;
@@ -114,6 +119,40 @@ internal sealed unsafe partial class LiveCode
         public long OutErrno;
         /// <summary>Out: threads probed.</summary>
         public long OutThreads;
+        /// <summary>
+        /// Profiling (benchmarks only, null otherwise): when set, the routine stores a time-stamp counter reading
+        /// (<c>rdtsc</c>) here at each <see cref="BatchStamp"/>.
+        /// </summary>
+        public ulong* Stamps;
+    }
+
+    /// <summary>Where the batch routine reads the time-stamp counter when <see cref="BatchDescriptor.Stamps"/> is set (the index into it).</summary>
+    internal enum BatchStamp
+    {
+        /// <summary>On entry.</summary>
+        Entry,
+        /// <summary>This thread's signals blocked (<c>rt_sigprocmask</c>).</summary>
+        Blocked,
+        /// <summary>Step 1's <c>int3</c>s written.</summary>
+        Int3Written,
+        /// <summary>Step 1's serialisation done.</summary>
+        Int3Synced,
+        /// <summary>Step 2's probe done (or skipped).</summary>
+        Probed,
+        /// <summary>Step 3's tails written.</summary>
+        TailsWritten,
+        /// <summary>Step 3's serialisation done (or skipped).</summary>
+        TailsSynced,
+        /// <summary>Step 4's first bytes written.</summary>
+        FirstWritten,
+        /// <summary>Step 4's serialisation done (or skipped).</summary>
+        FirstSynced,
+        /// <summary>This core serialised.</summary>
+        SelfSerialised,
+        /// <summary>The signal mask restored, just before returning.</summary>
+        Restored,
+        /// <summary>How many stamps the routine writes.</summary>
+        Count,
     }
 
     /// <summary>One site of a batch (the kernel's <c>struct text_poke_loc</c>).</summary>
@@ -320,6 +359,7 @@ internal sealed unsafe partial class LiveCode
         public static readonly int WaitIterations = Of(nameof(ControlBlock.WaitIterations));
         public static readonly int ProbesSent = Of(nameof(ControlBlock.ProbesSent));
         public static readonly int InsideAnswers = Of(nameof(ControlBlock.InsideAnswers));
+        public static readonly int Syncs = Of(nameof(ControlBlock.Syncs));
         public static readonly int ProcTaskPath = Of(nameof(ControlBlock.ProcTaskPath));
 
         private static int Of(string field) => (int)Marshal.OffsetOf<ControlBlock>(field);
@@ -338,6 +378,7 @@ internal sealed unsafe partial class LiveCode
         public static readonly int OutStatus = Of(nameof(BatchDescriptor.OutStatus));
         public static readonly int OutErrno = Of(nameof(BatchDescriptor.OutErrno));
         public static readonly int OutThreads = Of(nameof(BatchDescriptor.OutThreads));
+        public static readonly int Stamps = Of(nameof(BatchDescriptor.Stamps));
 
         public static readonly int EntrySize = sizeof(BatchEntry);
         public static readonly int Rw = (int)Marshal.OffsetOf<BatchEntry>(nameof(BatchEntry.Rw));

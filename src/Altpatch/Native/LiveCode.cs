@@ -20,7 +20,7 @@ namespace Altpatch.Native;
 /// <item><b>batch</b> (<c>LiveCode.Batch.cs</c>, its probe loop in <c>LiveCode.ProbeAll.cs</c>): the whole write
 /// of a plan, with the poker thread's signals blocked, in the steps of <c>docs/live.md</c>: 1. <c>int3</c> on every
 /// first byte, serialise; 2. probe until no thread is inside a site (only when the sites have interior points);
-/// 3. the other bytes, serialise; 4. the first bytes, serialise.</item>
+/// 3. the other bytes, serialise; 4. the first bytes (serialise only for one-byte sites).</item>
 /// </list>
 /// The data's layout is typed (<c>LiveCode.Layout.cs</c>: <see cref="ControlBlock"/>, <see cref="BatchDescriptor"/>,
 /// <see cref="BatchEntry"/>, ...); the known-site table's bookkeeping is in <c>LiveCode.KnownSites.cs</c>.
@@ -50,6 +50,12 @@ internal sealed unsafe partial class LiveCode
     /// <summary>Entry of <c>int batch(BatchDescriptor*)</c>.</summary>
     public nint Batch { get; }
 
+    /// <summary>Entry of <c>ulong tsc()</c>: the time-stamp counter (<c>rdtsc</c>), for profiling a batch beside the stamps the routine writes.</summary>
+    public nint Tsc { get; }
+
+    /// <summary>Reads the time-stamp counter (profiling).</summary>
+    public ulong ReadTsc() => ((delegate* unmanaged<ulong>)Tsc)();
+
     /// <summary>The two known-site tables (double-buffered: the handler reads one while the other is rebuilt).</summary>
     public KnownTable* KnownA => (KnownTable*)(Data + DataLayout.KnownAOffset);
 
@@ -73,31 +79,39 @@ internal sealed unsafe partial class LiveCode
 
     /// <summary>
     /// Fills a batch descriptor (the outputs cleared): <paramref name="count"/> entries at <paramref name="entries"/>,
-    /// whether step 2 probes the other threads and for how long, and the calling thread's id (the one thread not probed).
+    /// whether step 2 probes the other threads and for how long, whether step 4 serialises every core (needed when
+    /// the batch has one-byte sites), and the calling thread's id (the one thread not probed).
     /// </summary>
-    public static void InitDescriptor(BatchDescriptor* desc, long count, BatchEntry* entries, bool probe, TimeSpan timeout)
+    public static void InitDescriptor(BatchDescriptor* desc, long count, BatchEntry* entries, bool probe, TimeSpan timeout, bool finalSync = false)
     {
         *desc = new BatchDescriptor
         {
             Count = count,
             Entries = entries,
-            Flags = probe ? 1 : 0,
+            Flags = (probe ? 1 : 0) | (finalSync ? 2 : 0),
             // Bounded so that the routine's "now + timeout" deadline cannot overflow.
             TimeoutNs = (long)Math.Min(timeout.TotalMilliseconds * 1_000_000, long.MaxValue / 2),
-            SelfTid = Libc.Gettid(),
+            SelfTid = ThisThreadId(),
         };
     }
+
+    [ThreadStatic]
+    private static int threadId;
+
+    /// <summary>The calling thread's id, asked of the kernel once per thread (a system call per batch cost 0.9 µs on the PVM guest of docs/benchmarks.md).</summary>
+    private static int ThisThreadId() => threadId != 0 ? threadId : threadId = Libc.Gettid();
 
     /// <summary>Runs <see cref="Batch"/> on a descriptor filled by <see cref="InitDescriptor"/> and the entries it names.</summary>
     public BatchResult RunBatch(BatchDescriptor* desc) => (BatchResult)((delegate* unmanaged<BatchDescriptor*, int>)Batch)(desc);
 
-    private LiveCode(nint data, ExecutableMemory code, nint trap, nint probe, nint batch)
+    private LiveCode(nint data, ExecutableMemory code, nint trap, nint probe, nint batch, nint tsc)
     {
         Data = data;
         Code = code;
         Trap = trap;
         Probe = probe;
         Batch = batch;
+        Tsc = tsc;
     }
 
     /// <summary>Maps the data, fills the constant parts of the control block and assembles the routines.</summary>
@@ -129,6 +143,12 @@ internal sealed unsafe partial class LiveCode
             EmitTrap(a, (ulong)data, ref trap, ref decided);
             EmitProbe(a, (ulong)data, ref probe);
             EmitBatch(a, (ulong)data, ref batch);
+            var tsc = a.CreateLabel("tsc");
+            a.Label(ref tsc);
+            a.rdtsc();
+            a.shl(Iced.Intel.AssemblerRegisters.rdx, 32);
+            a.or(Iced.Intel.AssemblerRegisters.rax, Iced.Intel.AssemblerRegisters.rdx);
+            a.ret();
 
             var writer = new ArrayCodeWriter();
             var result = a.Assemble(writer, code.Address, BlockEncoderOptions.ReturnNewInstructionOffsets);
@@ -137,7 +157,7 @@ internal sealed unsafe partial class LiveCode
             CoreSync.TrySyncAllCores();
             ctl->TrapStart = result.GetLabelRIP(trap);
             ctl->TrapDecided = result.GetLabelRIP(decided);
-            return new LiveCode(data, code, (nint)result.GetLabelRIP(trap), (nint)result.GetLabelRIP(probe), (nint)result.GetLabelRIP(batch));
+            return new LiveCode(data, code, (nint)result.GetLabelRIP(trap), (nint)result.GetLabelRIP(probe), (nint)result.GetLabelRIP(batch), (nint)result.GetLabelRIP(tsc));
         }
         catch
         {

@@ -54,6 +54,13 @@ public static unsafe class TrapHandler
     /// <summary>Probe answers "stopped inside a site" (by RIP or a stack word): each held a batch until the thread left.</summary>
     public static long ProbesInside => code is { } c ? Volatile.Read(ref c.Control->InsideAnswers) : 0;
 
+    /// <summary>
+    /// Serialisations of every core (<c>membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE)</c> calls) made by live
+    /// batches and grace periods: two for a batch whose sites' tails change, one when only first bytes change, one more
+    /// when the batch has one-byte sites (docs/live.md).
+    /// </summary>
+    public static long CoreSyncs => code is { } c ? Volatile.Read(ref c.Control->Syncs) : 0;
+
     /// <summary>The code and tables of the handlers (first use allocates them).</summary>
     internal static LiveCode? Code => code;
 

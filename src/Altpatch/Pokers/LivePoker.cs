@@ -59,7 +59,8 @@ public readonly record struct LiveBatchReport(int Sites, int InteriorPoints, int
 /// context on its stack: the kernel only patches single instructions this way, user code may be
 /// preempted anywhere;</item>
 /// <item>bytes 1..n-1 of every site, serialise;</item>
-/// <item>every first byte, serialise.</item>
+/// <item>every first byte; serialise only when the batch has one-byte sites (a late trap on an int3 is sent back to
+/// the site, which then holds the new code: docs/live.md).</item>
 /// </list>
 /// One-byte sites get no <c>int3</c>: they are written once in step 4 (an aligned byte store is atomic).
 /// The write runs in native code Altpatch emitted, with this thread's signals blocked, calling no libc
@@ -78,6 +79,11 @@ public sealed unsafe class LivePoker : ITextPoker
 {
     private static byte* buffer;
     private static nuint bufferSize;
+    // Per-batch scratch, reused (batches hold TrapHandler.Gate): where each site is written, and the sites that get
+    // an int3 or whose new first byte is one.
+    private static nint[] aliasBuffer = [];
+    private static readonly List<ulong> Trappable = [];
+    private static readonly List<ulong> Untrappable = [];
 
     /// <summary>Creates a live poker.</summary>
     public LivePoker(LivePokerOptions? options = null) => Options = options ?? LivePokerOptions.Default;
@@ -98,6 +104,37 @@ public sealed unsafe class LivePoker : ITextPoker
     /// </summary>
     internal bool ProbeInteriorPoints { get; set; } = true;
 
+    /// <summary>
+    /// Profiling seam (benchmarks only; null otherwise): when set, <see cref="Apply"/> stores time-stamp counter
+    /// readings here, at the <see cref="ApplyStamp"/> indices, and the batch routine its own from
+    /// <see cref="ApplyStamp.Native"/> on (<see cref="BatchStamp"/>). At least <see cref="ApplyStamp.Size"/> entries.
+    /// </summary>
+    internal ulong* ProfileStamps { get; set; }
+
+    /// <summary>Where <see cref="Apply"/> reads the time-stamp counter when <see cref="ProfileStamps"/> is set.</summary>
+    internal enum ApplyStamp
+    {
+        /// <summary>The gate taken and the handlers installed.</summary>
+        Locked,
+        /// <summary>The plan validated (own code, registry or maps, old bytes).</summary>
+        Validated,
+        /// <summary>Interior points found, the known-site table and hazards published.</summary>
+        Prepared,
+        /// <summary>The descriptor and entries built: the batch routine is called next.</summary>
+        Described,
+        /// <summary>The batch routine returned and the report is made.</summary>
+        Returned,
+        /// <summary>The batch routine's own stamps start here.</summary>
+        Native = 8,
+        /// <summary>Entries <see cref="ProfileStamps"/> must have.</summary>
+        Size = Native + BatchStamp.Count,
+    }
+
+    private void Stamp(LiveCode live, ApplyStamp k)
+    {
+        if (ProfileStamps != null) ProfileStamps[(int)k] = live.ReadTsc();
+    }
+
     private static string? DefaultSyncCoreCheck() => CoreSync.IsAllCoresSyncAvailable ? null : CoreSync.UnavailableReason;
 
     /// <inheritdoc />
@@ -115,9 +152,12 @@ public sealed unsafe class LivePoker : ITextPoker
         lock (TrapHandler.Gate)
         {
             var live = TrapHandler.InstallLocked();
+            Stamp(live, ApplyStamp.Locked);
             RefuseOwnCode(plan, live);
-            var aliases = new nint[pokes.Length];
+            if (aliasBuffer.Length < pokes.Length) aliasBuffer = new nint[Math.Max(pokes.Length, aliasBuffer.Length * 2)];
+            var aliases = aliasBuffer.AsSpan(0, pokes.Length);
             var map = PlanValidation.Validate(plan, aliases);
+            Stamp(live, ApplyStamp.Validated);
             List<PageProtection.PageRun>? opened = null;
             try
             {
@@ -151,7 +191,7 @@ public sealed unsafe class LivePoker : ITextPoker
         }
     }
 
-    private List<PageProtection.PageRun> OpenForeign(PatchPlan plan, nint[] aliases, MemoryMap map)
+    private List<PageProtection.PageRun> OpenForeign(PatchPlan plan, Span<nint> aliases, MemoryMap map)
     {
         var pokes = plan.AsSpan();
         var foreign = new List<Poke>();
@@ -169,12 +209,14 @@ public sealed unsafe class LivePoker : ITextPoker
         return runs;
     }
 
-    private void Write(PatchPlan plan, nint[] aliases, LiveCode live)
+    private void Write(PatchPlan plan, Span<nint> aliases, LiveCode live)
     {
         var pokes = plan.AsSpan();
         // Interior points (sorted: pokes ascend and do not overlap) and the sites that get an int3.
-        var trappable = new List<ulong>(pokes.Length);
-        var untrappable = new List<ulong>();
+        var trappable = Trappable;
+        var untrappable = Untrappable;
+        trappable.Clear();
+        untrappable.Clear();
         ulong* hazards = live.Hazards;
         int hazardCount = 0;
         long tailBytes = 0;
@@ -202,17 +244,19 @@ public sealed unsafe class LivePoker : ITextPoker
         if (!live.PrepareBatch(CollectionsMarshal.AsSpan(trappable), CollectionsMarshal.AsSpan(untrappable), gen))
             throw new PatchException(pokes[0].Site, pokes[0].Address, $"the live poker already tracks {DataLayout.KnownCapacity} distinct sites; nothing written");
         live.PublishHazards(hazardCount);
+        Stamp(live, ApplyStamp.Prepared);
 
         // One buffer: the descriptor, the entries (the kernel's text_poke_loc vector), then the new tails.
         var desc = (BatchDescriptor*)Buffer((nuint)(sizeof(BatchDescriptor) + pokes.Length * sizeof(BatchEntry) + tailBytes));
         var entries = (BatchEntry*)(desc + 1);
         byte* tails = (byte*)(entries + pokes.Length);
+        bool oneByte = false;
         for (int i = 0; i < pokes.Length; i++)
         {
             var p = pokes[i];
             BatchEntry* e = entries + i;
             *e = new BatchEntry { Rw = (byte*)aliases[i], NewFirst = p.New.Span[0], OldFirst = p.Old.Span[0] };
-            if (p.Length == 1) { e->Single = 1; continue; }
+            if (p.Length == 1) { e->Single = 1; oneByte = true; continue; }
             var newTail = p.New.Span[1..];
             if (!newTail.SequenceEqual(p.Old.Span[1..]))
             {
@@ -223,7 +267,9 @@ public sealed unsafe class LivePoker : ITextPoker
             }
         }
         bool probe = hazardCount > 0 && ProbeInteriorPoints;
-        LiveCode.InitDescriptor(desc, pokes.Length, entries, probe, Options.QuiescenceTimeout);
+        LiveCode.InitDescriptor(desc, pokes.Length, entries, probe, Options.QuiescenceTimeout, finalSync: oneByte);
+        if (ProfileStamps != null) desc->Stamps = ProfileStamps + (int)ApplyStamp.Native;
+        Stamp(live, ApplyStamp.Described);
 
         long probesBefore = TrapHandler.ProbesSent;
         Volatile.Write(ref live.Control->Inflight, gen);
@@ -231,6 +277,7 @@ public sealed unsafe class LivePoker : ITextPoker
         try { result = live.RunBatch(desc); }
         finally { Volatile.Write(ref live.Control->Inflight, 0UL); }
         LastBatch = new LiveBatchReport(pokes.Length, hazardCount, probe ? (int)desc->OutThreads : 0, TrapHandler.ProbesSent - probesBefore);
+        Stamp(live, ApplyStamp.Returned);
         if (result != BatchResult.Done) throw Failure(plan, result, desc);
     }
 

@@ -12,18 +12,25 @@ namespace Altpatch.Pokers;
 /// </summary>
 internal readonly struct MemoryLease : IDisposable
 {
-    private readonly List<ExecutableMemory>? held;
+    // The first allocation held, then any others (a plan usually writes into one: no list then).
+    private readonly ExecutableMemory? first;
+    private readonly List<ExecutableMemory>? more;
 
-    private MemoryLease(List<ExecutableMemory>? held) => this.held = held;
+    private MemoryLease(ExecutableMemory? first, List<ExecutableMemory>? more)
+    {
+        this.first = first;
+        this.more = more;
+    }
 
     /// <summary>Takes a reference on each allocation holding a poke of <paramref name="plan"/>.</summary>
     public static MemoryLease For(PatchPlan plan)
     {
-        List<ExecutableMemory>? held = null;
+        ExecutableMemory? first = null;
+        List<ExecutableMemory>? more = null;
         foreach (var p in plan.AsSpan())
         {
             var m = ExecutableMemory.Owner(p.Address, p.Length);
-            if (m is null || (held is not null && held.Contains(m))) continue;
+            if (m is null || ReferenceEquals(m, first) || (more is not null && more.Contains(m))) continue;
             bool added = false;
             try
             {
@@ -31,18 +38,20 @@ internal readonly struct MemoryLease : IDisposable
             }
             catch (ObjectDisposedException)
             {
-                new MemoryLease(held).Dispose();
+                new MemoryLease(first, more).Dispose();
                 throw new PatchException(p.Site, p.Address, $"its executable memory '{m.Name}' is being freed; nothing written");
             }
-            (held ??= []).Add(m);
+            if (first is null) first = m;
+            else (more ??= []).Add(m);
         }
-        return new MemoryLease(held);
+        return new MemoryLease(first, more);
     }
 
     /// <summary>Releases the references.</summary>
     public void Dispose()
     {
-        if (held is null) return;
-        foreach (var m in held) m.DangerousRelease();
+        first?.DangerousRelease();
+        if (more is null) return;
+        foreach (var m in more) m.DangerousRelease();
     }
 }

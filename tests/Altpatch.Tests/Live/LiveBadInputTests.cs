@@ -79,6 +79,49 @@ public class LiveBadInputTests
     }
 
     [Fact]
+    public void After_code_is_freed_and_new_code_mapped_a_batch_validates_against_what_is_mapped_now()
+    {
+        // The poker keeps no snapshot of the mappings: the registry of ExecutableMemory changes with every allocation
+        // and release, and the known-site table keeps the freed site (a late trap may still name it).
+        var (mem, fn, plan) = Function();
+        new LivePoker().Apply(plan); // fn is a known site now
+        new LivePoker().Revert(plan);
+        mem.Dispose();
+        var e = Assert.Throws<PatchException>(() => new LivePoker().Apply(plan));
+        Assert.Contains("alternative site #3 of 'bad'", e.Message); // unmapped, or someone else's memory by now
+
+        // New code, maybe at the same address: the old plan is stale there and changes nothing; a plan made for the new
+        // code goes live while a thread runs it.
+        using var fresh = ExecutableMemory.Allocate(4096, "bad-again");
+        byte[] other = [0xB8, 9, 0, 0, 0, 0xC3, 0x90];                  // mov eax, 9; ret; nop
+        ulong g = Emit.Bytes(fresh, 0, other);
+        if (fresh.Contains(fn, 7))
+        {
+            var before = Run.Read(fn, 7);
+            Assert.Throws<PatchException>(() => new LivePoker().Apply(plan));
+            Assert.Equal(before, Run.Read(fn, 7));
+        }
+        var now = new PatchPlan([new Poke(g, other, Altpatch.TortureChild.Torture.Two, new SiteRef(SiteKind.Raw, 1, "again"), "test")]);
+        int stop = 0, wrong = 0;
+        var caller = new Thread(() =>
+        {
+            while (Volatile.Read(ref stop) == 0)
+                if (Run.Call(g) is not (9 or 2)) Interlocked.Increment(ref wrong);
+        });
+        caller.Start();
+        var poker = new LivePoker();
+        for (int i = 0; i < 50; i++)
+        {
+            poker.Apply(now);
+            poker.Revert(now);
+        }
+        Volatile.Write(ref stop, 1);
+        caller.Join();
+        Assert.Equal(0, wrong);
+        Assert.Equal(other, Run.Read(g, 7));
+    }
+
+    [Fact]
     public void An_unmapped_site_is_refused()
     {
         ulong m = Run.NeverMapped; // an unmap-then-use address could be reused by another thread's mmap

@@ -48,6 +48,7 @@ public unsafe class LiveCodeLayoutTests
         Assert.Equal(At(&b->WaitIterations, b), Ctl.WaitIterations);
         Assert.Equal(At(&b->ProbesSent, b), Ctl.ProbesSent);
         Assert.Equal(At(&b->InsideAnswers, b), Ctl.InsideAnswers);
+        Assert.Equal(At(&b->Syncs, b), Ctl.Syncs);
         Assert.Equal(At(b->ProcTaskPath, b), Ctl.ProcTaskPath);
         // Every field the emitted code reads or writes as a qword is 8-byte aligned (a single store, never torn).
         Assert.All(new[] { Ctl.Readers, Ctl.Known, Ctl.Inflight, Ctl.OurTraps, Ctl.HazardCount, Ctl.ProbeGen, Ctl.ProbesSent, Ctl.Pending },
@@ -71,6 +72,7 @@ public unsafe class LiveCodeLayoutTests
         Assert.Equal(At(&p->OutStatus, p), Desc.OutStatus);
         Assert.Equal(At(&p->OutErrno, p), Desc.OutErrno);
         Assert.Equal(At(&p->OutThreads, p), Desc.OutThreads);
+        Assert.Equal(At(&p->Stamps, p), Desc.Stamps);
 
         BatchEntry e = default;
         var q = &e;

@@ -91,6 +91,77 @@ public class LivePokerTests
     }
 
     [Fact]
+    public void A_batch_serialises_every_core_after_the_int3s_and_the_tails_and_after_the_first_bytes_only_for_one_byte_sites()
+    {
+        // docs/live.md, "Why each serialisation": after step 4 an int3 site's first byte can only go from the int3 to the
+        // new byte (a core that runs the int3 late traps and is sent back), so only a one-byte site, which no int3
+        // fenced off, needs the last membarrier. Threads run every site meanwhile and see only old or new results.
+        using var mem = ExecutableMemory.Allocate(8192, "syncs");
+        ulong counter = (ulong)mem.WritableAddress + 4096;
+        ulong tail = Emit.Bytes(mem, 0, [0xB8, 1, 0, 0, 0, 0xC3]);                   // mov eax, 1; ret
+        ulong first = Emit.Bytes(mem, 64, [0x31, 0xC0, 0x05, 5, 0, 0, 0, 0xC3]);    // xor eax, eax; add eax, 5; ret
+        ulong locked = Emit.Bytes(mem, 128, [0xF0, 0x83, 0x07, 0x01, 0x8B, 0x07, 0xC3]); // lock add dword [rdi], 1; mov eax, [rdi]; ret
+        Poke Make(ulong at, byte[] old, byte[] @new) => new(at, old, @new, new SiteRef(SiteKind.Raw, 0, "syncs"), "test");
+        var tailPoke = Make(tail, [0xB8, 1, 0, 0, 0], [0xB8, 2, 0, 0, 0]);          // the tail changes
+        var firstPoke = Make(first + 2, [0x05, 5, 0, 0, 0], [0x2D, 5, 0, 0, 0]);   // add eax, 5 -> sub eax, 5: only the first byte
+        var lockPoke = Make(locked, [0xF0], [0x3E]);                                  // a one-byte site
+        var poker = new LivePoker();
+        long Syncs(Action batch)
+        {
+            long before = TrapHandler.CoreSyncs;
+            batch();
+            return TrapHandler.CoreSyncs - before;
+        }
+
+        using var c1 = new Caller(tail);
+        using var c2 = new Caller(first);
+        using var c3 = new Caller(locked, (long)counter);
+        lock (TrapHandler.Gate) // no other batch counts meanwhile (the poker takes the gate again: it is reentrant)
+        {
+            Assert.Equal(2, Syncs(() => poker.Apply(new PatchPlan([tailPoke]))));
+            Assert.Equal(2, Run.Call(tail));
+            Assert.Equal(1, Syncs(() => poker.Apply(new PatchPlan([firstPoke]))));
+            Assert.Equal(-5, Run.Call(first));
+            Assert.Equal(1, Syncs(() => poker.Apply(new PatchPlan([lockPoke]))));
+            Assert.Equal([0x3E], Run.Read(locked, 1));
+            // Back, in one batch with a one-byte site: int3s, tails, first bytes, each serialised.
+            var back = new PatchPlan([tailPoke, firstPoke, lockPoke]).Inverse();
+            Assert.Equal(3, Syncs(() => poker.Apply(back)));
+            Assert.Equal(1, Run.Call(tail));
+            Assert.Equal(5, Run.Call(first));
+            Assert.Equal([0xF0], Run.Read(locked, 1));
+        }
+        Assert.True(c1.Stop().Keys.All(k => (int)k is 1 or 2));
+        Assert.True(c2.Stop().Keys.All(k => (int)k is 5 or -5));
+        c3.Stop();
+    }
+
+    [Fact]
+    public unsafe void A_late_trap_on_an_int3_a_finished_batch_replaced_goes_back_to_the_site()
+    {
+        // No membarrier follows step 4 for int3 sites, so a core may still run the int3 it saw after Apply returned.
+        // What the handler then gets: SIGTRAP from the kernel (SI_KERNEL), RIP just past the site's first byte. Called
+        // here with exactly that, it must send the thread back to the site (which holds the new code), not chain it.
+        using var mem = ExecutableMemory.Allocate(4096, "late");
+        byte[] one = [0xB8, 1, 0, 0, 0], two = [0xB8, 2, 0, 0, 0];
+        ulong fn = Emit.Bytes(mem, 0, [.. one, 0xC3]);
+        new LivePoker().Apply(new PatchPlan([new Poke(fn, one, two, new SiteRef(SiteKind.Raw, 0, "late"), "test")]));
+        Assert.Equal(0xB8, Run.Read(fn, 1)[0]); // the int3 is gone from memory
+
+        byte* info = stackalloc byte[128];
+        byte* context = stackalloc byte[1024];
+        new Span<byte>(info, 128).Clear();
+        new Span<byte>(context, 1024).Clear();
+        *(int*)(info + Signals.SiCodeOffset) = Signals.SiKernel;
+        *(ulong*)(context + Signals.UcRip) = fn + 1;
+        long handled = TrapHandler.TrapsHandled;
+        ((delegate* unmanaged<int, byte*, byte*, void>)TrapHandler.Code!.Trap)(Signals.SigTrap, info, context);
+        Assert.Equal(fn, *(ulong*)(context + Signals.UcRip)); // back to the site (chaining would leave RIP alone)
+        Assert.True(TrapHandler.TrapsHandled > handled);
+        Assert.Equal(2, Run.Call(fn));
+    }
+
+    [Fact]
     public void One_byte_sites_are_written_once_without_an_int3()
     {
         using var mem = ExecutableMemory.Allocate(8192, "lock");
