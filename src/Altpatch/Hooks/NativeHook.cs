@@ -255,7 +255,7 @@ public sealed unsafe class NativeHook : IDisposable
     public void Disable() => DisableAll([this]);
 
     /// <summary>
-    /// Enables every hook of <paramref name="hooks"/> in one live batch (one int3 round, three core serialisations).
+    /// Enables every hook of <paramref name="hooks"/> in one live batch (one int3 round, two core serialisations: docs/live.md).
     /// Throws <see cref="HookException"/> naming the target, with nothing written, when a hook is disposed, two hooks
     /// of the batch share a target, a target no longer holds the bytes its hook was created on, or the batch fails.
     /// </summary>
