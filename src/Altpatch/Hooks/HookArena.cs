@@ -39,8 +39,13 @@ internal static class HookArena
     }
 
     /// <summary>One slot: where it runs and where it is written.</summary>
-    internal readonly unsafe record struct Slot(Chunk Chunk, int Index)
+    /// <remarks>A plain struct, not a record struct: NativeAOT's compiler (ILC 10.0.12) fails on the synthesized
+    /// <c>PrintMembers</c> of a record struct with a pointer property (<see cref="Counter"/>).</remarks>
+    internal readonly unsafe struct Slot(Chunk chunk, int index)
     {
+        public Chunk Chunk { get; } = chunk;
+        public int Index { get; } = index;
+
         public long* Counter => Chunk.Counters + Index * 8;
         public ulong Address => Chunk.Memory.Address + (ulong)(Index * SlotSize);
         public nint Writable => Chunk.Memory.WritableAddress + Index * SlotSize;
