@@ -156,7 +156,7 @@ public static class KernelPatchCommand
         string tmp = Path.Combine(WritableDirectory(target), $".{target.Name}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp");
         try
         {
-            using (var s = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20))
+            using (var s = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16))
             {
                 write(s);
                 s.Flush(flushToDisk: false);

@@ -79,7 +79,10 @@ public static class ElfSymtabWriter
         long inserted = 0;
         foreach (var part in block)
         {
-            WriteInChunks(output, part.Span);
+            if (part.Writer is { } writeTo)
+                writeTo(output);
+            else
+                WriteInChunks(output, part.Bytes.Span);
             inserted += part.Length;
         }
         WriteInChunks(output, bytes[(int)end..]);
@@ -98,9 +101,13 @@ public static class ElfSymtabWriter
             output.Write(bytes.Slice(i, Math.Min(WriteChunk, bytes.Length - i)));
     }
 
+    /// <summary>One part of the inserted block: bytes, or (the .symtab and .strtab) <paramref name="Length"/> bytes that
+    /// <paramref name="Writer"/> writes straight to the output, so the tables are never whole in memory.</summary>
+    internal readonly record struct Part(ReadOnlyMemory<byte> Bytes, Action<Stream>? Writer, long Length);
+
     /// <summary>The new ELF header and the inserted block in parts (padding, .symtab, .strtab, .shstrtab, padding,
     /// section headers, padding).</summary>
-    internal static (byte[] Header, List<ReadOnlyMemory<byte>> Block, int Symbols, int Locals) Build(ElfFile elf, KernelSymbols symbols)
+    internal static (byte[] Header, List<Part> Block, int Symbols, int Locals) Build(ElfFile elf, KernelSymbols symbols)
     {
         var d = elf.Bytes.Span;
         bool is64 = elf.Is64;
@@ -140,19 +147,21 @@ public static class ElfSymtabWriter
         int symtabIndex = baseCount, strtabIndex = baseCount + 1, newShstrndx = haveShstrtab ? shstrndx : baseCount + 2;
         int newCount = baseCount + (haveShstrtab ? 2 : 3);
 
-        var (symtab, strtab, count, locals) = Symbols(elf, symbols, is64);
+        var table = new SymbolTable(elf, symbols, is64);
+        int count = table.Count, locals = table.Locals;
 
         int align = is64 ? 8 : 4;
         long start = elf.ElfEnd;
-        var block = new List<ReadOnlyMemory<byte>>();
+        var block = new List<Part>();
         long at = start;
-        void Add(ReadOnlyMemory<byte> part) { block.Add(part); at += part.Length; }
+        void Add(ReadOnlyMemory<byte> part) { block.Add(new Part(part, null, part.Length)); at += part.Length; }
+        void AddWriter(Action<Stream> writer, long length) { block.Add(new Part(default, writer, length)); at += length; }
         void Pad(int to) { if (at % to != 0) Add(new byte[to - at % to]); }
         Pad(align);
         long symtabOffset = at;
-        Add(symtab);
+        AddWriter(table.WriteSymtab, table.SymtabLength);
         long strtabOffset = at;
-        Add(strtab);
+        AddWriter(table.WriteStrtab, table.StrtabLength);
         long shstrOffset = at;
         Add(shstr.ToArray());
         Pad(8);
@@ -185,9 +194,9 @@ public static class ElfSymtabWriter
                 BinaryPrimitives.WriteUInt32LittleEndian(h[36..], (uint)entsize);
             }
         }
-        Header(symtabIndex, symtabName, ElfSection.TypeSymTab, (ulong)symtabOffset, (ulong)symtab.Length, (uint)strtabIndex,
+        Header(symtabIndex, symtabName, ElfSection.TypeSymTab, (ulong)symtabOffset, (ulong)table.SymtabLength, (uint)strtabIndex,
             (uint)(locals + 1), (ulong)align, (ulong)(is64 ? 24 : 16));
-        Header(strtabIndex, strtabName, 3, (ulong)strtabOffset, (ulong)strtab.Length, 0, 0, 1, 0);
+        Header(strtabIndex, strtabName, 3, (ulong)strtabOffset, (ulong)table.StrtabLength, 0, 0, 1, 0);
         if (haveShstrtab)
         {
             // Keep the old header (name offset, flags) but point it at the new bytes.
@@ -238,18 +247,137 @@ public static class ElfSymtabWriter
         return (header, block, count, locals);
     }
 
-    /// <summary>The .symtab (null entry, locals, then globals and weak ones, each in address order) and .strtab.</summary>
-    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
-    private static (byte[] Symtab, byte[] Strtab, int Count, int Locals) Symbols(ElfFile elf, KernelSymbols symbols, bool is64)
+    /// <summary>
+    /// The .symtab (null entry, locals, then globals and weak ones, each in address order) and .strtab of some symbols:
+    /// their lengths known up front, their bytes written straight to the output through a small buffer (the two tables,
+    /// ~4 MB for 87,000 symbols, were built whole in memory before: docs/benchmarks.md, fourth round).
+    /// </summary>
+    private sealed class SymbolTable
     {
-        var all = symbols.All;
-        int n = all.Count;
-        // Allocated sections by address, for st_shndx.
-        var sections = elf.Sections.Where(s => s.IsAllocated && s.Size > 0).OrderBy(s => s.Address).ToArray();
-        var starts = sections.Select(s => s.Address).ToArray();
+        private const int BufferSize = 1 << 16;
+        private readonly IReadOnlyList<KernelSymbol> all;
+        private readonly ElfSection[] sections;
+        private readonly ulong[] starts;
+        private readonly bool is64;
+        private readonly int entry;
+
+        public SymbolTable(ElfFile elf, KernelSymbols symbols, bool is64)
+        {
+            all = symbols.All;
+            this.is64 = is64;
+            entry = is64 ? 24 : 16;
+            int n = all.Count;
+            // Allocated sections by address, for st_shndx.
+            sections = [.. elf.Sections.Where(s => s.IsAllocated && s.Size > 0).OrderBy(s => s.Address)];
+            starts = [.. sections.Select(s => s.Address)];
+            // .strtab: every name once per symbol (no deduplication: few names repeat), UTF-8, NUL-terminated.
+            long strSize = 1;
+            for (int i = 0; i < n; i++)
+                strSize += Encoding.UTF8.GetByteCount(all[i].Name) + 1;
+            if (strSize > int.MaxValue)
+                throw new ImageFormatException($"{elf.Name}: the symbol names take {strSize} bytes, too many for one .strtab");
+            StrtabLength = strSize;
+            for (int i = 0; i < n; i++)
+            {
+                if (Binding(all[i]) == StbLocal)
+                    Locals++;
+            }
+            Count = n;
+            SymtabLength = (long)(n + 1) * entry;
+        }
+
+        public int Count { get; }
+
+        public int Locals { get; }
+
+        public long SymtabLength { get; }
+
+        public long StrtabLength { get; }
+
+        /// <summary>Writes the .strtab: a NUL, then each name and a NUL, in address order.</summary>
+        public void WriteStrtab(Stream output)
+        {
+            var buffer = new byte[BufferSize];
+            int used = 1;   // buffer[0] = 0: the empty name
+            for (int i = 0; i < all.Count; i++)
+            {
+                string name = all[i].Name;
+                int max = Encoding.UTF8.GetMaxByteCount(name.Length) + 1;
+                if (max > buffer.Length - used)
+                {
+                    output.Write(buffer, 0, used);
+                    used = 0;
+                    if (max > buffer.Length)
+                        buffer = new byte[max];
+                }
+                used += Encoding.UTF8.GetBytes(name, buffer.AsSpan(used));
+                buffer[used++] = 0;
+            }
+            output.Write(buffer, 0, used);
+        }
+
+        /// <summary>Writes the .symtab: the null entry, the local symbols, then the others, each in address order.</summary>
+        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
+        public void WriteSymtab(Stream output)
+        {
+            var buffer = new byte[BufferSize - BufferSize % entry];
+            int used = entry;   // the null entry
+            foreach (bool locals in (ReadOnlySpan<bool>)[true, false])
+            {
+                int str = 1;
+                int next = 0;   // the first symbol at a higher address than symbol i
+                for (int i = 0; i < all.Count; i++)
+                {
+                    var s = all[i];
+                    uint nameOff = (uint)str;
+                    str += Encoding.UTF8.GetByteCount(s.Name) + 1;
+                    byte bind = Binding(s);
+                    if ((bind == StbLocal) != locals)
+                        continue;
+                    if (next <= i)
+                        next = i + 1;
+                    while (next < all.Count && all[next].Address <= s.Address)
+                        next++;
+                    ulong after = next < all.Count ? all[next].Address : ulong.MaxValue;
+                    bool label = IsLinkerLabel(s.Name);
+                    int k = SectionOf(s.Address, label && IsEndLabel(s.Name));
+                    ushort shndx = k < 0 || sections[k].Index >= ShnLoReserve ? ShnAbs : (ushort)sections[k].Index;   // no SHT_SYMTAB_SHNDX is written
+                    byte type = k < 0 || label ? SttNoType : sections[k].IsExecutable ? SttFunc : SttObject;
+                    ulong size = 0;
+                    if (k >= 0 && !label && s.Address >= sections[k].Address && s.Address < sections[k].EndAddress)
+                        size = Math.Min(after, sections[k].EndAddress) - s.Address;
+                    if (used == buffer.Length)
+                    {
+                        output.Write(buffer, 0, used);
+                        used = 0;
+                    }
+                    var e = buffer.AsSpan(used, entry);
+                    used += entry;
+                    e.Clear();
+                    if (is64)
+                    {
+                        BinaryPrimitives.WriteUInt32LittleEndian(e, nameOff);
+                        e[4] = (byte)(bind << 4 | type);
+                        BinaryPrimitives.WriteUInt16LittleEndian(e[6..], shndx);
+                        BinaryPrimitives.WriteUInt64LittleEndian(e[8..], s.Address);
+                        BinaryPrimitives.WriteUInt64LittleEndian(e[16..], size);
+                    }
+                    else
+                    {
+                        BinaryPrimitives.WriteUInt32LittleEndian(e, nameOff);
+                        BinaryPrimitives.WriteUInt32LittleEndian(e[4..], (uint)s.Address);
+                        BinaryPrimitives.WriteUInt32LittleEndian(e[8..], (uint)size);
+                        e[12] = (byte)(bind << 4 | type);
+                        BinaryPrimitives.WriteUInt16LittleEndian(e[14..], shndx);
+                    }
+                }
+            }
+            output.Write(buffer, 0, used);
+        }
+
         // The section containing the address; for a label that ends a section (__stop_X, X_end, _etext) the section it
         // ends, as the linker script places it; for an address in a gap between sections the one before it.
-        int SectionOf(ulong a, bool endLabel)
+        private int SectionOf(ulong a, bool endLabel)
         {
             int i = Array.BinarySearch(starts, a);
             if (i < 0)
@@ -274,64 +402,6 @@ public static class ElfSymtabWriter
             }
             return -1;
         }
-
-        // .strtab: every name once per symbol (no deduplication: few names repeat), UTF-8, NUL-terminated.
-        long strSize = 1;
-        for (int i = 0; i < n; i++)
-            strSize += Encoding.UTF8.GetByteCount(all[i].Name) + 1;
-        if (strSize > int.MaxValue)
-            throw new ImageFormatException($"{elf.Name}: the symbol names take {strSize} bytes, too many for one .strtab");
-        var strtab = new byte[strSize];
-        int entry = is64 ? 24 : 16;
-        int localCount = 0;
-        for (int i = 0; i < n; i++)
-        {
-            if (Binding(all[i]) == StbLocal)
-                localCount++;
-        }
-        var symtab = new byte[(n + 1) * entry];
-        int nextLocal = 1, nextGlobal = 1 + localCount, str = 1;
-        // The next higher address after each symbol (symbols are sorted by address).
-        var next = new ulong[n];
-        ulong after = ulong.MaxValue;
-        for (int i = n - 1; i >= 0; i--)
-        {
-            next[i] = after;
-            if (i > 0 && all[i - 1].Address != all[i].Address)
-                after = all[i].Address;
-        }
-        for (int i = 0; i < n; i++)
-        {
-            var s = all[i];
-            uint nameOff = (uint)str;
-            str += Encoding.UTF8.GetBytes(s.Name, strtab.AsSpan(str)) + 1;
-            bool label = IsLinkerLabel(s.Name);
-            int k = SectionOf(s.Address, label && IsEndLabel(s.Name));
-            ushort shndx = k < 0 || sections[k].Index >= ShnLoReserve ? ShnAbs : (ushort)sections[k].Index;   // no SHT_SYMTAB_SHNDX is written
-            byte type = k < 0 || label ? SttNoType : sections[k].IsExecutable ? SttFunc : SttObject;
-            ulong size = 0;
-            if (k >= 0 && !label && s.Address >= sections[k].Address && s.Address < sections[k].EndAddress)
-                size = Math.Min(next[i], sections[k].EndAddress) - s.Address;
-            byte bind = Binding(s);
-            var e = symtab.AsSpan((bind == StbLocal ? nextLocal++ : nextGlobal++) * entry, entry);
-            if (is64)
-            {
-                BinaryPrimitives.WriteUInt32LittleEndian(e, nameOff);
-                e[4] = (byte)(bind << 4 | type);
-                BinaryPrimitives.WriteUInt16LittleEndian(e[6..], shndx);
-                BinaryPrimitives.WriteUInt64LittleEndian(e[8..], s.Address);
-                BinaryPrimitives.WriteUInt64LittleEndian(e[16..], size);
-            }
-            else
-            {
-                BinaryPrimitives.WriteUInt32LittleEndian(e, nameOff);
-                BinaryPrimitives.WriteUInt32LittleEndian(e[4..], (uint)s.Address);
-                BinaryPrimitives.WriteUInt32LittleEndian(e[8..], (uint)size);
-                e[12] = (byte)(bind << 4 | type);
-                BinaryPrimitives.WriteUInt16LittleEndian(e[14..], shndx);
-            }
-        }
-        return (symtab, strtab, n, localCount);
     }
 
     private static byte Binding(KernelSymbol s) => s.Type is 'W' or 'w' or 'V' or 'v' ? StbWeak : s.IsGlobal ? StbGlobal : StbLocal;
