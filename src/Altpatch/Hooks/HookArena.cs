@@ -51,14 +51,6 @@ internal static class HookArena
         public nint Writable => Chunk.Memory.WritableAddress + Index * SlotSize;
         public ulong Trampoline => Address + TrampolineOffset;
         public ulong Relay => Address + RelayOffset;
-
-        // Written out: the generated one would print the long* Counter, and NativeAOT's code generation fails on that
-        // (InvalidCastException in ILC for Slot.PrintMembers), so `dotnet publish` of the CLI failed.
-        private bool PrintMembers(System.Text.StringBuilder builder)
-        {
-            builder.Append("Index = ").Append(Index).Append(", Address = 0x").Append(Address.ToString("x", System.Globalization.CultureInfo.InvariantCulture));
-            return true;
-        }
     }
 
     /// <summary>Number of slots in use (for tests).</summary>
