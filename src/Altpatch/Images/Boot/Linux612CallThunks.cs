@@ -76,6 +76,20 @@ internal static class Linux612CallThunks
         return true;
     }
 
+    /// <summary><c>patch_dest()</c> on padding that <paramref name="text"/> writes: false when the padding at
+    /// <paramref name="padAt"/> is neither NOPs nor the thunk ("Invalid padding area"); else the thunk is there after it,
+    /// written unless it already was (<paramref name="wrote"/>).</summary>
+    private static bool PatchDest(PassText text, ulong padAt, byte[] thunk, SiteRef site, string why, out bool wrote)
+    {
+        Span<byte> pad = stackalloc byte[thunk.Length];
+        text.Read(padAt, pad, site);
+        wrote = false;
+        if (!PadUsable(pad, thunk))
+            return false;
+        wrote = text.Write(padAt, thunk, site, why);   // nothing when the thunk is there already
+        return true;
+    }
+
     /// <summary><c>call_get_dest()</c>: the callee of the call at <paramref name="addr"/>; null for a patched-out call or a
     /// callee <c>skip_addr()</c> names.</summary>
     private static ulong? CallGetDest(BootContext ctx, PassText text, Setup setup, ulong addr, byte[] window, SiteRef site)
@@ -126,7 +140,6 @@ internal static class Linux612CallThunks
         var text = new PassText(ctx.Poker);
         var window = new byte[16];
         var call = new byte[5];
-        var pad = new byte[setup.Size];
         ulong ctStart = ctx.Thunks.TextStart, ctEnd = ctx.Thunks.TextEnd;
         int patched = 0, pads = 0;
 
@@ -141,14 +154,10 @@ internal static class Linux612CallThunks
             var thunk = ThunkFor(ctx, setup, padAt, site);
             if (direct)
             {
-                text.Read(padAt, pad, site);
-                if (!PadUsable(pad, thunk))
+                if (!PatchDest(text, padAt, thunk, site, "call depth accounting thunk", out bool wrote))
                     return;
-                if (!pad.AsSpan().SequenceEqual(thunk))
-                {
-                    text.Write(padAt, thunk, site, "call depth accounting thunk");
+                if (wrote)
                     pads++;
-                }
             }
             else if (!OtherPadUsable(kernel, others, dest, padAt, thunk))
                 return;                                     // !is_coretext() or invalid padding
@@ -194,14 +203,7 @@ internal static class Linux612CallThunks
         var thunk = ThunkFor(ctx, setup, padAt, site);
         var (s, e) = KernelModuleLoader.ModuleText(ctx.TableElf);
         if (dest >= s && dest < e)
-        {
-            var pad = new byte[setup.Size];
-            moduleText.Read(padAt, pad, site);
-            if (!PadUsable(pad, thunk))
-                return dest;
-            moduleText.Write(padAt, thunk, site, "callthunks_translate_call_dest: call depth accounting thunk");
-            return padAt;
-        }
+            return PatchDest(moduleText, padAt, thunk, site, "callthunks_translate_call_dest: call depth accounting thunk", out _) ? padAt : dest;
         return OtherPadUsable(kernel, others, dest, padAt, thunk) ? padAt : dest;
     }
 
@@ -219,22 +221,17 @@ internal static class Linux612CallThunks
         if (!ctx.State.HasMacro("X86_FEATURE_CALL_DEPTH"))
             return null;
         Setup? setup = null;
-        byte[]? pad = null;
         ulong start = ctx.Thunks.TextStart, end = ctx.Thunks.TextEnd;
         return (dest, site) =>
         {
             setup ??= Prepare(ctx, site);
-            pad ??= new byte[setup.Size];
             if (setup.Skips(dest) || dest < start || dest >= end)
                 return dest;                                // skip_addr() or !is_coretext(NULL, dest)
             ulong padAt = dest - (ulong)setup.Size;
             var thunk = ThunkFor(ctx, setup, padAt, site);
-            text.Read(padAt, pad, site);
-            if (!PadUsable(pad, thunk))
-                return dest;                                // "Invalid padding area": patch_dest() is NULL
-            if (!pad.AsSpan().SequenceEqual(thunk))
-                text.Write(padAt, thunk, site, $"callthunks_translate_call_dest(): call depth accounting thunk of 0x{dest:x}");
-            return padAt;
+            return PatchDest(text, padAt, thunk, site, $"callthunks_translate_call_dest(): call depth accounting thunk of 0x{dest:x}", out _)
+                ? padAt
+                : dest;                                     // "Invalid padding area": patch_dest() is NULL
         };
     }
 
@@ -310,7 +307,6 @@ internal static class Linux612CallThunks
         var text = new PassText(ctx.Poker);
         var window = new byte[16];
         var call = new byte[5];
-        var pad = new byte[setup.Size];
 
         void PatchCall(ulong addr, SiteRef site)
         {
@@ -321,12 +317,8 @@ internal static class Linux612CallThunks
             if (dest < textStart || dest >= textEnd)
                 return;                                     // !is_coretext()
             ulong padAt = dest - (ulong)setup.Size;
-            var want = ThunkFor(ctx, setup, padAt, site);   // patch_dest()
-            text.Read(padAt, pad, site);
-            if (!PadUsable(pad, want))
+            if (!PatchDest(text, padAt, ThunkFor(ctx, setup, padAt, site), site, "call depth accounting thunk", out _))
                 return;                                     // "Invalid padding area"
-            if (!pad.AsSpan().SequenceEqual(want))
-                text.Write(padAt, want, site, "call depth accounting thunk");
             call[0] = X86.Call;
             BinaryPrimitives.WriteInt32LittleEndian(call.AsSpan(1), ctx.Rel32(addr, X86.CallSize, padAt, site));
             text.Write(addr, call, site, $"call the accounting thunk of 0x{dest:x}");
