@@ -69,6 +69,7 @@ public static class KernelPatchCommand
         // OUT and the report are written to temporary files and renamed over their targets only when every step has
         // worked: a failure (a bad image, a report that cannot be written) leaves both as they were.
         var written = new List<(string Temporary, FileInfo Target)>();
+        var profile = StepProfile.Start();
         var steps = new List<(string Name, Action Body)>
         {
             ("open + decompress", () =>
@@ -80,17 +81,17 @@ public static class KernelPatchCommand
             ("read tables", () => _ = img!.Tables),
             // Without a report nothing needs the unpatched bytes again: the image's own buffer is patched (no copy of it).
             ("patch", () => result = o.Report is null
-                ? KernelBootPatcher.PatchInPlace(img!, description, KernelCommand.Rules(parse, rulesOption, img!))
-                : KernelBootPatcher.Patch(img!, description, KernelCommand.Rules(parse, rulesOption, img!))),
+                ? KernelBootPatcher.PatchInPlace(img!, description, KernelCommand.Rules(parse, rulesOption, img!), profile?.Passes())
+                : KernelBootPatcher.Patch(img!, description, KernelCommand.Rules(parse, rulesOption, img!), profile?.Passes())),
             ("write output", () => written.Add((WriteTemporary(o.Output, s => wrote = ElfSymtabWriter.WriteVmlinux(s, img!, result!.Patched, !o.NoSymtab)), o.Output))),
         };
-        if (StepProfile.Enabled)
+        if (profile is not null)
             steps.Insert(2, ("kallsyms", () => img!.TryGetSymbols(out _)));   // decoded here, not inside the first pass that needs them
         if (o.Report is { } rep)
             steps.Add(("write report", () => written.Add((WriteTemporary(rep, s => WriteReport(s, result!, o, wrote)), rep))));
         try
         {
-            var times = RunSteps(console, interactive, steps);
+            var times = RunSteps(console, interactive, steps, profile);
             // the report first, OUT last: should a rename fail, OUT is still the old one
             for (int i = written.Count - 1; i >= 0; i--)
                 File.Move(written[i].Temporary, written[i].Target.FullName, overwrite: true);
@@ -106,10 +107,9 @@ public static class KernelPatchCommand
     }
 
     /// <summary>Runs the steps in order and returns how long each took; on a terminal under a progress display.</summary>
-    private static List<(string Name, TimeSpan Time)> RunSteps(IAnsiConsole console, bool interactive, List<(string Name, Action Body)> steps)
+    private static List<(string Name, TimeSpan Time)> RunSteps(IAnsiConsole console, bool interactive, List<(string Name, Action Body)> steps, StepProfile? profile)
     {
         var times = new List<(string Name, TimeSpan Time)>();
-        var profile = StepProfile.Start();
         void Step(int i)
         {
             var sw = Stopwatch.StartNew();

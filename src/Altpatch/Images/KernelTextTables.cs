@@ -422,6 +422,9 @@ public sealed class KernelTextTables
             }
             else if (Symbol("__start___jump_table") is not null)
                 return [];   // the symbols name the other tables but not this one: a kernel without HAVE_STATIC_CALL_INLINE
+            else if (!elf.Is64)
+                return [];   // i386 never has HAVE_STATIC_CALL_INLINE (it needs HAVE_OBJTOOL, "if X86_64" in arch/x86/Kconfig of
+                             // 6.1 and 6.12): its static calls are trampolines only. The scan cost 60 ms on the 686 image.
             else if (tramps.Count > 0 && ScanRun(es, (at, e) => IsCode(elf.AddressPlus(at, I32(e, 0)), 5) && IsData(elf.AddressPlus(at + 4, I32(e, 4)) & ~3UL),
                          at => StaticCallSite(at, 0, out var s) is null && tramps.Contains(s.Trampoline)) is { } run)
             {
