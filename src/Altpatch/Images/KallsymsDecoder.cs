@@ -454,10 +454,46 @@ internal sealed class KallsymsDecoder
             tokenStart[c] = tokens[c].Start;
             d.Slice(tokens[c].Start, Math.Min(tokens[c].Length, 16)).CopyTo(slots.AsSpan(16 * c));
         }
+        // Two halves on two threads, split at a marker (the second starts where kallsyms_markers says): the names are
+        // most of the decoding, and it runs beside the tables' reading (KernelImage.DecodeSymbolsInBackground). The
+        // errors are the serial loop's: the first half's first, then the marker between them, then the second half's.
+        int h = n >= 2 * SplitSymbols ? (n / 2) & ~0xff : 0;
+        long at = h > 0 ? names + (long)U32(markers + 4 * (h >> 8)) : -1;
+        if (h == 0 || at <= names || at >= markers)
+            return DecodeRange(slots, tokenLength, tokenStart, names, markers, 0, n, names, symbols, last: true);
+        int second = (int)at;
+        var rest = Task.Run(() => DecodeRange(slots, tokenLength, tokenStart, names, markers, h, n, second, symbols, last: true));
+        int end;
+        try
+        {
+            end = DecodeRange(slots, tokenLength, tokenStart, names, markers, 0, h, names, symbols, last: false);
+        }
+        catch
+        {
+            try { rest.Wait(); } catch (AggregateException) { }   // its symbols array is not returned; let it finish
+            throw;
+        }
+        if (end != second)
+        {
+            try { rest.Wait(); } catch (AggregateException) { }
+            throw Reject(3, $"kallsyms_markers at {Va(markers)}: entry {h >> 8} is 0x{second - names:x}, but symbol {h} starts at +0x{end - names:x} in kallsyms_names at {Va(names)}");
+        }
+        return rest.GetAwaiter().GetResult();
+    }
+
+    /// <summary>Below this many symbols a second thread does not pay for itself (2 x this: the split).</summary>
+    private const int SplitSymbols = 8192;
+
+    /// <summary>Decodes the names of symbols [from, to), the first at <paramref name="pos"/>; returns where the next begins
+    /// (with <paramref name="last"/>, checked to be just before kallsyms_markers).</summary>
+    private int DecodeRange(byte[] slots, int[] tokenLength, int[] tokenStart, int names, int markers, int from, int to, int pos,
+        KernelSymbol[] symbols, bool last)
+    {
+        var d = D;
+        int n = symbols.Length;
         Span<byte> buf = stackalloc byte[KsymNameLen + 1 + 16];
         var utf8 = Encoding.UTF8;
-        int pos = names;
-        for (int i = 0; i < n; i++)
+        for (int i = from; i < to; i++)
         {
             if ((i & 0xff) == 0 && U32(markers + 4 * (i >> 8)) != (uint)(pos - names))
                 throw Reject(3, $"kallsyms_markers at {Va(markers)}: entry {i >> 8} is 0x{U32(markers + 4 * (i >> 8)):x}, but symbol {i} starts at +0x{pos - names:x} in kallsyms_names at {Va(names)}");
@@ -497,7 +533,7 @@ internal sealed class KallsymsDecoder
                 throw Reject(3, $"kallsyms_names at {Va(names)}: symbol {i} has type 0x{type:x2}, not a letter");
             symbols[i] = new KernelSymbol(utf8.GetString(buf[1..o]), 0, (char)type);
         }
-        if (pos <= markers - pointerSize || !IsZero(pos, markers - pos))
+        if (last && (pos <= markers - pointerSize || !IsZero(pos, markers - pos)))
             throw Reject(3, $"kallsyms_names at {Va(names)}: the {n} symbols end at +0x{pos - names:x}, not just before kallsyms_markers at {Va(markers)}");
         return pos;
     }

@@ -257,7 +257,17 @@ internal static class Linux61TextPasses
         Span<byte> old = stackalloc byte[5];
         var nop = ctx.Nops[5];
         int done = 0;
-        foreach (var s in sites.OrderBy(s => s.Address))
+        // In address order (ftrace_process_locs() sorts them); the linker usually left them sorted already.
+        var ordered = sites;
+        for (int i = 1; i < sites.Length; i++)
+        {
+            if (sites[i].Address < sites[i - 1].Address)
+            {
+                ordered = [.. sites.OrderBy(s => s.Address)];
+                break;
+            }
+        }
+        foreach (var s in ordered)
         {
             var site = new SiteRef(SiteKind.Raw, s.Index, KernelTextTables.McountLoc);
             text.Read(s.Address, cur, site);
