@@ -98,6 +98,42 @@ public class KallsymsCorruptTests
 
     [SkippableTheory]
     [MemberData(nameof(Shared))]
+    public void A_bad_marker_where_the_names_are_split_between_two_threads_is_refused(string id)
+    {
+        // The decoder splits a large table at marker (Count / 2) / 256 and starts the second half where it says: that
+        // marker wrong is the same error as any other marker's, from the first half's end.
+        int k = 0;
+        var e = Decode(id, (t, b, off) =>
+        {
+            k = (t.Count / 2) >> 8;
+            U32(b, off(t.Markers) + 4 * k, U32(b, off(t.Markers) + 4 * k) + 3);
+        });
+        Assert.Matches($@"kallsyms_markers at 0x[0-9a-f]+: entry {k} is 0x[0-9a-f]+, but symbol {256 * k} starts at \+0x[0-9a-f]+ in kallsyms_names", e.Message);
+    }
+
+    [SkippableTheory]
+    [MemberData(nameof(Shared))]
+    public void Of_two_damaged_names_the_first_is_named(string id)
+    {
+        // One name damaged in each half: the error is the first half's, as a serial decode finds it first.
+        var e = Decode(id, (t, b, off) =>
+        {
+            int p = off(t.Names) + (int)U32(b, off(t.Markers) + 4);
+            for (int i = 256; i < 300; i++)
+                p += 1 + b[p];
+            b[p]++;
+            int q = off(t.Names) + (int)U32(b, off(t.Markers) + 4 * (t.MarkerCount - 1));
+            b[q] = 0;                                          // a name of length 0 in the last block
+        });
+        var m = System.Text.RegularExpressions.Regex.Match(e.Message,
+            @"kallsyms_markers at 0x[0-9a-f]+: entry 2 is 0x[0-9a-f]+, but symbol (512) starts at \+0x[0-9a-f]+ in kallsyms_names|kallsyms_names at 0x[0-9a-f]+: symbol (\d+) ");
+        Assert.True(m.Success, e.Message);
+        int symbol = int.Parse(m.Groups[1].Success ? m.Groups[1].Value : m.Groups[2].Value, System.Globalization.CultureInfo.InvariantCulture);
+        Assert.InRange(symbol, 300, 512);
+    }
+
+    [SkippableTheory]
+    [MemberData(nameof(Shared))]
     public void A_bad_token_index_is_refused(string id)
     {
         var e = Decode(id, (t, b, off) => BinaryPrimitives.WriteUInt16LittleEndian(b[(off(t.TokenIndex) + 2 * 0x61)..],
